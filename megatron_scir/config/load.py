@@ -1,0 +1,176 @@
+"""Load a preset or YAML file, apply NeMo/Hydra-style overrides, return a validated Config.
+
+    cfg = load_config("tiny", ["model.num_layers=4", "++scir.beta=0.05"])
+
+``a.b=c`` and ``++a.b=c`` both set a key of the schema (``++`` is NeMo's habit of forcing a key
+whether or not the preset's YAML mentions it); ``+a.b=c`` is accepted the same way. Keys outside the
+schema are never accepted: the error names the key, its section and the closest valid names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from megatron_scir.config.errors import ConfigError
+from megatron_scir.config.schema import Config
+
+PRESET_DIR = "presets"
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped with the package."""
+    files = resources.files("megatron_scir.config").joinpath(PRESET_DIR).iterdir()
+    return sorted(p.name[: -len(".yaml")] for p in files if p.name.endswith(".yaml"))
+
+
+def load_config(source: str | Path | None = "tiny", overrides: Iterable[str] = ()) -> Config:
+    """Resolve ``source`` (preset name or YAML path) plus ``overrides`` into a validated Config.
+
+    Raises:
+        ConfigError: unknown key (with close matches), wrong value type, or a failed check.
+    """
+    tree: dict[str, Any] = {}
+    if source is not None:
+        tree = _read_source(str(source))
+    for item in overrides:
+        key, value = _parse_override(item)
+        _check_key(key, origin=f"override {item!r}")
+        _assign(tree, key, value)
+    return _build(tree)
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (what ``scir config`` prints and checkpoints store)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """Rebuild a Config from its plain-dict form (as stored in checkpoint metadata)."""
+    return _build(tree)
+
+
+def _read_source(source: str) -> dict[str, Any]:
+    path = Path(source)
+    if source.endswith((".yaml", ".yml")) or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {source} does not exist")
+        text, origin = path.read_text(), str(path)
+    else:
+        names = list_presets()
+        if source not in names:
+            close = difflib.get_close_matches(source, names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"unknown config preset {source!r}{hint} (presets: {', '.join(names)}; "
+                "or pass a .yaml path)"
+            )
+        res = resources.files("megatron_scir.config").joinpath(PRESET_DIR, f"{source}.yaml")
+        text, origin = res.read_text(), f"preset {source} ({source}.yaml)"
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{origin}:{mark.line + 1}" if mark else origin
+        raise ConfigError(f"{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping of sections")
+    for key in _flatten(tree):
+        _check_key(key, origin=origin)
+    return tree
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item or item.startswith("~"):
+        raise ConfigError(
+            f"override {item!r} is not of the form key=value (a.b=c or ++a.b=c); "
+            "deleting keys (~a.b) is not supported"
+        )
+    key, raw = item.split("=", 1)
+    key = key.lstrip("+").strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in tree.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and prefix == "":
+            keys.extend(_flatten(v, f"{path}."))
+        else:
+            keys.append(path)
+    return keys
+
+
+def _check_key(key: str, *, origin: str) -> None:
+    parts = key.split(".")
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    if parts[0] not in sections:
+        close = difflib.get_close_matches(parts[0], sections, n=3, cutoff=0.5)
+        raise ConfigError(
+            f"{origin}: unknown config section {parts[0]!r} in key {key!r}; "
+            f"closest: {', '.join(close) or 'none'} (sections: {', '.join(sections)})"
+        )
+    section = parts[0]
+    if len(parts) != 2:
+        raise ConfigError(f"{origin}: config key {key!r} must be <section>.<field>")
+    section_type = typing.get_type_hints(Config)[section]
+    fields = [f.name for f in dataclasses.fields(section_type)]
+    if parts[1] not in fields:
+        close = difflib.get_close_matches(parts[1], fields, n=3, cutoff=0.5)
+        raise ConfigError(
+            f"{origin}: unknown config key {key!r} in section {section!r}; "
+            f"closest valid names: {', '.join(f'{section}.{c}' for c in close) or 'none'}"
+        )
+
+
+def _assign(tree: dict[str, Any], key: str, value: Any) -> None:
+    section, name = key.split(".")
+    node = tree.setdefault(section, {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"config section {section!r} must be a mapping, found {node!r}")
+    node[name] = value
+
+
+def _build(tree: dict[str, Any]) -> Config:
+    schema = OmegaConf.structured(Config)
+    for key in _flatten(tree):
+        _check_key(key, origin="config")
+        section, name = key.split(".")
+        value = tree[section][name]
+        try:
+            OmegaConf.update(schema, key, value, merge=False)
+        except OmegaConfBaseException as err:
+            expected = typing.get_type_hints(typing.get_type_hints(Config)[section])[name]
+            raise ConfigError(
+                f"config key {key}: value {value!r} is not a valid {_type_name(expected)} "
+                f"({str(err).splitlines()[0]})"
+            ) from None
+    try:
+        cfg = OmegaConf.to_object(schema)
+    except OmegaConfBaseException as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    from megatron_scir.config.validate import validate
+
+    validate(cfg)
+    return cfg
+
+
+def _type_name(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union and type(None) in args:
+        inner = [a for a in args if a is not type(None)][0]
+        return f"{_type_name(inner)} or null"
+    return getattr(tp, "__name__", str(tp))

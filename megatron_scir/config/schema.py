@@ -1,0 +1,484 @@
+"""The typed configuration tree: one keyword-only dataclass per section.
+
+Every field carries a docstring (rendered into docs/configuration.md by
+``python -m megatron_scir.config.docs``). Checks that involve a single section live in
+``__post_init__``; checks across sections live in :func:`megatron_scir.config.load.validate`.
+Parallelism and model knobs are spelled as in Megatron-Core's ``TransformerConfig``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from megatron_scir.config.errors import ConfigError
+
+SPECS = ("local", "sdpa", "te")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _choice(section: str, key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"config key {section}.{key}: {value!r} is not one of {', '.join(map(repr, choices))}"
+        )
+
+
+def _positive(section: str, key: str, value, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"config key {section}.{key}: {value!r} must be {bound}")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Llama/Mistral-family decoder (RMSNorm, SwiGLU, GQA, RoPE, untied embeddings)."""
+
+    num_layers: int = 2
+    """Number of transformer layers."""
+    hidden_size: int = 64
+    """Model width."""
+    ffn_hidden_size: int = 172
+    """SwiGLU inner width (per gate/up projection)."""
+    num_attention_heads: int = 4
+    """Query heads."""
+    num_query_groups: int = 2
+    """Key/value heads (GQA groups). Equal to num_attention_heads for plain MHA."""
+    kv_channels: Optional[int] = None
+    """Head dimension; null means hidden_size // num_attention_heads."""
+    vocab_size: int = 256
+    """Tokenizer vocabulary size (before padding for tensor parallelism)."""
+    make_vocab_size_divisible_by: int = 128
+    """Megatron pads the vocabulary to a multiple of this times the TP size."""
+    max_position_embeddings: int = 4096
+    """Longest sequence the RoPE tables are built for."""
+    rotary_base: float = 10000.0
+    """RoPE base (theta): 1e6 for Mistral-7B-v0.3, 5e5 for Llama-3.x."""
+    rope_scaling: bool = False
+    """Apply Llama-3.1 ("llama3") RoPE frequency scaling."""
+    rope_scaling_factor: float = 8.0
+    """Llama-3.1 RoPE scaling factor."""
+    rope_low_freq_factor: float = 1.0
+    """Llama-3.1 RoPE scaling low-frequency factor."""
+    rope_high_freq_factor: float = 4.0
+    """Llama-3.1 RoPE scaling high-frequency factor."""
+    rope_original_max_position_embeddings: int = 8192
+    """Context length the RoPE scaling was derived from."""
+    layernorm_epsilon: float = 1e-5
+    """RMSNorm epsilon."""
+    init_method_std: float = 0.02
+    """Std of the normal initialisation of weights (random init only)."""
+    params_dtype: str = "float32"
+    """Parameter/compute dtype: float32, bfloat16 or float16."""
+    transformer_impl: str = "local"
+    """Layer spec: local (Megatron-Core modules), sdpa (local + torch SDPA attention),
+    te (Transformer Engine; required for FP8)."""
+    fp8: Optional[str] = None
+    """FP8 format: null (off), hybrid (e4m3 forward, e5m2 backward) or e4m3. Needs transformer_impl=te."""
+    fp8_recipe: str = "tensorwise"
+    """FP8 scaling recipe: delayed, tensorwise (current scaling), blockwise or mxfp8 (Blackwell)."""
+    fp8_param: bool = False
+    """Keep parameters in FP8 (saves memory; needs fp8)."""
+    recompute_granularity: Optional[str] = None
+    """Activation recomputation: null, selective or full."""
+    recompute_method: Optional[str] = None
+    """For full recompute: uniform or block."""
+    recompute_num_layers: Optional[int] = None
+    """For full recompute: layers per recompute chunk (uniform) or recomputed layers (block)."""
+
+    def __post_init__(self) -> None:
+        s = "model"
+        for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                    "num_query_groups", "vocab_size", "make_vocab_size_divisible_by",
+                    "max_position_embeddings", "kv_channels"):
+            _positive(s, key, getattr(self, key))
+        _choice(s, "params_dtype", self.params_dtype, DTYPES)
+        _choice(s, "transformer_impl", self.transformer_impl, SPECS)
+        _choice(s, "fp8", self.fp8, (None, "hybrid", "e4m3"))
+        _choice(s, "fp8_recipe", self.fp8_recipe, ("delayed", "tensorwise", "blockwise", "mxfp8"))
+        _choice(s, "recompute_granularity", self.recompute_granularity, (None, "selective", "full"))
+        _choice(s, "recompute_method", self.recompute_method, (None, "uniform", "block"))
+        if self.num_attention_heads % self.num_query_groups:
+            raise ConfigError(
+                f"config key model.num_query_groups: {self.num_query_groups} must divide "
+                f"model.num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"model.hidden_size ({self.hidden_size}) is not divisible by "
+                f"model.num_attention_heads ({self.num_attention_heads}); set model.kv_channels"
+            )
+        if self.fp8 is not None and self.transformer_impl != "te":
+            raise ConfigError(
+                f"model.fp8={self.fp8} needs the Transformer Engine spec: set "
+                f"model.transformer_impl=te (it is {self.transformer_impl!r}), or model.fp8=null"
+            )
+        if self.fp8_param and self.fp8 is None:
+            raise ConfigError("model.fp8_param=true needs model.fp8 (hybrid or e4m3)")
+        if self.recompute_granularity == "full" and self.recompute_method is None:
+            raise ConfigError(
+                "model.recompute_granularity=full needs model.recompute_method (uniform or block)"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+
+@dataclass(kw_only=True)
+class ParallelConfig:
+    """Megatron-Core parallel layout. Data parallelism is whatever the world size leaves."""
+
+    tensor_model_parallel_size: int = 1
+    """TP degree: attention heads, query groups, FFN and vocabulary are split this many ways."""
+    pipeline_model_parallel_size: int = 1
+    """PP degree: layers are split into this many stages."""
+    virtual_pipeline_model_parallel_size: Optional[int] = None
+    """Model chunks per pipeline rank for the interleaved 1F1B schedule (null = plain 1F1B)."""
+    sequence_parallel: bool = False
+    """Shard LayerNorm/dropout activations over the sequence within the TP group (needs TP > 1)."""
+    use_distributed_optimizer: bool = False
+    """Shard optimizer state over data-parallel ranks (ZeRO-1)."""
+    overlap_grad_reduce: bool = False
+    """Overlap the data-parallel gradient reduce with the backward pass."""
+    overlap_param_gather: bool = False
+    """Overlap the distributed optimizer's parameter all-gather with the forward pass."""
+    distributed_backend: str = "auto"
+    """Process-group backend: auto (nccl with CUDA, gloo without), nccl or gloo."""
+
+    def __post_init__(self) -> None:
+        s = "parallel"
+        _positive(s, "tensor_model_parallel_size", self.tensor_model_parallel_size)
+        _positive(s, "pipeline_model_parallel_size", self.pipeline_model_parallel_size)
+        _positive(s, "virtual_pipeline_model_parallel_size",
+                  self.virtual_pipeline_model_parallel_size)
+        _choice(s, "distributed_backend", self.distributed_backend, ("auto", "nccl", "gloo"))
+        if self.sequence_parallel and self.tensor_model_parallel_size == 1:
+            raise ConfigError(
+                "parallel.sequence_parallel=true needs parallel.tensor_model_parallel_size > 1"
+            )
+        vpp = self.virtual_pipeline_model_parallel_size
+        if vpp is not None and vpp > 1 and self.pipeline_model_parallel_size == 1:
+            raise ConfigError(
+                "parallel.virtual_pipeline_model_parallel_size needs "
+                "parallel.pipeline_model_parallel_size > 1"
+            )
+        if self.overlap_param_gather and not self.use_distributed_optimizer:
+            raise ConfigError(
+                "parallel.overlap_param_gather=true needs parallel.use_distributed_optimizer=true"
+            )
+
+
+@dataclass(kw_only=True)
+class ScirConfig:
+    """The SCIR objective (SCIR_SPEC §1–§6). Defaults are the spec's."""
+
+    mode: str = "scir"
+    """Training objective: scir (SCIR_SPEC §3–§5), srlm (labels fixed from the M_t judge) or
+    dpo (labels from the data)."""
+    beta: float = 0.1
+    """DPO temperature β of the implicit reward r(y) = β·(log πθ − log πref)."""
+    length_normalize: bool = False
+    """Divide the implicit reward's log-ratio by the response length (SCIR_SPEC §1)."""
+    consistency_weight: float = 1.0
+    """λ_cons, weight of the consistency (divergence) penalty."""
+    confidence_weight: float = 0.1
+    """λ_conf, weight of the entropy (confidence) penalty."""
+    divergence: str = "sym_kl"
+    """D(P_G, P_I): sym_kl, js or mse (SCIR_SPEC §3)."""
+    position_debias: str = "mean_prob"
+    """How the two judge orders combine: mean_prob, mean_logit or none (one judge sequence)."""
+    consistency_grad: str = "both"
+    """Which side L_cons trains: both, confident_teacher, judge_teacher or implicit_teacher."""
+    margin: float = 0.0
+    """m: a pair is consistent only if both |P − ½| exceed max(m, tie_eps)."""
+    tie_eps: float = 1e-4
+    """Predictions within tie_eps of ½ carry no label."""
+    pref_loss: str = "dpo"
+    """Preference loss on consistent pairs: dpo (−log σ) or ipo."""
+    pref_normalization: str = "pairs"
+    """Divide L_pref by all pairs (pairs; split-invariant) or by the consistent pairs (selected)."""
+    sft_weight: float = 0.0
+    """Weight of an SFT term on the agreed chosen response (0 = off)."""
+    srlm_drop_margin: float = 0.0
+    """srlm mode: drop pairs with |P_G − ½| ≤ this when labels are fixed."""
+
+    def __post_init__(self) -> None:
+        s = "scir"
+        _choice(s, "mode", self.mode, ("scir", "srlm", "dpo"))
+        _choice(s, "divergence", self.divergence, ("sym_kl", "js", "mse"))
+        _choice(s, "position_debias", self.position_debias, ("mean_prob", "mean_logit", "none"))
+        _choice(s, "consistency_grad", self.consistency_grad,
+                ("both", "confident_teacher", "judge_teacher", "implicit_teacher"))
+        _choice(s, "pref_loss", self.pref_loss, ("dpo", "ipo"))
+        _choice(s, "pref_normalization", self.pref_normalization, ("pairs", "selected"))
+        _positive(s, "beta", self.beta)
+        for key in ("consistency_weight", "confidence_weight", "margin", "sft_weight",
+                    "srlm_drop_margin"):
+            _positive(s, key, getattr(self, key), allow_zero=True)
+        if not 0 < self.tie_eps < 0.5:
+            raise ConfigError(f"config key scir.tie_eps: {self.tie_eps!r} must be in (0, 0.5)")
+
+
+PAIRWISE_TEMPLATE = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by "
+    "two AI assistants to the user question below. Choose the assistant that follows the "
+    "user's instructions and answers the question better.\n\n"
+    "[User Question]\n{prompt}\n\n"
+    "[The Start of Assistant A's Answer]\n{response_a}\n[The End of Assistant A's Answer]\n\n"
+    "[The Start of Assistant B's Answer]\n{response_b}\n[The End of Assistant B's Answer]\n\n"
+    "Answer with a single letter, A or B."
+)
+POINTWISE_TEMPLATE = (
+    "Review the user's question and the corresponding response using the additive 5-point "
+    "scoring system described below. Points are accumulated based on the satisfaction of each "
+    "criterion:\n"
+    "- Add 1 point if the response is relevant and provides some information related to the "
+    "user's inquiry, even if it is incomplete or contains some irrelevant content.\n"
+    "- Add another point if the response addresses a substantial portion of the user's "
+    "question, but does not completely resolve the query or provide a direct answer.\n"
+    "- Award a third point if the response answers the basic elements of the user's question "
+    "in a useful way, regardless of whether it seems to have been written by an AI Assistant.\n"
+    "- Grant a fourth point if the response is clearly written from an AI Assistant's "
+    "perspective, addressing the user's question directly and comprehensively.\n"
+    "- Bestow a fifth point for a response that is impeccably tailored to the user's question "
+    "by an AI Assistant, without extraneous information, reflecting expert knowledge.\n\n"
+    "User: {prompt}\n<response>{response}</response>\n\n"
+    "Answer with the total score only, a single digit from 0 to 5."
+)
+
+
+@dataclass(kw_only=True)
+class JudgeConfig:
+    """The generative judge read from logits at the verdict position (SCIR_SPEC §2)."""
+
+    kind: str = "pairwise"
+    """pairwise (A/B verdict, both orders) or pointwise (SRLM's additive 0–5 rubric)."""
+    pairwise_template: str = PAIRWISE_TEMPLATE
+    """Judge instruction with {prompt}, {response_a}, {response_b}; rendered as a user turn."""
+    pointwise_template: str = POINTWISE_TEMPLATE
+    """Judge instruction with {prompt}, {response}; rendered as a user turn."""
+    verdict_prefix: str = ""
+    """Text placed after the assistant header, right before the verdict token."""
+    verdict_texts: list[str] = field(default_factory=lambda: ["A", "B"])
+    """Pairwise verdict texts (first = the first-shown response wins); each must be one token."""
+    score_texts: list[str] = field(default_factory=lambda: ["0", "1", "2", "3", "4", "5"])
+    """Pointwise score texts for k = 0..K; each must be one token in context."""
+    score_temperature: float = 1.0
+    """τ in judge_logits = (s(y1) − s(y2)) / τ for pointwise judging."""
+
+    def __post_init__(self) -> None:
+        _choice("judge", "kind", self.kind, ("pairwise", "pointwise"))
+        _positive("judge", "score_temperature", self.score_temperature)
+        if len(self.verdict_texts) != 2 or len(set(self.verdict_texts)) != 2:
+            raise ConfigError(
+                f"config key judge.verdict_texts: {self.verdict_texts!r} must be two distinct texts"
+            )
+        if len(self.score_texts) < 2 or len(set(self.score_texts)) != len(self.score_texts):
+            raise ConfigError(
+                f"config key judge.score_texts: {self.score_texts!r} must be >= 2 distinct texts"
+            )
+        for key, text, names in (
+            ("pairwise_template", self.pairwise_template, ("{prompt}", "{response_a}",
+                                                           "{response_b}")),
+            ("pointwise_template", self.pointwise_template, ("{prompt}", "{response}")),
+        ):
+            missing = [n for n in names if n not in text]
+            if missing:
+                raise ConfigError(f"config key judge.{key}: missing placeholder(s) {missing}")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Tokenizer, files and sequence budgets (SCIR_SPEC §7, §9)."""
+
+    tokenizer_type: str = "sentencepiece"
+    """sentencepiece (a .model file) or hf (a Hugging Face tokenizer directory)."""
+    tokenizer_path: Optional[str] = None
+    """Path to the SentencePiece model file or the HF tokenizer directory."""
+    chat_template: str = "plain"
+    """plain (documented User:/Assistant: turns), tokenizer (the HF tokenizer's own template),
+    or a format string with {prompt}."""
+    prompts: Optional[str] = None
+    """JSONL of {"id", "prompt"} records: the prompt pool."""
+    seed_sft: Optional[str] = None
+    """JSONL of {"prompt", "response"} seed instruction data."""
+    seed_judge: Optional[str] = None
+    """JSONL of pairwise or pointwise seed judge data."""
+    on_bad_record: str = "error"
+    """error: stop at the first bad JSONL line (file:line); skip: skip, count and summarise."""
+    max_prompt_length: int = 256
+    """Token budget of the prompt part of a policy sequence (left-truncated beyond it)."""
+    max_response_length: int = 256
+    """Token budget of a response (right-truncated beyond it)."""
+    judge_max_length: int = 1024
+    """Token budget of a judge sequence (responses then prompt truncated; the tail never)."""
+    pairs_per_prompt: int = 2
+    """Unlabeled pairs built per prompt from distinct responses (SCIR_SPEC §7)."""
+    truncated_responses: str = "keep"
+    """What pair building does with responses that hit max_new_tokens: keep, flag or drop."""
+    shuffle: bool = True
+    """Shuffle the epoch (seeded, per epoch) before sharding over data-parallel ranks."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+
+    def __post_init__(self) -> None:
+        s = "data"
+        _choice(s, "tokenizer_type", self.tokenizer_type, ("sentencepiece", "hf"))
+        _choice(s, "on_bad_record", self.on_bad_record, ("error", "skip"))
+        _choice(s, "truncated_responses", self.truncated_responses, ("keep", "flag", "drop"))
+        for key in ("max_prompt_length", "max_response_length", "judge_max_length",
+                    "pairs_per_prompt"):
+            _positive(s, key, getattr(self, key))
+        _positive(s, "num_workers", self.num_workers, allow_zero=True)
+
+
+@dataclass(kw_only=True)
+class GenerationConfig:
+    """Sampling N responses per prompt with megatron.core.inference (SCIR_SPEC §7.1)."""
+
+    num_responses: int = 4
+    """Responses sampled per prompt."""
+    temperature: float = 0.7
+    """Sampling temperature (0 = greedy)."""
+    top_p: float = 0.9
+    """Nucleus sampling threshold (0 or 1 = off)."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+    max_new_tokens: int = 256
+    """New tokens per response."""
+    stop_strings: list[str] = field(default_factory=list)
+    """Generation of a response stops at the first of these strings (besides EOS)."""
+    max_batch_size: int = 32
+    """Sequences decoded together."""
+    max_prompt_length: int = 512
+    """Longer prompts are left-truncated or skipped (see long_prompts)."""
+    long_prompts: str = "truncate"
+    """truncate (keep the last max_prompt_length tokens) or skip; both are counted."""
+    chunk_size: int = 64
+    """Prompts per committed output chunk (the unit a restarted run resumes from)."""
+    engine: str = "auto"
+    """static (StaticInferenceEngine), dynamic (DynamicInferenceEngine, GPU + flash-attn) or auto."""
+    seed: int = 1234
+    """Sampling seed; the same seed, model, prompts and layout give the same responses."""
+
+    def __post_init__(self) -> None:
+        s = "generation"
+        _choice(s, "long_prompts", self.long_prompts, ("truncate", "skip"))
+        _choice(s, "engine", self.engine, ("auto", "static", "dynamic"))
+        for key in ("num_responses", "max_new_tokens", "max_batch_size", "max_prompt_length",
+                    "chunk_size"):
+            _positive(s, key, getattr(self, key))
+        _positive(s, "temperature", self.temperature, allow_zero=True)
+        _positive(s, "top_k", self.top_k, allow_zero=True)
+        if not 0 <= self.top_p <= 1:
+            raise ConfigError(f"config key generation.top_p: {self.top_p!r} must be in [0, 1]")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Optimisation (Megatron-Core optimizer + DDP)."""
+
+    micro_batch_size: int = 2
+    """Pairs per micro-batch (all micro-batches have this size; SCIR_SPEC §4 normalisation)."""
+    global_batch_size: int = 8
+    """Pairs per optimizer step across data-parallel ranks and micro-batches."""
+    train_iters: Optional[int] = None
+    """Optimizer steps per self-rewarding iteration (null = epochs decide)."""
+    epochs: int = 1
+    """Passes over the iteration's pairs when train_iters is null."""
+    lr: float = 1e-6
+    """Peak learning rate."""
+    min_lr: float = 0.0
+    """Final learning rate of the decay."""
+    lr_warmup_iters: int = 0
+    """Linear warm-up steps."""
+    lr_decay_style: str = "cosine"
+    """constant, linear or cosine."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.95
+    """AdamW beta2."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    clip_grad: float = 1.0
+    """Global gradient-norm clip (0 = off)."""
+    seed: int = 1234
+    """Seed for initialisation, shuffling and dropout."""
+    sft_epochs: int = 1
+    """Epochs of the seed SFT stage (instruction + judge data)."""
+
+    def __post_init__(self) -> None:
+        s = "train"
+        _choice(s, "lr_decay_style", self.lr_decay_style, ("constant", "linear", "cosine"))
+        for key in ("micro_batch_size", "global_batch_size", "train_iters", "epochs"):
+            _positive(s, key, getattr(self, key))
+        if self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"train.global_batch_size ({self.global_batch_size}) must be a multiple of "
+                f"train.micro_batch_size ({self.micro_batch_size})"
+            )
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    """Megatron distributed checkpoints (torch_dist)."""
+
+    load: Optional[str] = None
+    """Checkpoint to start from (a megatron-scir, Megatron-LM or NeMo 2 torch_dist directory)."""
+    save: Optional[str] = None
+    """Directory checkpoints are written under (iter_XXXXXXX subdirectories)."""
+    save_interval: Optional[int] = None
+    """Save every this many optimizer steps (null = only at the end of an iteration)."""
+    keep_last: Optional[int] = None
+    """Keep only the newest this many checkpoints (null = keep all)."""
+    export_hf: bool = False
+    """Also export each iteration's model in Hugging Face format."""
+
+
+@dataclass(kw_only=True)
+class LoggingConfig:
+    """Metrics (JSONL + TensorBoard) and progress."""
+
+    log_dir: Optional[str] = None
+    """Where metrics.jsonl and TensorBoard events go (null = <run_dir>/logs)."""
+    log_interval: int = 1
+    """Log every this many steps."""
+    tensorboard: bool = True
+    """Write TensorBoard event files."""
+    progress: bool = True
+    """Show tqdm progress bars on rank 0."""
+
+
+@dataclass(kw_only=True)
+class IterationConfig:
+    """The self-rewarding loop (SCIR_SPEC §7)."""
+
+    run_dir: str = "runs/scir"
+    """Every stage of every iteration reads and writes files here."""
+    num_iterations: int = 2
+    """Self-rewarding iterations t = 1..T."""
+    prompts_per_iteration: Optional[int] = None
+    """Prompts of the pool used per iteration (null = all)."""
+    seed_sft: bool = True
+    """Run the seed SFT stage (instruction + judge data) before iteration 1."""
+
+
+@dataclass(kw_only=True)
+class Config:
+    """The whole run: one section per package."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    scir: ScirConfig = field(default_factory=ScirConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    iteration: IterationConfig = field(default_factory=IterationConfig)

@@ -1,0 +1,248 @@
+"""Build the Llama/Mistral-family Megatron-Core model for one (virtual) pipeline stage.
+
+The only module that knows the Megatron model class (``GPTModel`` in megatron-core 0.19, deprecated
+in favour of ``HybridModel``): everything else goes through :func:`build_gpt_model`,
+:func:`forward_last_stage` and :class:`OutputHead`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from megatron_scir.config import Config, ConfigError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def te_available() -> bool:
+    """True when Transformer Engine imports (CUDA machines with TE installed)."""
+    try:
+        import transformer_engine  # noqa: F401
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:  # noqa: BLE001 — any import failure means "not usable here"
+        return False
+    return True
+
+
+def padded_vocab_size(cfg: Config) -> int:
+    """Megatron's padding: a multiple of ``make_vocab_size_divisible_by × TP``."""
+    unit = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tensor_model_parallel_size
+    return -(-cfg.model.vocab_size // unit) * unit
+
+
+def transformer_config(cfg: Config):
+    """Megatron ``TransformerConfig`` for the Llama family (RMSNorm, SwiGLU, GQA, no biases)."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    m, p = cfg.model, cfg.parallel
+    dtype = _DTYPES[m.params_dtype]
+    on_gpu = torch.cuda.is_available()
+    fp8 = {}
+    if m.fp8 is not None:
+        fp8 = dict(fp8=m.fp8, fp8_recipe=m.fp8_recipe, fp8_param=m.fp8_param)
+    recompute = {}
+    if m.recompute_granularity is not None:
+        recompute = dict(recompute_granularity=m.recompute_granularity,
+                         recompute_method=m.recompute_method,
+                         recompute_num_layers=m.recompute_num_layers)
+    vpp = p.virtual_pipeline_model_parallel_size
+    return TransformerConfig(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        ffn_hidden_size=m.ffn_hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        kv_channels=m.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=m.layernorm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=m.init_method_std,
+        tensor_model_parallel_size=p.tensor_model_parallel_size,
+        pipeline_model_parallel_size=p.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=vpp if vpp and vpp > 1 else None,
+        sequence_parallel=p.sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu_initialization=not on_gpu,
+        perform_initialization=True,
+        gradient_accumulation_fusion=False,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+        bias_dropout_fusion=False,
+        **fp8,
+        **recompute,
+    )
+
+
+def layer_spec(cfg: Config):
+    """The transformer-layer ``ModuleSpec`` named by ``model.transformer_impl``."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    from megatron_scir.models.norm import RMSNorm
+
+    impl = cfg.model.transformer_impl
+    if impl == "te" or cfg.model.fp8 is not None:
+        if not te_available():
+            raise ConfigError(
+                f"model.transformer_impl={impl} / model.fp8={cfg.model.fp8} needs Transformer "
+                "Engine, which is not installed here (it is CUDA-only: pip install "
+                "'megatron-scir[fp8]' on a GPU node). Use model.transformer_impl=sdpa and "
+                "model.fp8=null without it."
+            )
+        from megatron.core.models.gpt.gpt_layer_specs import (
+            get_gpt_layer_with_transformer_engine_spec,
+        )
+
+        return get_gpt_layer_with_transformer_engine_spec()
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.submodules.input_layernorm = RMSNorm
+    spec.submodules.pre_mlp_layernorm = RMSNorm
+    if impl == "sdpa":
+        from megatron_scir.models.attention import SDPAttention
+
+        spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    return spec
+
+
+def build_gpt_model(cfg: Config, *, pre_process: bool | None = None,
+                    post_process: bool | None = None, vp_stage: int | None = None):
+    """Build this rank's model chunk ``vp_stage`` (None: the whole stage, no interleaving).
+
+    Megatron's parallel_state must be initialised for ``cfg.parallel``. With the same
+    ``train.seed`` (CPU initialisation) every TP/PP layout holds the same master weights.
+    """
+    from megatron.core.models.gpt import GPTModel
+
+    from megatron_scir.parallel import state
+
+    if pre_process is None:
+        pre_process = state.is_first_stage(vp_stage)
+    if post_process is None:
+        post_process = state.is_last_stage(vp_stage)
+    m = cfg.model
+    config = transformer_config(cfg)
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=_block_spec(cfg, config, vp_stage),
+        vocab_size=padded_vocab_size(cfg),
+        max_sequence_length=m.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=True,
+        share_embeddings_and_output_weights=False,
+        position_embedding_type="rope",
+        rotary_base=m.rotary_base,
+        rope_scaling=m.rope_scaling,
+        rope_scaling_factor=m.rope_scaling_factor,
+        vp_stage=vp_stage,
+    )
+    if m.rope_scaling:
+        _apply_llama3_rope_scaling(model, cfg)
+    return model
+
+
+def _block_spec(cfg: Config, config, vp_stage: int | None):
+    """The stage's block: its layers plus the final norm (ours for local/sdpa; see norm.py)."""
+    spec = layer_spec(cfg)
+    if cfg.model.transformer_impl == "te":
+        return spec
+    from megatron.core.transformer.transformer_block import (
+        TransformerBlockSubmodules,
+        get_num_layers_to_build,
+    )
+
+    from megatron_scir.models.norm import RMSNorm
+
+    num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return TransformerBlockSubmodules(layer_specs=[spec] * num_layers, layer_norm=RMSNorm)
+
+
+def _apply_llama3_rope_scaling(model, cfg: Config) -> None:
+    # Megatron's scaling hard-codes low/high frequency factors 1 and 4 and an original context of
+    # 8192 (Llama-3.1's values); recompute from the unscaled frequencies with the configured ones.
+    m = cfg.model
+    rope = model.rotary_pos_emb
+    dim = m.head_dim
+    base = 1.0 / (m.rotary_base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    rope.inv_freq = rope._apply_scaling(
+        base.to(rope.inv_freq.device), factor=m.rope_scaling_factor,
+        low_freq_factor=m.rope_low_freq_factor, high_freq_factor=m.rope_high_freq_factor,
+        original_max_position_embeddings=m.rope_original_max_position_embeddings,
+    )
+
+
+def build_model_chunks(cfg: Config) -> list:
+    """All model chunks of this rank: one, or ``virtual_pipeline_model_parallel_size`` (interleaved)."""
+    vpp = cfg.parallel.virtual_pipeline_model_parallel_size
+    if not vpp or vpp == 1:
+        return [build_gpt_model(cfg)]
+    return [build_gpt_model(cfg, vp_stage=i) for i in range(vpp)]
+
+
+class OutputHead:
+    """The last stage's view of the model output: final hidden states plus the output layer.
+
+    Under sequence parallelism the hidden states are ``[s/tp, b, h]``; :meth:`logits` lets the
+    output layer gather them, :meth:`logits_at` gathers the sequence once and applies the output
+    weight to the chosen rows only, so no ``[s, b, V/tp]`` tensor is ever made for them.
+    """
+
+    def __init__(self, hidden: torch.Tensor, output_layer, output_weight, scale_logits) -> None:
+        self.hidden = hidden
+        self._layer = output_layer
+        self._weight = output_weight if output_weight is not None else output_layer.weight
+        self._scale = scale_logits
+
+    @property
+    def sequence_parallel(self) -> bool:
+        return bool(self._layer.sequence_parallel)
+
+    def logits(self, rows) -> torch.Tensor:
+        """Vocab-parallel logits of batch ``rows`` at every position: ``[len(rows), s, V/tp]``."""
+        logits, _ = self._layer(self.hidden[:, rows], weight=self._weight)
+        return self._scale(logits).transpose(0, 1)
+
+    def logits_at(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Vocab-parallel logits at (row, position) pairs only: ``[n, V/tp]``."""
+        from megatron.core import tensor_parallel
+
+        group = self._layer.tp_group
+        if self.sequence_parallel:
+            # all-gather the sequence; its backward reduce-scatters (sums) the TP ranks' grads
+            full = tensor_parallel.gather_from_sequence_parallel_region(
+                self.hidden, tensor_parallel_output_grad=True, group=group)
+            picked = full[positions, rows]
+        else:
+            # identity forward; the backward all-reduces the TP ranks' input grads
+            picked = tensor_parallel.copy_to_tensor_model_parallel_region(
+                self.hidden[positions, rows], group=group)
+        return self._scale(F.linear(picked, self._weight))
+
+
+def forward_last_stage(model, tokens: torch.Tensor, position_ids: torch.Tensor,
+                       head_fn: Callable[[OutputHead], Any]) -> Any:
+    """Run the stage; on the last stage return ``head_fn(OutputHead)``, else the hidden states.
+
+    Args:
+        model: a stage built by :func:`build_gpt_model` (possibly wrapped by DDP/Float16Module).
+        tokens: ``[b, s]`` token ids (used on the first stage).
+        position_ids: ``[b, s]``.
+        head_fn: called on the last stage with the stage's :class:`OutputHead`.
+    """
+
+    def processor(*, hidden_states, output_layer, output_weight, scale_logits, **_):
+        return head_fn(OutputHead(hidden_states, output_layer, output_weight, scale_logits))
+
+    return model(tokens, position_ids, None, output_processor=processor)

@@ -1,0 +1,174 @@
+"""Run real Megatron-Core on CPU under gloo (tests, the laptop demo). Never used when CUDA exists.
+
+Megatron-Core assumes a CUDA device in a handful of places (measured with 0.19.2, see
+docs/parallelism.md and the shared PLATFORM notes). :func:`enable` neutralises exactly those:
+
+- tensors created with ``device="cuda"`` / ``device=torch.cuda.current_device()`` (schedules'
+  token counters, p2p shape exchange, RoPE tables, the global memory buffer) → a
+  :class:`torch.overrides.TorchFunctionMode` rewrites CUDA device arguments to CPU and makes
+  ``Tensor.cuda()`` a no-op;
+- ``torch.cuda.current_device()`` → "cpu" (autograd backward runs outside the mode), ``torch.cuda.synchronize``
+  → no-op, ``torch.cuda.Event`` → a wall-clock timer, streams (DDP's grad-sync) → no-op streams;
+- the CUDA RNG tracker used by ``get_cuda_rng_tracker().fork()`` → a tracker over CPU generator states;
+- ``torch.autocast("cuda")`` → ``torch.autocast("cpu")``;
+- the inference p2p ``_is_cuda`` assert → accepts CPU tensors.
+
+The GPU code paths never import this module; :func:`enable` refuses to run when CUDA is available.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+_MODE: _CpuDeviceMode | None = None
+
+
+def _to_cpu_device(device):
+    if device is None:
+        return None
+    if isinstance(device, int):
+        return torch.device("cpu")
+    dev = torch.device(device)
+    return torch.device("cpu") if dev.type == "cuda" else dev
+
+
+class _CpuDeviceMode(TorchFunctionMode):
+    """Rewrites CUDA device arguments to CPU for every torch call made while active."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in (torch.Tensor.cuda,):
+            return args[0]
+        if func is torch.Tensor.to and args[1:] and isinstance(args[1], (str, int, torch.device)):
+            if not isinstance(args[1], torch.dtype):
+                args = (args[0], _to_cpu_device(args[1]), *args[2:])
+        if "device" in kwargs:
+            kwargs["device"] = _to_cpu_device(kwargs["device"])
+        return func(*args, **kwargs)
+
+
+class _CpuEvent:
+    """Stands in for ``torch.cuda.Event(enable_timing=True)``: wall-clock timing."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._t = None
+
+    def record(self, *args, **kwargs) -> None:
+        self._t = time.perf_counter()
+
+    def synchronize(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def wait(self, *args, **kwargs) -> None:
+        pass
+
+    def elapsed_time(self, end: _CpuEvent) -> float:
+        return (end._t - self._t) * 1000.0
+
+
+class _CpuStream:
+    """Stands in for a CUDA stream: CPU work is already ordered, so every wait is a no-op."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def wait_stream(self, other) -> None:
+        pass
+
+    def wait_event(self, event) -> None:
+        pass
+
+    def record_event(self, event=None):
+        return event or _CpuEvent()
+
+    def synchronize(self) -> None:
+        pass
+
+
+def _install_rng_tracker() -> None:
+    from megatron.core.tensor_parallel import random as mrandom
+
+    class CpuRNGStatesTracker(mrandom.CudaRNGStatesTracker):
+        """The Megatron RNG tracker over CPU generator states (dropout inside TP regions)."""
+
+        def add(self, name, seed):
+            if seed in self.seeds_:
+                raise Exception(f"seed {seed} already exists")
+            if name in self.states_:
+                raise Exception(f"rng state {name} already exists")
+            self._is_initialized = True
+            self.seeds_.add(seed)
+            generator = torch.Generator().manual_seed(seed)
+            self.states_[name] = generator.get_state()
+
+        @contextlib.contextmanager
+        def fork(self, name=mrandom._MODEL_PARALLEL_RNG_TRACKER_NAME):
+            if name not in self.states_:
+                raise Exception(f"rng state {name} is not added")
+            orig = torch.get_rng_state()
+            torch.set_rng_state(self.states_[name])
+            try:
+                yield
+            finally:
+                self.states_[name] = torch.get_rng_state()
+                torch.set_rng_state(orig)
+
+    mrandom._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
+    mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+
+
+def seed_rng_tracker(seed: int, *, tp_rank: int, pp_rank: int, ep_rank: int = 0) -> None:
+    """The CPU counterpart of ``model_parallel_cuda_manual_seed`` (same seed offsets)."""
+    from megatron.core.tensor_parallel import random as mrandom
+
+    tracker = mrandom._CUDA_RNG_STATE_TRACKER
+    tracker.reset()
+    offset = seed + 2718 + 100 * pp_rank
+    tracker.add(mrandom._DATA_PARALLEL_RNG_TRACKER_NAME, seed)
+    tracker.add(mrandom._MODEL_PARALLEL_RNG_TRACKER_NAME, offset + tp_rank)
+    tracker.add(mrandom._EXPERT_PARALLEL_RNG_TRACKER_NAME, offset + 1024 + 100 * ep_rank + tp_rank)
+
+
+def is_enabled() -> bool:
+    return _MODE is not None
+
+
+def enable() -> None:
+    """Enable the CPU layer for this process (idempotent). Refuses when CUDA is available."""
+    global _MODE
+    if _MODE is not None:
+        return
+    if torch.cuda.is_available():
+        raise RuntimeError(
+            "megatron_scir.parallel.cpu_compat is for CPU-only runs; CUDA is available here"
+        )
+    torch.cuda.current_device = lambda: "cpu"
+    torch.cuda.synchronize = lambda *a, **k: None
+    torch.cuda.Event = _CpuEvent
+    torch.cuda.Stream = _CpuStream
+    torch.cuda.current_stream = lambda *a, **k: _CpuStream()
+    torch.cuda.stream = lambda *a, **k: contextlib.nullcontext()
+    _orig_autocast = torch.autocast.__init__
+
+    def _autocast_init(self, device_type, *args, **kwargs):
+        _orig_autocast(self, "cpu" if device_type == "cuda" else device_type, *args, **kwargs)
+
+    torch.autocast.__init__ = _autocast_init
+    _install_rng_tracker()
+    _patch_inference_comm()
+    _MODE = _CpuDeviceMode()
+    _MODE.__enter__()
+
+
+def _patch_inference_comm() -> None:
+    from megatron.core.inference import communication_utils
+
+    if hasattr(communication_utils, "_is_cuda"):
+        communication_utils._is_cuda = lambda tensor: None

@@ -1,0 +1,142 @@
+"""The bridge from Megatron's global ``parallel_state`` to the rest of the package.
+
+Everything that reads ``megatron.core.parallel_state`` goes through here; math functions take
+explicit groups (``tp_group=``, ``dp_group=``) instead.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from megatron_scir.config import ParallelConfig
+
+
+def init_distributed(backend: str = "auto", *, timeout_s: int = 1800) -> None:
+    """Initialise torch.distributed from the usual env vars (torchrun/Slurm), once.
+
+    ``auto`` picks NCCL when CUDA is available and gloo (plus the CPU compatibility layer)
+    otherwise. A single process without launcher env vars gets a world of one.
+    """
+    if dist.is_initialized():
+        return
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "gloo" and not torch.cuda.is_available():
+        from megatron_scir.parallel import cpu_compat
+
+        cpu_compat.enable()
+    if "RANK" not in os.environ:
+        _single_process_env()
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+
+
+def _single_process_env() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+
+
+def initialize_model_parallel(parallel: ParallelConfig, *, seed: int = 1234) -> None:
+    """Create Megatron's TP/PP/DP groups for ``parallel`` and seed the model-parallel RNG."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    vpp = parallel.virtual_pipeline_model_parallel_size
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=vpp if vpp and vpp > 1 else None,
+    )
+    if torch.cuda.is_available():
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    else:
+        from megatron_scir.parallel import cpu_compat
+
+        cpu_compat.seed_rng_tracker(
+            seed,
+            tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+            pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        )
+
+
+def destroy_model_parallel() -> None:
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+
+
+def tp_group():
+    from megatron.core import parallel_state
+
+    return parallel_state.get_tensor_model_parallel_group()
+
+
+def dp_group():
+    from megatron.core import parallel_state
+
+    return parallel_state.get_data_parallel_group()
+
+
+def pp_group():
+    from megatron.core import parallel_state
+
+    return parallel_state.get_pipeline_model_parallel_group()
+
+
+def tp_rank() -> int:
+    from megatron.core import parallel_state
+
+    return parallel_state.get_tensor_model_parallel_rank()
+
+
+def tp_size() -> int:
+    from megatron.core import parallel_state
+
+    return parallel_state.get_tensor_model_parallel_world_size()
+
+
+def pp_rank() -> int:
+    from megatron.core import parallel_state
+
+    return parallel_state.get_pipeline_model_parallel_rank()
+
+
+def pp_size() -> int:
+    from megatron.core import parallel_state
+
+    return parallel_state.get_pipeline_model_parallel_world_size()
+
+
+def dp_rank() -> int:
+    from megatron.core import parallel_state
+
+    return parallel_state.get_data_parallel_rank()
+
+
+def dp_size() -> int:
+    from megatron.core import parallel_state
+
+    return parallel_state.get_data_parallel_world_size()
+
+
+def is_first_stage(vp_stage: int | None = None) -> bool:
+    from megatron.core import parallel_state
+
+    return parallel_state.is_pipeline_first_stage(ignore_virtual=vp_stage is None,
+                                                  vp_stage=vp_stage)
+
+
+def is_last_stage(vp_stage: int | None = None) -> bool:
+    from megatron.core import parallel_state
+
+    return parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None,
+                                                 vp_stage=vp_stage)

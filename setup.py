@@ -1,0 +1,32 @@
+"""Packaging for megatron-scir (``pip install -e .[hf,test]``; GPU: ``.[hf,fp8]``)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron-scir",
+    version="0.1.0.dev0",
+    description="Self-Consistent Internal Rewards (SCIR) self-rewarding alignment on Megatron-Core",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.12",
+    packages=find_packages(include=["megatron_scir", "megatron_scir.*"]),
+    package_data={"megatron_scir.config": ["presets/*.yaml"]},
+    install_requires=[
+        "torch>=2.6",
+        "megatron-core>=0.19,<0.20",
+        "omegaconf>=2.3",
+        "pyyaml",
+        "sentencepiece>=0.2",
+        "numpy",
+        "safetensors",
+        "tqdm",
+        "psutil",
+        "tensorboard",
+    ],
+    extras_require={
+        "hf": ["transformers>=4.51"],
+        "fp8": ["transformer-engine[pytorch]"],
+        "test": ["pytest>=8", "pytest-timeout", "ruff"],
+    },
+    entry_points={"console_scripts": ["scir=megatron_scir.cli:main"]},
+)
