@@ -1,0 +1,40 @@
+"""reduce_metrics: exact global means from (sum, count) metrics of unequal denominators."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from megatron_scir.parallel.reductions import reduce_metrics
+
+
+def _m(total: float, count: float) -> torch.Tensor:
+    return torch.tensor([total, count])
+
+
+def test_means_with_different_denominators_per_micro_batch_are_exact():
+    # reward/margin over 1 consistent pair, then over 3: the global mean is 10/4, not (4 + 2)/2.
+    per_microbatch = [{"reward/margin": _m(4.0, 1)}, {"reward/margin": _m(6.0, 3)}]
+    assert reduce_metrics(per_microbatch)["reward/margin"] == pytest.approx(2.5)
+
+
+def test_second_moments_become_standard_deviations():
+    values = torch.tensor([0.1, 0.4, 0.7, 0.2])
+    per_microbatch = [
+        {"x/p_mean": _m(v.sum(), len(v)), "x/p_sqmean": _m(v.square().sum(), len(v))}
+        for v in values.split(2)
+    ]
+    reduced = reduce_metrics(per_microbatch)
+    assert set(reduced) == {"x/p_mean", "x/p_std"}
+    assert reduced["x/p_std"] == pytest.approx(values.double().std(unbiased=False).item(), rel=1e-6)
+
+
+def test_a_metric_with_no_count_in_the_whole_batch_is_nan_not_zero():
+    assert math.isnan(reduce_metrics([{"reward/margin": _m(0.0, 0)}])["reward/margin"])
+
+
+def test_micro_batches_reporting_different_keys_are_refused():
+    with pytest.raises(ValueError, match="same keys"):
+        reduce_metrics([{"a/b": _m(1, 1)}, {"a/c": _m(1, 1)}])
