@@ -18,8 +18,22 @@ from megatron_scir.config.schema import (
 from megatron_scir.config.validate import validate, validate_world
 
 __all__ = [
-    "CheckpointConfig", "Config", "ConfigError", "DataConfig", "GenerationConfig",
-    "IterationConfig", "JudgeConfig", "LoggingConfig", "ModelConfig", "ParallelConfig",
-    "ScirConfig", "TrainConfig", "config_from_dict", "config_to_yaml", "list_presets",
-    "load_config", "validate", "validate_world",
+    "CheckpointConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "GenerationConfig",
+    "IterationConfig",
+    "JudgeConfig",
+    "LoggingConfig",
+    "ModelConfig",
+    "ParallelConfig",
+    "ScirConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_yaml",
+    "list_presets",
+    "load_config",
+    "validate",
+    "validate_world",
 ]

@@ -9,7 +9,6 @@ Parallelism and model knobs are spelled as in Megatron-Core's ``TransformerConfi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from megatron_scir.config.errors import ConfigError
 
@@ -46,7 +45,7 @@ class ModelConfig:
     """Query heads."""
     num_query_groups: int = 2
     """Key/value heads (GQA groups). Equal to num_attention_heads for plain MHA."""
-    kv_channels: Optional[int] = None
+    kv_channels: int | None = None
     """Head dimension; null means hidden_size // num_attention_heads."""
     vocab_size: int = 256
     """Tokenizer vocabulary size (before padding for tensor parallelism)."""
@@ -75,24 +74,32 @@ class ModelConfig:
     transformer_impl: str = "local"
     """Layer spec: local (Megatron-Core modules), sdpa (local + torch SDPA attention),
     te (Transformer Engine; required for FP8)."""
-    fp8: Optional[str] = None
-    """FP8 format: null (off), hybrid (e4m3 forward, e5m2 backward) or e4m3. Needs transformer_impl=te."""
+    fp8: str | None = None
+    """FP8 format: null (off), hybrid (e4m3 fwd, e5m2 bwd) or e4m3. Needs transformer_impl=te."""
     fp8_recipe: str = "tensorwise"
     """FP8 scaling recipe: delayed, tensorwise (current scaling), blockwise or mxfp8 (Blackwell)."""
     fp8_param: bool = False
     """Keep parameters in FP8 (saves memory; needs fp8)."""
-    recompute_granularity: Optional[str] = None
+    recompute_granularity: str | None = None
     """Activation recomputation: null, selective or full."""
-    recompute_method: Optional[str] = None
+    recompute_method: str | None = None
     """For full recompute: uniform or block."""
-    recompute_num_layers: Optional[int] = None
+    recompute_num_layers: int | None = None
     """For full recompute: layers per recompute chunk (uniform) or recomputed layers (block)."""
 
     def __post_init__(self) -> None:
         s = "model"
-        for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-                    "num_query_groups", "vocab_size", "make_vocab_size_divisible_by",
-                    "max_position_embeddings", "kv_channels"):
+        for key in (
+            "num_layers",
+            "hidden_size",
+            "ffn_hidden_size",
+            "num_attention_heads",
+            "num_query_groups",
+            "vocab_size",
+            "make_vocab_size_divisible_by",
+            "max_position_embeddings",
+            "kv_channels",
+        ):
             _positive(s, key, getattr(self, key))
         _choice(s, "params_dtype", self.params_dtype, DTYPES)
         _choice(s, "transformer_impl", self.transformer_impl, SPECS)
@@ -135,7 +142,7 @@ class ParallelConfig:
     """TP degree: attention heads, query groups, FFN and vocabulary are split this many ways."""
     pipeline_model_parallel_size: int = 1
     """PP degree: layers are split into this many stages."""
-    virtual_pipeline_model_parallel_size: Optional[int] = None
+    virtual_pipeline_model_parallel_size: int | None = None
     """Model chunks per pipeline rank for the interleaved 1F1B schedule (null = plain 1F1B)."""
     sequence_parallel: bool = False
     """Shard LayerNorm/dropout activations over the sequence within the TP group (needs TP > 1)."""
@@ -152,8 +159,9 @@ class ParallelConfig:
         s = "parallel"
         _positive(s, "tensor_model_parallel_size", self.tensor_model_parallel_size)
         _positive(s, "pipeline_model_parallel_size", self.pipeline_model_parallel_size)
-        _positive(s, "virtual_pipeline_model_parallel_size",
-                  self.virtual_pipeline_model_parallel_size)
+        _positive(
+            s, "virtual_pipeline_model_parallel_size", self.virtual_pipeline_model_parallel_size
+        )
         _choice(s, "distributed_backend", self.distributed_backend, ("auto", "nccl", "gloo"))
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
             raise ConfigError(
@@ -210,13 +218,22 @@ class ScirConfig:
         _choice(s, "mode", self.mode, ("scir", "srlm", "dpo"))
         _choice(s, "divergence", self.divergence, ("sym_kl", "js", "mse"))
         _choice(s, "position_debias", self.position_debias, ("mean_prob", "mean_logit", "none"))
-        _choice(s, "consistency_grad", self.consistency_grad,
-                ("both", "confident_teacher", "judge_teacher", "implicit_teacher"))
+        _choice(
+            s,
+            "consistency_grad",
+            self.consistency_grad,
+            ("both", "confident_teacher", "judge_teacher", "implicit_teacher"),
+        )
         _choice(s, "pref_loss", self.pref_loss, ("dpo", "ipo"))
         _choice(s, "pref_normalization", self.pref_normalization, ("pairs", "selected"))
         _positive(s, "beta", self.beta)
-        for key in ("consistency_weight", "confidence_weight", "margin", "sft_weight",
-                    "srlm_drop_margin"):
+        for key in (
+            "consistency_weight",
+            "confidence_weight",
+            "margin",
+            "sft_weight",
+            "srlm_drop_margin",
+        ):
             _positive(s, key, getattr(self, key), allow_zero=True)
         if not 0 < self.tie_eps < 0.5:
             raise ConfigError(f"config key scir.tie_eps: {self.tie_eps!r} must be in (0, 0.5)")
@@ -281,8 +298,11 @@ class JudgeConfig:
                 f"config key judge.score_texts: {self.score_texts!r} must be >= 2 distinct texts"
             )
         for key, text, names in (
-            ("pairwise_template", self.pairwise_template, ("{prompt}", "{response_a}",
-                                                           "{response_b}")),
+            (
+                "pairwise_template",
+                self.pairwise_template,
+                ("{prompt}", "{response_a}", "{response_b}"),
+            ),
             ("pointwise_template", self.pointwise_template, ("{prompt}", "{response}")),
         ):
             missing = [n for n in names if n not in text]
@@ -296,16 +316,16 @@ class DataConfig:
 
     tokenizer_type: str = "sentencepiece"
     """sentencepiece (a .model file) or hf (a Hugging Face tokenizer directory)."""
-    tokenizer_path: Optional[str] = None
+    tokenizer_path: str | None = None
     """Path to the SentencePiece model file or the HF tokenizer directory."""
     chat_template: str = "plain"
     """plain (documented User:/Assistant: turns), tokenizer (the HF tokenizer's own template),
     or a format string with {prompt}."""
-    prompts: Optional[str] = None
+    prompts: str | None = None
     """JSONL of {"id", "prompt"} records: the prompt pool."""
-    seed_sft: Optional[str] = None
+    seed_sft: str | None = None
     """JSONL of {"prompt", "response"} seed instruction data."""
-    seed_judge: Optional[str] = None
+    seed_judge: str | None = None
     """JSONL of pairwise or pointwise seed judge data."""
     on_bad_record: str = "error"
     """error: stop at the first bad JSONL line (file:line); skip: skip, count and summarise."""
@@ -329,8 +349,12 @@ class DataConfig:
         _choice(s, "tokenizer_type", self.tokenizer_type, ("sentencepiece", "hf"))
         _choice(s, "on_bad_record", self.on_bad_record, ("error", "skip"))
         _choice(s, "truncated_responses", self.truncated_responses, ("keep", "flag", "drop"))
-        for key in ("max_prompt_length", "max_response_length", "judge_max_length",
-                    "pairs_per_prompt"):
+        for key in (
+            "max_prompt_length",
+            "max_response_length",
+            "judge_max_length",
+            "pairs_per_prompt",
+        ):
             _positive(s, key, getattr(self, key))
         _positive(s, "num_workers", self.num_workers, allow_zero=True)
 
@@ -360,7 +384,7 @@ class GenerationConfig:
     chunk_size: int = 64
     """Prompts per committed output chunk (the unit a restarted run resumes from)."""
     engine: str = "auto"
-    """static (StaticInferenceEngine), dynamic (DynamicInferenceEngine, GPU + flash-attn) or auto."""
+    """static (StaticInferenceEngine), dynamic (DynamicInferenceEngine: GPU, flash-attn), auto."""
     seed: int = 1234
     """Sampling seed; the same seed, model, prompts and layout give the same responses."""
 
@@ -368,8 +392,13 @@ class GenerationConfig:
         s = "generation"
         _choice(s, "long_prompts", self.long_prompts, ("truncate", "skip"))
         _choice(s, "engine", self.engine, ("auto", "static", "dynamic"))
-        for key in ("num_responses", "max_new_tokens", "max_batch_size", "max_prompt_length",
-                    "chunk_size"):
+        for key in (
+            "num_responses",
+            "max_new_tokens",
+            "max_batch_size",
+            "max_prompt_length",
+            "chunk_size",
+        ):
             _positive(s, key, getattr(self, key))
         _positive(s, "temperature", self.temperature, allow_zero=True)
         _positive(s, "top_k", self.top_k, allow_zero=True)
@@ -385,7 +414,7 @@ class TrainConfig:
     """Pairs per micro-batch (all micro-batches have this size; SCIR_SPEC §4 normalisation)."""
     global_batch_size: int = 8
     """Pairs per optimizer step across data-parallel ranks and micro-batches."""
-    train_iters: Optional[int] = None
+    train_iters: int | None = None
     """Optimizer steps per self-rewarding iteration (null = epochs decide)."""
     epochs: int = 1
     """Passes over the iteration's pairs when train_iters is null."""
@@ -428,13 +457,13 @@ class TrainConfig:
 class CheckpointConfig:
     """Megatron distributed checkpoints (torch_dist)."""
 
-    load: Optional[str] = None
+    load: str | None = None
     """Checkpoint to start from (a megatron-scir, Megatron-LM or NeMo 2 torch_dist directory)."""
-    save: Optional[str] = None
+    save: str | None = None
     """Directory checkpoints are written under (iter_XXXXXXX subdirectories)."""
-    save_interval: Optional[int] = None
+    save_interval: int | None = None
     """Save every this many optimizer steps (null = only at the end of an iteration)."""
-    keep_last: Optional[int] = None
+    keep_last: int | None = None
     """Keep only the newest this many checkpoints (null = keep all)."""
     export_hf: bool = False
     """Also export each iteration's model in Hugging Face format."""
@@ -444,7 +473,7 @@ class CheckpointConfig:
 class LoggingConfig:
     """Metrics (JSONL + TensorBoard) and progress."""
 
-    log_dir: Optional[str] = None
+    log_dir: str | None = None
     """Where metrics.jsonl and TensorBoard events go (null = <run_dir>/logs)."""
     log_interval: int = 1
     """Log every this many steps."""
@@ -462,7 +491,7 @@ class IterationConfig:
     """Every stage of every iteration reads and writes files here."""
     num_iterations: int = 2
     """Self-rewarding iterations t = 1..T."""
-    prompts_per_iteration: Optional[int] = None
+    prompts_per_iteration: int | None = None
     """Prompts of the pool used per iteration (null = all)."""
     seed_sft: bool = True
     """Run the seed SFT stage (instruction + judge data) before iteration 1."""

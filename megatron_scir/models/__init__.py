@@ -15,6 +15,12 @@ from megatron_scir.models.gpt import (
 )
 
 __all__ = [
-    "OutputHead", "build_gpt_model", "build_model_chunks", "forward_last_stage", "layer_spec",
-    "padded_vocab_size", "te_available", "transformer_config",
+    "OutputHead",
+    "build_gpt_model",
+    "build_model_chunks",
+    "forward_last_stage",
+    "layer_spec",
+    "padded_vocab_size",
+    "te_available",
+    "transformer_config",
 ]

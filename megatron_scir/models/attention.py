@@ -21,10 +21,17 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 class SDPAttention(MegatronModule):
     """Megatron ``core_attention`` module backed by torch SDPA (per-TP-partition heads)."""
 
-    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
-                 attention_type: str, attention_dropout: float | None = None,
-                 softmax_scale: float | None = None, cp_comm_type: str | None = None,
-                 pg_collection=None) -> None:
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        attn_mask_type: AttnMaskType,
+        attention_type: str,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection=None,
+    ) -> None:
         super().__init__(config=config)
         tp = pg_collection.tp.size() if pg_collection is not None else _tp_world_size()
         if config.context_parallel_size > 1:
@@ -32,12 +39,21 @@ class SDPAttention(MegatronModule):
         self.attn_mask_type = attn_mask_type
         self.heads = config.num_attention_heads // tp
         self.groups = config.num_query_groups // tp
-        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.dropout_p = (
+            config.attention_dropout if attention_dropout is None else attention_dropout
+        )
         self.softmax_scale = softmax_scale or 1.0 / math.sqrt(config.kv_channels)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                attention_mask: torch.Tensor | None, attn_mask_type: AttnMaskType | None = None,
-                attention_bias: torch.Tensor | None = None, packed_seq_params=None) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        attn_mask_type: AttnMaskType | None = None,
+        attention_bias: torch.Tensor | None = None,
+        packed_seq_params=None,
+    ) -> torch.Tensor:
         """[sq, b, np, hn] × [sk, b, ng, hn]² (+ Megatron mask, True = masked) → [sq, b, np·hn]."""
         if packed_seq_params is not None or attention_bias is not None:
             raise ValueError("the sdpa spec supports neither packed sequences nor attention bias")
@@ -53,8 +69,14 @@ class SDPAttention(MegatronModule):
             else:  # bottom-right causal: query i sits at absolute position sk - sq + i
                 mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, scale=self.softmax_scale,
-            dropout_p=self.dropout_p if self.training else 0.0, enable_gqa=self.groups != heads,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal,
+            scale=self.softmax_scale,
+            dropout_p=self.dropout_p if self.training else 0.0,
+            enable_gqa=self.groups != heads,
         )
         return out.permute(2, 0, 1, 3).reshape(sq, b, heads * hn)
 

@@ -7,7 +7,8 @@ in favour of ``HybridModel``): everything else goes through :func:`build_gpt_mod
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +46,11 @@ def transformer_config(cfg: Config):
         fp8 = dict(fp8=m.fp8, fp8_recipe=m.fp8_recipe, fp8_param=m.fp8_param)
     recompute = {}
     if m.recompute_granularity is not None:
-        recompute = dict(recompute_granularity=m.recompute_granularity,
-                         recompute_method=m.recompute_method,
-                         recompute_num_layers=m.recompute_num_layers)
+        recompute = dict(
+            recompute_granularity=m.recompute_granularity,
+            recompute_method=m.recompute_method,
+            recompute_num_layers=m.recompute_num_layers,
+        )
     vpp = p.virtual_pipeline_model_parallel_size
     return TransformerConfig(
         num_layers=m.num_layers,
@@ -116,8 +119,13 @@ def layer_spec(cfg: Config):
     return spec
 
 
-def build_gpt_model(cfg: Config, *, pre_process: bool | None = None,
-                    post_process: bool | None = None, vp_stage: int | None = None):
+def build_gpt_model(
+    cfg: Config,
+    *,
+    pre_process: bool | None = None,
+    post_process: bool | None = None,
+    vp_stage: int | None = None,
+):
     """Build this rank's model chunk ``vp_stage`` (None: the whole stage, no interleaving).
 
     Megatron's parallel_state must be initialised for ``cfg.parallel``. With the same
@@ -177,14 +185,16 @@ def _apply_llama3_rope_scaling(model, cfg: Config) -> None:
     dim = m.head_dim
     base = 1.0 / (m.rotary_base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
     rope.inv_freq = rope._apply_scaling(
-        base.to(rope.inv_freq.device), factor=m.rope_scaling_factor,
-        low_freq_factor=m.rope_low_freq_factor, high_freq_factor=m.rope_high_freq_factor,
+        base.to(rope.inv_freq.device),
+        factor=m.rope_scaling_factor,
+        low_freq_factor=m.rope_low_freq_factor,
+        high_freq_factor=m.rope_high_freq_factor,
         original_max_position_embeddings=m.rope_original_max_position_embeddings,
     )
 
 
 def build_model_chunks(cfg: Config) -> list:
-    """All model chunks of this rank: one, or ``virtual_pipeline_model_parallel_size`` (interleaved)."""
+    """This rank's model chunks: one, or ``virtual_pipeline_model_parallel_size`` (interleaved)."""
     vpp = cfg.parallel.virtual_pipeline_model_parallel_size
     if not vpp or vpp == 1:
         return [build_gpt_model(cfg)]
@@ -222,17 +232,20 @@ class OutputHead:
         if self.sequence_parallel:
             # all-gather the sequence; its backward reduce-scatters (sums) the TP ranks' grads
             full = tensor_parallel.gather_from_sequence_parallel_region(
-                self.hidden, tensor_parallel_output_grad=True, group=group)
+                self.hidden, tensor_parallel_output_grad=True, group=group
+            )
             picked = full[positions, rows]
         else:
             # identity forward; the backward all-reduces the TP ranks' input grads
             picked = tensor_parallel.copy_to_tensor_model_parallel_region(
-                self.hidden[positions, rows], group=group)
+                self.hidden[positions, rows], group=group
+            )
         return self._scale(F.linear(picked, self._weight))
 
 
-def forward_last_stage(model, tokens: torch.Tensor, position_ids: torch.Tensor,
-                       head_fn: Callable[[OutputHead], Any]) -> Any:
+def forward_last_stage(
+    model, tokens: torch.Tensor, position_ids: torch.Tensor, head_fn: Callable[[OutputHead], Any]
+) -> Any:
     """Run the stage; on the last stage return ``head_fn(OutputHead)``, else the hidden states.
 
     Args:

@@ -7,9 +7,10 @@ docs/parallelism.md and the shared PLATFORM notes). :func:`enable` neutralises e
   token counters, p2p shape exchange, RoPE tables, the global memory buffer) → a
   :class:`torch.overrides.TorchFunctionMode` rewrites CUDA device arguments to CPU and makes
   ``Tensor.cuda()`` a no-op;
-- ``torch.cuda.current_device()`` → "cpu" (autograd backward runs outside the mode), ``torch.cuda.synchronize``
-  → no-op, ``torch.cuda.Event`` → a wall-clock timer, streams (DDP's grad-sync) → no-op streams;
-- the CUDA RNG tracker used by ``get_cuda_rng_tracker().fork()`` → a tracker over CPU generator states;
+- ``torch.cuda.current_device()`` → "cpu" (autograd's backward runs outside the mode),
+  ``torch.cuda.synchronize`` → no-op, ``torch.cuda.Event`` → a wall-clock timer, streams (DDP's
+  grad sync) → no-op streams;
+- the CUDA RNG tracker behind ``get_cuda_rng_tracker().fork()`` → one over CPU generator states;
 - ``torch.autocast("cuda")`` → ``torch.autocast("cpu")``;
 - the inference p2p ``_is_cuda`` assert → accepts CPU tensors.
 

@@ -28,11 +28,15 @@ def wrap_with_ddp(chunks: list, cfg: Config) -> list:
     )
     wrapped = []
     for i, chunk in enumerate(chunks):
-        wrapped.append(DistributedDataParallel(
-            config=chunk.config, ddp_config=ddp_config, module=chunk,
-            # bucketing only pays off (and is only allowed to overlap) on the first chunk
-            disable_bucketing=i > 0,
-        ))
+        wrapped.append(
+            DistributedDataParallel(
+                config=chunk.config,
+                ddp_config=ddp_config,
+                module=chunk,
+                # bucketing only pays off (and is only allowed to overlap) on the first chunk
+                disable_bucketing=i > 0,
+            )
+        )
     config = chunks[0].config
     config.finalize_model_grads_func = finalize_model_grads
     if p.overlap_grad_reduce:

@@ -42,8 +42,9 @@ def _single_process_env() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
 
 
 def initialize_model_parallel(parallel: ParallelConfig, *, seed: int = 1234) -> None:
@@ -131,12 +132,12 @@ def dp_size() -> int:
 def is_first_stage(vp_stage: int | None = None) -> bool:
     from megatron.core import parallel_state
 
-    return parallel_state.is_pipeline_first_stage(ignore_virtual=vp_stage is None,
-                                                  vp_stage=vp_stage)
+    return parallel_state.is_pipeline_first_stage(
+        ignore_virtual=vp_stage is None, vp_stage=vp_stage
+    )
 
 
 def is_last_stage(vp_stage: int | None = None) -> bool:
     from megatron.core import parallel_state
 
-    return parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None,
-                                                 vp_stage=vp_stage)
+    return parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)

@@ -35,20 +35,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child(rank: int, world_size: int, port: int, result_dir: str, fn: Callable, args: Sequence,
-           env: dict[str, str]) -> None:
-    import torch.distributed as dist
-
+def _child(
+    rank: int,
+    world_size: int,
+    port: int,
+    result_dir: str,
+    fn: Callable,
+    args: Sequence,
+    env: dict[str, str],
+) -> None:
     import logging
     import warnings
+
+    import torch.distributed as dist
 
     os.environ.update(env)
     # Megatron warns about missing apex/TE and its deprecations once per process; keep the
     # children's output to what a failing test needs
     warnings.filterwarnings("ignore")
     logging.getLogger("megatron").setLevel(logging.ERROR)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     out = os.path.join(result_dir, f"rank{rank}.pt")
     try:
@@ -73,8 +85,14 @@ def _child(rank: int, world_size: int, port: int, result_dir: str, fn: Callable,
             dist.destroy_process_group()
 
 
-def run_distributed(fn: Callable[..., Any], world_size: int, args: Sequence = (), *,
-                    timeout: float = 300.0, env: dict[str, str] | None = None) -> list[Any]:
+def run_distributed(
+    fn: Callable[..., Any],
+    world_size: int,
+    args: Sequence = (),
+    *,
+    timeout: float = 300.0,
+    env: dict[str, str] | None = None,
+) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` spawned gloo processes.
 
     Returns:
@@ -86,9 +104,14 @@ def run_distributed(fn: Callable[..., Any], world_size: int, args: Sequence = ()
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="scir-dist-") as result_dir:
         port = free_port()
-        procs = [ctx.Process(target=_child, args=(r, world_size, port, result_dir, fn, tuple(args),
-                                                  dict(env or {})), daemon=False)
-                 for r in range(world_size)]
+        procs = [
+            ctx.Process(
+                target=_child,
+                args=(r, world_size, port, result_dir, fn, tuple(args), dict(env or {})),
+                daemon=False,
+            )
+            for r in range(world_size)
+        ]
         for p in procs:
             p.start()
         _join(procs, timeout)

@@ -24,8 +24,14 @@ def _batches(vocab: int) -> list[dict[str, torch.Tensor]]:
         tokens = torch.randint(0, vocab, (MBS, SEQ + 1), generator=g)
         mask = torch.ones(MBS, SEQ)
         mask[:, : SEQ // 4] = 0.0  # a "prompt" whose tokens carry no loss
-        out.append({"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "loss_mask": mask,
-                    "position_ids": torch.arange(SEQ).expand(MBS, SEQ)})
+        out.append(
+            {
+                "tokens": tokens[:, :-1],
+                "labels": tokens[:, 1:],
+                "loss_mask": mask,
+                "position_ids": torch.arange(SEQ).expand(MBS, SEQ),
+            }
+        )
     return out
 
 
@@ -45,9 +51,14 @@ def _run_schedule(chunks, batches, seq=SEQ) -> float:
 
     iters = [iter(batches) for _ in chunks]
     losses = get_forward_backward_func()(
-        forward_step_func=forward_step, data_iterator=iters if len(chunks) > 1 else iters[0],
-        model=chunks, num_microbatches=len(batches), seq_length=seq, micro_batch_size=MBS,
-        forward_only=False)
+        forward_step_func=forward_step,
+        data_iterator=iters if len(chunks) > 1 else iters[0],
+        model=chunks,
+        num_microbatches=len(batches),
+        seq_length=seq,
+        micro_batch_size=MBS,
+        forward_only=False,
+    )
     local = [float(x["lm loss"]) for x in losses] if losses else []
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, local)
@@ -57,10 +68,10 @@ def _run_schedule(chunks, batches, seq=SEQ) -> float:
 
 def _layout_vs_reference(rank, world_size, overrides):
     from megatron_scir.config import load_config
-    from megatron_scir.parallel.state import destroy_model_parallel, initialize_model_parallel
-    from megatron_scir.testing.weights import build_with_master_weights, gather_master
     from megatron_scir.models import build_gpt_model
     from megatron_scir.parallel.ddp import wrap_with_ddp
+    from megatron_scir.parallel.state import destroy_model_parallel, initialize_model_parallel
+    from megatron_scir.testing.weights import build_with_master_weights, gather_master
 
     cfg = load_config("tiny", overrides)
     batches = _batches(cfg.model.vocab_size)
@@ -95,8 +106,11 @@ def _assert_same_step(result):
         ["parallel.tensor_model_parallel_size=2"],
         ["parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=true"],
         ["parallel.pipeline_model_parallel_size=2"],
-        ["model.num_layers=4", "parallel.pipeline_model_parallel_size=2",
-         "parallel.virtual_pipeline_model_parallel_size=2"],
+        [
+            "model.num_layers=4",
+            "parallel.pipeline_model_parallel_size=2",
+            "parallel.virtual_pipeline_model_parallel_size=2",
+        ],
     ],
     ids=["tp2", "tp2_sp", "pp2_1f1b", "pp2_interleaved_vpp2"],
 )
@@ -131,11 +145,12 @@ def _tp_logits_and_head(rank, world_size, overrides):
 @pytest.mark.parametrize("sp", [False, True], ids=["tp2", "tp2_sp"])
 def test_tp2_logits_equal_tp1_and_head_at_positions_equals_full_rows(sp):
     overrides = ["parallel.tensor_model_parallel_size=2", f"parallel.sequence_parallel={sp}"]
-    (ref_full, _, ref_picked), = run_distributed(_tp_logits_and_head, 1, args=([],))
+    ((ref_full, _, ref_picked),) = run_distributed(_tp_logits_and_head, 1, args=([],))
     results = run_distributed(_tp_logits_and_head, 2, args=(overrides,))
     for full, rows_of_full, picked in results:
         torch.testing.assert_close(full, ref_full, atol=1e-5, rtol=0)
         # different GEMM shapes may sum in a different order: equal to float32 rounding
         torch.testing.assert_close(picked, rows_of_full, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(torch.cat([r[2] for r in results], dim=-1), ref_picked,
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.cat([r[2] for r in results], dim=-1), ref_picked, atol=1e-5, rtol=0
+    )

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The README's test command: build (or reuse) the Python 3.12 venv, install the package, run the suite.
+#
+#   bash scripts/test.sh [pytest args...]
+#
+# .venv in the repo root links to a venv cached outside the clone, keyed by the pins
+# (requirements/ci.txt + setup.py + the Python version), because torch makes it ~5.5 GB.
+# Override the cache location with SCIR_VENV_CACHE, the interpreter with SCIR_PYTHON.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+find_python() {
+  if [[ -n "${SCIR_PYTHON:-}" ]]; then echo "$SCIR_PYTHON"; return; fi
+  if command -v python3.12 >/dev/null 2>&1; then command -v python3.12; return; fi
+  if command -v pyenv >/dev/null 2>&1; then
+    local p
+    p=$(ls -d "$(pyenv root)"/versions/3.12.*/bin/python 2>/dev/null | sort -V | tail -n 1 || true)
+    if [[ -n "$p" ]]; then echo "$p"; return; fi
+  fi
+  echo "scripts/test.sh: no Python 3.12 found (megatron-core 0.19 needs >= 3.12); set SCIR_PYTHON" >&2
+  exit 1
+}
+
+ensure_venv() {
+  local py key cache
+  py=$(find_python)
+  key=$( { "$py" --version; cat requirements/ci.txt setup.py; } | sha256sum | cut -c1-16)
+  cache="${SCIR_VENV_CACHE:-$HOME/.cache/megatron-scir/venvs}/py312-$key"
+  if [[ ! -f "$cache/.complete" ]]; then
+    echo "== building the venv $cache (torch + megatron-core; several minutes on a cold cache)"
+    rm -rf "$cache"
+    mkdir -p "$(dirname "$cache")"
+    "$py" -m venv "$cache"
+    "$cache/bin/python" -m pip install -q --upgrade pip
+    "$cache/bin/python" -m pip install -q -r requirements/ci.txt
+    "$cache/bin/python" -m pip install -q -e ".[hf,test]"
+    touch "$cache/.complete"
+  fi
+  if [[ -L .venv || ! -e .venv ]]; then
+    ln -sfn "$cache" .venv
+  fi
+}
+
+ensure_venv
+echo "== installing megatron-scir (editable) into $(readlink -f .venv)"
+.venv/bin/python -m pip install -q --no-deps -e ".[hf,test]"
+.venv/bin/python -c "import torch, megatron.core; print('torch', torch.__version__, '| megatron-core', megatron.core.__version__)"
+
+echo "== ruff"
+.venv/bin/ruff check .
+echo "== pytest"
+set +e
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+status=$?
+set -e
+if [[ $status -eq 5 ]]; then
+  echo "scripts/test.sh: pytest collected no tests: that is a failure" >&2
+  exit 1
+fi
+exit $status

@@ -1,0 +1,83 @@
+"""Layer specs: sdpa equals local, cached decoding is bottom-right causal, TE is refused."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from megatron_scir.config import ConfigError, load_config
+from megatron_scir.testing.distributed import run_distributed
+
+
+def _logits(rank, world_size, impl, seed):
+    from megatron_scir.config import load_config
+    from megatron_scir.models import build_gpt_model
+    from megatron_scir.parallel.state import initialize_model_parallel
+
+    cfg = load_config("tiny", [f"model.transformer_impl={impl}"])
+    initialize_model_parallel(cfg.parallel)
+    torch.manual_seed(seed)
+    model = build_gpt_model(cfg)
+    tokens = torch.randint(
+        0, cfg.model.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1)
+    )
+    with torch.no_grad():
+        return model(tokens, torch.arange(24).expand(2, 24), None)
+
+
+def test_sdpa_spec_gives_the_local_spec_logits_for_full_sequences():
+    (local,) = run_distributed(_logits, 1, args=("local", 11))
+    (sdpa,) = run_distributed(_logits, 1, args=("sdpa", 11))
+    assert local.shape == (2, 24, 256)
+    torch.testing.assert_close(sdpa, local, atol=1e-5, rtol=0)
+
+
+def _reference_attention(q, k, v, scale):
+    """Explicit softmax attention with queries at the END of the key sequence (cached decoding)."""
+    sq, b, heads, hn = q.shape
+    sk, groups = k.shape[0], k.shape[2]
+    k = k.repeat_interleave(heads // groups, dim=2)
+    v = v.repeat_interleave(heads // groups, dim=2)
+    scores = torch.einsum("qbhd,kbhd->bhqk", q, k) * scale
+    q_pos = torch.arange(sk - sq, sk)[:, None]
+    scores = scores.masked_fill(torch.arange(sk)[None, :] > q_pos, float("-inf"))
+    out = torch.einsum("bhqk,kbhd->qbhd", scores.softmax(-1), v)
+    return out.reshape(sq, b, heads * hn)
+
+
+def _cached_decoding(rank, world_size):
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from megatron_scir.models import transformer_config
+    from megatron_scir.models.attention import SDPAttention
+    from megatron_scir.parallel.state import initialize_model_parallel
+
+    cfg = load_config("tiny")
+    initialize_model_parallel(cfg.parallel)
+    attn = SDPAttention(transformer_config(cfg), 1, AttnMaskType.causal, "self").eval()
+    g = torch.Generator().manual_seed(0)
+    heads, groups, hn = 4, 2, 24
+    results = []
+    for sq, sk in [(1, 9), (3, 9), (9, 9)]:
+        q = torch.randn(sq, 2, heads, hn, generator=g)
+        k, v = torch.randn(2, sk, 2, groups, hn, generator=g)
+        results.append((attn(q, k, v, None), _reference_attention(q, k, v, 1 / math.sqrt(hn))))
+    return results
+
+
+def test_sdpa_attention_is_bottom_right_causal_when_queries_are_shorter_than_keys():
+    (results,) = run_distributed(_cached_decoding, 1)
+    for got, want in results:
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_transformer_engine_spec_is_refused_with_a_clear_message_when_te_is_missing():
+    from megatron_scir.models import layer_spec, te_available
+
+    if te_available():
+        pytest.skip("Transformer Engine is installed on this machine (GPU node)")
+    cfg = load_config("tiny", ["model.transformer_impl=te", "model.fp8=hybrid"])
+    with pytest.raises(ConfigError, match="needs Transformer Engine, which is not installed"):
+        layer_spec(cfg)
