@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from collections.abc import Iterable
 from importlib import resources
@@ -156,7 +157,7 @@ def _build(tree: dict[str, Any]) -> Config:
         except OmegaConfBaseException as err:
             expected = typing.get_type_hints(typing.get_type_hints(Config)[section])[name]
             raise ConfigError(
-                f"config key {key}: value {value!r} is not a valid {_type_name(expected)} "
+                f"config key {key}: value {value!r} is not a valid {type_name(expected)} "
                 f"({str(err).splitlines()[0]})"
             ) from None
     try:
@@ -169,9 +170,11 @@ def _build(tree: dict[str, Any]) -> Config:
     return cfg
 
 
-def _type_name(tp: Any) -> str:
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) is typing.Union and type(None) in args:
-        inner = [a for a in args if a is not type(None)][0]
-        return f"{_type_name(inner)} or null"
+def type_name(tp: Any) -> str:
+    """A readable name of a field type: ``int``, ``float or null``, ``list[str]``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return f"{type_name(args[0])} or null"
+    if typing.get_origin(tp) is list:
+        return f"list[{type_name(typing.get_args(tp)[0])}]"
     return getattr(tp, "__name__", str(tp))

@@ -147,3 +147,18 @@ def test_importing_the_package_does_not_import_megatron_core():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_field_is_documented_and_the_configuration_page_is_current():
+    import dataclasses
+    import pathlib
+    import typing
+
+    from megatron_scir.config import Config
+    from megatron_scir.config.docs import field_docs, render
+
+    for section, cls in typing.get_type_hints(Config).items():
+        missing = {f.name for f in dataclasses.fields(cls)} - field_docs(cls).keys()
+        assert not missing, f"undocumented fields in {section}: {missing}"
+    page = pathlib.Path(__file__).parents[2] / "docs" / "configuration.md"
+    assert page.read_text() == render(), "run: python -m megatron_scir.config.docs > " + str(page)
