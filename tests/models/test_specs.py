@@ -81,3 +81,51 @@ def test_transformer_engine_spec_is_refused_with_a_clear_message_when_te_is_miss
     cfg = load_config("tiny", ["model.transformer_impl=te", "model.fp8=hybrid"])
     with pytest.raises(ConfigError, match="needs Transformer Engine, which is not installed"):
         layer_spec(cfg)
+
+
+def test_fp8_70b_preset_passes_fp8_recipe_recompute_and_layout_to_transformer_config():
+    from megatron_scir.models import transformer_config
+
+    tc = transformer_config(load_config("llama3_70b_fp8"))
+    assert (tc.fp8, tc.fp8_recipe) == ("hybrid", "tensorwise")
+    assert (tc.recompute_granularity, tc.recompute_method, tc.recompute_num_layers) == (
+        "full",
+        "uniform",
+        1,
+    )
+    assert tc.tensor_model_parallel_size == 8 and tc.pipeline_model_parallel_size == 4
+    assert tc.sequence_parallel and tc.bf16 and tc.params_dtype == torch.bfloat16
+    assert (tc.num_query_groups, tc.kv_channels, tc.normalization) == (8, 128, "RMSNorm")
+    assert tc.gated_linear_unit and not tc.add_bias_linear
+
+
+def _rope_freqs(rank, world_size):
+    from megatron_scir.models import build_gpt_model
+    from megatron_scir.parallel.state import initialize_model_parallel
+
+    cfg = load_config(
+        "tiny",
+        [
+            "model.rope_scaling=true",
+            "model.rope_scaling_factor=4.0",
+            "model.rope_high_freq_factor=2.0",
+            "model.rope_original_max_position_embeddings=64",
+        ],
+    )
+    initialize_model_parallel(cfg.parallel)
+    return build_gpt_model(cfg).rotary_pos_emb.inv_freq.clone()
+
+
+def test_llama3_rope_scaling_uses_the_configured_factors():
+    (inv_freq,) = run_distributed(_rope_freqs, 1)
+    dim, base = 24, 10000.0
+    freqs = 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    wavelen = 2 * math.pi / freqs
+    low_wavelen, high_wavelen = 64 / 1.0, 64 / 2.0  # original context / low, high factors
+    smooth = (64 / wavelen - 1.0) / (2.0 - 1.0)
+    scaled = (1 - smooth) * freqs / 4.0 + smooth * freqs
+    want = torch.where(
+        wavelen > low_wavelen, freqs / 4.0, torch.where(wavelen < high_wavelen, freqs, scaled)
+    )
+    torch.testing.assert_close(inv_freq, want)
+    assert not torch.allclose(inv_freq, freqs)
