@@ -10,15 +10,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
+runs_312() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 12))' >/dev/null 2>&1; }
+
 find_python() {
-  if [[ -n "${SCIR_PYTHON:-}" ]]; then echo "$SCIR_PYTHON"; return; fi
-  if command -v python3.12 >/dev/null 2>&1; then command -v python3.12; return; fi
+  local candidates=("${SCIR_PYTHON:-}" python3.12)
   if command -v pyenv >/dev/null 2>&1; then
-    local p
-    p=$(ls -d "$(pyenv root)"/versions/3.12.*/bin/python 2>/dev/null | sort -V | tail -n 1 || true)
-    if [[ -n "$p" ]]; then echo "$p"; return; fi
+    candidates+=($(ls -d "$(pyenv root)"/versions/3.12.*/bin/python 2>/dev/null | sort -rV))
   fi
-  echo "scripts/test.sh: no Python 3.12 found (megatron-core 0.19 needs >= 3.12); set SCIR_PYTHON" >&2
+  local p
+  for p in "${candidates[@]}"; do   # a pyenv shim may exist without working: run each one
+    if [[ -n "$p" ]] && runs_312 "$p"; then echo "$p"; return; fi
+  done
+  echo "scripts/test.sh: no working Python >= 3.12 found (megatron-core 0.19 needs it); set SCIR_PYTHON" >&2
   exit 1
 }
 
