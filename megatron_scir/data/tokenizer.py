@@ -1,0 +1,242 @@
+"""One small tokenizer interface over SentencePiece model files and Hugging Face tokenizers.
+
+Both backends give ids without special tokens; BOS is added only when asked (the chat format
+decides, see :mod:`megatron_scir.data.chat`). Padding uses the tokenizer's pad id, or EOS when
+the model defines none (Llama/Mistral SentencePiece models): padded positions never carry loss
+and attention is causal, so the pad id's value does not matter to the math.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from megatron_scir.data.errors import DataError, SingleTokenError
+
+if TYPE_CHECKING:
+    from megatron_scir.config import DataConfig, ModelConfig
+
+
+class Tokenizer(abc.ABC):
+    """What the data pipeline needs from a tokenizer.
+
+    Attributes:
+        name: Where the tokenizer came from (for messages).
+        vocab_size: Number of token ids (before Megatron's padding for tensor parallelism).
+        bos_id: Beginning-of-sequence id, or None when the tokenizer has none.
+        eos_id: End-of-sequence id (ends every complete response).
+        pad_id: Id used for right-padding (EOS when the tokenizer defines no pad).
+        unk_id: Unknown-token id, or None (byte-level tokenizers have none).
+        bos_text: How BOS is spelled inside chat-template text (None without BOS).
+    """
+
+    name: str
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int
+    pad_id: int
+    unk_id: int | None
+    bos_text: str | None
+
+    @abc.abstractmethod
+    def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
+        """Token ids of ``text`` without special tokens, with BOS first when ``add_bos``."""
+
+    @abc.abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``; BOS, EOS and pad ids are left out."""
+
+    @abc.abstractmethod
+    def pieces(self, ids: Sequence[int]) -> list[str]:
+        """The vocabulary strings of ``ids`` (for error messages)."""
+
+    def decode_continuation(self, prefix_ids: Sequence[int], ids: Sequence[int]) -> str:
+        """The text ``ids`` add after ``prefix_ids``, decoded in context.
+
+        Decoding generated ids alone drops a word-initial space (SentencePiece strips the
+        leading "▁" of a text); in context the space is kept, so that encoding
+        ``prompt + text`` gives back the generated tokens.
+        """
+        before = self.decode(prefix_ids)
+        full = self.decode([*prefix_ids, *ids])
+        return full[len(before) :] if full.startswith(before) else self.decode(ids)
+
+    @property
+    def chat_template(self) -> str | None:
+        """The tokenizer's own chat template (Jinja), if it ships one."""
+        return None
+
+    def apply_chat_template(self, prompt: str) -> str:
+        """Render ``prompt`` as one user turn plus the assistant header, with the own template."""
+        raise DataError(
+            f"tokenizer {self.name} has no chat template: set data.chat_template=plain or a "
+            "format string with {prompt}"
+        )
+
+    def in_context_token_id(self, context: str, text: str, *, add_bos: bool) -> int:
+        """The one token ``text`` adds after ``context`` (SCIR_SPEC §2: "A" vs "▁A" in context).
+
+        Args:
+            context: The rendered text the token follows (e.g. the judge prompt).
+            text: The text that must become exactly one new token (e.g. ``"A"``).
+            add_bos: Whether ``context`` is encoded with BOS (as the data pipeline does).
+
+        Raises:
+            SingleTokenError: ``context + text`` does not extend ``context``'s ids by exactly one
+                token; the message names both texts and the ids found.
+        """
+        before = self.encode(context, add_bos=add_bos)
+        after = self.encode(context + text, add_bos=add_bos)
+        if len(after) == len(before) + 1 and after[: len(before)] == before:
+            return after[-1]
+        common = 0
+        while common < min(len(before), len(after)) and before[common] == after[common]:
+            common += 1
+        raise SingleTokenError(
+            f"{text!r} does not add exactly one token after the rendered prompt ending "
+            f"{context[-40:]!r} with tokenizer {self.name}: the prompt's last ids are "
+            f"{before[max(common - 2, 0) :]} and prompt+{text!r} ends with ids "
+            f"{after[max(common - 2, 0) :]} (pieces {self.pieces(after[common:])}). Choose "
+            "verdict/score texts that are single tokens here (judge.verdict_texts / "
+            "judge.score_texts) or change judge.verdict_prefix"
+        )
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A SentencePiece ``.model`` file (e.g. Mistral's or Llama-2's ``tokenizer.model``)."""
+
+    def __init__(self, model_path: str | os.PathLike) -> None:
+        import sentencepiece
+
+        path = Path(model_path)
+        if not path.is_file():
+            raise DataError(f"SentencePiece model {path} does not exist (data.tokenizer_path)")
+        self.name = str(path)
+        self._sp = sentencepiece.SentencePieceProcessor()
+        try:
+            self._sp.Load(str(path))
+        except (OSError, RuntimeError) as err:
+            raise DataError(f"{path} is not a SentencePiece model file: {err}") from None
+        self.vocab_size = self._sp.get_piece_size()
+        bos, eos, pad = self._sp.bos_id(), self._sp.eos_id(), self._sp.pad_id()
+        if eos < 0:
+            raise DataError(f"SentencePiece model {path} defines no EOS id; responses need one")
+        self.bos_id = bos if bos >= 0 else None
+        self.eos_id = eos
+        self.pad_id = pad if pad >= 0 else eos
+        self.unk_id = self._sp.unk_id()
+        self.bos_text = self._sp.id_to_piece(bos) if bos >= 0 else None
+
+    def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
+        ids = self._sp.encode(text)
+        return [self.bos_id, *ids] if add_bos and self.bos_id is not None else ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._sp.decode([int(i) for i in ids])
+
+    def pieces(self, ids: Sequence[int]) -> list[str]:
+        return [self._sp.id_to_piece(int(i)) for i in ids]
+
+    def __getstate__(self) -> dict:
+        # SentencePieceProcessor is not picklable: worker processes reload the model file.
+        return {"name": self.name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["name"])
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face tokenizer directory (needs ``transformers``: ``pip install .[hf]``)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise DataError(
+                "data.tokenizer_type=hf needs the transformers package: pip install "
+                "'megatron-scir[hf]' (or use a SentencePiece model file)"
+            ) from None
+        if not Path(path).is_dir():
+            raise DataError(f"Hugging Face tokenizer directory {path} does not exist")
+        self.name = str(path)
+        try:
+            self._tok = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot load a Hugging Face tokenizer from {path}: {err}") from None
+        tok = self._tok
+        if tok.eos_token_id is None:
+            raise DataError(f"tokenizer {path} defines no EOS token; responses need one")
+        self.vocab_size = len(tok)
+        self.bos_id = tok.bos_token_id
+        self.eos_id = tok.eos_token_id
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.unk_id = tok.unk_token_id
+        self.bos_text = tok.bos_token
+        self._strip = {i for i in (self.bos_id, self.eos_id, self.pad_id) if i is not None}
+
+    def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
+        ids = self._tok.encode(text, add_special_tokens=False)
+        return [self.bos_id, *ids] if add_bos and self.bos_id is not None else ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        kept = [int(i) for i in ids if int(i) not in self._strip]
+        return self._tok.decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def pieces(self, ids: Sequence[int]) -> list[str]:
+        return self._tok.convert_ids_to_tokens([int(i) for i in ids])
+
+    @property
+    def chat_template(self) -> str | None:
+        return self._tok.chat_template
+
+    def apply_chat_template(self, prompt: str) -> str:
+        if not self.chat_template:
+            return super().apply_chat_template(prompt)
+        messages = [{"role": "user", "content": prompt}]
+        return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def __getstate__(self) -> dict:
+        return {"name": self.name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["name"])
+
+
+def build_tokenizer(data: DataConfig) -> Tokenizer:
+    """The tokenizer named by ``data.tokenizer_type`` and ``data.tokenizer_path``."""
+    if not data.tokenizer_path:
+        raise DataError(
+            "data.tokenizer_path is not set: pass a SentencePiece .model file "
+            "(data.tokenizer_type=sentencepiece) or a Hugging Face tokenizer directory "
+            "(data.tokenizer_type=hf)"
+        )
+    if data.tokenizer_type == "hf":
+        return HFTokenizer(data.tokenizer_path)
+    return SentencePieceTokenizer(data.tokenizer_path)
+
+
+def padded_vocab_size(vocab_size: int, make_vocab_size_divisible_by: int, tp_size: int) -> int:
+    """Megatron's vocabulary padding: round up to a multiple of ``divisible_by × tp_size``.
+
+    The padded rows of the embedding and output layer are never produced by the tokenizer; each
+    tensor-parallel rank then holds an equal ``padded / tp_size`` slice of the vocabulary.
+    """
+    if min(vocab_size, make_vocab_size_divisible_by, tp_size) <= 0:
+        raise DataError(
+            f"vocab padding needs positive sizes (vocab {vocab_size}, "
+            f"divisible_by {make_vocab_size_divisible_by}, tp {tp_size})"
+        )
+    multiple = make_vocab_size_divisible_by * tp_size
+    return -(-vocab_size // multiple) * multiple
+
+
+def check_tokenizer_fits_model(tokenizer: Tokenizer, model: ModelConfig) -> None:
+    """Fail early when the tokenizer produces ids the model's embedding cannot hold."""
+    if tokenizer.vocab_size > model.vocab_size:
+        raise DataError(
+            f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but "
+            f"model.vocab_size is {model.vocab_size}: set model.vocab_size={tokenizer.vocab_size}"
+        )
