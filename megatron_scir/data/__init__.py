@@ -1,0 +1,60 @@
+"""Data: tokenizers, chat formatting, validated JSONL records, pairs, SCIR/SFT DataModules.
+
+Files and formats are described in docs/data.md. Nothing here imports Megatron-Core. Names are
+imported on first use (PEP 562), so ``megatron_scir.data.stream`` or ``.records`` can be used
+without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ChatFormat": "chat",
+    "PLAIN_CHAT_TEMPLATE": "chat",
+    "collate_examples": "collate",
+    "collate_pairs": "collate",
+    "ScirDataModule": "datamodule",
+    "SequenceEncoder": "encode",
+    "TruncationStats": "encode",
+    "judge_row_count": "encode",
+    "DataError": "errors",
+    "RecordError": "errors",
+    "SingleTokenError": "errors",
+    "ReadReport": "jsonl",
+    "atomic_open": "jsonl",
+    "read_records": "jsonl",
+    "write_records": "jsonl",
+    "PairBuildReport": "pairs",
+    "build_pairs": "pairs",
+    "GenerationRecord": "records",
+    "PairRecord": "records",
+    "PairwiseJudgeRecord": "records",
+    "PointwiseJudgeRecord": "records",
+    "PromptRecord": "records",
+    "SftRecord": "records",
+    "record_to_json": "records",
+    "MicroBatchSampler": "sampler",
+    "SftDataModule": "sft",
+    "ChunkedJsonlWriter": "stream",
+    "HFTokenizer": "tokenizer",
+    "SentencePieceTokenizer": "tokenizer",
+    "Tokenizer": "tokenizer",
+    "build_tokenizer": "tokenizer",
+    "check_tokenizer_fits_model": "tokenizer",
+    "padded_vocab_size": "tokenizer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,0 +1,204 @@
+"""Reading JSONL records with line-by-line validation, and atomic writing.
+
+Every line is checked (UTF-8, JSON, an object, the kind's fields and types, non-empty texts,
+unique ids). With ``on_bad_record="error"`` the first bad line raises a :class:`RecordError`
+naming ``file:line`` and the problem; with ``"skip"`` bad lines are skipped, counted by problem
+and summarised once at the end. Blank lines are ignored. Append-with-commit streams
+(:mod:`megatron_scir.data.stream`) are read transparently: only committed chunks count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from megatron_scir.data.errors import DataError, RecordError
+from megatron_scir.data.records import (
+    ID_FIELDS,
+    PARSERS,
+    RECORD_KINDS,
+    Record,
+    RecordProblem,
+    record_to_json,
+)
+from megatron_scir.data.stream import StreamScan, encode_json_line, fsync_dir, is_stream
+
+logger = logging.getLogger(__name__)
+
+_MAX_EXAMPLES = 5
+_SKIP_HINT = "set data.on_bad_record=skip to skip and count bad lines"
+
+
+@dataclass
+class ReadReport:
+    """What reading one file found.
+
+    Attributes:
+        path: The file read.
+        kind: The record kind (``prompts``, ``sft``, ``judge``, ``generations``, ``pairs``).
+        num_records: Records returned.
+        num_skipped: Lines (or, for a corrupt stream chunk, records) skipped as bad.
+        problems: Skipped lines counted by problem kind (``"missing field"``, ...).
+        examples: The first few skipped lines' messages (``file:line: problem: detail``).
+        num_uncommitted_lines: Stream lines after the last commit (an interrupted writer).
+    """
+
+    path: str
+    kind: str
+    num_records: int = 0
+    num_skipped: int = 0
+    problems: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+    num_uncommitted_lines: int = 0
+
+    def skip(self, error: RecordError, count: int = 1) -> None:
+        """Count a skipped bad line (or ``count`` records of a corrupt chunk)."""
+        self.num_skipped += count
+        self.problems[error.problem] += count
+        if len(self.examples) < _MAX_EXAMPLES:
+            self.examples.append(str(error))
+
+    def summary(self) -> str:
+        """One line for logs: records read, skips by problem, first skipped lines."""
+        text = f"{self.path}: {self.num_records} {self.kind} records"
+        if self.num_skipped:
+            kinds = ", ".join(f"{n} {kind}" for kind, n in self.problems.most_common())
+            text += f", {self.num_skipped} skipped ({kinds}); first: " + " | ".join(self.examples)
+        if self.num_uncommitted_lines:
+            text += f", {self.num_uncommitted_lines} uncommitted stream line(s) ignored"
+        return text
+
+
+def read_records(
+    path: str | os.PathLike, kind: str, *, on_bad_record: str = "error"
+) -> tuple[list[Record], ReadReport]:
+    """Read and validate every line of a JSONL file of ``kind`` records.
+
+    Args:
+        path: The JSONL file (plain, or an append-with-commit stream).
+        kind: One of ``prompts``, ``sft``, ``judge``, ``generations``, ``pairs``.
+        on_bad_record: ``error`` (raise at the first bad line) or ``skip`` (count and go on).
+
+    Returns:
+        The records in file order (each with ``where = "path:line"``) and the report.
+
+    Raises:
+        RecordError: a bad line under ``error`` (message ``path:line: problem: detail``).
+        DataError: a missing file or an unknown kind / policy.
+    """
+    if kind not in PARSERS:
+        raise DataError(f"unknown record kind {kind!r}; expected one of {', '.join(RECORD_KINDS)}")
+    if on_bad_record not in ("error", "skip"):
+        raise DataError(f"data.on_bad_record={on_bad_record!r}: expected error or skip")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist (expected a JSONL file of {kind} records)")
+    report = ReadReport(str(path), kind)
+    records = list(_iter_valid(path, kind, on_bad_record, report))
+    report.num_records = len(records)
+    if report.num_skipped or report.num_uncommitted_lines:
+        logger.warning("%s", report.summary())
+    return records, report
+
+
+def _iter_valid(path: Path, kind: str, policy: str, report: ReadReport) -> Iterator[Record]:
+    parse, id_field = PARSERS[kind], ID_FIELDS[kind]
+    hint = _SKIP_HINT if policy == "error" else ""
+    seen: dict[str, int] = {}
+    with open(path, "rb") as fh:
+        scan = StreamScan(str(path)) if is_stream(fh.readline()) else None
+        fh.seek(0)
+        for number, line in scan.lines(fh) if scan else enumerate(fh, start=1):
+            try:
+                if line is None:  # a stream chunk that fails its commit marker's checks
+                    _, detail, num_lines = scan.corrupt[-1]
+                    error = RecordError(str(path), number, "corrupt chunk", detail, hint)
+                    if policy == "error":
+                        raise error
+                    report.skip(error, count=num_lines)
+                    continue
+                record = _parse_line(line, number, parse, f"{path}:{number}")
+                if record is None:
+                    continue
+                if id_field is not None:
+                    _check_unique(getattr(record, id_field), id_field, number, seen)
+            except RecordProblem as problem:
+                error = RecordError(str(path), number, problem.kind, problem.detail, hint)
+                if policy == "error":
+                    raise error from None
+                report.skip(error)
+                continue
+            yield record
+        if scan is not None:
+            report.num_uncommitted_lines = scan.num_uncommitted_lines
+
+
+def _parse_line(line: bytes, number: int, parse, where: str) -> Record | None:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecordProblem(
+            "non-UTF-8", f"invalid UTF-8 byte 0x{line[err.start]:02x} at byte {err.start + 1}"
+        ) from None
+    if number == 1:
+        text = text.removeprefix("\ufeff")
+    if not text.strip():
+        return None
+    try:
+        obj = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as err:
+        raise RecordProblem("malformed JSON", f"{err.msg} at column {err.colno}") from None
+    except ValueError as err:
+        raise RecordProblem("malformed JSON", str(err)) from None
+    if not isinstance(obj, dict):
+        raise RecordProblem("not an object", f"expected a JSON object, got {type(obj).__name__}")
+    return parse(obj, where)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _check_unique(value: str, name: str, number: int, seen: dict[str, int]) -> None:
+    first = seen.setdefault(value, number)
+    if first != number:
+        raise RecordProblem("duplicate id", f"duplicate {name} {value!r} (first at line {first})")
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Open ``path`` for writing under a temporary name; rename into place on success.
+
+    A reader sees the old file or the complete new one, never a partial file. On an exception
+    the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def write_records(path: str | os.PathLike, records: Iterable[Record | Mapping[str, Any]]) -> int:
+    """Write records (or plain JSON objects) as JSONL atomically; returns the number written."""
+    count = 0
+    with atomic_open(path) as fh:
+        for record in records:
+            obj = record if isinstance(record, Mapping) else record_to_json(record)
+            fh.write(encode_json_line(obj))
+            count += 1
+    return count
