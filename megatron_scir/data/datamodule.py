@@ -1,0 +1,267 @@
+"""NeMo-style DataModules: ``setup(stage)``, ``train_dataloader()``, ``val_dataloader()``.
+
+:class:`ScirDataModule` serves SCIR micro-batches of pairs (layout in
+:mod:`megatron_scir.data.collate`); :class:`SftDataModule` serves the seed stage's instruction and
+judge examples. Both read and validate their JSONL files and tokenise everything in ``setup``
+(so every bad record and every start-up problem surfaces before training), shard by an explicit
+``dp_rank`` / ``dp_size`` (never read from torch.distributed here), shuffle per epoch with
+``train.seed`` and resume exactly from ``consumed_samples`` (see
+:mod:`megatron_scir.data.sampler`).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from megatron_scir.config import Config
+from megatron_scir.data.chat import ChatFormat
+from megatron_scir.data.collate import collate_pairs
+from megatron_scir.data.encode import SequenceEncoder, judge_row_count
+from megatron_scir.data.encode_pool import encode_records
+from megatron_scir.data.errors import DataError
+from megatron_scir.data.jsonl import ReadReport, read_records
+from megatron_scir.data.records import PairRecord
+from megatron_scir.data.sampler import MicroBatchSampler
+from megatron_scir.data.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("fit", "validate")
+
+
+class EncodedItems(Dataset):
+    """Encoded items; index ``-1 - j`` gives a filler copy of item j (``index`` = -1)."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Any:
+        if i >= 0:
+            return self.items[i]
+        return dataclasses.replace(self.items[-1 - i], index=-1)
+
+
+class MicroBatchDataModule(abc.ABC):
+    """Sampling, loaders and resumption shared by the SCIR and SFT DataModules."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        tokenizer: Tokenizer,
+        *,
+        dp_rank: int,
+        dp_size: int,
+        consumed_samples: int = 0,
+    ) -> None:
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.consumed_samples = consumed_samples
+        self.chat = ChatFormat(cfg.data.chat_template, tokenizer)
+        self.encoder = SequenceEncoder(
+            self.chat,
+            cfg.judge,
+            max_prompt_length=cfg.data.max_prompt_length,
+            max_response_length=cfg.data.max_response_length,
+            judge_max_length=cfg.data.judge_max_length,
+            position_debias=cfg.scir.position_debias,
+        )
+        self.read_reports: list[ReadReport] = []
+        self._train: EncodedItems | None = None
+        self._val: EncodedItems | None = None
+
+    @property
+    def seq_length(self) -> int:
+        """S, the fixed sequence length of every row (SCIR_SPEC §9)."""
+        return self.encoder.seq_length
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.cfg.train.global_batch_size
+
+    @property
+    def num_train_steps(self) -> int:
+        """Optimizer steps of the whole run: ``train.train_iters``, else epochs × steps/epoch."""
+        if self.cfg.train.train_iters is not None:
+            return self.cfg.train.train_iters
+        return self.cfg.train.epochs * (
+            len(self._require(self._train, "fit")) // self.global_batch_size
+        )
+
+    def compute_consumed_samples(self, steps_since_resume: int) -> int:
+        """Samples consumed after ``steps_since_resume`` more optimizer steps (for checkpoints)."""
+        return self.consumed_samples + steps_since_resume * self.global_batch_size
+
+    def state_dict(self, steps_since_resume: int = 0) -> dict[str, int]:
+        """What a checkpoint stores to resume on exactly the next sample."""
+        return {"consumed_samples": self.compute_consumed_samples(steps_since_resume)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume: the next ``train_dataloader()`` starts after ``consumed_samples``."""
+        self.consumed_samples = int(state["consumed_samples"])
+
+    def train_dataloader(self) -> DataLoader:
+        """This rank's micro-batches from ``consumed_samples`` to the end of training."""
+        items = self._require(self._train, "fit")
+        return self._loader(items, self._sampler(len(items), self.num_train_steps, shuffle=None))
+
+    def val_dataloader(self) -> DataLoader | None:
+        """One ordered pass over the validation file (whole global batches), or None without one."""
+        if self._val is None:
+            return None
+        steps = len(self._val) // self.global_batch_size
+        return self._loader(self._val, self._sampler(len(self._val), steps, shuffle=False))
+
+    def _sampler(self, num_samples: int, num_steps: int, *, shuffle: bool | None):
+        train = shuffle is None
+        return MicroBatchSampler(
+            num_samples,
+            micro_batch_size=self.cfg.train.micro_batch_size,
+            global_batch_size=self.global_batch_size,
+            dp_rank=self.dp_rank,
+            dp_size=self.dp_size,
+            seed=self.cfg.train.seed,
+            shuffle=self.cfg.data.shuffle if train else shuffle,
+            num_steps=num_steps,
+            consumed_samples=self.consumed_samples if train else 0,
+        )
+
+    def _loader(self, items: EncodedItems, batch_sampler: Any) -> DataLoader:
+        return DataLoader(
+            items,
+            batch_sampler=batch_sampler,
+            collate_fn=self._collate_fn(),
+            num_workers=self.cfg.data.num_workers,
+        )
+
+    @abc.abstractmethod
+    def _collate_fn(self) -> Callable[[list[Any]], dict[str, torch.Tensor]]:
+        """The collate function of this DataModule's micro-batch layout."""
+
+    def _read(self, path: str | os.PathLike, kind: str) -> list[Any]:
+        records, report = read_records(path, kind, on_bad_record=self.cfg.data.on_bad_record)
+        self.read_reports.append(report)
+        return records
+
+    def _encode(self, method: str, records: Sequence[Any]) -> EncodedItems:
+        return EncodedItems(
+            encode_records(self.encoder, method, records, self.cfg.data.num_workers)
+        )
+
+    @staticmethod
+    def _require(items: EncodedItems | None, stage: str) -> EncodedItems:
+        if items is None:
+            raise DataError(f"call setup({stage!r}) before asking for this data loader")
+        return items
+
+    def summary(self) -> str:
+        """What setup read, skipped, truncated and what each epoch leaves out."""
+        lines = [report.summary() for report in self.read_reports]
+        lines.append(f"truncation: {self.encoder.stats.summary()}")
+        if self._train is not None:
+            dropped = len(self._train) % self.global_batch_size
+            lines.append(
+                f"{len(self._train)} training samples, {self.num_train_steps} steps of "
+                f"{self.global_batch_size}; {dropped} samples per epoch do not fill a global "
+                "batch and are left out of that epoch (a new shuffle uses them next epoch)"
+            )
+        return "\n".join(lines)
+
+
+class ScirDataModule(MicroBatchDataModule):
+    """SCIR micro-batches of unlabeled (or labeled) pairs for one self-rewarding iteration.
+
+    Args:
+        cfg: The run config (uses ``data``, ``judge``, ``train`` and ``scir.position_debias``).
+        tokenizer: The tokenizer (``build_tokenizer(cfg.data)``).
+        dp_rank: This rank's data-parallel index.
+        dp_size: Data-parallel size.
+        train_path: The iteration's pairs JSONL.
+        val_path: Optional held-out pairs JSONL.
+        consumed_samples: Samples (all DP ranks) already trained on, from a checkpoint.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        tokenizer: Tokenizer,
+        *,
+        dp_rank: int,
+        dp_size: int,
+        train_path: str | os.PathLike,
+        val_path: str | os.PathLike | None = None,
+        consumed_samples: int = 0,
+    ) -> None:
+        super().__init__(
+            cfg, tokenizer, dp_rank=dp_rank, dp_size=dp_size, consumed_samples=consumed_samples
+        )
+        self.train_path = Path(train_path)
+        self.val_path = None if val_path is None else Path(val_path)
+        self.pairs: list[PairRecord] = []
+        self.judge_rows_per_pair = judge_row_count(cfg.judge.kind, cfg.scir.position_debias)
+
+    @property
+    def verdict_token_ids(self) -> tuple[int, ...]:
+        """Token ids the judge is read at (verdicts, or scores 0..K), derived in context."""
+        return self.encoder.candidate_ids(self.cfg.judge.kind)
+
+    @property
+    def rows_per_micro_batch(self) -> int:
+        """B = k · (2 + judge rows per pair)."""
+        return self.cfg.train.micro_batch_size * (2 + self.judge_rows_per_pair)
+
+    def setup(self, stage: str = "fit") -> None:
+        """Read, validate and tokenise the pairs: ``fit`` (train + val) or ``validate`` (val)."""
+        if stage not in STAGES:
+            raise DataError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        if stage == "fit":
+            self.pairs = self._read_pairs(self.train_path)
+            self._train = self._encode("pair", self.pairs)
+        if self.val_path is not None:
+            self._val = self._encode("pair", self._read_pairs(self.val_path))
+        logger.info("%s", self.summary())
+
+    def reference_dataloader(self) -> DataLoader:
+        """Every pair once, in file order, for the reference pass (SCIR_SPEC §7 step 3).
+
+        Micro-batch m goes to DP rank ``m % dp_size``. The last micro-batches are completed with
+        fillers (``pair_indices`` = -1) so that every micro-batch has k pairs and every rank the
+        same number of micro-batches.
+        """
+        items = self._require(self._train, "fit")
+        k = self.cfg.train.micro_batch_size
+        num_micro = -(-len(items) // k)
+        num_micro = -(-num_micro // self.dp_size) * self.dp_size
+        batches = [
+            [i if i < len(items) else -len(items) for i in range(m * k, (m + 1) * k)]
+            for m in range(self.dp_rank, num_micro, self.dp_size)
+        ]
+        return self._loader(items, batches)
+
+    def _read_pairs(self, path: Path) -> list[PairRecord]:
+        pairs = self._read(path, "pairs")
+        with_refs = [p.ref_logps_1 is not None for p in pairs]
+        if any(with_refs) and not all(with_refs):
+            missing = pairs[with_refs.index(False)]
+            raise DataError(
+                f"{missing.where}: pair {missing.pair_id!r} has no ref_logps_1/ref_logps_2 while "
+                "other pairs of the file have them: rerun the reference pass on the whole file"
+            )
+        return pairs
+
+    def _collate_fn(self) -> Callable[[list[Any]], dict[str, torch.Tensor]]:
+        return functools.partial(
+            collate_pairs, seq_length=self.seq_length, pad_id=self.tokenizer.pad_id
+        )

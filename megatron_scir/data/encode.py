@@ -1,0 +1,289 @@
+"""Token sequences of the SCIR layout: policy [x‖y], judge J(x, ·, ·), SFT examples (SCIR_SPEC §9).
+
+Policy sequence = chat(prompt) + response + EOS (no EOS after a response that was cut, by
+generation or by the budget: it did not end there). The response's ids are the tail of
+``encode(chat(prompt) + response)`` after the prompt's ids, i.e. the response is tokenised in
+context as the model generated it; where the first response token merges with the prompt's last
+one, the response is encoded on its own and the event counted.
+
+Truncation (SCIR_SPEC §9): the judge template's tail, right before the verdict, is never cut.
+Fields (prompt, responses) are shortened by tokens of their own encoding and the text is
+re-rendered and re-encoded, so a truncated sequence is still exactly ``encode(rendered text)``:
+responses first to ``max_response_length`` each, then the prompt from the left, then, if the
+template with an empty prompt still does not fit, the responses further. Policy prompts are
+left-truncated the same way (the chat template stays whole) to ``max_prompt_length``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from megatron_scir.config import ConfigError, JudgeConfig
+from megatron_scir.data.chat import ChatFormat
+from megatron_scir.data.errors import DataError
+from megatron_scir.data.records import (
+    PairRecord,
+    PairwiseJudgeRecord,
+    PointwiseJudgeRecord,
+    SftRecord,
+)
+from megatron_scir.rewards import templates
+
+_IDS = np.int32
+
+
+@dataclass
+class TruncationStats:
+    """How often sequences had to be cut to fit (summed over the data, logged by the DataModule)."""
+
+    num_prompts_truncated: int = 0
+    """Policy prompts left-truncated to data.max_prompt_length."""
+    num_responses_truncated: int = 0
+    """Policy responses right-truncated to data.max_response_length (no EOS follows them)."""
+    num_judge_truncated: int = 0
+    """Judge sequences whose fields were shortened to fit data.judge_max_length."""
+    num_boundary_merges: int = 0
+    """Responses encoded on their own because their first token merged with the prompt's last."""
+
+    def add(self, other: TruncationStats) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def summary(self) -> str:
+        return ", ".join(
+            f"{f.name.removeprefix('num_')}={getattr(self, f.name)}" for f in fields(self)
+        )
+
+
+@dataclass(slots=True)
+class EncodedPair:
+    """One pair's token ids. ``judge`` rows are in layout order (see :func:`judge_row_count`)."""
+
+    index: int
+    prompt: np.ndarray
+    responses: tuple[np.ndarray, np.ndarray]
+    judge: tuple[np.ndarray, ...]
+    label: float
+    ref_logps: tuple[float, float] | None
+
+
+@dataclass(slots=True)
+class EncodedExample:
+    """One SFT example: ``ids[:prompt_length]`` is context, the rest is trained on."""
+
+    ids: np.ndarray
+    prompt_length: int
+
+
+def judge_row_count(judge_kind: str, position_debias: str) -> int:
+    """Judge sequences per pair: 1 for pairwise without debiasing, else 2 (SCIR_SPEC §9)."""
+    return 1 if judge_kind == "pairwise" and position_debias == "none" else 2
+
+
+class SequenceEncoder:
+    """Encodes pairs and SFT examples into token ids within the configured budgets.
+
+    Args:
+        chat: Chat format (holds the tokenizer).
+        judge: The judge section (templates, verdict prefix, verdict/score texts).
+        max_prompt_length: Budget of chat(prompt) in a policy sequence.
+        max_response_length: Budget of a response (with its EOS).
+        judge_max_length: Budget of a judge sequence (SFT: with the target and EOS).
+        position_debias: ``scir.position_debias`` (decides one or two pairwise judge rows).
+
+    Raises:
+        SingleTokenError: a verdict/score text is not one token after the judge prompt.
+        ConfigError: the judge template alone does not fit ``judge_max_length``.
+    """
+
+    def __init__(
+        self,
+        chat: ChatFormat,
+        judge: JudgeConfig,
+        *,
+        max_prompt_length: int,
+        max_response_length: int,
+        judge_max_length: int,
+        position_debias: str,
+    ) -> None:
+        self.chat, self.tok, self.judge = chat, chat.tokenizer, judge
+        self.max_prompt_length = max_prompt_length
+        self.max_response_length = max_response_length
+        self.judge_max_length = judge_max_length
+        self.position_debias = position_debias
+        self.stats = TruncationStats()
+        self._prompt_cache: dict[str, tuple[str, list[int]]] = {}
+        self._candidate_ids: dict[str, tuple[int, ...]] = {}
+        self.candidate_ids(judge.kind)  # SCIR_SPEC §2: start-up fails on a multi-token verdict
+
+    @property
+    def seq_length(self) -> int:
+        """S: one length for policy and judge rows (SCIR_SPEC §9)."""
+        return max(self.max_prompt_length + self.max_response_length, self.judge_max_length)
+
+    def candidate_ids(self, kind: str) -> tuple[int, ...]:
+        """Verdict (pairwise) or score (pointwise) token ids, derived in context once."""
+        if kind not in self._candidate_ids:
+            self._check_template_fits(kind)
+            if kind == "pairwise":
+                self._candidate_ids[kind] = templates.verdict_token_ids(self.chat, self.judge)
+            else:
+                self._candidate_ids[kind] = templates.score_token_ids(self.chat, self.judge)
+        return self._candidate_ids[kind]
+
+    def pair(self, pair: PairRecord, index: int) -> EncodedPair:
+        """Policy rows for y1 and y2 and the judge rows of the configured layout."""
+        prompt_text, prompt_ids = self._prompt(pair.prompt)
+        responses = (
+            self._response(prompt_text, prompt_ids, pair.response_1, pair.truncated_1),
+            self._response(prompt_text, prompt_ids, pair.response_2, pair.truncated_2),
+        )
+        x, y1, y2 = pair.prompt, pair.response_1, pair.response_2
+        if self.judge.kind == "pointwise":
+            judge = (self._pointwise(x, y1, reserve=0), self._pointwise(x, y2, reserve=0))
+        elif self.position_debias == "none":
+            judge = (self._pairwise(x, y1, y2, reserve=0),)
+        else:
+            judge = (self._pairwise(x, y1, y2, reserve=0), self._pairwise(x, y2, y1, reserve=0))
+        label = {1: 1.0, 2: 0.0, None: -1.0}[pair.label]
+        refs = None if pair.ref_logps_1 is None else (pair.ref_logps_1, pair.ref_logps_2)
+        return EncodedPair(
+            index=index,
+            prompt=np.asarray(prompt_ids, _IDS),
+            responses=(np.asarray(responses[0], _IDS), np.asarray(responses[1], _IDS)),
+            judge=tuple(np.asarray(ids, _IDS) for ids in judge),
+            label=label,
+            ref_logps=refs,
+        )
+
+    def instruction(self, record: SftRecord) -> EncodedExample:
+        """chat(prompt) + response + EOS, trained on the response and EOS."""
+        prompt_text, prompt_ids = self._prompt(record.prompt)
+        response = self._response(prompt_text, prompt_ids, record.response, False)
+        return EncodedExample(np.asarray(prompt_ids + response, _IDS), len(prompt_ids))
+
+    def judge_example(self, record: PairwiseJudgeRecord | PointwiseJudgeRecord) -> EncodedExample:
+        """The judge sequence + its verdict/score token + EOS, trained on the last two."""
+        if isinstance(record, PairwiseJudgeRecord):
+            ids = self._pairwise(record.prompt, record.response_a, record.response_b, reserve=2)
+            target = self.candidate_ids("pairwise")["AB".index(record.verdict)]
+        else:
+            scores = self.candidate_ids("pointwise")
+            if record.score >= len(scores):
+                raise DataError(
+                    f"{record.where}: score {record.score} has no text: judge.score_texts "
+                    f"holds scores 0..{len(scores) - 1}"
+                )
+            ids = self._pointwise(record.prompt, record.response, reserve=2)
+            target = scores[record.score]
+        return EncodedExample(np.asarray([*ids, target, self.tok.eos_id], _IDS), len(ids))
+
+    def _prompt(self, prompt: str) -> tuple[str, list[int]]:
+        cached = self._prompt_cache.get(prompt)
+        if cached is None:
+            text, ids, cut = self._fit(
+                lambda f: self.chat.render(f[0]), [prompt], self.max_prompt_length, [(0, "left")]
+            )
+            self.stats.num_prompts_truncated += cut
+            if len(self._prompt_cache) > 4096:
+                self._prompt_cache.clear()
+            cached = self._prompt_cache[prompt] = (text, ids)
+        return cached
+
+    def _response(
+        self, prompt_text: str, prompt_ids: list[int], response: str, truncated: bool
+    ) -> list[int]:
+        full = self.chat.encode(prompt_text + response)
+        n = len(prompt_ids)
+        if full[:n] == prompt_ids:
+            ids = full[n:]
+        else:
+            self.stats.num_boundary_merges += 1
+            ids = self.tok.encode(response)
+        if not truncated:
+            ids.append(self.tok.eos_id)
+        if len(ids) > self.max_response_length:
+            self.stats.num_responses_truncated += 1
+            ids = ids[: self.max_response_length]
+        return ids
+
+    def _pairwise(self, prompt: str, first: str, second: str, *, reserve: int) -> list[int]:
+        def render(f: list[str]) -> str:
+            instruction = templates.render_pairwise(self.judge, f[0], f[1], f[2])
+            return templates.judge_prompt_text(self.chat, self.judge, instruction)
+
+        return self._judge_ids(render, [prompt, first, second], reserve)
+
+    def _pointwise(self, prompt: str, response: str, *, reserve: int) -> list[int]:
+        def render(f: list[str]) -> str:
+            instruction = templates.render_pointwise(self.judge, f[0], f[1])
+            return templates.judge_prompt_text(self.chat, self.judge, instruction)
+
+        return self._judge_ids(render, [prompt, response], reserve)
+
+    def _judge_ids(self, render: Callable[[list[str]], str], values: list[str], reserve: int):
+        budget = self.judge_max_length - reserve
+        cuts = [(0, "left")] + [(i, "right") for i in range(1, len(values))]
+        _, ids, cut = self._fit(render, values, budget, cuts, self.max_response_length)
+        self.stats.num_judge_truncated += cut
+        return ids
+
+    def _fit(
+        self,
+        render: Callable[[list[str]], str],
+        values: list[str],
+        budget: int,
+        cuts: list[tuple[int, str]],
+        response_budget: int | None = None,
+    ) -> tuple[str, list[int], bool]:
+        """Shorten ``values`` until ``encode(render(values))`` fits ``budget`` (see module doc).
+
+        ``cuts`` lists (field index, side) in the order fields give up tokens; fields other than
+        the first are responses, first cut to ``response_budget``. Every round lowers one field's
+        token limit, so the loop ends; the template itself is never cut.
+        """
+        text = render(values)
+        ids = self.chat.encode(text)
+        if len(ids) <= budget:
+            return text, ids, False
+        values = list(values)
+        field_ids = {i: self.tok.encode(values[i]) for i, _ in cuts}
+        limits = {i: len(field_ids[i]) for i, _ in cuts}
+        if response_budget is not None:
+            for i, _ in cuts[1:]:
+                limits[i] = min(limits[i], response_budget)
+        while True:
+            for i, side in cuts:
+                kept = field_ids[i][-limits[i] :] if side == "left" else field_ids[i][: limits[i]]
+                values[i] = self.tok.decode(kept) if limits[i] else ""
+            text = render(values)
+            ids = self.chat.encode(text)
+            over = len(ids) - budget
+            if over <= 0:
+                return text, ids, True
+            index = next((i for i, _ in cuts if limits[i] > 0), None)
+            if index is None:
+                raise DataError(f"the template alone takes {len(ids)} tokens (> {budget})")
+            if index != cuts[0][0]:  # responses: cut the longest first, keeping them balanced
+                index = max((i for i, _ in cuts[1:]), key=lambda i: limits[i])
+            limits[index] = max(limits[index] - over, 0)
+
+    def _check_template_fits(self, kind: str) -> None:
+        if kind == "pairwise":
+            instruction = templates.render_pairwise(self.judge, "", "", "")
+        else:
+            instruction = templates.render_pointwise(self.judge, "", "")
+        length = len(
+            self.chat.encode(templates.judge_prompt_text(self.chat, self.judge, instruction))
+        )
+        # SFT judge examples add the target token and EOS; keep room for some of each field too.
+        if length + 2 >= self.judge_max_length:
+            raise ConfigError(
+                f"the {kind} judge template with empty fields takes {length} tokens with tokenizer "
+                f"{self.tok.name}, which leaves no room within data.judge_max_length="
+                f"{self.judge_max_length}: raise data.judge_max_length or shorten "
+                f"judge.{kind}_template"
+            )

@@ -1,0 +1,301 @@
+"""ScirDataModule: the fixed SCIR micro-batch layout (SCIR_SPEC §9), DP sharding and resumption."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from megatron_scir.config import ConfigError
+from megatron_scir.data import DataError, RecordError, ScirDataModule
+from megatron_scir.rewards import templates
+
+WORDS = (
+    "the sea is wide and blue answer question python sort list capital of France Paris "
+    "poem quick brown fox lazy dog cat sat on mat sky why simple words child"
+).split()
+JUDGE_TAIL = "Answer with a single letter, A or B.\n\nAssistant:\n"
+
+
+def words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def make_pairs(n: int, *, seed: int = 0, refs: bool = False, long_every: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        long = long_every and i % long_every == 0
+        row = {
+            "pair_id": f"p{i // 2}:{i % 2}",
+            "prompt_id": f"p{i // 2}",
+            "prompt": words(rng, 40 if long else rng.randint(2, 6)),
+            "response_1": words(rng, 60 if long else rng.randint(1, 6)),
+            "response_2": words(rng, rng.randint(1, 6)),
+            "label": [1, 2, None][i % 3],
+        }
+        if refs:
+            row |= {"ref_logps_1": -float(i), "ref_logps_2": -0.5 * i}
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture
+def datamodule(make_cfg, sp_tokenizer, write_jsonl):
+    def build(*overrides: str, rows=None, dp_rank=0, dp_size=1, consumed=0, tokenizer=None):
+        path = write_jsonl("pairs.jsonl", rows if rows is not None else make_pairs(10))
+        dm = ScirDataModule(
+            make_cfg(*overrides),
+            tokenizer or sp_tokenizer,
+            dp_rank=dp_rank,
+            dp_size=dp_size,
+            train_path=path,
+            consumed_samples=consumed,
+        )
+        dm.setup("fit")
+        return dm
+
+    return build
+
+
+def batches(dm) -> list[dict[str, torch.Tensor]]:
+    return list(dm.train_dataloader())
+
+
+def judge_text(dm, pair: dict, order: int) -> str:
+    x, y1, y2 = pair["prompt"], pair["response_1"], pair["response_2"]
+    if dm.cfg.judge.kind == "pointwise":
+        instruction = templates.render_pointwise(dm.cfg.judge, x, (y1, y2)[order])
+    else:
+        first, second = (y1, y2) if order == 0 else (y2, y1)
+        instruction = templates.render_pairwise(dm.cfg.judge, x, first, second)
+    return templates.judge_prompt_text(dm.chat, dm.cfg.judge, instruction)
+
+
+LAYOUTS = [
+    ([], 2),
+    (["scir.position_debias=mean_logit"], 2),
+    (["scir.position_debias=none"], 1),
+    (
+        ["judge.kind=pointwise", "data.judge_max_length=640", "model.max_position_embeddings=1024"],
+        2,
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "judge_rows"), LAYOUTS)
+def test_every_micro_batch_has_the_same_fixed_shapes(datamodule, overrides, judge_rows):
+    dm = datamodule(*overrides)
+    k, s = 2, dm.seq_length
+    b = k * (2 + judge_rows)
+    assert dm.rows_per_micro_batch == b and s == max(32 + 32, dm.cfg.data.judge_max_length)
+    loaded = batches(dm)
+    assert len(loaded) == 4  # 10 pairs, global batch 4: 2 steps × 2 micro-batches
+    for batch in loaded:
+        assert batch["tokens"].shape == batch["labels"].shape == batch["loss_mask"].shape == (b, s)
+        assert batch["tokens"].dtype == batch["labels"].dtype == torch.int64
+        assert batch["loss_mask"].dtype == torch.float32
+        assert batch["verdict_positions"].shape == (k * judge_rows,)
+        assert batch["response_lengths"].shape == (2 * k,)
+        assert batch["pair_labels"].shape == batch["pair_indices"].shape == (k,)
+        assert torch.equal(batch["position_ids"], torch.arange(s).expand(b, s))
+        assert torch.equal(batch["labels"][:, :-1], batch["tokens"][:, 1:])
+        assert (batch["labels"][:, -1] == dm.tokenizer.pad_id).all()
+
+
+@pytest.mark.parametrize(("overrides", "judge_rows"), LAYOUTS)
+def test_rows_hold_the_policy_and_judge_sequences_in_layout_order(
+    datamodule, overrides, judge_rows
+):
+    rows = make_pairs(10)
+    dm = datamodule(*overrides, rows=rows)
+    tok, k = dm.tokenizer, 2
+    for batch in batches(dm):
+        for i, index in enumerate(batch["pair_indices"].tolist()):
+            pair = rows[index]
+            for side, key in enumerate(("response_1", "response_2")):
+                ids = batch["tokens"][side * k + i].tolist()
+                assert ids[0] == tok.bos_id
+                assert tok.decode(ids) == dm.chat.render(pair["prompt"]) + pair[key]
+            for order in range(judge_rows):
+                ids = batch["tokens"][2 * k + order * k + i].tolist()
+                assert tok.decode(ids) == judge_text(dm, pair, order)
+
+
+def test_loss_mask_covers_exactly_the_response_tokens_and_their_eos(datamodule):
+    rows = make_pairs(10)
+    dm = datamodule(rows=rows)
+    tok, k = dm.tokenizer, 2
+    for batch in batches(dm):
+        mask = batch["loss_mask"].bool()
+        assert not mask[2 * k :].any()  # judge rows carry no policy loss
+        for row in range(2 * k):
+            targets = batch["labels"][row][mask[row]].tolist()
+            pair = rows[batch["pair_indices"][row % k]]
+            assert targets[-1] == tok.eos_id
+            assert tok.decode(targets) == pair[("response_1", "response_2")[row // k]]
+            assert batch["response_lengths"][row] == len(targets)
+            first = int(mask[row].nonzero()[0])  # the last prompt token predicts the response
+            prompt_ids = dm.chat.encode(dm.chat.render(pair["prompt"]))
+            assert first == len(prompt_ids) - 1
+
+
+@pytest.mark.parametrize(("overrides", "judge_rows"), LAYOUTS)
+def test_verdict_position_is_the_token_right_before_the_verdict(datamodule, overrides, judge_rows):
+    rows = make_pairs(10)
+    dm = datamodule(*overrides, rows=rows)
+    tok, k = dm.tokenizer, 2
+    verdict = dm.verdict_token_ids[-1]
+    text = (
+        dm.cfg.judge.verdict_texts if dm.cfg.judge.kind == "pairwise" else dm.cfg.judge.score_texts
+    )[-1]
+    for batch in batches(dm):
+        for r, pos in enumerate(batch["verdict_positions"].tolist()):
+            order, i = divmod(r, k)
+            ids = batch["tokens"][2 * k + r].tolist()
+            pair = rows[batch["pair_indices"][i]]
+            assert tok.decode(ids[: pos + 1] + [verdict]) == judge_text(dm, pair, order) + text
+            assert ids[pos + 1] == tok.pad_id and ids[pos] != tok.pad_id
+
+
+def test_pair_labels_and_reference_logps_come_from_the_pairs_file(datamodule):
+    rows = make_pairs(12, refs=True)
+    dm = datamodule(rows=rows)
+    for batch in batches(dm):
+        index = batch["pair_indices"].tolist()
+        expected = {1: 1.0, 2: 0.0, None: -1.0}
+        assert batch["pair_labels"].tolist() == [expected[rows[i]["label"]] for i in index]
+        refs = [rows[i]["ref_logps_1"] for i in index] + [rows[i]["ref_logps_2"] for i in index]
+        assert batch["ref_logps"].tolist() == refs
+    assert "ref_logps" not in batches(datamodule())[0]
+
+
+def test_long_pairs_are_truncated_responses_first_and_the_judge_tail_is_kept(datamodule):
+    rows = make_pairs(8, long_every=2)
+    dm = datamodule(rows=rows)
+    tok, k, stats = dm.tokenizer, 2, dm.encoder.stats
+    assert stats.num_prompts_truncated == 4 and stats.num_responses_truncated == 4
+    assert stats.num_judge_truncated == 8  # both orders of the 4 long pairs
+    for batch in batches(dm):
+        for i, index in enumerate(batch["pair_indices"].tolist()):
+            if index % 2:
+                continue
+            policy = batch["tokens"][i].tolist()
+            prompt_len = int(batch["loss_mask"][i].nonzero()[0]) + 1
+            assert tok.decode(policy).startswith("User: ")  # the chat template stays whole
+            assert batch["response_lengths"][i] == 32  # cut to max_response_length, no EOS
+            assert tok.eos_id not in policy
+            assert prompt_len <= 32
+            for order in range(2):
+                pos = int(batch["verdict_positions"][order * k + i])
+                assert pos + 1 <= 256
+                assert tok.decode(batch["tokens"][2 * k + order * k + i][: pos + 1]).endswith(
+                    JUDGE_TAIL
+                )
+
+
+def test_dp_ranks_get_disjoint_shards_that_cover_each_epoch(datamodule):
+    rows = make_pairs(22)
+    overrides = ("train.global_batch_size=8", "train.epochs=3")
+    per_rank = [
+        [
+            b["pair_indices"].tolist()
+            for b in batches(datamodule(*overrides, rows=rows, dp_rank=r, dp_size=2))
+        ]
+        for r in range(2)
+    ]
+    assert len(per_rank[0]) == len(per_rank[1]) == 3 * 2 * 2  # epochs × steps × micro-batches
+    for epoch in range(3):
+        seen = [i for r in range(2) for mb in per_rank[r][4 * epoch : 4 * epoch + 4] for i in mb]
+        assert len(seen) == len(set(seen)) == 16  # 22 pairs: 2 global batches of 8, 6 left out
+    epochs = [
+        {i for r in range(2) for mb in per_rank[r][4 * e : 4 * e + 4] for i in mb} for e in range(3)
+    ]
+    assert epochs[0] != epochs[1]  # a new shuffle every epoch
+
+
+def test_resuming_from_consumed_samples_continues_on_exactly_the_next_micro_batch(datamodule):
+    rows = make_pairs(22)
+    full = batches(datamodule("train.epochs=2", rows=rows, dp_rank=1, dp_size=2))
+    dm = datamodule("train.epochs=2", rows=rows, dp_rank=1, dp_size=2)
+    steps_done = 3
+    state = dm.state_dict(steps_since_resume=steps_done)
+    assert state == {"consumed_samples": 3 * 4}
+    resumed = datamodule("train.epochs=2", rows=rows, dp_rank=1, dp_size=2)
+    resumed.load_state_dict(state)
+    rest = batches(resumed)
+    assert len(rest) == len(full) - steps_done  # one micro-batch per step on each of 2 ranks
+    for a, b in zip(full[steps_done:], rest, strict=True):
+        assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_reference_loader_visits_every_pair_once_and_fills_the_last_micro_batches(datamodule):
+    rows = make_pairs(7, refs=False)
+    seen, counts = [], []
+    for rank in range(2):
+        loaded = list(datamodule(rows=rows, dp_rank=rank, dp_size=2).reference_dataloader())
+        counts.append(len(loaded))
+        seen += [i for b in loaded for i in b["pair_indices"].tolist()]
+        assert all(b["tokens"].shape[0] == 8 for b in loaded)
+    assert counts == [2, 2]  # 4 micro-batches of 2 for 7 pairs, same count on both ranks
+    assert sorted(i for i in seen if i >= 0) == list(range(7)) and seen.count(-1) == 1
+
+
+def test_worker_processes_give_identical_batches_and_counts(datamodule):
+    rows = make_pairs(20, seed=3, long_every=3)
+    plain = datamodule(rows=rows)
+    workers = datamodule("data.num_workers=2", rows=rows)  # encoding pool and loader workers
+    assert workers.encoder.stats == plain.encoder.stats
+    assert plain.encoder.stats.num_judge_truncated > 0
+    for a, b in zip(batches(plain), batches(workers), strict=True):
+        assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_hf_tokenizer_with_its_own_chat_template_builds_the_same_layout(datamodule, hf_tokenizer):
+    rows = make_pairs(10)
+    dm = datamodule("data.chat_template=tokenizer", rows=rows, tokenizer=hf_tokenizer)
+    verdict = dm.verdict_token_ids[0]
+    for batch in batches(dm):
+        for r, pos in enumerate(batch["verdict_positions"].tolist()):
+            pair = rows[batch["pair_indices"][r % 2]]
+            ids = batch["tokens"][4 + r][: pos + 1].tolist() + [verdict]
+            assert hf_tokenizer.decode(ids) == judge_text(dm, pair, r // 2) + "A"
+            assert judge_text(dm, pair, 0).startswith("<|user|>\n")
+
+
+def test_pairs_with_and_without_reference_logps_in_one_file_are_refused(datamodule):
+    rows = make_pairs(4, refs=True)
+    del rows[2]["ref_logps_1"], rows[2]["ref_logps_2"]
+    with pytest.raises(DataError, match=r"pairs.jsonl:3: pair 'p1:0' has no ref_logps_1"):
+        datamodule(rows=rows)
+
+
+def test_a_bad_pairs_line_stops_setup_naming_file_and_line(datamodule):
+    rows = make_pairs(4)
+    rows[1] = json.dumps(rows[1])[:-1]
+    with pytest.raises(RecordError, match=r"pairs.jsonl:2: malformed JSON"):
+        datamodule(rows=rows)
+    dm = datamodule("data.on_bad_record=skip", rows=rows + [rows[0] | {"pair_id": "extra"}])
+    assert dm.read_reports[0].num_skipped == 1 and "1 malformed JSON" in dm.summary()
+
+
+def test_a_judge_budget_smaller_than_the_template_is_refused_at_start_up(datamodule):
+    with pytest.raises(ConfigError, match=r"takes \d+ tokens .* raise data.judge_max_length"):
+        datamodule("data.judge_max_length=128")
+
+
+def test_summary_reports_the_epoch_remainder_left_out(datamodule):
+    dm = datamodule(rows=make_pairs(10))
+    assert "10 training samples, 2 steps of 4; 2 samples per epoch do not fill" in dm.summary()
+
+
+def test_loaders_need_setup_first_and_stages_are_checked(make_cfg, sp_tokenizer, write_jsonl):
+    path = write_jsonl("pairs.jsonl", make_pairs(4))
+    dm = ScirDataModule(make_cfg(), sp_tokenizer, dp_rank=0, dp_size=1, train_path=path)
+    with pytest.raises(DataError, match=r"call setup\('fit'\)"):
+        dm.train_dataloader()
+    with pytest.raises(DataError, match="unknown stage 'train'"):
+        dm.setup("train")
+    assert dm.val_dataloader() is None
