@@ -11,6 +11,7 @@ from megatron_scir.losses.preference import (
     ipo_loss,
     labelled_pair_loss,
     preference_terms,
+    srlm_labels,
 )
 from megatron_scir.losses.scir import scir_loss, select_consistent
 
@@ -25,4 +26,5 @@ __all__ = [
     "preference_terms",
     "scir_loss",
     "select_consistent",
+    "srlm_labels",
 ]

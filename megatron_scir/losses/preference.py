@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_scir.rewards.implicit import implicit_log_odds
+from megatron_scir.rewards.judge import judge_preference
 
 __all__ = [
     "PREF_LOSSES",
@@ -24,10 +25,11 @@ __all__ = [
     "metric",
     "preference_terms",
     "normalize_pairs",
-    "sft_terms",
+    "sft_loss",
     "dpo_loss",
     "ipo_loss",
     "labelled_pair_loss",
+    "srlm_labels",
 ]
 
 PREF_LOSSES = ("dpo", "ipo")
@@ -86,14 +88,32 @@ def normalize_pairs(
     )
 
 
-def sft_terms(policy_logps: torch.Tensor, response_lengths: torch.Tensor) -> torch.Tensor:
-    """Per-token negative log-likelihood of each response, ``[n]`` float32 (SCIR_SPEC §5).
+def sft_loss(
+    policy_logps_1: torch.Tensor,
+    policy_logps_2: torch.Tensor,
+    response_lengths: tuple[torch.Tensor, torch.Tensor],
+    *,
+    first_chosen: torch.Tensor,
+    selected: torch.Tensor,
+    pref_normalization: str,
+) -> torch.Tensor:
+    """Per-token negative log-likelihood of the chosen responses (SCIR_SPEC §5, ``sft_weight``).
 
     Args:
-        policy_logps: ``[n]`` policy log-probs of the (chosen) responses.
-        response_lengths: ``[n]`` their token counts.
+        policy_logps_1, policy_logps_2: ``[n]`` policy log-probs of y1 and y2.
+        response_lengths: ``([n], [n])`` token counts of y1 and y2.
+        first_chosen: ``[n]`` bool, y1 is the chosen response.
+        selected: ``[n]`` bool, the pairs with a label.
+        pref_normalization: normalised like L_pref (see :func:`normalize_pairs`).
+
+    Returns:
+        Scalar float32 ``Σ_selected −log πθ(chosen)/|chosen|`` over n (or over the selected).
     """
-    return -policy_logps.float() / response_lengths.float()
+    chosen_logps = torch.where(first_chosen, policy_logps_1, policy_logps_2).float()
+    chosen_lengths = torch.where(first_chosen, *response_lengths).float()
+    return normalize_pairs(
+        -chosen_logps / chosen_lengths, selected, pref_normalization=pref_normalization
+    )
 
 
 def _labelled_loss(
@@ -233,14 +253,42 @@ def labelled_pair_loss(
     }
     loss = pref
     if sft_weight > 0:
-        chosen_logps = torch.where(first_chosen, policy_logps_1, policy_logps_2)
-        chosen_lengths = torch.where(first_chosen, *response_lengths)
-        sft = normalize_pairs(
-            sft_terms(chosen_logps, chosen_lengths),
-            labelled,
+        sft = sft_loss(
+            policy_logps_1,
+            policy_logps_2,
+            response_lengths,
+            first_chosen=first_chosen,
+            selected=labelled,
             pref_normalization=pref_normalization,
         )
         metrics["loss/sft"] = metric(sft, 1)
         loss = loss + sft_weight * sft
     metrics["loss/total"] = metric(loss, 1)
     return loss, metrics
+
+
+@torch.no_grad()
+def srlm_labels(
+    judge_logits_12: torch.Tensor,
+    judge_logits_21: torch.Tensor | None = None,
+    *,
+    position_debias: str = "mean_prob",
+    drop_margin: float = 0.0,
+) -> torch.Tensor:
+    """SRLM's fixed labels from the M_t judge, computed once when the pairs are built (§6).
+
+    Args:
+        judge_logits_12, judge_logits_21: ``[n]`` the M_t judge's log-odds in both orders (see
+            :func:`megatron_scir.rewards.judge.judge_preference`).
+        position_debias: how the two orders combine (the same option as SCIR's).
+        drop_margin: pairs with |P_G − ½| ≤ this get no label (``scir.srlm_drop_margin``).
+
+    Returns:
+        ``[n]`` float32 ``pair_labels``: 1.0 where y1 ≻ y2, 0.0 where y2 ≻ y1, −1.0 dropped.
+    """
+    log_p, log_q = judge_preference(
+        judge_logits_12, judge_logits_21, position_debias=position_debias
+    )
+    centered = 0.5 * (log_p.exp() - log_q.exp())
+    labels = (centered > 0).float()
+    return torch.where(centered.abs() > drop_margin, labels, torch.full_like(labels, -1.0))

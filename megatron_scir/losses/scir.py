@@ -24,7 +24,7 @@ from megatron_scir.losses.preference import (
     metric,
     normalize_pairs,
     preference_terms,
-    sft_terms,
+    sft_loss,
 )
 from megatron_scir.losses.scir_metrics import gold_metrics, length_metrics, selection_metrics
 from megatron_scir.rewards.implicit import implicit_log_odds, implicit_preference
@@ -111,7 +111,7 @@ def _check_options(divergence_kind, position_debias, consistency_grad, pref_loss
             raise ValueError(f"{name}={value!r} is not one of {choices}")
 
 
-def _check_shapes(tensors: dict[str, torch.Tensor | None]) -> None:
+def _check_shapes(**tensors: torch.Tensor | None) -> None:
     shapes = {name: tuple(t.shape) for name, t in tensors.items() if t is not None}
     if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 1:
         raise ValueError(f"every per-pair tensor must have the same shape [n]; got {shapes}")
@@ -203,15 +203,13 @@ def scir_loss(
     """
     _check_options(divergence, position_debias, consistency_grad, pref_loss, pref_normalization)
     _check_shapes(
-        {
-            "policy_logps_1": policy_logps_1,
-            "policy_logps_2": policy_logps_2,
-            "ref_logps_1": ref_logps_1,
-            "ref_logps_2": ref_logps_2,
-            "judge_logits_12": judge_logits_12,
-            "judge_logits_21": judge_logits_21,
-            "gold_labels": gold_labels,
-        }
+        policy_logps_1=policy_logps_1,
+        policy_logps_2=policy_logps_2,
+        ref_logps_1=ref_logps_1,
+        ref_logps_2=ref_logps_2,
+        judge_logits_12=judge_logits_12,
+        judge_logits_21=judge_logits_21,
+        gold_labels=gold_labels,
     )
     if (length_normalize or sft_weight > 0) and response_lengths is None:
         raise ValueError("length_normalize and sft_weight > 0 need response_lengths=(len_1, len_2)")
@@ -241,22 +239,23 @@ def scir_loss(
         pref_loss=pref_loss,
         pref_normalization=pref_normalization,
     )
-    loss = (
-        terms["loss/pref"]
-        + consistency_weight * terms["loss/cons"]
-        + confidence_weight * terms["loss/conf"]
-    )
     if sft_weight > 0:
-        # Ours (SCIR_SPEC §5 leaves it open): per-token NLL of the agreed chosen response,
-        # normalised like L_pref.
-        chosen_logps = torch.where(selection.first_chosen, policy_logps_1, policy_logps_2)
-        chosen_lengths = torch.where(selection.first_chosen, *response_lengths)
-        terms["loss/sft"] = normalize_pairs(
-            sft_terms(chosen_logps, chosen_lengths),
-            selection.consistent,
+        # Ours: SCIR_SPEC §5 names an SFT term on the agreed chosen response, not its form.
+        terms["loss/sft"] = sft_loss(
+            policy_logps_1,
+            policy_logps_2,
+            response_lengths,
+            first_chosen=selection.first_chosen,
+            selected=selection.consistent,
             pref_normalization=pref_normalization,
         )
-        loss = loss + sft_weight * terms["loss/sft"]
+    weights = {
+        "loss/pref": 1.0,
+        "loss/cons": consistency_weight,
+        "loss/conf": confidence_weight,
+        "loss/sft": sft_weight,
+    }
+    loss = sum(weights[key] * value for key, value in terms.items())
     terms["loss/total"] = loss
 
     metrics = {key: metric(value, 1) for key, value in terms.items()}

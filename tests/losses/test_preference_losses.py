@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from megatron_scir.losses import dpo_loss, ipo_loss, labelled_pair_loss
+from megatron_scir.losses import dpo_loss, ipo_loss, labelled_pair_loss, srlm_labels
 from megatron_scir.parallel.reductions import reduce_metrics
 
 
@@ -67,3 +67,13 @@ def test_labelled_sft_term_uses_the_labelled_chosen_response():
     reduced = reduce_metrics([metrics])
     assert reduced["loss/sft"] == pytest.approx(3.0)  # y2: 30 nats over 10 tokens
     assert loss.item() == pytest.approx(math.log(2.0) + 2.0 * 3.0, rel=1e-6)
+
+
+def test_srlm_labels_follow_the_debiased_judge_and_drop_unsure_pairs():
+    # P_G = ½(σ(ℓ12) + σ(−ℓ21)): pair 0 is 0.75 (y1), pair 1 0.25 (y2), pair 2 exactly ½,
+    # pair 3 prefers y1 by less than the drop margin.
+    judge_12 = _t(math.log(3.0), -math.log(3.0), 0.0, 0.1)
+    judge_21 = _t(-math.log(3.0), math.log(3.0), 0.0, -0.1)
+    labels = srlm_labels(judge_12, judge_21, drop_margin=0.05)
+    assert labels.tolist() == [1.0, 0.0, -1.0, -1.0]
+    assert srlm_labels(judge_12, judge_21).tolist() == [1.0, 0.0, -1.0, 1.0]
