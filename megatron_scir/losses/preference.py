@@ -202,6 +202,7 @@ def labelled_pair_loss(
     length_normalize: bool = False,
     response_lengths: tuple[torch.Tensor, torch.Tensor] | None = None,
     sft_weight: float = 0.0,
+    pair_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The ``dpo`` and ``srlm`` modes: DPO/IPO with labels fixed before training (SCIR_SPEC §6).
 
@@ -220,6 +221,7 @@ def labelled_pair_loss(
         response_lengths: ``([n], [n])`` lengths of y1 and y2; needed for length
             normalisation and the SFT term.
         sft_weight: weight of the per-token NLL of the chosen response (0 = off).
+        pair_mask: ``[n]`` bool, False for filler pairs (no loss, no metrics; n unchanged).
 
     Returns:
         ``(loss, metrics)``: scalar float32 loss; ``(sum, count)`` metrics ``loss/total``,
@@ -236,7 +238,8 @@ def labelled_pair_loss(
         beta=beta,
         response_lengths=response_lengths if length_normalize else None,
     )
-    labelled = pair_labels >= 0
+    valid = torch.ones_like(delta, dtype=torch.bool) if pair_mask is None else pair_mask
+    labelled = (pair_labels >= 0) & valid
     first_chosen = pair_labels > 0.5
     signed = torch.where(first_chosen, delta, -delta)
     pref = normalize_pairs(
@@ -249,7 +252,7 @@ def labelled_pair_loss(
         "loss/pref": metric(pref, 1),
         "reward/margin": metric(torch.where(labelled, signed, 0.0).sum(), num_labelled),
         "reward/accuracy": metric((labelled & (signed > 0)).sum(), num_labelled),
-        "data/labelled_rate": metric(num_labelled, delta.numel()),
+        "data/labelled_rate": metric(num_labelled, valid.sum()),
     }
     loss = pref
     if sft_weight > 0:

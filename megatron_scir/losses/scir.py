@@ -43,19 +43,30 @@ class Selection:
         consistent: ``[n]`` bool, both models give the same label with confidence.
         first_chosen: ``[n]`` bool, the agreed label (meaningful where ``consistent``): y1 ≻ y2.
         ties: ``[n]`` bool, at least one model is within ``tie_eps`` of ½ (has no label).
+        valid: ``[n]`` bool, real pairs (False for fillers that only pad a micro-batch to k).
     """
 
     consistent: torch.Tensor
     first_chosen: torch.Tensor
     ties: torch.Tensor
+    valid: torch.Tensor
 
 
 @torch.no_grad()
 def select_consistent(
-    implicit: Bernoulli, judge: Bernoulli, *, margin: float, tie_eps: float
+    implicit: Bernoulli,
+    judge: Bernoulli,
+    *,
+    margin: float,
+    tie_eps: float,
+    pair_mask: torch.Tensor | None = None,
 ) -> Selection:
-    """consistent = (P_I − ½)(P_G − ½) > 0 and both |P − ½| > max(m, tie_eps) (SCIR_SPEC §4)."""
+    """consistent = (P_I − ½)(P_G − ½) > 0 and both |P − ½| > max(m, tie_eps) (SCIR_SPEC §4).
+
+    Pairs outside ``pair_mask`` (``[n]`` bool, ``None`` = all) are never consistent or ties.
+    """
     centered_implicit, centered_judge = implicit.centered(), judge.centered()
+    valid = torch.ones_like(centered_implicit, dtype=torch.bool) if pair_mask is None else pair_mask
     threshold = max(margin, tie_eps)
     consistent = (
         (centered_implicit * centered_judge > 0)
@@ -63,7 +74,12 @@ def select_consistent(
         & (centered_judge.abs() > threshold)
     )
     ties = (centered_implicit.abs() <= tie_eps) | (centered_judge.abs() <= tie_eps)
-    return Selection(consistent=consistent, first_chosen=centered_implicit > 0, ties=ties)
+    return Selection(
+        consistent=consistent & valid,
+        first_chosen=centered_implicit > 0,
+        ties=ties & valid,
+        valid=valid,
+    )
 
 
 def consistency_sides(
@@ -134,9 +150,12 @@ def _loss_terms(
     judge_side, implicit_side, judge_teaches = consistency_sides(
         judge, implicit, consistency_grad=consistency_grad
     )
+    divergences = bernoulli.divergence(judge_side, implicit_side, kind=divergence)
+    entropies = entropy(judge) + entropy(implicit)
+    # (1/n) Σ over the real pairs: a filler pair adds nothing but keeps n fixed (split-invariant).
     terms = {
-        "loss/cons": bernoulli.divergence(judge_side, implicit_side, kind=divergence).mean(),
-        "loss/conf": (entropy(judge) + entropy(implicit)).mean(),
+        "loss/cons": torch.where(selection.valid, divergences, 0.0).sum() / delta.numel(),
+        "loss/conf": torch.where(selection.valid, entropies, 0.0).sum() / delta.numel(),
     }
     # SCIR_SPEC §4: DPO on the agreed label of the consistent pairs; there s·Δ_I = |Δ_I|.
     signed_delta = torch.where(selection.first_chosen, delta, -delta)
@@ -170,6 +189,7 @@ def scir_loss(
     length_normalize: bool = False,
     response_lengths: tuple[torch.Tensor, torch.Tensor] | None = None,
     sft_weight: float = 0.0,
+    pair_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The SCIR loss for n unlabeled pairs (SCIR_SPEC §1–§5).
 
@@ -195,6 +215,9 @@ def scir_loss(
         response_lengths: ``([n], [n])`` token counts of y1 and y2; needed for length
             normalisation and the SFT term, and feed the chosen/rejected length metrics.
         sft_weight: λ_sft of the per-token NLL of the agreed chosen response (ours; SCIR_SPEC §5).
+        pair_mask: ``[n]`` bool, False for filler pairs that only pad the last micro-batches of
+            an epoch to k pairs: they add nothing to any term or metric, and every term is
+            still divided by n (so micro-batches keep equal weight). ``None``: all pairs real.
 
     Returns:
         ``(loss, metrics)``: the scalar float32 loss, and ``(sum, count)`` float32 ``[2]``
@@ -210,6 +233,7 @@ def scir_loss(
         judge_logits_12=judge_logits_12,
         judge_logits_21=judge_logits_21,
         gold_labels=gold_labels,
+        pair_mask=pair_mask,
     )
     if (length_normalize or sft_weight > 0) and response_lengths is None:
         raise ValueError("length_normalize and sft_weight > 0 need response_lengths=(len_1, len_2)")
@@ -226,7 +250,9 @@ def scir_loss(
     judge = Bernoulli(
         *judge_preference(judge_logits_12, judge_logits_21, position_debias=position_debias)
     )
-    selection = select_consistent(implicit, judge, margin=margin, tie_eps=tie_eps)
+    selection = select_consistent(
+        implicit, judge, margin=margin, tie_eps=tie_eps, pair_mask=pair_mask
+    )
 
     terms, judge_teaches = _loss_terms(
         delta,

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 __all__ = ["selection_metrics", "length_metrics", "gold_metrics"]
 
 
+def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask, values.float(), 0.0).sum()
+
+
 def selection_metrics(
     implicit: Bernoulli,
     judge: Bernoulli,
@@ -45,22 +49,23 @@ def selection_metrics(
         confident teacher, ``scir/judge_teacher_rate``.
     """
     with torch.no_grad():
-        n = delta.numel()
+        valid, consistent = selection.valid, selection.consistent
+        n = valid.sum()
         p_implicit, p_judge = implicit.p, judge.p
-        consistent = selection.consistent
+        abs_diff = probability_difference(judge, implicit).abs()
         signed = torch.where(selection.first_chosen, delta, -delta)
         metrics = {
             "scir/consistency_rate": metric(consistent.sum(), n),
             "scir/ties": metric(selection.ties.sum(), n),
-            "scir/p_implicit_mean": metric(p_implicit.sum(), n),
-            "scir/p_implicit_sqmean": metric(p_implicit.square().sum(), n),
-            "scir/p_judge_mean": metric(p_judge.sum(), n),
-            "scir/p_judge_sqmean": metric(p_judge.square().sum(), n),
-            "scir/p_abs_diff": metric(probability_difference(judge, implicit).abs().sum(), n),
-            "reward/margin": metric(torch.where(consistent, signed, 0.0).sum(), consistent.sum()),
+            "scir/p_implicit_mean": metric(_masked_sum(p_implicit, valid), n),
+            "scir/p_implicit_sqmean": metric(_masked_sum(p_implicit.square(), valid), n),
+            "scir/p_judge_mean": metric(_masked_sum(p_judge, valid), n),
+            "scir/p_judge_sqmean": metric(_masked_sum(p_judge.square(), valid), n),
+            "scir/p_abs_diff": metric(_masked_sum(abs_diff, valid), n),
+            "reward/margin": metric(_masked_sum(signed, consistent), consistent.sum()),
         }
         if judge_teaches is not None:
-            metrics["scir/judge_teacher_rate"] = metric(judge_teaches.sum(), n)
+            metrics["scir/judge_teacher_rate"] = metric(_masked_sum(judge_teaches, valid), n)
     return metrics
 
 
@@ -111,7 +116,7 @@ def gold_metrics(
         ``gold/accuracy_implicit``, ``gold/accuracy_judge``, ``gold/accuracy_agreed``.
     """
     with torch.no_grad():
-        known = gold_labels >= 0
+        known = (gold_labels >= 0) & selection.valid
         gold_first = gold_labels > 0.5
         metrics = {}
         for key, centered in (

@@ -25,7 +25,8 @@ def random_scir_batch(
     Returns:
         The SCIR_SPEC §9 dict: ``tokens``, ``position_ids``, ``labels`` ``[B, S]`` int64,
         ``loss_mask`` ``[B, S]`` float32, ``verdict_positions`` ``[J]``, ``ref_logps`` ``[2k]``
-        float32, ``response_lengths`` ``[2k]`` int64, ``pair_labels`` ``[k]`` float32.
+        float32, ``response_lengths`` ``[2k]`` int64, ``pair_labels`` ``[k]`` float32,
+        ``pair_indices`` ``[k]`` int64 (``0..k-1``: no filler pairs).
     """
     from megatron_scir.training.forward_step import judge_rows_per_pair
 
@@ -57,4 +58,5 @@ def random_scir_batch(
         "ref_logps": torch.zeros(2 * k),
         "response_lengths": response_lengths,
         "pair_labels": torch.tensor([1.0, 0.0, -1.0]).repeat(k)[:k],
+        "pair_indices": torch.arange(k),
     }

@@ -58,14 +58,12 @@ def judge_rows_per_pair(cfg: Config) -> int:
     """Judge sequences per pair in a micro-batch (SCIR_SPEC §9).
 
     Two for pairwise judging with position debiasing (both orders) and for pointwise judging
-    (one per response), one for pairwise with ``position_debias=none``, none outside ``scir``
-    mode (the labelled modes read no judge).
+    (one per response), one for pairwise with ``position_debias=none``. The labelled modes
+    (``dpo``, ``srlm``) read no judge and also accept micro-batches without judge rows.
     """
-    if cfg.scir.mode != "scir":
-        return 0
-    if cfg.judge.kind == "pairwise" and cfg.scir.position_debias == "none":
-        return 1
-    return 2
+    from megatron_scir.data.encode import judge_row_count
+
+    return judge_row_count(cfg.judge.kind, cfg.scir.position_debias)
 
 
 def policy_sequence_logps(
@@ -126,26 +124,36 @@ def judge_candidate_logps(
     )
 
 
-def _check_batch(batch: Batch, *, num_pairs: int, judge_rows: int) -> None:
-    expected_rows = (2 + judge_rows) * num_pairs
+def _num_judge_rows(cfg: Config, batch: Batch) -> int:
+    """Judge rows of this micro-batch, after checking it has the SCIR_SPEC §9 layout."""
+    k = cfg.train.micro_batch_size
+    judge_rows = judge_rows_per_pair(cfg) * k
     tokens = batch["tokens"]
+    if cfg.scir.mode != "scir" and tokens.size(0) == 2 * k:
+        judge_rows = 0  # the labelled modes do not need judge rows
     problems = []
-    if tokens.dim() != 2 or tokens.size(0) != expected_rows:
-        problems.append(f"tokens {tuple(tokens.shape)}: expected [{expected_rows}, S]")
-    for key, size in (
-        ("ref_logps", 2 * num_pairs),
-        ("response_lengths", 2 * num_pairs),
-        ("pair_labels", num_pairs),
-        ("verdict_positions", judge_rows * num_pairs),
-    ):
-        if key in batch and batch[key].numel() != size:
-            problems.append(f"{key} has {batch[key].numel()} entries: expected {size}")
+    if tokens.dim() != 2 or tokens.size(0) != 2 * k + judge_rows:
+        problems.append(f"tokens {tuple(tokens.shape)}: expected [{2 * k + judge_rows}, S]")
+    sizes = {
+        "ref_logps": 2 * k,
+        "response_lengths": 2 * k,
+        "pair_labels": k,
+        "verdict_positions": judge_rows,
+    }
+    problems += [
+        f"{key} has {batch[key].numel()} entries: expected {size}"
+        for key, size in sizes.items()
+        if key in batch and batch[key].numel() != size
+    ]
+    if "ref_logps" not in batch:
+        problems.append("ref_logps missing: run the reference pass first (SCIR_SPEC §7.3)")
     if problems:
         raise ValueError(
-            f"micro-batch does not match the SCIR layout for k={num_pairs} pairs and "
-            f"{judge_rows} judge row(s) per pair (SCIR_SPEC §9; train.micro_batch_size, "
-            f"scir.mode, judge.kind, scir.position_debias): " + "; ".join(problems)
+            f"micro-batch does not match the SCIR layout for k={k} pairs and {judge_rows} judge "
+            f"rows (SCIR_SPEC §9; train.micro_batch_size, judge.kind, scir.position_debias): "
+            + "; ".join(problems)
         )
+    return judge_rows
 
 
 def _judge_log_odds(
@@ -180,6 +188,8 @@ def _loss_func(
         length_normalize=s.length_normalize,
         response_lengths=(lengths[:k], lengths[k:]),
         sft_weight=s.sft_weight,
+        # Fillers (pair_indices −1) only pad the last micro-batches of an epoch to k pairs.
+        pair_mask=batch["pair_indices"] >= 0 if "pair_indices" in batch else None,
     )
     logps = (policy_logps[:k], policy_logps[k:], ref_logps[:k], ref_logps[k:])
     if s.mode != "scir":
@@ -237,13 +247,12 @@ def make_forward_step(
         from megatron_scir.parallel import state
 
         tp_group = state.tp_group()
-    judge_rows = judge_rows_per_pair(cfg)
-    if judge_rows and not candidate_ids:
+    if cfg.scir.mode == "scir" and not candidate_ids:
         raise ValueError("scir.mode=scir reads the judge: pass its verdict/score token ids")
     candidates = torch.tensor(list(candidate_ids or ()), dtype=torch.long)
     k, vocab_size = cfg.train.micro_batch_size, cfg.model.vocab_size
 
-    def head_fn(head, batch: Batch):
+    def head_fn(head, batch: Batch, judge_rows: int):
         policy = slice(0, 2 * k)
         policy_logps = policy_sequence_logps(
             head,
@@ -253,9 +262,9 @@ def make_forward_step(
             tp_group=tp_group,
             vocab_size=vocab_size,
         )
-        if not judge_rows:
-            return policy_logps, None
-        rows = torch.arange(2 * k, (2 + judge_rows) * k, device=batch["tokens"].device)
+        if cfg.scir.mode != "scir":
+            return policy_logps, None  # judge rows, if any, are not read in the labelled modes
+        rows = torch.arange(2 * k, 2 * k + judge_rows, device=batch["tokens"].device)
         candidate_logps = judge_candidate_logps(
             head,
             rows,
@@ -268,9 +277,12 @@ def make_forward_step(
 
     def forward_step(data_iterator: Iterator[Batch], model: torch.nn.Module):
         batch = _to_model_device(next(data_iterator), model)
-        _check_batch(batch, num_pairs=k, judge_rows=judge_rows)
+        judge_rows = _num_judge_rows(cfg, batch)
         output = forward_last_stage(
-            model, batch["tokens"], batch["position_ids"], partial(head_fn, batch=batch)
+            model,
+            batch["tokens"],
+            batch["position_ids"],
+            partial(head_fn, batch=batch, judge_rows=judge_rows),
         )
         return output, partial(_loss_func, cfg, batch)
 

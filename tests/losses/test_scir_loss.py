@@ -281,3 +281,21 @@ def test_unknown_options_and_mismatched_shapes_are_refused():
         scir_loss(one, one, one, one, one, sft_weight=1.0)
     with pytest.raises(ValueError, match="judge_logits_21=None"):
         scir_loss(one, one, one, one, one, one, position_debias="none")
+
+
+@pytest.mark.parametrize("pref_normalization", ["pairs", "selected"])
+def test_filler_pairs_add_nothing_but_keep_the_denominator(pref_normalization):
+    # The last micro-batches of an epoch are padded to k with repeated (filler) pairs.
+    g = torch.Generator().manual_seed(0)
+    real = [torch.randn(3, generator=g) * 10 - 30 for _ in range(4)] + [torch.randn(3) * 2]
+    filler = [torch.cat([x, x[:1]]) for x in real]  # pair 0 repeated as a filler
+    mask = torch.tensor([True, True, True, False])
+    options = dict(position_debias="none", pref_normalization=pref_normalization)
+    loss_real, metrics_real = scir_loss(*real, **options)
+    loss_filled, metrics_filled = scir_loss(*filler, pair_mask=mask, **options)
+    scale = 3 / 4 if pref_normalization == "pairs" else None
+    reduced_real, reduced_filled = reduce_metrics([metrics_real]), reduce_metrics([metrics_filled])
+    if scale is not None:
+        assert loss_filled.item() == pytest.approx(scale * loss_real.item(), rel=1e-6)
+    for key in ("scir/consistency_rate", "scir/p_judge_mean", "scir/p_implicit_std"):
+        assert reduced_filled[key] == pytest.approx(reduced_real[key], rel=1e-6), key

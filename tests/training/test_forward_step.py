@@ -24,6 +24,8 @@ LAYOUTS = {
     "pairwise_none_js": (["scir.position_debias=none", "scir.divergence=js"], PAIRWISE_IDS),
     "pointwise": (["judge.kind=pointwise", "scir.sft_weight=0.5"], SCORE_IDS),
     "dpo_mode": (["scir.mode=dpo"], None),
+    "dpo_mode_policy_rows_only": (["scir.mode=dpo"], None),
+    "filler_pair": (["scir.sft_weight=0.5"], PAIRWISE_IDS),
 }
 
 
@@ -63,7 +65,12 @@ def _dense_loss(cfg, batch, candidate_ids, head):
     token_logps = log_softmax[: 2 * k].gather(-1, batch["labels"][: 2 * k, :, None])[..., 0]
     policy = sequence_logps(token_logps, batch["loss_mask"][: 2 * k])
     ref, lengths = batch["ref_logps"], batch["response_lengths"]
-    common = dict(beta=s.beta, response_lengths=(lengths[:k], lengths[k:]), sft_weight=s.sft_weight)
+    common = dict(
+        beta=s.beta,
+        response_lengths=(lengths[:k], lengths[k:]),
+        sft_weight=s.sft_weight,
+        pair_mask=batch["pair_indices"] >= 0,
+    )
     logps = (policy[:k], policy[k:], ref[:k], ref[k:])
     if s.mode == "dpo":
         return labelled_pair_loss(*logps, batch["pair_labels"], **common)[0]
@@ -148,6 +155,12 @@ def _single_process(rank, world_size):
         (model,), _ = build_with_master_weights(cfg, seed=11)
         batch = random_scir_batch(cfg, seq_length=SEQ, generator=torch.Generator().manual_seed(3))
         batch["ref_logps"] = -torch.linspace(600.0, 700.0, batch["ref_logps"].numel())
+        if name == "dpo_mode_policy_rows_only":
+            batch = {**batch, "verdict_positions": batch["verdict_positions"][:0]}
+            for key in ("tokens", "labels", "position_ids", "loss_mask"):
+                batch[key] = batch[key][: 2 * cfg.train.micro_batch_size]
+        if name == "filler_pair":
+            batch["pair_indices"] = torch.tensor([-1, 1])  # pair 1 is the consistent one
         results[name] = _step_vs_dense(cfg, candidate_ids, model, batch)
         destroy_model_parallel()
     cfg = load_config("tiny", BASE)
@@ -181,7 +194,10 @@ def test_forward_step_loss_and_gradients_equal_a_dense_full_logits_recomputation
         assert dense_grads[name].abs().max() > 0, f"{name} gets no gradient"
         torch.testing.assert_close(grad, dense_grads[name], rtol=1e-4, atol=1e-6, msg=name)
     assert "loss/total" in metrics
-    if layout != "dpo_mode":
+    if layout == "filler_pair":
+        assert metrics["scir/p_judge_mean"][1] == 1  # the filler is not counted
+        assert metrics["loss/sft"][0] > 0 and metrics["loss/pref"][0] > 0
+    if not layout.startswith("dpo_mode"):
         assert 0 < metrics["judge/verdict_mass"][0] < metrics["judge/verdict_mass"][1]
 
 
