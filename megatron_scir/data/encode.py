@@ -4,7 +4,8 @@ Policy sequence = chat(prompt) + response + EOS (no EOS after a response that wa
 generation or by the budget: it did not end there). The response's ids are the tail of
 ``encode(chat(prompt) + response)`` after the prompt's ids, i.e. the response is tokenised in
 context as the model generated it; where the first response token merges with the prompt's last
-one, the response is encoded on its own and the event counted.
+one (a chat template ending in a space), the prompt's ids are kept and the response is encoded
+as it reads mid-text (after a newline, without a word-initial space), and the event counted.
 
 Truncation (SCIR_SPEC §9): the judge template's tail, right before the verdict, is never cut.
 Fields (prompt, responses) are shortened by tokens of their own encoding and the text is
@@ -40,7 +41,7 @@ class TruncationStats:
     """How often sequences had to be cut to fit (summed over the data, logged by the DataModule)."""
 
     num_prompts_truncated: int = 0
-    """Policy prompts left-truncated to data.max_prompt_length."""
+    """Pairs (SFT: instruction examples) whose policy prompt was left-truncated."""
     num_responses_truncated: int = 0
     """Policy responses right-truncated to data.max_response_length (no EOS follows them)."""
     num_judge_truncated: int = 0
@@ -115,7 +116,7 @@ class SequenceEncoder:
         self.judge_max_length = judge_max_length
         self.position_debias = position_debias
         self.stats = TruncationStats()
-        self._prompt_cache: dict[str, tuple[str, list[int]]] = {}
+        self._prompt_cache: dict[str, tuple[str, list[int], bool]] = {}
         self._candidate_ids: dict[str, tuple[int, ...]] = {}
         self.candidate_ids(judge.kind)  # SCIR_SPEC §2: start-up fails on a multi-token verdict
 
@@ -182,16 +183,18 @@ class SequenceEncoder:
         return EncodedExample(np.asarray([*ids, target, self.tok.eos_id], _IDS), len(ids))
 
     def _prompt(self, prompt: str) -> tuple[str, list[int]]:
+        # Pairs of one prompt are adjacent: a small cache saves re-encoding the prompt. Counted
+        # per call, so the counts do not depend on the cache or on how work is split.
         cached = self._prompt_cache.get(prompt)
         if cached is None:
-            text, ids, cut = self._fit(
-                lambda f: self.chat.render(f[0]), [prompt], self.max_prompt_length, [(0, "left")]
-            )
-            self.stats.num_prompts_truncated += cut
             if len(self._prompt_cache) > 4096:
                 self._prompt_cache.clear()
-            cached = self._prompt_cache[prompt] = (text, ids)
-        return cached
+            cached = self._prompt_cache[prompt] = self._fit(
+                lambda f: self.chat.render(f[0]), [prompt], self.max_prompt_length, [(0, "left")]
+            )
+        text, ids, cut = cached
+        self.stats.num_prompts_truncated += cut
+        return text, ids
 
     def _response(
         self, prompt_text: str, prompt_ids: list[int], response: str, truncated: bool
@@ -202,13 +205,23 @@ class SequenceEncoder:
             ids = full[n:]
         else:
             self.stats.num_boundary_merges += 1
-            ids = self.tok.encode(response)
+            ids = self._encode_mid_text(response)
         if not truncated:
             ids.append(self.tok.eos_id)
         if len(ids) > self.max_response_length:
             self.stats.num_responses_truncated += 1
             ids = ids[: self.max_response_length]
         return ids
+
+    def _encode_mid_text(self, text: str) -> list[int]:
+        """Ids of ``text`` as it reads after a newline, without a word-initial "▁".
+
+        The prompt's ids must stay as they are (generation conditioned on them), and encoding
+        ``text`` alone would add SentencePiece's dummy-prefix space; after "\n" none is added.
+        """
+        newline = self.tok.encode("\n")
+        ids = self.tok.encode("\n" + text)
+        return ids[len(newline) :] if ids[: len(newline)] == newline else self.tok.encode(text)
 
     def _pairwise(self, prompt: str, first: str, second: str, *, reserve: int) -> list[int]:
         def render(f: list[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -24,14 +25,17 @@ def words(rng: random.Random, n: int) -> str:
 
 
 def make_pairs(n: int, *, seed: int = 0, refs: bool = False, long_every: int = 0) -> list[dict]:
+    """n pairs, two per prompt; with long_every, every long_every-th prompt's pairs are long."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        long = long_every and i % long_every == 0
+        long = long_every and (i // 2) % long_every == 0
+        if i % 2 == 0:
+            prompt = words(rng, 40 if long else rng.randint(2, 6))
         row = {
             "pair_id": f"p{i // 2}:{i % 2}",
             "prompt_id": f"p{i // 2}",
-            "prompt": words(rng, 40 if long else rng.randint(2, 6)),
+            "prompt": prompt,
             "response_1": words(rng, 60 if long else rng.randint(1, 6)),
             "response_2": words(rng, rng.randint(1, 6)),
             "label": [1, 2, None][i % 3],
@@ -180,7 +184,7 @@ def test_long_pairs_are_truncated_responses_first_and_the_judge_tail_is_kept(dat
     assert stats.num_judge_truncated == 8  # both orders of the 4 long pairs
     for batch in batches(dm):
         for i, index in enumerate(batch["pair_indices"].tolist()):
-            if index % 2:
+            if (index // 2) % 2:
                 continue
             policy = batch["tokens"][i].tolist()
             prompt_len = int(batch["loss_mask"][i].nonzero()[0]) + 1
@@ -194,6 +198,31 @@ def test_long_pairs_are_truncated_responses_first_and_the_judge_tail_is_kept(dat
                 assert tok.decode(batch["tokens"][2 * k + order * k + i][: pos + 1]).endswith(
                     JUDGE_TAIL
                 )
+
+
+def test_a_response_merging_with_the_prompts_last_token_is_encoded_apart_and_counted(
+    make_cfg, sp_tokenizer, write_jsonl
+):
+    rows = make_pairs(4)
+    cfg = make_cfg("data.chat_template=Q: {prompt} A: ")  # ends in a space
+    # (the verdict would merge with that space too: a newline prefix keeps it one token)
+    cfg.judge = dataclasses.replace(cfg.judge, verdict_prefix="\n")
+    dm = ScirDataModule(
+        cfg, sp_tokenizer, dp_rank=0, dp_size=1, train_path=write_jsonl("pairs.jsonl", rows)
+    )
+    dm.setup("fit")
+    assert dm.encoder.stats.num_boundary_merges > 0  # "A: " + "the" would become "▁the"
+    tok = dm.tokenizer
+    for batch in batches(dm):
+        for row in range(4):
+            pair = rows[batch["pair_indices"][row % 2]]
+            response = pair[("response_1", "response_2")[row // 2]]
+            prompt_ids = dm.chat.encode(dm.chat.render(pair["prompt"]))
+            ids = batch["tokens"][row].tolist()
+            assert ids[: len(prompt_ids)] == prompt_ids  # what generation conditioned on
+            assert tok.decode(ids) == dm.chat.render(pair["prompt"]) + response
+            targets = batch["labels"][row][batch["loss_mask"][row].bool()].tolist()
+            assert tok.decode(prompt_ids + targets) == dm.chat.render(pair["prompt"]) + response
 
 
 def test_dp_ranks_get_disjoint_shards_that_cover_each_epoch(datamodule):
