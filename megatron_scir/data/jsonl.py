@@ -152,7 +152,7 @@ def _parse_line(line: bytes, number: int, parse, where: str) -> Record | None:
     if not text.strip():
         return None
     try:
-        obj = json.loads(text, parse_constant=_refuse_constant)
+        obj = json.loads(text.rstrip("\r\n"), parse_constant=_refuse_constant)
     except json.JSONDecodeError as err:
         raise RecordProblem("malformed JSON", f"{err.msg} at column {err.colno}") from None
     except ValueError as err:

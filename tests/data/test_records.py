@@ -22,7 +22,12 @@ GOOD_PROMPT = {"id": "p1", "prompt": "Hello?"}
 
 # (kind, bad line, problem, words of the detail); the bad line is always line 2.
 BAD_LINES = [
-    ("prompts", '{"id": "p2", "prompt": "x"', "malformed JSON", "Expecting"),
+    (
+        "prompts",
+        '{"id": "p2", "prompt": "x"',
+        "malformed JSON",
+        "Expecting ',' delimiter at column 27",
+    ),
     ("prompts", "[1, 2]", "not an object", "expected a JSON object, got list"),
     ("prompts", {"id": "p2"}, "missing field", "missing field 'prompt'"),
     ("prompts", {"id": "p2", "prompt": 7}, "wrong type", "field 'prompt' must be a string"),
