@@ -124,7 +124,9 @@ class MicroBatchDataModule(abc.ABC):
         steps = len(self._val) // self.global_batch_size
         return self._loader(self._val, self._sampler(len(self._val), steps, shuffle=False))
 
-    def _sampler(self, num_samples: int, num_steps: int, *, shuffle: bool | None):
+    def _sampler(
+        self, num_samples: int, num_steps: int, *, shuffle: bool | None
+    ) -> MicroBatchSampler:
         train = shuffle is None
         return MicroBatchSampler(
             num_samples,

@@ -118,6 +118,13 @@ class SequenceEncoder:
         self.stats = TruncationStats()
         self._prompt_cache: dict[str, tuple[str, list[int], bool]] = {}
         self._candidate_ids: dict[str, tuple[int, ...]] = {}
+        self._check_fits(
+            "the chat template",
+            chat.render(""),
+            "data.max_prompt_length",
+            max_prompt_length,
+            "data.chat_template",
+        )
         self.candidate_ids(judge.kind)  # SCIR_SPEC §2: start-up fails on a multi-token verdict
 
     @property
@@ -237,7 +244,9 @@ class SequenceEncoder:
 
         return self._judge_ids(render, [prompt, response], reserve)
 
-    def _judge_ids(self, render: Callable[[list[str]], str], values: list[str], reserve: int):
+    def _judge_ids(
+        self, render: Callable[[list[str]], str], values: list[str], reserve: int
+    ) -> list[int]:
         budget = self.judge_max_length - reserve
         cuts = [(0, "left")] + [(i, "right") for i in range(1, len(values))]
         _, ids, cut = self._fit(render, values, budget, cuts, self.max_response_length)
@@ -278,8 +287,10 @@ class SequenceEncoder:
             if over <= 0:
                 return text, ids, True
             index = next((i for i, _ in cuts if limits[i] > 0), None)
-            if index is None:
-                raise DataError(f"the template alone takes {len(ids)} tokens (> {budget})")
+            if index is None:  # unreachable after the start-up checks, kept as a guard
+                raise DataError(
+                    f"a template alone takes {len(ids)} tokens, over its budget {budget}"
+                )
             if index != cuts[0][0]:  # responses: cut the longest first, keeping them balanced
                 index = max((i for i, _ in cuts[1:]), key=lambda i: limits[i])
             limits[index] = max(limits[index] - over, 0)
@@ -289,14 +300,21 @@ class SequenceEncoder:
             instruction = templates.render_pairwise(self.judge, "", "", "")
         else:
             instruction = templates.render_pointwise(self.judge, "", "")
-        length = len(
-            self.chat.encode(templates.judge_prompt_text(self.chat, self.judge, instruction))
+        text = templates.judge_prompt_text(self.chat, self.judge, instruction)
+        # SFT judge examples add the target token and EOS after the judge prompt.
+        self._check_fits(
+            f"the {kind} judge template",
+            text,
+            "data.judge_max_length",
+            self.judge_max_length - 2,
+            f"judge.{kind}_template",
         )
-        # SFT judge examples add the target token and EOS; keep room for some of each field too.
-        if length + 2 >= self.judge_max_length:
+
+    def _check_fits(self, what: str, text: str, key: str, budget: int, template_key: str) -> None:
+        """Start-up check: a template with empty fields must leave room within its budget."""
+        length = len(self.chat.encode(text))
+        if length >= budget:
             raise ConfigError(
-                f"the {kind} judge template with empty fields takes {length} tokens with tokenizer "
-                f"{self.tok.name}, which leaves no room within data.judge_max_length="
-                f"{self.judge_max_length}: raise data.judge_max_length or shorten "
-                f"judge.{kind}_template"
+                f"{what} with empty fields takes {length} tokens with tokenizer {self.tok.name}, "
+                f"which leaves no room within {key}: raise {key} or shorten {template_key}"
             )

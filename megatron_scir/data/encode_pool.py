@@ -54,7 +54,9 @@ def _set_worker_encoder(encoder: SequenceEncoder) -> None:
     _WORKER_ENCODER = encoder
 
 
-def _encode_in_worker(method: str, start: int, records: Sequence[Any]):
+def _encode_in_worker(
+    method: str, start: int, records: Sequence[Any]
+) -> tuple[list[Any], TruncationStats]:
     assert _WORKER_ENCODER is not None
     _WORKER_ENCODER.stats = TruncationStats()
     return _encode_chunk(_WORKER_ENCODER, method, start, records)

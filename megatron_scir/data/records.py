@@ -131,7 +131,9 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _get(obj: dict, name: str, expected: str, check: Callable[[Any], bool], *, required: bool):
+def _get(
+    obj: dict, name: str, expected: str, check: Callable[[Any], bool], *, required: bool
+) -> Any:
     if name not in obj or (obj[name] is None and not required):
         if required:
             raise RecordProblem("missing field", f"missing field {name!r}")

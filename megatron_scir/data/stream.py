@@ -159,7 +159,9 @@ class ChunkedJsonlWriter:
         self.num_chunks = scan.num_chunks
         self.chunk_metas: list[dict] = scan.metas
 
-    def commit(self, records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None):
+    def commit(
+        self, records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None
+    ) -> None:
         """Append ``records`` and their commit marker as one chunk, then flush and fsync.
 
         Args:

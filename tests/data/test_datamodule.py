@@ -310,9 +310,16 @@ def test_a_bad_pairs_line_stops_setup_naming_file_and_line(datamodule):
     assert dm.read_reports[0].num_skipped == 1 and "1 malformed JSON" in dm.summary()
 
 
-def test_a_judge_budget_smaller_than_the_template_is_refused_at_start_up(datamodule):
-    with pytest.raises(ConfigError, match=r"takes \d+ tokens .* raise data.judge_max_length"):
-        datamodule("data.judge_max_length=128")
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.judge_max_length=128", "pairwise judge template .* raise data.judge_max_length"),
+        ("data.max_prompt_length=4", "the chat template .* raise data.max_prompt_length"),
+    ],
+)
+def test_a_budget_smaller_than_its_template_is_refused_at_start_up(datamodule, override, message):
+    with pytest.raises(ConfigError, match=message):
+        datamodule(override)
 
 
 def test_summary_reports_the_epoch_remainder_left_out(datamodule):
