@@ -1,0 +1,148 @@
+"""``scir convert``: Hugging Face ↔ Megatron-Core checkpoints for Llama/Mistral models.
+
+    scir convert hf-to-mcore --hf-dir DIR --out CKPT [--tp N --pp M] [--config PRESET] [a.b=c ...]
+    scir convert mcore-to-hf --ckpt CKPT --out DIR [--dtype bf16|fp16|fp32]
+
+Both run as one CPU process by default (a gloo world of one). ``hf-to-mcore`` also runs under
+``torchrun --nproc-per-node TP×PP`` to convert at the target layout, each rank holding its shard
+only. The model shape comes from the HF config.json (import) or the checkpoint metadata (export).
+Only the standard library is imported here; the work is imported inside :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+_SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def _size(text: str) -> int:
+    """``5GB`` / ``500MiB`` / ``1000000`` → bytes."""
+    upper = text.strip().upper()
+    for unit, factor in _SIZE_UNITS.items():
+        if upper.endswith(unit):
+            return int(float(upper[: -len(unit)]) * factor)
+    return int(upper)
+
+
+def add_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Add ``hf-to-mcore`` and ``mcore-to-hf`` to ``parser`` (``scir convert`` or standalone)."""
+    sub = parser.add_subparsers(dest="convert_command", required=True)
+    imp = sub.add_parser("hf-to-mcore", help="Hugging Face folder → Megatron dist checkpoint")
+    imp.add_argument("--hf-dir", required=True, help="Llama/Mistral folder (config, safetensors)")
+    imp.add_argument("--out", required=True, help="checkpoint directory to create")
+    imp.add_argument("--tp", type=int, help="target tensor-parallel size (default: the config's)")
+    imp.add_argument("--pp", type=int, help="target pipeline-parallel size (default: the config's)")
+    imp.add_argument(
+        "--config",
+        default=None,
+        help="preset or YAML for everything but the model shape (default: the schema defaults)",
+    )
+    exp = sub.add_parser("mcore-to-hf", help="Megatron dist checkpoint → Hugging Face folder")
+    exp.add_argument("--ckpt", required=True, help="megatron-scir, Megatron-LM or NeMo 2 ckpt")
+    exp.add_argument("--out", required=True, help="Hugging Face folder to create")
+    exp.add_argument(
+        "--dtype", choices=("bf16", "fp16", "fp32"), help="weights dtype (default: the ckpt's)"
+    )
+    exp.add_argument("--max-shard-size", type=_size, default="5GB", help="largest shard (5GB)")
+    exp.add_argument(
+        "--config",
+        default=None,
+        help="model config, only for checkpoints without megatron-scir metadata",
+    )
+    for command in (imp, exp):
+        command.add_argument("--no-progress", action="store_true", help="no progress bar")
+        command.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="a.b=c overrides")
+        command.set_defaults(func=run)
+
+
+def register(subparsers) -> None:
+    """Add the ``convert`` command to the ``scir`` parser's subparsers."""
+    parser = subparsers.add_parser(
+        "convert", help="Hugging Face ↔ Megatron-Core checkpoints (Llama/Mistral)"
+    )
+    add_subcommands(parser)
+
+
+def _hf_to_mcore(args: argparse.Namespace) -> None:
+    from megatron_scir.convert.hf_config import config_from_hf
+    from megatron_scir.convert.hf_to_mcore import convert_hf_to_mcore
+
+    overrides = list(args.overrides)
+    if args.tp is not None:
+        overrides.append(f"parallel.tensor_model_parallel_size={args.tp}")
+    if args.pp is not None:
+        overrides.append(f"parallel.pipeline_model_parallel_size={args.pp}")
+    cfg = config_from_hf(args.hf_dir, args.config, overrides)
+    out = convert_hf_to_mcore(args.hf_dir, args.out, cfg, progress=not args.no_progress)
+    _say(
+        f"wrote {out} (layout TP={cfg.parallel.tensor_model_parallel_size} "
+        f"PP={cfg.parallel.pipeline_model_parallel_size}; any layout can load it)"
+    )
+
+
+def _mcore_to_hf(args: argparse.Namespace) -> None:
+    import os
+
+    from megatron_scir.config import load_config
+    from megatron_scir.convert.errors import ConversionError
+    from megatron_scir.convert.mcore_to_hf import export_to_hf
+
+    if int(os.environ.get("WORLD_SIZE", "1")) != 1:
+        raise ConversionError(
+            "mcore-to-hf reads the checkpoint layer by layer in one process: run it without "
+            "torchrun"
+        )
+    cfg = load_config(args.config, args.overrides) if args.config or args.overrides else None
+    out = export_to_hf(
+        args.ckpt,
+        args.out,
+        dtype=args.dtype,
+        cfg=cfg,
+        max_shard_bytes=args.max_shard_size,
+        progress=not args.no_progress,
+    )
+    _say(f"wrote {out}")
+
+
+def _say(text: str) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``scir convert <hf-to-mcore|mcore-to-hf>``; returns the exit status."""
+    import torch.distributed as dist
+
+    from megatron_scir.config import ConfigError
+    from megatron_scir.convert.errors import CheckpointError, ConversionError
+    from megatron_scir.parallel.state import init_distributed
+
+    try:
+        if args.convert_command == "hf-to-mcore":
+            init_distributed()
+            _hf_to_mcore(args)
+        else:
+            _mcore_to_hf(args)  # reads the checkpoint alone: no process group
+    except (ConversionError, CheckpointError, ConfigError) as err:
+        print(f"scir convert {args.convert_command}: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m megatron_scir.convert.command hf-to-mcore ...`` (same as ``scir convert``)."""
+    parser = argparse.ArgumentParser(prog="scir convert", description=__doc__.split("\n")[0])
+    add_subcommands(parser)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Hugging Face ``config.json`` ↔ :class:`ModelConfig` for Llama and Mistral.
+
+Reads both spellings of RoPE: transformers 4.x (``rope_theta`` + ``rope_scaling``) and 5.x
+(``rope_parameters``); writes the 4.x spelling, which both versions read. Anything the Megatron
+model would compute differently is refused with the field, the expected and the found value:
+another architecture, biases, an activation other than SiLU, a sliding window shorter than the
+context (Mistral-7B-v0.1), RoPE scaling other than Llama-3.1's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from megatron_scir.config import Config, ModelConfig, load_config, validate
+from megatron_scir.convert.errors import ConversionError
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+HF_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+_LLAMA3_ROPE = {
+    "factor": "rope_scaling_factor",
+    "low_freq_factor": "rope_low_freq_factor",
+    "high_freq_factor": "rope_high_freq_factor",
+    "original_max_position_embeddings": "rope_original_max_position_embeddings",
+}
+
+
+def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a Hugging Face model folder."""
+    path = Path(hf_dir) / "config.json"
+    if not path.is_file():
+        raise ConversionError(f"{hf_dir} is not a Hugging Face model folder: no config.json")
+    return json.loads(path.read_text())
+
+
+def is_tied(hf: dict[str, Any]) -> bool:
+    """Whether the model shares its input embeddings with ``lm_head`` (transformers' default)."""
+    return bool(hf.get("tie_word_embeddings", False))
+
+
+def _field(hf: dict[str, Any], key: str, source: str) -> Any:
+    if hf.get(key) is None:
+        raise ConversionError(f"{source}: missing field {key!r}")
+    return hf[key]
+
+
+def _expect(hf: dict[str, Any], key: str, expected: Any, default: Any, source: str) -> None:
+    found = hf.get(key, default)
+    if found != expected:
+        raise ConversionError(
+            f"{source}: field {key}: expected {expected!r}, found {found!r} (not supported by the "
+            "Llama/Mistral converter)"
+        )
+
+
+def _rope_fields(hf: dict[str, Any], source: str) -> dict[str, Any]:
+    params = dict(hf.get("rope_parameters") or {})
+    scaling = hf.get("rope_scaling") or {}
+    theta = params.get("rope_theta", hf.get("rope_theta"))
+    if theta is None:
+        raise ConversionError(f"{source}: missing field 'rope_theta' (or rope_parameters)")
+    kind_source = params if "rope_type" in params or "type" in params else scaling
+    kind = kind_source.get("rope_type", kind_source.get("type", "default"))
+    fields: dict[str, Any] = {"rotary_base": float(theta), "rope_scaling": kind == "llama3"}
+    if kind in (None, "default"):
+        return fields
+    if kind != "llama3":
+        raise ConversionError(
+            f"{source}: field rope_scaling.rope_type: expected 'default' or 'llama3', found "
+            f"{kind!r} (not supported by the Llama/Mistral converter)"
+        )
+    for hf_key, ours in _LLAMA3_ROPE.items():
+        value = kind_source.get(hf_key)
+        if value is None:
+            raise ConversionError(f"{source}: llama3 RoPE scaling lacks field {hf_key!r}")
+        fields[ours] = int(value) if ours.endswith("embeddings") else float(value)
+    return fields
+
+
+def model_fields_from_hf(hf: dict[str, Any], *, source: str = "config.json") -> dict[str, Any]:
+    """The :class:`ModelConfig` fields a Hugging Face config fixes (shape, RoPE, eps, dtype).
+
+    Raises:
+        ConversionError: unsupported architecture or feature, or a missing field; the message
+            names the field, the expected and the found value.
+    """
+    archs = hf.get("architectures") or []
+    if len(archs) != 1 or archs[0] not in SUPPORTED_ARCHITECTURES:
+        raise ConversionError(
+            f"{source}: field architectures: expected one of "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}, found {archs!r}"
+        )
+    _expect(hf, "hidden_act", "silu", "silu", source)
+    _expect(hf, "attention_bias", False, False, source)
+    _expect(hf, "mlp_bias", False, False, source)
+    max_pos = int(_field(hf, "max_position_embeddings", source))
+    window = hf.get("sliding_window")
+    if window is not None and window < max_pos:
+        raise ConversionError(
+            f"{source}: field sliding_window: expected null (or >= max_position_embeddings "
+            f"{max_pos}), found {window}: Megatron's local attention has no sliding window "
+            "(Mistral-7B-v0.1 has one; v0.3 does not)"
+        )
+    heads = int(_field(hf, "num_attention_heads", source))
+    hidden = int(_field(hf, "hidden_size", source))
+    dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
+    if dtype not in HF_DTYPES:
+        raise ConversionError(
+            f"{source}: field dtype: expected one of {list(HF_DTYPES)}, found {dtype!r}"
+        )
+    return {
+        "num_layers": int(_field(hf, "num_hidden_layers", source)),
+        "hidden_size": hidden,
+        "ffn_hidden_size": int(_field(hf, "intermediate_size", source)),
+        "num_attention_heads": heads,
+        "num_query_groups": int(hf.get("num_key_value_heads") or heads),
+        "kv_channels": int(hf.get("head_dim") or hidden // heads),
+        "vocab_size": int(_field(hf, "vocab_size", source)),
+        "max_position_embeddings": max_pos,
+        "layernorm_epsilon": float(_field(hf, "rms_norm_eps", source)),
+        "params_dtype": HF_DTYPES[dtype],
+        **_rope_fields(hf, source),
+    }
+
+
+def config_from_hf(
+    hf_dir: str | Path, base: str | Path | None = None, overrides: Iterable[str] = ()
+) -> Config:
+    """A full :class:`Config` whose model section comes from the folder's ``config.json``.
+
+    Args:
+        hf_dir: Hugging Face model folder.
+        base: preset or YAML for everything but the model shape (None: the schema defaults).
+        overrides: ``a.b=c`` overrides; those of fields ``config.json`` fixes are refused,
+            except ``model.params_dtype`` (the dtype to train in).
+    """
+    source = f"{hf_dir}/config.json"
+    fields = model_fields_from_hf(read_hf_config(hf_dir), source=source)
+    overrides = list(overrides)
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+").strip()
+        name = key.removeprefix("model.")
+        if key.startswith("model.") and name in fields and name != "params_dtype":
+            raise ConversionError(
+                f"override {item!r}: model.{name} comes from {source} ({fields[name]!r}); "
+                "remove the override"
+            )
+        if key == "model.params_dtype":
+            fields.pop("params_dtype")
+    cfg = load_config(base, overrides)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **fields))
+    validate(cfg)
+    return cfg
+
+
+def hf_config_dict(
+    m: ModelConfig, *, dtype: str, template: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``config.json`` of an exported model in ``dtype``.
+
+    With ``template`` (the config.json stored at import) every field is kept, after checking that
+    its model fields equal ``m``; the dtype is updated and embeddings are written untied.
+    """
+    if template is not None:
+        stored = model_fields_from_hf(template, source="the checkpoint's hf/config.json")
+        for name, value in stored.items():
+            if name != "params_dtype" and getattr(m, name) != value:
+                raise ConversionError(
+                    f"the checkpoint's hf/config.json disagrees with its model config: "
+                    f"model.{name} expected {getattr(m, name)!r}, found {value!r}"
+                )
+        out = dict(template)
+        keys = [k for k in ("dtype", "torch_dtype") if k in template] or ["dtype"]
+        out.update(dict.fromkeys(keys, dtype))
+        out["tie_word_embeddings"] = False
+        return out
+    rope_scaling = None
+    if m.rope_scaling:
+        rope_scaling = {hf_key: getattr(m, ours) for hf_key, ours in _LLAMA3_ROPE.items()}
+        rope_scaling["rope_type"] = "llama3"
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": m.hidden_size,
+        "intermediate_size": m.ffn_hidden_size,
+        "num_hidden_layers": m.num_layers,
+        "num_attention_heads": m.num_attention_heads,
+        "num_key_value_heads": m.num_query_groups,
+        "head_dim": m.head_dim,
+        "vocab_size": m.vocab_size,
+        "max_position_embeddings": m.max_position_embeddings,
+        "rms_norm_eps": m.layernorm_epsilon,
+        "rope_theta": m.rotary_base,
+        "rope_scaling": rope_scaling,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "torch_dtype": dtype,
+    }

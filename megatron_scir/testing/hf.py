@@ -1,0 +1,188 @@
+"""Tiny random Hugging Face Llama/Mistral models built from a config (no downloads), for tests.
+
+    model = tiny_hf_llama(tmp_path / "llama", vocab_size=300, head_dim=32)   # saved there too
+
+Every tensor is random, norms included (``1 + 0.1·N(0, 1)``; transformers initialises them to one,
+which would hide a swapped norm), with ``weight_std`` large enough that a wrong mapping moves the
+logits by whole units. :func:`mcore_logits` runs Megatron chunks of any TP/PP layout through
+Megatron's own schedule and returns the full-vocabulary logits to compare with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+def _randomize(model: torch.nn.Module, *, seed: int, weight_std: float) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=g, dtype=torch.float32)
+            value = 1.0 + 0.1 * noise if name.endswith("norm.weight") else weight_std * noise
+            param.copy_(value.to(param.dtype))
+
+
+def _build(config, out_dir, *, seed, weight_std, max_shard_size, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(config, dtype=config.dtype or torch.float32)
+    _randomize(model, seed=seed, weight_std=weight_std)
+    model.eval()
+    if out_dir is not None:
+        model.save_pretrained(str(out_dir), max_shard_size=max_shard_size or "5GB")
+        if tokenizer:
+            from megatron_scir.testing.tokenizers import build_tiny_hf_tokenizer
+
+            build_tiny_hf_tokenizer(out_dir, vocab_size=min(config.vocab_size, 256))
+    return model
+
+
+def tiny_hf_llama(
+    out_dir: str | Path | None = None,
+    *,
+    vocab_size: int = 256,
+    hidden_size: int = 64,
+    intermediate_size: int = 160,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    head_dim: int | None = None,
+    max_position_embeddings: int = 2048,
+    rope_theta: float = 10000.0,
+    llama3_rope_scaling: dict | None = None,
+    tie_word_embeddings: bool = False,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    weight_std: float = 0.1,
+    max_shard_size: str | None = None,
+    tokenizer: bool = False,
+):
+    """A random ``LlamaForCausalLM`` (GQA by default), saved to ``out_dir`` when given.
+
+    Args:
+        out_dir: where to ``save_pretrained`` (safetensors; sharded below ``max_shard_size``).
+        head_dim: None for ``hidden_size // num_heads``; another value tests ``kv_channels``.
+        llama3_rope_scaling: e.g. ``{"factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}`` (Llama-3.1).
+        tokenizer: also write a tiny HF tokenizer (files to copy through a conversion).
+
+    Returns:
+        The model in eval mode.
+    """
+    from transformers import LlamaConfig
+
+    rope = {"rope_theta": rope_theta, "rope_type": "default"}
+    if llama3_rope_scaling is not None:
+        rope = {"rope_theta": rope_theta, "rope_type": "llama3", **llama3_rope_scaling}
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=head_dim or hidden_size // num_heads,
+        max_position_embeddings=max_position_embeddings,
+        rope_parameters=rope,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tie_word_embeddings,
+        dtype=dtype,
+    )
+    return _build(
+        config,
+        out_dir,
+        seed=seed,
+        weight_std=weight_std,
+        max_shard_size=max_shard_size,
+        tokenizer=tokenizer,
+    )
+
+
+def tiny_hf_mistral(
+    out_dir: str | Path | None = None,
+    *,
+    vocab_size: int = 256,
+    hidden_size: int = 64,
+    intermediate_size: int = 160,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    max_position_embeddings: int = 2048,
+    rope_theta: float = 1_000_000.0,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    weight_std: float = 0.1,
+    tokenizer: bool = False,
+):
+    """A random ``MistralForCausalLM`` shaped like Mistral-7B-v0.3 (no sliding window)."""
+    from transformers import MistralConfig
+
+    config = MistralConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=hidden_size // num_heads,
+        max_position_embeddings=max_position_embeddings,
+        rope_parameters={"rope_theta": rope_theta, "rope_type": "default"},
+        sliding_window=None,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        dtype=dtype,
+    )
+    return _build(
+        config, out_dir, seed=seed, weight_std=weight_std, max_shard_size=None, tokenizer=tokenizer
+    )
+
+
+def hf_logits(model_or_dir, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits ``[b, s, V]`` of an HF model (or folder, loaded in float32) for ``tokens [b, s]``."""
+    if isinstance(model_or_dir, (str, Path)):
+        from transformers import AutoModelForCausalLM
+
+        model_or_dir = AutoModelForCausalLM.from_pretrained(str(model_or_dir), dtype=torch.float32)
+    with torch.no_grad():
+        return model_or_dir.eval()(tokens).logits.float()
+
+
+def mcore_logits(chunks: Sequence[torch.nn.Module], tokens: torch.Tensor) -> torch.Tensor | None:
+    """Full-vocabulary logits ``[b, s, V_padded]`` of Megatron chunks for ``tokens [b, s]``.
+
+    Runs one micro-batch through ``get_forward_backward_func`` (forward only), so it works for
+    every TP/PP layout. Returns the logits (gathered over TP) on the last pipeline stage's ranks
+    and None on the others.
+    """
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    b, s = tokens.shape
+    position_ids = torch.arange(s).expand(b, s)
+    result: dict[str, torch.Tensor] = {}
+
+    def forward_step(data_iterator, model):
+        next(data_iterator)
+        output = model(tokens, position_ids, None)
+
+        def loss_func(logits):
+            result["logits"] = gather_from_tensor_model_parallel_region(logits).detach().float()
+            return logits.sum() * 0.0, {}
+
+        return output, loss_func
+
+    iterators = [iter([None]) for _ in chunks]
+    with torch.no_grad():
+        get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iterators if len(chunks) > 1 else iterators[0],
+            model=list(chunks),
+            num_microbatches=1,
+            seq_length=s,
+            micro_batch_size=b,
+            forward_only=True,
+        )
+    return result.get("logits")

@@ -1,0 +1,51 @@
+"""Tiny random HF models shared by the conversion tests (built from configs, no downloads).
+
+``hf_llama_dir`` is the hard case of every check: GQA (4 query heads, 2 KV groups), a head dim
+(32) different from hidden/heads (16), Llama-3.1 RoPE scaling, a vocabulary (300) that is no
+multiple of the padding unit (64 × TP), sharded safetensors with an index, tokenizer files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from megatron_scir.testing.hf import tiny_hf_llama, tiny_hf_mistral
+
+LLAMA_VOCAB = 300
+LLAMA3_ROPE = {
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+
+
+@pytest.fixture(scope="session")
+def hf_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("hf") / "llama"
+    tiny_hf_llama(
+        out,
+        vocab_size=LLAMA_VOCAB,
+        head_dim=32,
+        llama3_rope_scaling=LLAMA3_ROPE,
+        max_shard_size="60KB",
+        tokenizer=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def hf_mistral_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Mistral-7B-v0.3-shaped, but with one KV head (multi-query attention)."""
+    out = tmp_path_factory.mktemp("hf") / "mistral"
+    tiny_hf_mistral(out, num_kv_heads=1, seed=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokens() -> torch.Tensor:
+    """``[2, 12]`` ids valid for both models (vocabularies 300 and 256)."""
+    return torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(11))

@@ -1,0 +1,245 @@
+"""HF → Megatron-Core gives the HF logits at TP=1, TP=2 and PP=2; a checkpoint written at TP=2
+loads at TP=1 and PP=2 with the same weights; HF → Megatron (TP=2) → HF is bit-exact.
+
+Three gloo runs serve every test here (module fixtures): TP=2 (convert at the target layout,
+import straight into the model, reload the written checkpoint), TP=1 (Llama and Mistral logits,
+the negative controls, the TP=2 checkpoint at TP=1) and PP=2 (import, and the TP=2 checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from megatron_scir.testing.distributed import run_distributed
+
+pytestmark = pytest.mark.dist
+
+ATOL = 1e-5
+VOCAB = 300  # conftest's hf_llama_dir: pads to 320 at TP=1, 384 at TP=2 (64 × TP)
+TP2 = "parallel.tensor_model_parallel_size=2"
+PP2 = "parallel.pipeline_model_parallel_size=2"
+# negative controls: the qkv heads not interleaved by group; gate and up swapped
+WRONG_LAYOUTS = {
+    "wrong_qkv": ("merge_qkv", lambda q, k, v, **_: torch.cat([q, k, v])),
+    "wrong_fc1": ("merge_fc1", lambda gate, up: torch.cat([up, gate])),
+}
+
+
+def _import(hf_dir: str, overrides: list[str], tokens: torch.Tensor):
+    """Build the layout, load the HF folder into it: (cfg, chunks, logits or None)."""
+    from megatron_scir.convert import config_from_hf, load_hf_into_model
+    from megatron_scir.models import build_model_chunks
+    from megatron_scir.parallel.state import initialize_model_parallel
+    from megatron_scir.testing.hf import mcore_logits
+
+    cfg = config_from_hf(hf_dir, "tiny", overrides)
+    initialize_model_parallel(cfg.parallel)
+    chunks = build_model_chunks(cfg)
+    load_hf_into_model(chunks, hf_dir, cfg, progress=False)
+    return cfg, chunks, mcore_logits(chunks, tokens)
+
+
+def _from_checkpoint(ckpt: str, cfg, tokens: torch.Tensor):
+    """Fresh chunks of the current layout loaded from ``ckpt``: (logits, master weights)."""
+    from megatron_scir.models import build_model_chunks
+    from megatron_scir.testing.hf import mcore_logits
+    from megatron_scir.testing.weights import gather_master
+    from megatron_scir.training.checkpoint import load_checkpoint
+
+    chunks = build_model_chunks(cfg)
+    load_checkpoint(ckpt, chunks, cfg)
+    return mcore_logits(chunks, tokens), gather_master(chunks, grads=False)
+
+
+def _tp2_run(rank, world_size, hf_dir, ckpt, tokens):
+    from megatron_scir.convert import config_from_hf, convert_hf_to_mcore
+    from megatron_scir.testing.weights import gather_master
+
+    convert_hf_to_mcore(hf_dir, ckpt, config_from_hf(hf_dir, "tiny", [TP2]), progress=False)
+    cfg, chunks, logits = _import(hf_dir, [TP2], tokens)
+    _, reloaded = _from_checkpoint(ckpt, cfg, tokens)
+    return {"logits": logits, "weights": gather_master(chunks, grads=False), "reloaded": reloaded}
+
+
+def _tp1_run(rank, world_size, llama, mistral, ckpt, tokens):
+    from megatron_scir.convert import keymap
+    from megatron_scir.parallel.state import destroy_model_parallel
+
+    out = {}
+    _, _, out["mistral"] = _import(mistral, [], tokens)
+    destroy_model_parallel()
+    for name, (helper, wrong) in WRONG_LAYOUTS.items():
+        with mock.patch.object(keymap, helper, wrong):
+            _, _, out[name] = _import(llama, [], tokens)
+        destroy_model_parallel()
+    cfg, _, out["llama"] = _import(llama, [], tokens)
+    out["ckpt_logits"], out["ckpt_weights"] = _from_checkpoint(ckpt, cfg, tokens)
+    return out
+
+
+def _pp2_run(rank, world_size, hf_dir, ckpt, tokens):
+    cfg, _, logits = _import(hf_dir, [PP2], tokens)
+    ckpt_logits, ckpt_weights = _from_checkpoint(ckpt, cfg, tokens)
+    return {"logits": logits, "ckpt_logits": ckpt_logits, "ckpt_weights": ckpt_weights}
+
+
+@pytest.fixture(scope="module")
+def hf_reference(hf_llama_dir, hf_mistral_dir, tokens):
+    from megatron_scir.testing.hf import hf_logits
+
+    return {"llama": hf_logits(hf_llama_dir, tokens), "mistral": hf_logits(hf_mistral_dir, tokens)}
+
+
+@pytest.fixture(scope="module")
+def tp2(hf_llama_dir, tokens, tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("ckpt") / "llama_tp2"
+    return ckpt, run_distributed(_tp2_run, 2, args=(str(hf_llama_dir), str(ckpt), tokens))
+
+
+@pytest.fixture(scope="module")
+def tp1(hf_llama_dir, hf_mistral_dir, tokens, tp2):
+    ckpt, _ = tp2
+    args = (str(hf_llama_dir), str(hf_mistral_dir), str(ckpt), tokens)
+    return run_distributed(_tp1_run, 1, args=args)[0]
+
+
+@pytest.fixture(scope="module")
+def pp2(hf_llama_dir, tokens, tp2):
+    ckpt, _ = tp2
+    results = run_distributed(_pp2_run, 2, args=(str(hf_llama_dir), str(ckpt), tokens))
+    return results[1]  # the last stage holds the logits
+
+
+def _max_diff(mcore_logits: torch.Tensor, hf: torch.Tensor) -> float:
+    return (mcore_logits[..., : hf.shape[-1]] - hf).abs().max().item()
+
+
+def _assert_same_weights(found: dict, expected: dict) -> None:
+    """Bit-identical, vocabulary rows compared up to the tokenizer's (padding may differ)."""
+    assert found.keys() == expected.keys()
+    for name, want in expected.items():
+        got = found[name]
+        if name.endswith(("word_embeddings.weight", "output_layer.weight")):
+            got, want = got[:VOCAB], want[:VOCAB]
+        assert torch.equal(got, want), name
+
+
+def test_llama_gqa_with_own_head_dim_and_rope_scaling_gives_hf_logits_at_tp1(tp1, hf_reference):
+    assert _max_diff(tp1["llama"], hf_reference["llama"]) < ATOL
+
+
+def test_mistral_with_one_kv_head_gives_hf_logits_at_tp1(tp1, hf_reference):
+    assert _max_diff(tp1["mistral"], hf_reference["mistral"]) < ATOL
+
+
+def test_llama_gives_hf_logits_at_tp2(tp2, hf_reference):
+    _, results = tp2
+    for rank in results:
+        assert _max_diff(rank["logits"], hf_reference["llama"]) < ATOL
+
+
+def test_llama_gives_hf_logits_at_pp2(pp2, hf_reference):
+    assert _max_diff(pp2["logits"], hf_reference["llama"]) < ATOL
+
+
+def test_wrong_qkv_or_fc1_layout_fails_the_logits_comparison(tp1, hf_reference):
+    # the negative controls: the comparison above can fail, and by far more than its tolerance
+    for name in ("wrong_qkv", "wrong_fc1"):
+        assert _max_diff(tp1[name], hf_reference["llama"]) > 1e4 * ATOL, name
+
+
+def test_checkpoint_of_tp2_conversion_holds_the_imported_weights(tp2):
+    _, results = tp2
+    _assert_same_weights(results[0]["reloaded"], results[0]["weights"])
+
+
+def test_tp2_checkpoint_loads_at_tp1_with_identical_weights_and_logits(tp1, tp2, hf_reference):
+    _, results = tp2
+    _assert_same_weights(tp1["ckpt_weights"], results[0]["weights"])
+    assert _max_diff(tp1["ckpt_logits"], hf_reference["llama"]) < ATOL
+
+
+def test_tp2_checkpoint_loads_at_pp2_with_identical_weights_and_logits(pp2, tp2, hf_reference):
+    _, results = tp2
+    _assert_same_weights(pp2["ckpt_weights"], results[0]["weights"])
+    assert _max_diff(pp2["ckpt_logits"], hf_reference["llama"]) < ATOL
+
+
+def test_vocabulary_is_padded_with_zero_rows_for_each_layout(tp1, tp2):
+    _, results = tp2
+    for weights, padded in ((results[0]["weights"], 384), (tp1["ckpt_weights"], 320)):
+        for name in ("embedding.word_embeddings.weight", "output_layer.weight"):
+            assert weights[name].shape[0] == padded, name  # 300 → multiple of 64 × TP
+            assert not weights[name][VOCAB:].any(), name
+
+
+def _hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors
+
+
+def test_hf_to_tp2_to_hf_round_trip_is_bit_exact_and_loads_in_transformers(
+    tp2, hf_llama_dir, tokens, hf_reference, tmp_path
+):
+    from megatron_scir.convert.command import main
+    from megatron_scir.testing.hf import hf_logits
+
+    ckpt, _ = tp2
+    out = tmp_path / "exported"
+    argv = ["mcore-to-hf", "--ckpt", str(ckpt), "--out", str(out), "--max-shard-size", "60KB"]
+    assert main([*argv, "--no-progress"]) == 0
+    original, exported = _hf_tensors(hf_llama_dir), _hf_tensors(out)
+    assert exported.keys() == original.keys()
+    for name, tensor in original.items():
+        assert exported[name].dtype == tensor.dtype and torch.equal(exported[name], tensor), name
+    assert (out / "model.safetensors.index.json").is_file()
+    assert (out / "tokenizer.json").read_bytes() == (hf_llama_dir / "tokenizer.json").read_bytes()
+    config = json.loads((out / "config.json").read_text())
+    assert config == json.loads((hf_llama_dir / "config.json").read_text())
+    torch.testing.assert_close(hf_logits(out, tokens), hf_reference["llama"], atol=0, rtol=0)
+
+
+def test_one_process_cli_conversion_writes_what_a_tp2_world_writes(tp2, hf_llama_dir, tmp_path):
+    from megatron_scir.convert.dist_layout import inspect_checkpoint, load_global_tensors
+    from megatron_scir.training.checkpoint import read_metadata
+
+    ckpt, _ = tp2
+    out = tmp_path / "one_process"
+    cmd = [
+        sys.executable,
+        "-m",
+        "megatron_scir.convert.command",
+        "hf-to-mcore",
+        "--hf-dir",
+        str(hf_llama_dir),
+        "--out",
+        str(out),
+        "--tp",
+        "2",
+        "--config",
+        "tiny",
+        "--no-progress",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single, world2 = inspect_checkpoint(out), inspect_checkpoint(ckpt)
+    assert single.tensors == world2.tensors  # same keys, global shapes (vocabulary 384) and dtypes
+    for layer in (None, 0, 1):
+        keys = [k for k in world2.tensors if k.startswith("decoder.layers.") == (layer is not None)]
+        a, b = load_global_tensors(single, keys, layer), load_global_tensors(world2, keys, layer)
+        for key in keys:
+            assert torch.equal(a[key], b[key]), (key, layer)
+    meta = read_metadata(out)
+    assert meta.layout["tensor_model_parallel_size"] == 2 and meta.layout["world_size"] == 1
+    assert meta.padded_vocab_size == 384
+    assert "tokenizer.json" in meta.assets and "config.json" in meta.assets
