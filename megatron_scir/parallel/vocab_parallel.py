@@ -127,10 +127,17 @@ class _VocabParallelLogProbs(torch.autograd.Function):
         softmax = exp_logits.div_(sum_exp_logits.unsqueeze(-1))
         ctx.save_for_backward(softmax, local_targets, on_shard)
         ctx.input_dtype = logits.dtype
+        ctx.softmax_consumed = False
         return log_probs
 
     @staticmethod
     def backward(ctx, grad_output):
+        if ctx.softmax_consumed:
+            raise RuntimeError(
+                "vocab-parallel log-probs reuse their saved softmax in place (as Megatron's "
+                "vocab_parallel_cross_entropy does): backward through them runs once"
+            )
+        ctx.softmax_consumed = True
         softmax, local_targets, on_shard = ctx.saved_tensors
         grad_output = grad_output.float()
         # -softmax · Σ_k g_ik for every column, plus g_ik on the column of target k (this shard's

@@ -189,7 +189,7 @@ def _loss_func(
         response_lengths=(lengths[:k], lengths[k:]),
         sft_weight=s.sft_weight,
         # Fillers (pair_indices −1) only pad the last micro-batches of an epoch to k pairs.
-        pair_mask=batch["pair_indices"] >= 0 if "pair_indices" in batch else None,
+        pair_mask=(batch["pair_indices"] >= 0) if "pair_indices" in batch else None,
     )
     logps = (policy_logps[:k], policy_logps[k:], ref_logps[:k], ref_logps[k:])
     if s.mode != "scir":

@@ -116,3 +116,11 @@ def test_mismatched_shapes_are_refused_with_both_shapes_named():
         vocab_parallel_log_probs(torch.zeros(2, 3, 8), torch.zeros(2, 4).long())
     with pytest.raises(ValueError, match="candidate_ids"):
         vocab_parallel_candidate_log_probs(torch.zeros(2, 8), torch.zeros(2, 1).long())
+
+
+def test_a_second_backward_through_the_same_graph_is_refused_not_silently_wrong():
+    logits = torch.randn(2, 8, requires_grad=True)
+    logps = vocab_parallel_candidate_log_probs(logits, torch.tensor([1, 2]))
+    logps.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once"):
+        logps.sum().backward()
