@@ -67,13 +67,13 @@ class _VocabParallelLogProbsSteps:
         """Logits of the targets held by this shard, 0 for targets held elsewhere.
 
         Args:
-            logits: ``[N, V/tp]`` float32 logits of this shard.
-            targets: ``[N, K]`` global vocabulary ids.
+            logits: ``[..., V/tp]`` float32 logits of this shard.
+            targets: ``[..., K]`` global vocabulary ids.
             vocab_start: first global id of this shard.
             true_vocab: ids at or beyond this are padding and belong to no shard.
 
         Returns:
-            ``(target_logits [N, K], local_targets [N, K], on_shard [N, K] bool)``;
+            ``(target_logits [..., K], local_targets [..., K], on_shard [..., K] bool)``;
             ``local_targets`` is 0 where the id is not a real token of this shard.
         """
         partition_size = logits.size(-1)
@@ -88,7 +88,8 @@ class _VocabParallelLogProbsSteps:
 class _VocabParallelLogProbs(torch.autograd.Function):
     """Full-softmax log-probs of per-row target ids from one vocabulary shard.
 
-    Forward: logits ``[N, V/tp]`` (any float dtype), targets ``[N, K]`` → float32 ``[N, K]``.
+    Forward: logits ``[..., V/tp]`` (any float dtype), targets ``[..., K]`` → float32
+    ``[..., K]``.
     Backward: ``d logp[i, k] / d z[i, j] = 1[j = t_ik] − softmax[i, j]`` on each shard.
     """
 
@@ -174,11 +175,10 @@ def vocab_parallel_log_probs(
             f"logits {tuple(logits.shape)} and token_ids {tuple(token_ids.shape)} must agree on "
             "every dimension but the last (the vocabulary shard)"
         )
-    width = logits.size(-1)
-    log_probs = _VocabParallelLogProbs.apply(
-        logits.reshape(-1, width), token_ids.reshape(-1, 1), tp_group, vocab_size
-    )
-    return log_probs.view(token_ids.shape)
+    # No reshape to 2-D: the output layer's logits are a transposed view ([s, b, V/tp] →
+    # [b, s, V/tp]) and flattening them would copy the largest tensor of the step.
+    log_probs = _VocabParallelLogProbs.apply(logits, token_ids.unsqueeze(-1), tp_group, vocab_size)
+    return log_probs.squeeze(-1)
 
 
 def vocab_parallel_candidate_log_probs(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from megatron_scir.parallel.vocab_parallel import (
     vocab_parallel_candidate_log_probs,
@@ -124,3 +126,35 @@ def test_a_second_backward_through_the_same_graph_is_refused_not_silently_wrong(
     logps.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="runs once"):
         logps.sum().backward()
+
+
+class _FullSizeAllocations(TorchDispatchMode):
+    """Counts new tensors with at least ``size`` elements (views and in-place ops excluded)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size, self.count = size, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = tree_flatten((args, kwargs))[0]
+        storages = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in storages:
+                self.count += t.numel() >= self.size
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logits_of_the_output_layer_cost_one_float32_buffer_forward_and_none_backward(dtype):
+    # The output layer's logits arrive as a transposed view [s, b, V] → [b, s, V].
+    logits = torch.randn(6, 2, 64, dtype=dtype).transpose(0, 1).requires_grad_(True)
+    ids = torch.randint(0, 64, (2, 6))
+    forward = _FullSizeAllocations(logits.numel())
+    with forward:
+        logps = vocab_parallel_log_probs(logits, ids)
+    backward = _FullSizeAllocations(logits.numel())
+    with backward:
+        torch.autograd.grad(logps.sum(), logits)
+    assert forward.count == 1
+    assert backward.count == (0 if dtype == torch.float32 else 1)  # the cast back to bf16
