@@ -60,10 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from megatron_scir.data.errors import DataError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as err:
+    except (ConfigError, DataError) as err:
+        # user-facing problems are worded as what to change: no traceback
         print(f"scir {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -78,7 +79,7 @@ def _read_source(source: str) -> dict[str, Any]:
         res = resources.files("megatron_scir.config").joinpath(PRESET_DIR, f"{source}.yaml")
         text, origin = res.read_text(), f"preset {source} ({source}.yaml)"
     try:
-        tree = yaml.safe_load(text) or {}
+        tree = yaml.load(text, Loader=_Yaml12Loader) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{origin}:{mark.line + 1}" if mark else origin
@@ -90,6 +91,21 @@ def _read_source(source: str) -> dict[str, Any]:
     return tree
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off as booleans,
+    which would turn ``judge.verdict_texts=[Yes, No]`` into ``[True, False]``."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _ch in "tTfF":
+    _Yaml12Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), [_ch]
+    )
+
+
 def _parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item or item.startswith("~"):
         raise ConfigError(
@@ -98,11 +114,23 @@ def _parse_override(item: str) -> tuple[str, Any]:
         )
     key, raw = item.split("=", 1)
     key = key.lstrip("+").strip()
+    kind = _field_type(key)
+    if kind in (str, str | None) and not raw.strip().startswith(("'", '"')):
+        # a text field takes the text verbatim (spaces, "yes", "1.0"); null still means None
+        return key, None if raw.strip() in ("null", "~") and kind is not str else raw
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_Yaml12Loader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value
+
+
+def _field_type(key: str) -> Any:
+    section, _, name = key.partition(".")
+    section_type = typing.get_type_hints(Config).get(section)
+    if section_type is None:
+        return None
+    return typing.get_type_hints(section_type).get(name)
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> list[str]:

@@ -162,3 +162,23 @@ def test_every_field_is_documented_and_the_configuration_page_is_current():
         assert not missing, f"undocumented fields in {section}: {missing}"
     page = pathlib.Path(__file__).parents[2] / "docs" / "configuration.md"
     assert page.read_text() == render(), "run: python -m megatron_scir.config.docs > " + str(page)
+
+
+def test_text_overrides_are_taken_verbatim_and_yes_no_stay_strings(tmp_path):
+    cfg = load_config(
+        "tiny",
+        [
+            "judge.verdict_texts=[Yes, No]",
+            "judge.verdict_prefix= ",
+            "data.chat_template=User: {prompt} Assistant:",
+            "data.tokenizer_path=null",
+            "data.on_bad_record=skip",
+        ],
+    )
+    assert cfg.judge.verdict_texts == ["Yes", "No"]
+    assert cfg.judge.verdict_prefix == " "
+    assert cfg.data.chat_template == "User: {prompt} Assistant:"
+    assert cfg.data.tokenizer_path is None
+    path = tmp_path / "judge.yaml"
+    path.write_text("judge:\n  verdict_texts: [yes, no]\nparallel:\n  sequence_parallel: false\n")
+    assert load_config(str(path)).judge.verdict_texts == ["yes", "no"]
