@@ -342,7 +342,7 @@ class DataConfig:
     shuffle: bool = True
     """Shuffle the epoch (seeded, per epoch) before sharding over data-parallel ranks."""
     num_workers: int = 0
-    """Worker processes for tokenisation in DataModule.setup and for the DataLoader (0 = in-process)."""
+    """Worker processes for tokenisation (DataModule.setup) and the DataLoader (0 = in-process)."""
 
     def __post_init__(self) -> None:
         s = "data"
