@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from megatron_scir.config.errors import ConfigError
+from megatron_scir.config.judge_templates import PAIRWISE_TEMPLATE, POINTWISE_TEMPLATE
 
 SPECS = ("local", "sdpa", "te")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -237,34 +238,6 @@ class ScirConfig:
             _positive(s, key, getattr(self, key), allow_zero=True)
         if not 0 < self.tie_eps < 0.5:
             raise ConfigError(f"config key scir.tie_eps: {self.tie_eps!r} must be in (0, 0.5)")
-
-
-PAIRWISE_TEMPLATE = (
-    "Please act as an impartial judge and evaluate the quality of the responses provided by "
-    "two AI assistants to the user question below. Choose the assistant that follows the "
-    "user's instructions and answers the question better.\n\n"
-    "[User Question]\n{prompt}\n\n"
-    "[The Start of Assistant A's Answer]\n{response_a}\n[The End of Assistant A's Answer]\n\n"
-    "[The Start of Assistant B's Answer]\n{response_b}\n[The End of Assistant B's Answer]\n\n"
-    "Answer with a single letter, A or B."
-)
-POINTWISE_TEMPLATE = (
-    "Review the user's question and the corresponding response using the additive 5-point "
-    "scoring system described below. Points are accumulated based on the satisfaction of each "
-    "criterion:\n"
-    "- Add 1 point if the response is relevant and provides some information related to the "
-    "user's inquiry, even if it is incomplete or contains some irrelevant content.\n"
-    "- Add another point if the response addresses a substantial portion of the user's "
-    "question, but does not completely resolve the query or provide a direct answer.\n"
-    "- Award a third point if the response answers the basic elements of the user's question "
-    "in a useful way, regardless of whether it seems to have been written by an AI Assistant.\n"
-    "- Grant a fourth point if the response is clearly written from an AI Assistant's "
-    "perspective, addressing the user's question directly and comprehensively.\n"
-    "- Bestow a fifth point for a response that is impeccably tailored to the user's question "
-    "by an AI Assistant, without extraneous information, reflecting expert knowledge.\n\n"
-    "User: {prompt}\n<response>{response}</response>\n\n"
-    "Answer with the total score only, a single digit from 0 to 5."
-)
 
 
 @dataclass(kw_only=True)
