@@ -34,7 +34,11 @@ _FLASH_ATTN_MIN = (2, 7, 3)
 
 
 def dynamic_engine_blockers() -> list[str]:
-    """Why Megatron-Core's dynamic engine cannot serve generation here (empty: nothing)."""
+    """Why Megatron-Core's dynamic engine cannot serve generation here.
+
+    Lists the missing requirements (CUDA, flash-attn), then the one that always holds today:
+    megatron-scir wires only the static engine.
+    """
     blockers = []
     if not torch.cuda.is_available():
         blockers.append("no CUDA device")

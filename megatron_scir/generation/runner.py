@@ -80,7 +80,8 @@ def generate_responses(
         progress: Show the progress bar on rank 0 (default: ``logging.progress``).
 
     Returns:
-        The run's counts (complete on global rank 0; other ranks hold their own share).
+        The run's counts: complete on global rank 0; the other ranks fill in only the prompt
+        counts known before generating and the time.
 
     Raises:
         DataError: the output holds records made with another ``num_responses`` or prompt text.
@@ -127,11 +128,9 @@ class _ChunkGenerator:
         self.encoder = PromptEncoder(
             ChatFormat(cfg.data.chat_template, tokenizer), gen.max_prompt_length, gen.long_prompts
         )
-        self.num_responses, self.batch_size, self.seed = (
-            gen.num_responses,
-            gen.max_batch_size,
-            gen.seed,
-        )
+        self.num_responses = gen.num_responses
+        self.batch_size = gen.max_batch_size
+        self.seed = gen.seed
         self.dp_rank, self.dp_size = state.dp_rank(), state.dp_size()
         # the data-parallel group of global rank 0 (TP rank 0, first stage) gathers to it
         self.dp_group = state.dp_group()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from megatron_scir.config import ConfigError, load_config
 from megatron_scir.generation import SamplingSettings
@@ -33,3 +34,21 @@ def test_top_k_with_top_p_is_refused_with_the_keys_to_change():
 def test_an_empty_stop_string_is_refused():
     with pytest.raises(ConfigError, match="stop_strings"):
         SamplingSettings(stop_strings=("",))
+
+
+def test_engine_auto_uses_the_static_engine_and_says_why():
+    from megatron_scir.generation.mcore_inference import select_engine
+
+    assert select_engine("static") == ("static", "generation.engine=static")
+    name, reason = select_engine("auto")
+    assert name == "static" and "no dynamic-engine backend" in reason
+    assert ("no CUDA device" in reason) is not torch.cuda.is_available()
+
+
+def test_engine_dynamic_is_refused_with_its_missing_requirements():
+    from megatron_scir.generation.mcore_inference import select_engine
+
+    with pytest.raises(
+        ConfigError, match="generation.engine=dynamic cannot run here: .*flash-attn"
+    ):
+        select_engine("dynamic")
