@@ -66,8 +66,11 @@ def register(subparsers) -> None:
 
 
 def _hf_to_mcore(args: argparse.Namespace) -> None:
+    import torch.distributed as dist
+
     from megatron_scir.convert.hf_config import config_from_hf
-    from megatron_scir.convert.hf_to_mcore import convert_hf_to_mcore
+    from megatron_scir.convert.hf_to_mcore import check_hf_model, convert_hf_to_mcore
+    from megatron_scir.parallel.state import init_distributed
 
     overrides = list(args.overrides)
     if args.tp is not None:
@@ -75,11 +78,18 @@ def _hf_to_mcore(args: argparse.Namespace) -> None:
     if args.pp is not None:
         overrides.append(f"parallel.pipeline_model_parallel_size={args.pp}")
     cfg = config_from_hf(args.hf_dir, args.config, overrides)
-    out = convert_hf_to_mcore(args.hf_dir, args.out, cfg, progress=not args.no_progress)
-    _say(
-        f"wrote {out} (layout TP={cfg.parallel.tensor_model_parallel_size} "
-        f"PP={cfg.parallel.pipeline_model_parallel_size}; any layout can load it)"
-    )
+    check_hf_model(args.hf_dir, cfg.model)  # refusals before any process group or file
+    init_distributed()
+    try:
+        out = convert_hf_to_mcore(args.hf_dir, args.out, cfg, progress=not args.no_progress)
+        if dist.get_rank() == 0:
+            p = cfg.parallel
+            print(
+                f"wrote {out} for TP={p.tensor_model_parallel_size} "
+                f"PP={p.pipeline_model_parallel_size} (any layout can load it)"
+            )
+    finally:
+        dist.destroy_process_group()
 
 
 def _mcore_to_hf(args: argparse.Namespace) -> None:
@@ -103,36 +113,22 @@ def _mcore_to_hf(args: argparse.Namespace) -> None:
         max_shard_bytes=args.max_shard_size,
         progress=not args.no_progress,
     )
-    _say(f"wrote {out}")
-
-
-def _say(text: str) -> None:
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(text)
+    print(f"wrote {out}")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``scir convert <hf-to-mcore|mcore-to-hf>``; returns the exit status."""
-    import torch.distributed as dist
-
     from megatron_scir.config import ConfigError
     from megatron_scir.convert.errors import CheckpointError, ConversionError
-    from megatron_scir.parallel.state import init_distributed
 
     try:
         if args.convert_command == "hf-to-mcore":
-            init_distributed()
             _hf_to_mcore(args)
         else:
             _mcore_to_hf(args)  # reads the checkpoint alone: no process group
     except (ConversionError, CheckpointError, ConfigError) as err:
         print(f"scir convert {args.convert_command}: error: {err}", file=sys.stderr)
         return 2
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     return 0
 
 

@@ -80,7 +80,9 @@ def _tp1_run(rank, world_size, llama, mistral, ckpt, tokens):
         with mock.patch.object(keymap, helper, wrong):
             _, _, out[name] = _import(llama, [], tokens)
         destroy_model_parallel()
-    cfg, _, out["llama"] = _import(llama, [], tokens)
+    cfg, chunks, out["llama"] = _import(llama, [], tokens)
+    sharded = chunks[0].sharded_state_dict()
+    out["keys"] = {name: sh.key for name, sh in sharded.items() if "_extra_state" not in name}
     out["ckpt_logits"], out["ckpt_weights"] = _from_checkpoint(ckpt, cfg, tokens)
     return out
 
@@ -116,6 +118,15 @@ def pp2(hf_llama_dir, tokens, tp2):
     ckpt, _ = tp2
     results = run_distributed(_pp2_run, 2, args=(str(hf_llama_dir), str(ckpt), tokens))
     return results[1]  # the last stage holds the logits
+
+
+def test_local_spec_parameters_are_saved_under_the_keymaps_checkpoint_keys(tp1):
+    from megatron_scir.convert.keymap import BY_MCORE_KEY, parameter_name
+
+    for name, key in tp1["keys"].items():
+        layer = int(name.split(".")[2]) if key.startswith("decoder.layers.") else None
+        assert parameter_name(key, "local", layer) == name
+    assert set(tp1["keys"].values()) == set(BY_MCORE_KEY)
 
 
 def _max_diff(mcore_logits: torch.Tensor, hf: torch.Tensor) -> float:
@@ -243,3 +254,16 @@ def test_one_process_cli_conversion_writes_what_a_tp2_world_writes(tp2, hf_llama
     assert meta.layout["tensor_model_parallel_size"] == 2 and meta.layout["world_size"] == 1
     assert meta.padded_vocab_size == 384
     assert "tokenizer.json" in meta.assets and "config.json" in meta.assets
+
+
+def test_export_with_the_config_of_another_model_is_refused_and_writes_nothing(
+    tp2, tmp_path, capsys
+):
+    from megatron_scir.convert.command import main
+
+    ckpt, _ = tp2
+    out = tmp_path / "hf"
+    argv = ["mcore-to-hf", "--ckpt", str(ckpt), "--out", str(out), "--config", "tiny"]
+    assert main(argv) == 2
+    assert "model.hidden_size is 64 there, 96 in the config" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "hf.incomplete").exists()

@@ -1,0 +1,111 @@
+"""The declarative key map and its qkv / fc1 / vocabulary helpers (pure tensors, no Megatron)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from megatron_scir.convert.errors import ConversionError
+from megatron_scir.convert.hf_config import config_from_hf
+from megatron_scir.convert.keymap import (
+    BY_MCORE_KEY,
+    LLAMA_KEYMAP,
+    hf_tensor_shapes,
+    iter_tensor_maps,
+    mcore_tensor_shapes,
+    merge_fc1,
+    merge_qkv,
+    pad_vocab,
+    parameter_name,
+    split_fc1,
+    split_qkv,
+    strip_vocab,
+    to_hf,
+    to_mcore,
+)
+from megatron_scir.testing.hf import tiny_hf_llama
+
+
+def _labelled(rows: int, start: int, hidden: int = 3) -> torch.Tensor:
+    """A ``[rows, hidden]`` weight whose row r holds ``start + r`` (to read layouts back)."""
+    return (torch.arange(rows, dtype=torch.float32) + start)[:, None].repeat(1, hidden)
+
+
+def test_merge_qkv_stacks_each_groups_query_heads_then_its_key_then_its_value():
+    heads, groups, d = 4, 2, 2
+    q, k, v = _labelled(heads * d, 0), _labelled(groups * d, 100), _labelled(groups * d, 200)
+    qkv = merge_qkv(q, k, v, num_query_groups=groups, head_dim=d)
+    group0 = [0, 1, 2, 3, 100, 101, 200, 201]  # query heads 0 and 1, key 0, value 0
+    group1 = [4, 5, 6, 7, 102, 103, 202, 203]
+    assert qkv[:, 0].tolist() == group0 + group1
+
+
+@pytest.mark.parametrize("groups", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+def test_split_qkv_inverts_merge_qkv(groups):
+    heads, d, hidden = 4, 8, 16
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(heads * d, hidden, generator=g)
+    k, v = (torch.randn(groups * d, hidden, generator=g) for _ in range(2))
+    qkv = merge_qkv(q, k, v, num_query_groups=groups, head_dim=d)
+    assert qkv.shape == ((heads + 2 * groups) * d, hidden)
+    back = split_qkv(qkv, num_attention_heads=heads, num_query_groups=groups, head_dim=d)
+    for got, want in zip(back, (q, k, v), strict=True):
+        assert torch.equal(got, want)
+
+
+def test_fc1_is_gate_then_up_and_splits_back():
+    gate, up = _labelled(4, 0), _labelled(4, 10)
+    fc1 = merge_fc1(gate, up)
+    assert fc1[:, 0].tolist() == [0, 1, 2, 3, 10, 11, 12, 13]
+    assert all(torch.equal(a, b) for a, b in zip(split_fc1(fc1), (gate, up), strict=True))
+
+
+def test_vocabulary_padding_appends_zero_rows_and_strip_keeps_the_tokenizers_rows():
+    weight = _labelled(5, 1)
+    padded = pad_vocab(weight, 8)
+    assert padded.shape == (8, 3) and not padded[5:].any()
+    assert torch.equal(strip_vocab(padded, 5), weight)
+    with pytest.raises(ConversionError, match="5 rows to 4 rows"):
+        pad_vocab(weight, 4)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hf") / "llama"
+    model = tiny_hf_llama(out, vocab_size=300, head_dim=32, num_layers=3)
+    return model, config_from_hf(out).model
+
+
+def test_keymap_names_every_tensor_of_a_real_llama_once_with_its_shape(llama):
+    model, m = llama
+    names = [name for entry, layer in iter_tensor_maps(m) for name in entry.hf_names(layer)]
+    state = model.state_dict()
+    assert sorted(names) == sorted(state) and len(set(names)) == len(names)
+    assert hf_tensor_shapes(m) == {name: tuple(t.shape) for name, t in state.items()}
+    assert "lm_head.weight" not in hf_tensor_shapes(m, tied=True)
+
+
+def test_hf_to_mcore_and_back_reproduces_every_tensor_bit_for_bit(llama):
+    model, m = llama
+    state = model.state_dict()
+    shapes = mcore_tensor_shapes(m, padded_vocab=384)
+    for entry, layer in iter_tensor_maps(m):
+        names = entry.hf_names(layer)
+        full = to_mcore(entry, [state[n] for n in names], m, padded_vocab=384)
+        want_shape = shapes[entry.mcore][1:] if entry.per_layer else shapes[entry.mcore]
+        assert tuple(full.shape) == want_shape, entry.mcore
+        back = to_hf(entry, full, m, layer=layer)
+        assert back.keys() == set(names)
+        assert all(torch.equal(back[n], state[n]) for n in names), entry.mcore
+
+
+def test_local_spec_names_its_norm_modules_and_te_names_them_after_the_fused_keys():
+    qkv_norm = "decoder.layers.self_attention.linear_qkv.layer_norm_weight"
+    fc1_norm = "decoder.layers.mlp.linear_fc1.layer_norm_weight"
+    assert parameter_name(qkv_norm, "local", 3) == "decoder.layers.3.input_layernorm.weight"
+    assert parameter_name(fc1_norm, "sdpa", 0) == "decoder.layers.0.pre_mlp_layernorm.weight"
+    assert parameter_name(qkv_norm, "te", 3) == "decoder.layers.3." + qkv_norm.split("layers.")[1]
+    qkv = "decoder.layers.self_attention.linear_qkv.weight"
+    assert parameter_name(qkv, "local", 1) == parameter_name(qkv, "te", 1)
+    assert parameter_name("output_layer.weight", "te") == "output_layer.weight"
+    assert set(BY_MCORE_KEY) == {e.mcore for e in LLAMA_KEYMAP} and len(LLAMA_KEYMAP) == 9
