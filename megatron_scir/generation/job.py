@@ -68,13 +68,14 @@ def run_generation(
     _check_generation_settings(cfg, tokenizer)
     owns_world = not dist.is_initialized()
     _init_parallel(cfg)
+    rank = dist.get_rank()
     try:
         stats = _generate(
             cfg, tokenizer, prompts, out_path, ckpt=ckpt, hf_dir=hf_dir, progress=progress
         )
     finally:
         _close_parallel(owns_world)
-    return stats if stats is not None and _is_rank_zero() else None
+    return stats if rank == 0 else None
 
 
 def resolve_config(config: str, overrides: Sequence[str], *, hf_dir: str | None) -> Config:

@@ -1,10 +1,11 @@
-"""``scir generate`` killed with SIGKILL mid-run and restarted writes every prompt exactly once.
+"""``scir generate`` as a real process: killed mid-run and restarted, and under torchrun.
 
 The generator runs as a real subprocess (``python -m megatron_scir.generation.command``) from a
 distributed checkpoint of a random tiny model, with a SentencePiece model trained here. The test
 sends SIGKILL as soon as one chunk is committed, checks that chunks were still missing, and
 restarts the same command. (That a resumed file equals an uninterrupted run's is shown in
-test_sampling.py without the two extra process start-ups.)
+test_sampling.py without the two extra process start-ups.) Under torchrun with TP=2 only global
+rank 0 writes and prints the summary.
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ def command(sp_model_path, tmp_path_factory):
     rows = [{"id": f"q{i}", "prompt": f"Tell me fact number {i} about the sea."} for i in range(24)]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    def make(out: Path) -> list[str]:
+    def make(out: Path, launcher: tuple[str, ...] = (sys.executable,)) -> list[str]:
         return [
-            sys.executable,
+            *launcher,
             "-m",
             "megatron_scir.generation.command",
             "--config",
@@ -109,3 +110,15 @@ def test_a_killed_run_restarted_has_every_prompt_exactly_once_with_n_responses(c
     records = read_records(out, "generations")[0]
     assert sorted(r.prompt_id for r in records) == sorted(f"q{i}" for i in range(NUM_PROMPTS))
     assert all(len(r.responses) == NUM_RESPONSES == len(r.truncated) for r in records)
+
+
+def test_under_torchrun_with_tp2_one_rank_writes_and_prints_the_summary(command, tmp_path):
+    out = tmp_path / "tp2.jsonl"
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2")
+    cmd = [*command(out, torchrun), "parallel.tensor_model_parallel_size=2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("generation: ") == 1, done.stdout
+    assert f"{NUM_PROMPTS} prompts answered" in done.stdout
+    records = read_records(out, "generations")[0]
+    assert [r.prompt_id for r in records] == [f"q{i}" for i in range(NUM_PROMPTS)]
