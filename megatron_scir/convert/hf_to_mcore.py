@@ -69,9 +69,10 @@ def local_shards(chunks: Sequence[torch.nn.Module]) -> Iterator:
     """Every ``ShardedTensor`` of this rank's chunks; their ``data`` are the parameters (views)."""
     from megatron.core.dist_checkpointing.dict_utils import nested_values
     from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
+    from megatron.core.utils import unwrap_model
 
-    for chunk in chunks:
-        sharded = chunk.sharded_state_dict()
+    for model in unwrap_model(list(chunks)):
+        sharded = model.sharded_state_dict()
         apply_factories(sharded)
         yield from (v for v in nested_values(sharded) if isinstance(v, ShardedTensor))
 

@@ -12,9 +12,10 @@ A directory is complete when its name is final and it holds ``scir_checkpoint.js
 that dies leaves only ``<ckpt>.incomplete`` (removed by the next save to the same path), which
 :func:`load_checkpoint` refuses. The dist checkpoint holds ``model`` (``model0``, ``model1``, … for
 virtual pipeline chunks, as Megatron-LM names them) and ``extra_state`` (common to all ranks, stored
-by rank 0; plain Python and tensors only: it is read back with ``weights_only=True``). Optimizer,
-scheduler, RNG and data position can be added as further top-level entries without changing the
-format version, which only counts incompatible changes.
+by rank 0; plain Python and tensors only: it is read back with ``weights_only=True``) and, when
+given, ``optimizer`` (Megatron's ``optimizer.sharded_state_dict``). Scheduler and data position fit
+``extra_state``; per-rank state (RNG) would be a further top-level entry: new entries do not change
+the format version, which only counts incompatible changes.
 
 Megatron-LM and NeMo 2 torch_dist checkpoints of Llama-family GPT models load too (same keys,
 NeMo's under ``module.``; see :mod:`megatron_scir.convert.dist_layout`); they have no
@@ -102,9 +103,14 @@ class LoadedCheckpoint:
 
 
 def _model_state(chunks: Sequence[torch.nn.Module]) -> dict[str, dict]:
-    if len(chunks) == 1:
-        return {"model": chunks[0].sharded_state_dict()}
-    return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
+    """The chunks' sharded state dicts, unwrapped from DDP/Float16Module (whose sharded keys
+    would otherwise start with ``module.``, as NeMo 2's do)."""
+    from megatron.core.utils import unwrap_model
+
+    models = unwrap_model(list(chunks))
+    if len(models) == 1:
+        return {"model": models[0].sharded_state_dict()}
+    return {f"model{i}": model.sharded_state_dict() for i, model in enumerate(models)}
 
 
 def save_checkpoint(
@@ -115,6 +121,7 @@ def save_checkpoint(
     iteration: int,
     step: int,
     extra_state: dict[str, Any] | None = None,
+    optimizer=None,
     assets: Sequence[str | Path] = (),
     overwrite: bool = False,
 ) -> Path:
@@ -127,6 +134,7 @@ def save_checkpoint(
         iteration: self-rewarding iteration the weights belong to.
         step: optimizer steps taken.
         extra_state: picklable state common to all ranks (tensors, numbers, strings, containers).
+        optimizer: a Megatron optimizer over ``chunks`` whose state is saved too.
         assets: files copied into ``<ckpt>/hf/`` (HF config.json, tokenizer files).
         overwrite: replace a complete checkpoint at ``ckpt_dir`` (otherwise an error).
 
@@ -150,18 +158,20 @@ def save_checkpoint(
     model_state = _model_state(chunks)
     padded_vocab = _padded_rows(model_state, cfg)
     state = {**model_state, "extra_state": dict(extra_state or {})}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(model_state)
     dist_checkpointing.save(state, str(staging))
     if dist.get_rank() == 0:
         names = _copy_assets(assets, staging / ASSETS_DIR)
         metadata = CheckpointMetadata(
-            format_version=FORMAT_VERSION,
-            iteration=iteration,
-            step=step,
-            config=cfg,
-            padded_vocab_size=padded_vocab,
-            layout=_layout(cfg),
-            contents=tuple(state),
-            assets=tuple(names),
+            FORMAT_VERSION,
+            iteration,
+            step,
+            cfg,
+            padded_vocab,
+            _layout(cfg),
+            tuple(state),
+            tuple(names),
         )
         _write_metadata(staging, metadata)
         _commit(staging, final)
@@ -298,19 +308,34 @@ def check_same_model(saved: ModelConfig, current: ModelConfig, where: str | Path
             )
 
 
+def _check_optimizer_state(metadata: CheckpointMetadata | None, path: Path, cfg: Config) -> None:
+    from megatron_scir.models import padded_vocab_size
+
+    if metadata is None or "optimizer" not in metadata.contents:
+        raise CheckpointError(f"checkpoint {path} holds no optimizer state to load")
+    if metadata.padded_vocab_size != padded_vocab_size(cfg):
+        raise CheckpointError(
+            f"checkpoint {path}: optimizer state of a {metadata.padded_vocab_size}-row padded "
+            f"vocabulary, this layout pads to {padded_vocab_size(cfg)} rows; load the weights "
+            "alone, or pick model.make_vocab_size_divisible_by × TP that pads alike"
+        )
+
+
 def load_checkpoint(
-    ckpt_dir: str | Path, chunks: Sequence[torch.nn.Module], cfg: Config
+    ckpt_dir: str | Path, chunks: Sequence[torch.nn.Module], cfg: Config, *, optimizer=None
 ) -> LoadedCheckpoint:
     """Load the model weights of any-layout checkpoint ``ckpt_dir`` into this rank's chunks.
 
     Collective over the whole world. ``cfg`` describes this run's model and layout; it must
-    describe the checkpoint's model (see :data:`MODEL_FIELDS`).
+    describe the checkpoint's model (see :data:`MODEL_FIELDS`). With ``optimizer`` (a Megatron
+    optimizer over ``chunks``) its state is loaded too; that needs the same padded vocabulary.
 
     Raises:
         CheckpointError: incomplete or missing checkpoint, another model, a missing tensor or a
             wrong shape (naming the tensor, expected and found shape).
     """
     from megatron.core import dist_checkpointing
+    from megatron.core.utils import unwrap_model
 
     from megatron_scir.convert.dist_layout import (
         check_model_shapes,
@@ -325,11 +350,17 @@ def load_checkpoint(
     contents = inspect_checkpoint(path)
     check_model_shapes(contents, cfg.model)
     model_state = _model_state(chunks)
+    state = dict(model_state)
+    if optimizer is not None:
+        _check_optimizer_state(metadata, path, cfg)
+        state["optimizer"] = optimizer.sharded_state_dict(_model_state(chunks), is_loading=True)
     for sharded in model_state.values():
         retarget_for_load(sharded, contents)
-    loaded = dist_checkpointing.load(model_state, str(path))
-    for (key, _), chunk in zip(model_state.items(), chunks, strict=True):
+    loaded = dist_checkpointing.load(state, str(path))
+    for key, chunk in zip(model_state, unwrap_model(list(chunks)), strict=True):
         chunk.load_state_dict(loaded[key], strict=True)
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
     if metadata is None:
         return LoadedCheckpoint(path, 0, int(loaded.get("iteration", 0)), {}, None)
     return LoadedCheckpoint(

@@ -96,6 +96,38 @@ def test_killed_writer_leaves_only_an_incomplete_directory_that_never_loads(kill
     assert "writer did not finish" in killed["export"] and not killed["export_written"]
 
 
+def _optimizer_round_trip(root: str) -> dict:
+    """Adam after one step, saved with the model; reloaded into a fresh model and optimizer."""
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    from megatron_scir.parallel.ddp import wrap_with_ddp
+    from megatron_scir.training.checkpoint import load_checkpoint, save_checkpoint
+
+    def build():
+        cfg, chunks = _tiny()
+        chunks = wrap_with_ddp(chunks, cfg)
+        # clip_grad=0: Megatron's gradient clipping asserts CUDA tensors
+        config = OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=0.0)
+        return cfg, chunks, get_megatron_optimizer(config, chunks)
+
+    cfg, chunks, optimizer = build()
+    chunks[0].zero_grad_buffer()
+    tokens = torch.arange(16).reshape(2, 8)
+    chunks[0](tokens, torch.arange(8).expand(2, 8), None).square().mean().backward()
+    chunks[0].finish_grad_sync()
+    optimizer.step()
+    save_checkpoint(f"{root}/opt", chunks, cfg, iteration=1, step=1, optimizer=optimizer)
+    _, fresh, fresh_optimizer = build()
+    load_checkpoint(f"{root}/opt", fresh, cfg, optimizer=fresh_optimizer)
+    return {
+        "states": (optimizer.state_dict(), fresh_optimizer.state_dict()),
+        "weights": (_weights(chunks), _weights(fresh)),
+        "no_state": _error(
+            lambda: load_checkpoint(f"{root}/iter_2", fresh, cfg, optimizer=fresh_optimizer)
+        ),
+    }
+
+
 def _save_load_and_foreign(rank, world_size, root, asset):
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
@@ -148,6 +180,7 @@ def _save_load_and_foreign(rank, world_size, root, asset):
     out["mlm_other_model"] = _error(lambda: load_checkpoint(f"{root}/mlm", other_chunks, other))
     export_to_hf(f"{root}/nemo", f"{root}/nemo_hf", cfg=cfg, progress=False)
     out["export_without_config"] = _error(lambda: export_to_hf(f"{root}/mlm", f"{root}/x"))
+    out["optimizer"] = _optimizer_round_trip(root)
     return out
 
 
@@ -157,6 +190,15 @@ def saved(killed, tmp_path_factory):
     asset = tmp_path_factory.mktemp("assets") / "tokenizer.json"
     asset.write_text('{"version": "1.0"}')
     return root, run_distributed(_save_load_and_foreign, 1, args=(str(root), str(asset)))[0]
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    """The tensors of a nested state, in key order (loading may reorder dict entries)."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        tree = [tree[key] for key in sorted(tree, key=str)]
+    return [t for value in tree for t in _tensors(value)] if isinstance(tree, list) else []
 
 
 def _assert_equal_weights(found, expected):
@@ -238,3 +280,17 @@ def test_nemo2_checkpoint_exports_to_hf_and_foreign_export_needs_a_config(saved)
     assert torch.equal(tensors["model.embed_tokens.weight"], embed)
     assert tensors["model.layers.1.self_attn.q_proj.weight"].shape == (96, 96)
     assert "pass the model config" in out["export_without_config"]
+
+
+def test_optimizer_state_is_saved_and_loaded_with_the_model(saved):
+    _, out = saved
+    (state, loaded), (weights, loaded_weights) = (
+        out["optimizer"]["states"],
+        out["optimizer"]["weights"],
+    )
+    _assert_equal_weights(loaded_weights, weights)
+    saved_tensors, loaded_tensors = _tensors(state), _tensors(loaded)
+    assert len(saved_tensors) == len(loaded_tensors) > 0
+    assert any(t.abs().sum() > 0 for t in saved_tensors)  # Adam moments after one step
+    assert all(torch.equal(a, b) for a, b in zip(saved_tensors, loaded_tensors, strict=True))
+    assert "holds no optimizer state" in out["optimizer"]["no_state"]
