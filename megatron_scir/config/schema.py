@@ -353,11 +353,12 @@ class GenerationConfig:
     max_prompt_length: int = 512
     """Longer prompts are left-truncated or skipped (see long_prompts)."""
     long_prompts: str = "truncate"
-    """truncate (keep the last max_prompt_length tokens) or skip; both are counted."""
+    """truncate (cut the prompt text from the left, chat template kept whole) or skip; counted."""
     chunk_size: int = 64
     """Prompts per committed output chunk (the unit a restarted run resumes from)."""
     engine: str = "auto"
-    """static (StaticInferenceEngine), dynamic (DynamicInferenceEngine: GPU, flash-attn), auto."""
+    """static (StaticInferenceEngine); auto (static, logging why not dynamic); dynamic is refused
+    with its blockers until a dynamic-engine backend lands (it needs CUDA and flash-attn)."""
     seed: int = 1234
     """Sampling seed; the same seed, model, prompts and layout give the same responses."""
 
