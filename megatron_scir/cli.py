@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+import warnings
 
 from megatron_scir.config import ConfigError
 
@@ -59,9 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_megatron_notices() -> None:
+    """Megatron-Core warns at import about missing apex/TE and the GPTModel deprecation; in a
+    CLI run those are noise (the TE/FP8 requirement is enforced with its own error)."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.core")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    logging.getLogger("megatron.core.models.gpt.gpt_model").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     from megatron_scir.data.errors import DataError
 
+    _quiet_megatron_notices()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
