@@ -123,15 +123,17 @@ def load_hf_into_model(
 def conversion_layout(cfg: Config, world_size: int) -> Config:
     """The config to build the converting model with, for a world of ``world_size`` processes.
 
-    A world of one builds TP=1/PP=1 but pads the vocabulary as the target layout will, so the
-    checkpoint holds exactly what a TP×PP run writes. Otherwise the world must be a multiple of
-    TP×PP and the model is built at the target layout.
+    The local spec always: it writes the same checkpoint keys as Transformer Engine, so a CPU
+    node converts for a TE/FP8 target. A world of one builds TP=1/PP=1 but pads the vocabulary
+    as the target layout will, so the checkpoint holds exactly what a TP×PP run writes.
+    Otherwise the world must be a multiple of TP×PP and the model is built at the target layout.
     """
     p = cfg.parallel
     model_parallel = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
+    model = dataclasses.replace(cfg.model, transformer_impl="local", fp8=None, fp8_param=False)
     if world_size == 1:
         unit = cfg.model.make_vocab_size_divisible_by * p.tensor_model_parallel_size
-        model = dataclasses.replace(cfg.model, make_vocab_size_divisible_by=unit)
+        model = dataclasses.replace(model, make_vocab_size_divisible_by=unit)
         return dataclasses.replace(cfg, model=model, parallel=ParallelConfig())
     if world_size % model_parallel:
         raise ConversionError(
@@ -139,7 +141,7 @@ def conversion_layout(cfg: Config, world_size: int) -> Config:
             f"{p.tensor_model_parallel_size} × {p.pipeline_model_parallel_size}: launch one "
             "process, or a multiple of TP × PP with torchrun"
         )
-    return cfg
+    return dataclasses.replace(cfg, model=model)
 
 
 def convert_hf_to_mcore(

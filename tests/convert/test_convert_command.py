@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -111,3 +113,53 @@ def test_extra_layer_is_refused_as_an_unexpected_tensor(hf_dir, tmp_path, capsys
     assert _convert(hf_dir, tmp_path / "ckpt") == 2
     assert "unexpected tensor model.layers.2.input_layernorm.weight" in capsys.readouterr().err
     _assert_nothing_written(tmp_path / "ckpt")
+
+
+@pytest.mark.dist
+def test_bf16_mistral_round_trips_through_both_commands_bit_for_bit(tmp_path):
+    from megatron_scir.testing.hf import tiny_hf_mistral
+
+    hf, ckpt, back = tmp_path / "hf", tmp_path / "ckpt", tmp_path / "back"
+    tiny_hf_mistral(hf, dtype=torch.bfloat16, tokenizer=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "megatron_scir.convert.command",
+        "hf-to-mcore",
+        "--hf-dir",
+        str(hf),
+        "--out",
+        str(ckpt),
+        "--no-progress",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["mcore-to-hf", "--ckpt", str(ckpt), "--out", str(back), "--no-progress"]) == 0
+    original, exported = load_file(hf / "model.safetensors"), load_file(back / "model.safetensors")
+    assert exported.keys() == original.keys()
+    for name, tensor in original.items():
+        assert exported[name].dtype == torch.bfloat16 and torch.equal(exported[name], tensor), name
+    config = json.loads((back / "config.json").read_text())
+    assert config == json.loads((hf / "config.json").read_text())
+    assert config["architectures"] == ["MistralForCausalLM"] and config["dtype"] == "bfloat16"
+    assert (back / "tokenizer_config.json").is_file()
+
+
+def test_conversion_builds_local_spec_and_pads_the_vocabulary_for_the_target_layout():
+    from megatron_scir.config import load_config
+    from megatron_scir.convert.errors import ConversionError
+    from megatron_scir.convert.hf_to_mcore import conversion_layout
+    from megatron_scir.models import padded_vocab_size
+
+    target = load_config("llama3_70b_fp8")  # TE spec, FP8, TP 8, PP 4
+    one = conversion_layout(target, world_size=1)
+    assert (one.model.transformer_impl, one.model.fp8, one.parallel.tensor_model_parallel_size) == (
+        "local",
+        None,
+        1,
+    )
+    assert padded_vocab_size(one) == padded_vocab_size(target) == 129024  # 128256 → 1024·126
+    many = conversion_layout(target, world_size=64)
+    assert many.parallel == target.parallel and many.model.transformer_impl == "local"
+    with pytest.raises(ConversionError, match="not a multiple of TP × PP = 8 × 4"):
+        conversion_layout(target, world_size=12)
