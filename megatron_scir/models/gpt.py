@@ -128,8 +128,10 @@ def build_gpt_model(
 ):
     """Build this rank's model chunk ``vp_stage`` (None: the whole stage, no interleaving).
 
-    Megatron's parallel_state must be initialised for ``cfg.parallel``. With the same
-    ``train.seed`` (CPU initialisation) every TP/PP layout holds the same master weights.
+    Megatron's parallel_state must be initialised for ``cfg.parallel``. With CPU initialisation
+    and the same torch seed, every TP size draws the same master weights (each rank keeps its
+    slice); pipeline stages draw only their own layers, so PP layouts do not: load weights
+    (a checkpoint, an HF model, or ``testing.weights.load_master_weights``) to compare them.
     """
     from megatron.core.models.gpt import GPTModel
 

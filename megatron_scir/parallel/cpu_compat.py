@@ -12,7 +12,9 @@ docs/parallelism.md and the shared PLATFORM notes). :func:`enable` neutralises e
   grad sync) → no-op streams;
 - the CUDA RNG tracker behind ``get_cuda_rng_tracker().fork()`` → one over CPU generator states;
 - ``torch.autocast("cuda")`` → ``torch.autocast("cpu")``;
-- the inference p2p ``_is_cuda`` assert → accepts CPU tensors.
+- the inference p2p ``_is_cuda`` assert → accepts CPU tensors;
+- the optimizer's gradient clipping (asserts ``torch.cuda.FloatTensor`` grads) → the same
+  in-place scaling by ``max_norm / (total_norm + 1e-6)`` on CPU tensors.
 
 The GPU code paths never import this module; :func:`enable` refuses to run when CUDA is available.
 """
@@ -164,6 +166,7 @@ def enable() -> None:
     torch.autocast.__init__ = _autocast_init
     _install_rng_tracker()
     _patch_inference_comm()
+    _patch_grad_clipping()
     _MODE = _CpuDeviceMode()
     _MODE.__enter__()
 
@@ -173,3 +176,19 @@ def _patch_inference_comm() -> None:
 
     if hasattr(communication_utils, "_is_cuda"):
         communication_utils._is_cuda = lambda tensor: None
+
+
+def _patch_grad_clipping() -> None:
+    from megatron.core.optimizer import optimizer as moptimizer
+
+    def clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad=False):
+        attr = "decoupled_grad" if use_decoupled_grad else "grad"
+        grads = [getattr(p, attr) for p in parameters if getattr(p, attr, None) is not None]
+        clip_coeff = max_norm / (total_norm + 1.0e-6)
+        if isinstance(clip_coeff, torch.Tensor):
+            clip_coeff = clip_coeff.clamp_max(1.0)
+        elif clip_coeff >= 1.0:
+            return
+        torch._foreach_mul_(grads, clip_coeff)
+
+    moptimizer.clip_grad_by_total_norm_fp32 = clip_grad_by_total_norm_fp32
