@@ -46,6 +46,14 @@ def hf_mistral_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def hf_tied_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Llama-3.2-1B-like: input embeddings shared with the output layer (no lm_head tensor)."""
+    out = tmp_path_factory.mktemp("hf") / "tied"
+    tiny_hf_llama(out, tie_word_embeddings=True, seed=2)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tokens() -> torch.Tensor:
     """``[2, 12]`` ids valid for both models (vocabularies 300 and 256)."""
     return torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(11))

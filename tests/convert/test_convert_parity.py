@@ -69,13 +69,14 @@ def _tp2_run(rank, world_size, hf_dir, ckpt, tokens):
     return {"logits": logits, "weights": gather_master(chunks, grads=False), "reloaded": reloaded}
 
 
-def _tp1_run(rank, world_size, llama, mistral, ckpt, tokens):
+def _tp1_run(rank, world_size, llama, mistral, tied, ckpt, tokens):
     from megatron_scir.convert import keymap
     from megatron_scir.parallel.state import destroy_model_parallel
 
     out = {}
-    _, _, out["mistral"] = _import(mistral, [], tokens)
-    destroy_model_parallel()
+    for name, hf_dir in (("mistral", mistral), ("tied", tied)):
+        _, _, out[name] = _import(hf_dir, [], tokens)
+        destroy_model_parallel()
     for name, (helper, wrong) in WRONG_LAYOUTS.items():
         with mock.patch.object(keymap, helper, wrong):
             _, _, out[name] = _import(llama, [], tokens)
@@ -94,10 +95,11 @@ def _pp2_run(rank, world_size, hf_dir, ckpt, tokens):
 
 
 @pytest.fixture(scope="module")
-def hf_reference(hf_llama_dir, hf_mistral_dir, tokens):
+def hf_reference(hf_llama_dir, hf_mistral_dir, hf_tied_dir, tokens):
     from megatron_scir.testing.hf import hf_logits
 
-    return {"llama": hf_logits(hf_llama_dir, tokens), "mistral": hf_logits(hf_mistral_dir, tokens)}
+    folders = {"llama": hf_llama_dir, "mistral": hf_mistral_dir, "tied": hf_tied_dir}
+    return {name: hf_logits(folder, tokens) for name, folder in folders.items()}
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +109,9 @@ def tp2(hf_llama_dir, tokens, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tp1(hf_llama_dir, hf_mistral_dir, tokens, tp2):
+def tp1(hf_llama_dir, hf_mistral_dir, hf_tied_dir, tokens, tp2):
     ckpt, _ = tp2
-    args = (str(hf_llama_dir), str(hf_mistral_dir), str(ckpt), tokens)
+    args = (str(hf_llama_dir), str(hf_mistral_dir), str(hf_tied_dir), str(ckpt), tokens)
     return run_distributed(_tp1_run, 1, args=args)[0]
 
 
@@ -149,6 +151,12 @@ def test_llama_gqa_with_own_head_dim_and_rope_scaling_gives_hf_logits_at_tp1(tp1
 
 def test_mistral_with_one_kv_head_gives_hf_logits_at_tp1(tp1, hf_reference):
     assert _max_diff(tp1["mistral"], hf_reference["mistral"]) < ATOL
+
+
+def test_tied_embeddings_model_gives_hf_logits_with_the_embeddings_as_output_layer(
+    tp1, hf_reference
+):
+    assert _max_diff(tp1["tied"], hf_reference["tied"]) < ATOL
 
 
 def test_llama_gives_hf_logits_at_tp2(tp2, hf_reference):
