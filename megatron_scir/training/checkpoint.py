@@ -145,6 +145,35 @@ def save_checkpoint(
     from megatron.core import dist_checkpointing
 
     final = Path(ckpt_dir)
+    staging = _fresh_staging(final, overwrite=overwrite)
+    model_state = _model_state(chunks)
+    padded_vocab = _padded_rows(model_state, cfg)
+    state = {**model_state, "extra_state": dict(extra_state or {})}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(model_state)
+    dist_checkpointing.save(state, str(staging))
+    if dist.get_rank() == 0:
+        names = _copy_assets(assets, staging / ASSETS_DIR)
+        metadata = CheckpointMetadata(
+            format_version=FORMAT_VERSION,
+            iteration=iteration,
+            step=step,
+            config=cfg,
+            padded_vocab_size=padded_vocab,
+            layout=_layout(cfg),
+            contents=tuple(state),
+            assets=tuple(names),
+        )
+        _write_metadata(staging, metadata)
+        _commit(staging, final)
+    dist.barrier()
+    return final
+
+
+def _fresh_staging(final: Path, *, overwrite: bool) -> Path:
+    """An empty ``<final>.incomplete`` (made by rank 0; every rank waits for it)."""
+    import torch.distributed as dist
+
     staging = final.with_name(final.name + INCOMPLETE_SUFFIX)
     if final.exists() and not overwrite:
         raise CheckpointError(
@@ -155,28 +184,7 @@ def save_checkpoint(
             shutil.rmtree(staging)  # left by a writer that died
         staging.mkdir(parents=True)
     dist.barrier()
-    model_state = _model_state(chunks)
-    padded_vocab = _padded_rows(model_state, cfg)
-    state = {**model_state, "extra_state": dict(extra_state or {})}
-    if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(model_state)
-    dist_checkpointing.save(state, str(staging))
-    if dist.get_rank() == 0:
-        names = _copy_assets(assets, staging / ASSETS_DIR)
-        metadata = CheckpointMetadata(
-            FORMAT_VERSION,
-            iteration,
-            step,
-            cfg,
-            padded_vocab,
-            _layout(cfg),
-            tuple(state),
-            tuple(names),
-        )
-        _write_metadata(staging, metadata)
-        _commit(staging, final)
-    dist.barrier()
-    return final
+    return staging
 
 
 def _padded_rows(model_state: dict[str, dict], cfg: Config) -> int:
