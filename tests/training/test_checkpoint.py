@@ -106,8 +106,7 @@ def _optimizer_round_trip(root: str) -> dict:
     def build():
         cfg, chunks = _tiny()
         chunks = wrap_with_ddp(chunks, cfg)
-        # clip_grad=0: Megatron's gradient clipping asserts CUDA tensors
-        config = OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=0.0)
+        config = OptimizerConfig(optimizer="adam", lr=1e-2)
         return cfg, chunks, get_megatron_optimizer(config, chunks)
 
     cfg, chunks, optimizer = build()
