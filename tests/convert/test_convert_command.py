@@ -143,6 +143,12 @@ def test_bf16_mistral_round_trips_through_both_commands_bit_for_bit(tmp_path):
     assert config == json.loads((hf / "config.json").read_text())
     assert config["architectures"] == ["MistralForCausalLM"] and config["dtype"] == "bfloat16"
     assert (back / "tokenizer_config.json").is_file()
+    wide = tmp_path / "fp32"
+    argv = ["mcore-to-hf", "--ckpt", str(ckpt), "--out", str(wide), "--dtype", "fp32"]
+    assert main([*argv, "--no-progress"]) == 0
+    upcast = load_file(wide / "model.safetensors")
+    assert all(torch.equal(upcast[n], t.float()) for n, t in original.items())
+    assert json.loads((wide / "config.json").read_text())["dtype"] == "float32"
 
 
 def test_conversion_builds_local_spec_and_pads_the_vocabulary_for_the_target_layout():
