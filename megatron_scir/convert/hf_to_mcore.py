@@ -166,7 +166,7 @@ def convert_hf_to_mcore(
     work = conversion_layout(cfg, dist.get_world_size())
     initialize_model_parallel(work.parallel, seed=cfg.train.seed)
     try:
-        chunks = build_model_chunks(work)
+        chunks = build_model_chunks(work, init_weights=False)  # every weight is loaded below
         load_hf_into_model(chunks, hf_dir, work, progress=progress)
         assets = [Path(hf_dir) / "config.json", *asset_files(hf_dir)]
         return save_checkpoint(out_dir, chunks, cfg, iteration=0, step=0, assets=assets)

@@ -175,7 +175,7 @@ def load_model(cfg: Config, *, ckpt: str | None = None, hf_dir: str | None = Non
     """This rank's model stage with the weights of ``hf_dir`` (converted) or ``ckpt``."""
     from megatron_scir.models import build_model_chunks
 
-    chunks = build_model_chunks(cfg)
+    chunks = build_model_chunks(cfg, init_weights=False)  # every weight is loaded below
     if hf_dir is not None:
         from megatron_scir.convert import load_hf_into_model
 

@@ -34,8 +34,12 @@ def padded_vocab_size(cfg: Config) -> int:
     return -(-cfg.model.vocab_size // unit) * unit
 
 
-def transformer_config(cfg: Config):
-    """Megatron ``TransformerConfig`` for the Llama family (RMSNorm, SwiGLU, GQA, no biases)."""
+def transformer_config(cfg: Config, *, init_weights: bool = True):
+    """Megatron ``TransformerConfig`` for the Llama family (RMSNorm, SwiGLU, GQA, no biases).
+
+    ``init_weights=False`` skips the random initialisation (minutes at 70B) when the weights are
+    loaded right after (a checkpoint or an HF model).
+    """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     m, p = cfg.model, cfg.parallel
@@ -77,7 +81,7 @@ def transformer_config(cfg: Config):
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu_initialization=not on_gpu,
-        perform_initialization=True,
+        perform_initialization=init_weights,
         gradient_accumulation_fusion=False,
         bias_activation_fusion=False,
         masked_softmax_fusion=False,
@@ -125,6 +129,7 @@ def build_gpt_model(
     pre_process: bool | None = None,
     post_process: bool | None = None,
     vp_stage: int | None = None,
+    init_weights: bool = True,
 ):
     """Build this rank's model chunk ``vp_stage`` (None: the whole stage, no interleaving).
 
@@ -142,7 +147,7 @@ def build_gpt_model(
     if post_process is None:
         post_process = state.is_last_stage(vp_stage)
     m = cfg.model
-    config = transformer_config(cfg)
+    config = transformer_config(cfg, init_weights=init_weights)
     model = GPTModel(
         config=config,
         transformer_layer_spec=_block_spec(cfg, config, vp_stage),
@@ -195,12 +200,12 @@ def _apply_llama3_rope_scaling(model, cfg: Config) -> None:
     )
 
 
-def build_model_chunks(cfg: Config) -> list:
+def build_model_chunks(cfg: Config, *, init_weights: bool = True) -> list:
     """This rank's model chunks: one, or ``virtual_pipeline_model_parallel_size`` (interleaved)."""
     vpp = cfg.parallel.virtual_pipeline_model_parallel_size
     if not vpp or vpp == 1:
-        return [build_gpt_model(cfg)]
-    return [build_gpt_model(cfg, vp_stage=i) for i in range(vpp)]
+        return [build_gpt_model(cfg, init_weights=init_weights)]
+    return [build_gpt_model(cfg, vp_stage=i, init_weights=init_weights) for i in range(vpp)]
 
 
 class OutputHead:
