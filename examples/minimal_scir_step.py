@@ -73,8 +73,7 @@ optimizer = get_megatron_optimizer(
         adam_beta2=cfg.train.adam_beta2,
         adam_eps=cfg.train.adam_eps,
         params_dtype=model[0].config.params_dtype,
-        # megatron-core 0.19's gradient clipping asserts CUDA tensors; clip on GPU only.
-        clip_grad=cfg.train.clip_grad if torch.cuda.is_available() else 0.0,
+        clip_grad=cfg.train.clip_grad,  # on CPU, parallel/cpu_compat.py makes clipping work
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
     ),
     model,
