@@ -7,6 +7,7 @@ explicit groups (``tp_group=``, ``dp_group=``) instead.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import timedelta
 
 import torch
@@ -16,7 +17,7 @@ from megatron_scir.config import ParallelConfig
 
 
 def init_distributed(backend: str = "auto", *, timeout_s: int = 1800) -> None:
-    """Initialise torch.distributed from the usual env vars (torchrun/Slurm), once.
+    """Initialise torch.distributed from the launcher's env vars (torchrun, srun), once.
 
     ``auto`` picks NCCL when CUDA is available and gloo (plus the CPU compatibility layer)
     otherwise. A single process without launcher env vars gets a world of one.
@@ -29,22 +30,46 @@ def init_distributed(backend: str = "auto", *, timeout_s: int = 1800) -> None:
         from megatron_scir.parallel import cpu_compat
 
         cpu_compat.enable()
-    if "RANK" not in os.environ:
-        _single_process_env()
+    os.environ.update(launcher_env(os.environ))
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
 
 
-def _single_process_env() -> None:
+def launcher_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The torch.distributed env vars for how this process was launched.
+
+    torchrun sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*`` itself (nothing to add).
+    Under ``srun`` (one task per GPU) they come from Slurm's ``SLURM_PROCID``/``SLURM_NTASKS``/
+    ``SLURM_LOCALID``; ``MASTER_ADDR`` must then be exported by the batch script (the first node
+    of ``SLURM_JOB_NODELIST``). A bare single process gets a world of one on a free local port.
+    """
+    if "RANK" in environ:
+        return {}
+    if "SLURM_PROCID" in environ and int(environ.get("SLURM_NTASKS", "1")) > 1:
+        if "MASTER_ADDR" not in environ:
+            raise RuntimeError(
+                "launched by srun without MASTER_ADDR: export MASTER_ADDR=$(scontrol show "
+                "hostnames $SLURM_JOB_NODELIST | head -n 1) (and MASTER_PORT) in the batch script"
+            )
+        return {
+            "RANK": environ["SLURM_PROCID"],
+            "WORLD_SIZE": environ["SLURM_NTASKS"],
+            "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+            "MASTER_PORT": environ.get("MASTER_PORT", "29500"),
+        }
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(
-        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
 
 
 def initialize_model_parallel(parallel: ParallelConfig, *, seed: int = 1234) -> None:
