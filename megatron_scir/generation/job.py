@@ -57,7 +57,7 @@ def run_generation(
     Returns:
         The run's counts on global rank 0, None on the other ranks.
     """
-    cfg = resolve_config(config, overrides, hf_dir=hf_dir)
+    cfg = resolve_config(config, overrides, hf_dir=hf_dir, ckpt=ckpt)
     if hf_dir is None:
         ckpt = ckpt or cfg.checkpoint.load
         if not ckpt:
@@ -78,8 +78,12 @@ def run_generation(
     return stats if rank == 0 else None
 
 
-def resolve_config(config: str, overrides: Sequence[str], *, hf_dir: str | None) -> Config:
-    """The job's config: model section from ``hf_dir`` if given, :func:`generation_layout`."""
+def resolve_config(
+    config: str, overrides: Sequence[str], *, hf_dir: str | None, ckpt: str | None = None
+) -> Config:
+    """The job's config, :func:`generation_layout` applied; the model section comes from
+    ``hf_dir``'s config.json, or from the checkpoint's metadata (``ckpt`` or
+    ``checkpoint.load``), so the shape never has to be repeated on the command line."""
     if hf_dir is not None:
         from megatron_scir.convert import config_from_hf
 
@@ -89,7 +93,31 @@ def resolve_config(config: str, overrides: Sequence[str], *, hf_dir: str | None)
             cfg = dataclasses.replace(cfg, data=data)
     else:
         cfg = load_config(config, overrides)
+        if ckpt or cfg.checkpoint.load:
+            from megatron_scir.training.checkpoint import config_for_checkpoint
+
+            cfg = config_for_checkpoint(ckpt or cfg.checkpoint.load, config, overrides)
+            if cfg.data.tokenizer_path is None:
+                cfg = _tokenizer_from_checkpoint(cfg, ckpt or cfg.checkpoint.load)
     return dataclasses.replace(cfg, parallel=generation_layout(cfg.parallel))
+
+
+def _tokenizer_from_checkpoint(cfg: Config, ckpt: str) -> Config:
+    """Use the tokenizer files the checkpoint carries (``<ckpt>/hf/``, copied from the HF folder
+    it was converted from) when ``data.tokenizer_path`` is not set."""
+    from megatron_scir.training.checkpoint import checkpoint_assets
+
+    names = {p.name: p for p in checkpoint_assets(ckpt)}
+    if "tokenizer.json" in names or "tokenizer_config.json" in names:
+        folder = next(iter(names.values())).parent
+        data = dataclasses.replace(cfg.data, tokenizer_type="hf", tokenizer_path=str(folder))
+    elif "tokenizer.model" in names:
+        data = dataclasses.replace(
+            cfg.data, tokenizer_type="sentencepiece", tokenizer_path=str(names["tokenizer.model"])
+        )
+    else:
+        return cfg
+    return dataclasses.replace(cfg, data=data)
 
 
 def generation_layout(parallel: ParallelConfig) -> ParallelConfig:

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from megatron_scir.config import Config, ModelConfig, config_from_dict
+from megatron_scir.config import Config, ModelConfig, config_from_dict, load_config, validate
 from megatron_scir.convert.errors import CheckpointError
 
 FORMAT = "megatron-scir/torch_dist"
@@ -302,6 +302,32 @@ def resolve_checkpoint(ckpt_dir: str | Path) -> Path:
         f"{ckpt_dir} is not a complete checkpoint: no {METADATA_FILE} (megatron-scir), "
         "latest_checkpointed_iteration.txt (Megatron-LM), weights/ (NeMo 2) or metadata.json"
     )
+
+
+def config_for_checkpoint(
+    ckpt_dir: str | Path, base: str | Path | None, overrides: Sequence[str] = ()
+) -> Config:
+    """``load_config(base, overrides)`` with the model section of the model the checkpoint holds.
+
+    The checkpoint's ``scir_checkpoint.json`` gives the model section, so ``--ckpt`` alone is
+    enough; ``model.*`` keys among ``overrides`` still apply on top (e.g. ``transformer_impl``,
+    ``params_dtype``; a changed shape is refused when the weights load). A Megatron-LM or NeMo 2
+    checkpoint carries no megatron-scir metadata: the config's model section is used as is.
+    """
+    cfg = load_config(base, overrides)
+    path = Path(ckpt_dir)
+    if not (path / METADATA_FILE).is_file():
+        return cfg
+    saved = read_metadata(path).config.model
+    explicit = {
+        key.lstrip("+").split("=", 1)[0].strip().removeprefix("model.")
+        for key in overrides
+        if key.lstrip("+").startswith("model.")
+    }
+    model = dataclasses.replace(saved, **{name: getattr(cfg.model, name) for name in explicit})
+    cfg = dataclasses.replace(cfg, model=model)
+    validate(cfg)
+    return cfg
 
 
 def check_same_model(saved: ModelConfig, current: ModelConfig, where: str | Path) -> None:

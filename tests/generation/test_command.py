@@ -96,3 +96,35 @@ def test_hf_dir_generates_with_the_folders_own_tokenizer(tmp_path):
     assert "2 prompts answered" in done.stdout and "4 responses" in done.stdout
     records = read_records(out, "generations")[0]
     assert [(r.prompt_id, len(r.responses)) for r in records] == [("1", 2), ("2", 2)]
+
+
+def test_ckpt_alone_gives_the_model_shape_and_tokenizer_and_matches_the_hf_dir_run(tmp_path):
+    """A checkpoint converted from an HF folder carries its model config and tokenizer: ``--ckpt``
+    needs no model overrides and greedy decoding writes what ``--hf-dir`` writes."""
+    from megatron_scir.testing.hf import tiny_hf_llama
+
+    hf_dir, ckpt = tmp_path / "hf", tmp_path / "ckpt"
+    tiny_hf_llama(hf_dir, tokenizer=True)  # hidden 64: not the tiny preset's shape
+    convert = [sys.executable, "-m", "megatron_scir.convert.command", "hf-to-mcore"]
+    done = subprocess.run(
+        [*convert, "--hf-dir", str(hf_dir), "--out", str(ckpt)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    prompts = _write(tmp_path / "p.jsonl", [json.dumps({"id": i, "prompt": "Hi"}) for i in (1, 2)])
+    outputs = []
+    for source in (["--hf-dir", str(hf_dir)], ["--ckpt", str(ckpt)]):
+        out = tmp_path / f"g{len(outputs)}.jsonl"
+        cmd = [sys.executable, "-m", "megatron_scir.generation.command", *source, "--no-progress"]
+        cmd += ["--prompts", str(prompts), "--out", str(out)]
+        cmd += [
+            "generation.temperature=0",
+            "generation.num_responses=1",
+            "generation.max_new_tokens=6",
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        outputs.append(out.read_text())
+    assert outputs[0] == outputs[1]
