@@ -1,7 +1,8 @@
 """Greedy generation through Megatron-Core's static engine equals transformers ``generate``.
 
 A random tiny HF Llama (GQA, vocabulary 300, so Megatron pads it to 320/384 rows) is converted
-on load by :func:`load_hf_into_model` into TP=1, TP=2 and PP=2 layouts (one 2-process gloo job,
+on load by :func:`load_hf_into_model` into TP=1, TP=2, PP=2 and TP=2 with the ``sdpa`` attention
+spec (one 2-process gloo job,
 layouts one after another), and four prompts of different lengths are decoded greedily in one
 static batch. The reference is ``LlamaForCausalLM.generate(do_sample=False)`` per prompt. In
 the same job the whole loop (:func:`generate_responses`, with the folder's HF tokenizer) writes a
@@ -38,6 +39,9 @@ LAYOUTS = {
     "tp1": [],
     "tp2": ["parallel.tensor_model_parallel_size=2"],
     "pp2": ["parallel.pipeline_model_parallel_size=2"],
+    # the sdpa spec under the static engine's KV cache: decode steps have queries shorter than
+    # keys, where SDPA's own is_causal would be wrong (models/attention.py)
+    "tp2_sdpa": ["parallel.tensor_model_parallel_size=2", "model.transformer_impl=sdpa"],
 }
 
 
