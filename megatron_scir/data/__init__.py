@@ -23,7 +23,7 @@ _EXPORTS = {
     "RecordError": "errors",
     "SingleTokenError": "errors",
     "ReadReport": "jsonl",
-    "atomic_open": "jsonl",
+    "atomic_open": "stream",
     "read_records": "jsonl",
     "write_records": "jsonl",
     "PairBuildReport": "pairs",

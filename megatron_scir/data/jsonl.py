@@ -14,10 +14,9 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from megatron_scir.data.errors import DataError, RecordError
 from megatron_scir.data.records import (
@@ -28,7 +27,7 @@ from megatron_scir.data.records import (
     RecordProblem,
     record_to_json,
 )
-from megatron_scir.data.stream import StreamScan, encode_json_line, fsync_dir, is_stream
+from megatron_scir.data.stream import StreamScan, atomic_open, encode_json_line, is_stream
 
 logger = logging.getLogger(__name__)
 
@@ -170,27 +169,6 @@ def _check_unique(value: str, name: str, number: int, seen: dict[str, int]) -> N
     first = seen.setdefault(value, number)
     if first != number:
         raise RecordProblem("duplicate id", f"duplicate {name} {value!r} (first at line {first})")
-
-
-@contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open ``path`` for writing under a temporary name; rename into place on success.
-
-    A reader sees the old file or the complete new one, never a partial file. On an exception
-    the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
 
 
 def write_records(path: str | os.PathLike, records: Iterable[Record | Mapping[str, Any]]) -> int:
