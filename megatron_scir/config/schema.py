@@ -434,7 +434,7 @@ class CheckpointConfig:
     load: str | None = None
     """Checkpoint to start from (a megatron-scir, Megatron-LM or NeMo 2 torch_dist directory)."""
     save: str | None = None
-    """Directory checkpoints are written under (iter_XXXXXXX subdirectories)."""
+    """Directory checkpoints are written under (iter_NNNNNNN subdirectories)."""
     save_interval: int | None = None
     """Save every this many optimizer steps (null = only at the end of an iteration)."""
     keep_last: int | None = None

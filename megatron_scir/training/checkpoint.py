@@ -278,7 +278,7 @@ def resolve_checkpoint(ckpt_dir: str | Path) -> Path:
     """The torch_dist directory of a megatron-scir, Megatron-LM or NeMo 2 checkpoint.
 
     Accepts a megatron-scir checkpoint, a Megatron-LM save directory (the iteration named by
-    ``latest_checkpointed_iteration.txt``) or ``iter_XXXXXXX`` directory, and a NeMo 2 checkpoint
+    ``latest_checkpointed_iteration.txt``) or ``iter_NNNNNNN`` directory, and a NeMo 2 checkpoint
     (its ``weights/``).
     """
     path = Path(ckpt_dir)
