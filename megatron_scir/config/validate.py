@@ -47,12 +47,14 @@ def validate(cfg: Config) -> None:
             "data.max_response_length, data.judge_max_length)) exceeds "
             f"model.max_position_embeddings ({m.max_position_embeddings})"
         )
-    if p.sequence_parallel and seq % tp:
-        raise ConfigError(
-            f"parallel.sequence_parallel needs the sequence length ({seq}) divisible by "
-            f"parallel.tensor_model_parallel_size ({tp}): adjust data.judge_max_length or the "
-            "data.max_prompt_length/data.max_response_length budgets"
-        )
+    policy_seq = cfg.data.max_prompt_length + cfg.data.max_response_length
+    for length in (seq, policy_seq):  # judge-less batches (reference pass, dpo/srlm) use the latter
+        if p.sequence_parallel and length % tp:
+            raise ConfigError(
+                f"parallel.sequence_parallel needs the sequence lengths ({seq} with judge rows, "
+                f"{policy_seq} without) divisible by parallel.tensor_model_parallel_size ({tp}): "
+                "adjust data.judge_max_length or data.max_prompt_length/data.max_response_length"
+            )
 
 
 def validate_world(cfg: Config, world_size: int) -> int:

@@ -41,7 +41,7 @@ def _next_token_labels(tokens: np.ndarray, pad_id: int) -> np.ndarray:
 
 
 def collate_pairs(
-    pairs: Sequence[EncodedPair], *, seq_length: int, pad_id: int
+    pairs: Sequence[EncodedPair], *, seq_length: int, pad_id: int, with_judge: bool = True
 ) -> dict[str, torch.Tensor]:
     """Stack k encoded pairs into one SCIR micro-batch (layout in the module docstring).
 
@@ -49,9 +49,11 @@ def collate_pairs(
         pairs: The k pairs of the micro-batch (each with the same number of judge rows).
         seq_length: S; every sequence must fit.
         pad_id: Right-padding id (also the labels' last column).
+        with_judge: False leaves the judge rows out (``[2k, S]``: the reference pass and the
+            labelled ``dpo``/``srlm`` modes read no judge).
     """
     k = len(pairs)
-    num_judge = len(pairs[0].judge)
+    num_judge = len(pairs[0].judge) if with_judge else 0
     tokens = np.full((k * (2 + num_judge), seq_length), pad_id, dtype=np.int64)
     loss_mask = np.zeros(tokens.shape, dtype=np.float32)
     response_lengths = np.zeros(2 * k, dtype=np.int64)
@@ -64,7 +66,7 @@ def collate_pairs(
             tokens[row, p:end] = response
             loss_mask[row, p - 1 : end - 1] = 1.0  # labels[t] = tokens[t+1] is a response token
             response_lengths[row] = len(response)
-        for order, ids in enumerate(pair.judge):
+        for order, ids in enumerate(pair.judge[:num_judge]):
             row = 2 * k + order * k + i
             tokens[row, : len(ids)] = ids
             verdict_positions[order * k + i] = len(ids) - 1

@@ -140,16 +140,16 @@ class MicroBatchDataModule(abc.ABC):
             consumed_samples=self.consumed_samples if train else 0,
         )
 
-    def _loader(self, items: EncodedItems, batch_sampler: Any) -> DataLoader:
+    def _loader(self, items: EncodedItems, batch_sampler: Any, **collate_kwargs) -> DataLoader:
         return DataLoader(
             items,
             batch_sampler=batch_sampler,
-            collate_fn=self._collate_fn(),
+            collate_fn=self._collate_fn(**collate_kwargs),
             num_workers=self.cfg.data.num_workers,
         )
 
     @abc.abstractmethod
-    def _collate_fn(self) -> Callable[[list[Any]], dict[str, torch.Tensor]]:
+    def _collate_fn(self, **kwargs) -> Callable[[list[Any]], dict[str, torch.Tensor]]:
         """The collate function of this DataModule's micro-batch layout."""
 
     def _read(self, path: str | os.PathLike, kind: str) -> list[Any]:
@@ -212,7 +212,11 @@ class ScirDataModule(MicroBatchDataModule):
         self.train_path = Path(train_path)
         self.val_path = None if val_path is None else Path(val_path)
         self.pairs: list[PairRecord] = []
-        self.judge_rows_per_pair = judge_row_count(cfg.judge.kind, cfg.scir.position_debias)
+        # the labelled modes (dpo, srlm) read no judge: their micro-batches are policy rows only
+        self.with_judge = cfg.scir.mode == "scir"
+        self.judge_rows_per_pair = (
+            judge_row_count(cfg.judge.kind, cfg.scir.position_debias) if self.with_judge else 0
+        )
 
     @property
     def verdict_token_ids(self) -> tuple[int, ...]:
@@ -221,8 +225,18 @@ class ScirDataModule(MicroBatchDataModule):
 
     @property
     def rows_per_micro_batch(self) -> int:
-        """B = k · (2 + judge rows per pair)."""
+        """B = k · (2 + judge rows per pair) (no judge rows in the dpo/srlm modes)."""
         return self.cfg.train.micro_batch_size * (2 + self.judge_rows_per_pair)
+
+    @property
+    def seq_length(self) -> int:
+        """S of the training micro-batches: the policy budget alone when there are no judge rows."""
+        return self.encoder.seq_length if self.with_judge else self.policy_seq_length
+
+    @property
+    def policy_seq_length(self) -> int:
+        """S of policy-only micro-batches (the reference pass): prompt + response budgets."""
+        return self.cfg.data.max_prompt_length + self.cfg.data.max_response_length
 
     def setup(self, stage: str = "fit") -> None:
         """Read, validate and tokenise the pairs: ``fit`` (train + val) or ``validate`` (val)."""
@@ -238,6 +252,8 @@ class ScirDataModule(MicroBatchDataModule):
     def reference_dataloader(self) -> DataLoader:
         """Every pair once, in file order, for the reference pass (SCIR_SPEC §7 step 3).
 
+        Policy rows only (``[2k, policy_seq_length]``): the reference pass reads no judge.
+
         Micro-batch m goes to DP rank ``m % dp_size``. The last micro-batches are completed with
         fillers (``pair_indices`` = -1) so that every micro-batch has k pairs and every rank the
         same number of micro-batches.
@@ -250,7 +266,7 @@ class ScirDataModule(MicroBatchDataModule):
             [i if i < len(items) else -len(items) for i in range(m * k, (m + 1) * k)]
             for m in range(self.dp_rank, num_micro, self.dp_size)
         ]
-        return self._loader(items, batches)
+        return self._loader(items, batches, with_judge=False, seq_length=self.policy_seq_length)
 
     def _read_pairs(self, path: Path) -> list[PairRecord]:
         pairs = self._read(path, "pairs")
@@ -263,7 +279,6 @@ class ScirDataModule(MicroBatchDataModule):
             )
         return pairs
 
-    def _collate_fn(self) -> Callable[[list[Any]], dict[str, torch.Tensor]]:
-        return functools.partial(
-            collate_pairs, seq_length=self.seq_length, pad_id=self.tokenizer.pad_id
-        )
+    def _collate_fn(self, **overrides) -> Callable[[list[Any]], dict[str, torch.Tensor]]:
+        kwargs = dict(seq_length=self.seq_length, with_judge=self.with_judge)
+        return functools.partial(collate_pairs, pad_id=self.tokenizer.pad_id, **kwargs | overrides)

@@ -94,7 +94,7 @@ class SftDataModule(MicroBatchDataModule):
         self._train = EncodedItems(items)
         logger.info("%s", self.summary())
 
-    def _collate_fn(self) -> Callable[[list[Any]], dict[str, torch.Tensor]]:
+    def _collate_fn(self, **_unused) -> Callable[[list[Any]], dict[str, torch.Tensor]]:
         return functools.partial(
             collate_examples, seq_length=self.seq_length, pad_id=self.tokenizer.pad_id
         )

@@ -264,10 +264,13 @@ def test_reference_loader_visits_every_pair_once_and_fills_the_last_micro_batche
     rows = make_pairs(7, refs=False)
     seen, counts = [], []
     for rank in range(2):
-        loaded = list(datamodule(rows=rows, dp_rank=rank, dp_size=2).reference_dataloader())
+        dm = datamodule(rows=rows, dp_rank=rank, dp_size=2)
+        loaded = list(dm.reference_dataloader())
         counts.append(len(loaded))
         seen += [i for b in loaded for i in b["pair_indices"].tolist()]
-        assert all(b["tokens"].shape[0] == 8 for b in loaded)
+        # the reference pass reads no judge: policy rows only, at the policy budget
+        assert all(b["tokens"].shape == (4, dm.policy_seq_length) for b in loaded)
+        assert all(b["verdict_positions"].numel() == 0 for b in loaded)
     assert counts == [2, 2]  # 4 micro-batches of 2 for 7 pairs, same count on both ranks
     assert sorted(i for i in seen if i >= 0) == list(range(7)) and seen.count(-1) == 1
 
@@ -335,3 +338,18 @@ def test_loaders_need_setup_first_and_stages_are_checked(make_cfg, sp_tokenizer,
     with pytest.raises(DataError, match="unknown stage 'train'"):
         dm.setup("train")
     assert dm.val_dataloader() is None
+
+
+def test_labelled_modes_train_on_policy_rows_only_identical_to_the_scir_policy_rows(datamodule):
+    rows = make_pairs(8, seed=5, refs=True)
+    scir = datamodule(rows=rows)
+    dpo = datamodule("scir.mode=dpo", rows=rows)
+    assert dpo.rows_per_micro_batch == 4 and dpo.seq_length == 64 < scir.seq_length
+    pad = scir.tokenizer.pad_id
+    for full, policy in zip(batches(scir), batches(dpo), strict=True):
+        assert policy["tokens"].shape == (4, 64) and policy["verdict_positions"].numel() == 0
+        assert (full["tokens"][:4, 64:] == pad).all() and not full["loss_mask"][:4, 64:].any()
+        for key in ("tokens", "labels", "loss_mask"):
+            assert torch.equal(policy[key], full[key][:4, :64]), key
+        for key in ("response_lengths", "pair_labels", "pair_indices", "ref_logps"):
+            assert torch.equal(policy[key], full[key]), key
