@@ -1,4 +1,4 @@
-"""One SCIR training step under TP=2, TP=2+SP, PP=2 (1F1B) and DP=2 equals the single process.
+"""One SCIR step under TP=2, TP=2+SP, PP=2 (1F1B and interleaved) and DP=2 equals one process.
 
 The reference is one gloo process (TP=PP=DP=1) running two micro-batches of k=2 pairs through
 Megatron's schedule with the SCIR forward step. It also fixes the reference log-probs once:
@@ -20,12 +20,16 @@ from megatron_scir.testing.distributed import run_distributed
 pytestmark = pytest.mark.dist
 
 SEQ, SEED, NUM_MICRO = 64, 21, 2
-BASE = ["model.vocab_size=250", "train.micro_batch_size=2"]
+BASE = ["model.vocab_size=250", "model.num_layers=4", "train.micro_batch_size=2"]
 VERDICT_IDS = [17, 200]  # one on each TP=2 vocabulary shard
 LAYOUTS = {
     "tp2": ["parallel.tensor_model_parallel_size=2"],
     "tp2_sp": ["parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=true"],
     "pp2_1f1b": ["parallel.pipeline_model_parallel_size=2"],
+    "pp2_interleaved_vpp2": [
+        "parallel.pipeline_model_parallel_size=2",
+        "parallel.virtual_pipeline_model_parallel_size=2",
+    ],
     "dp2": [],  # two processes with TP=PP=1 leave DP=2
 }
 
@@ -39,7 +43,8 @@ def _run_step(cfg, chunks, batches) -> dict[str, float]:
     model = wrap_with_ddp(chunks, cfg)
     losses = get_forward_backward_func()(
         forward_step_func=make_forward_step(cfg, VERDICT_IDS),
-        data_iterator=iter(batches),
+        # the interleaved schedule reads one iterator per model chunk
+        data_iterator=[iter(batches) for _ in model] if len(model) > 1 else iter(batches),
         model=model,
         num_microbatches=len(batches),
         seq_length=SEQ,
