@@ -36,6 +36,23 @@ PREF_LOSSES = ("dpo", "ipo")
 PREF_NORMALIZATIONS = ("pairs", "selected")
 
 
+def pair_log_odds(
+    logps: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    beta: float,
+    length_normalize: bool,
+    sft_weight: float,
+    response_lengths: tuple[torch.Tensor, torch.Tensor] | None,
+) -> torch.Tensor:
+    """Δ_I ``[n]`` from (policy_1, policy_2, ref_1, ref_2) log-probs (SCIR_SPEC §1), after
+    checking that the options needing response lengths got them."""
+    if (length_normalize or sft_weight > 0) and response_lengths is None:
+        raise ValueError("length_normalize and sft_weight > 0 need response_lengths=(len_1, len_2)")
+    return implicit_log_odds(
+        *logps, beta=beta, response_lengths=response_lengths if length_normalize else None
+    )
+
+
 def metric(total: torch.Tensor, count) -> torch.Tensor:
     """A ``(sum, count)`` metric value, detached, float32 ``[2]``."""
     total = total.detach().float().reshape(())
@@ -228,15 +245,12 @@ def labelled_pair_loss(
         ``loss/pref`` (and ``loss/sft``), ``reward/margin`` and ``reward/accuracy`` (over
         labelled pairs), ``data/labelled_rate``.
     """
-    if (length_normalize or sft_weight > 0) and response_lengths is None:
-        raise ValueError("length_normalize and sft_weight > 0 need response_lengths=(len_1, len_2)")
-    delta = implicit_log_odds(
-        policy_logps_1,
-        policy_logps_2,
-        ref_logps_1,
-        ref_logps_2,
+    delta = pair_log_odds(
+        (policy_logps_1, policy_logps_2, ref_logps_1, ref_logps_2),
         beta=beta,
-        response_lengths=response_lengths if length_normalize else None,
+        length_normalize=length_normalize,
+        sft_weight=sft_weight,
+        response_lengths=response_lengths,
     )
     valid = torch.ones_like(delta, dtype=torch.bool) if pair_mask is None else pair_mask
     labelled = (pair_labels >= 0) & valid

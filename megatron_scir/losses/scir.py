@@ -23,11 +23,12 @@ from megatron_scir.losses.preference import (
     PREF_NORMALIZATIONS,
     metric,
     normalize_pairs,
+    pair_log_odds,
     preference_terms,
     sft_loss,
 )
 from megatron_scir.losses.scir_metrics import gold_metrics, length_metrics, selection_metrics
-from megatron_scir.rewards.implicit import implicit_log_odds, implicit_preference
+from megatron_scir.rewards.implicit import implicit_preference
 from megatron_scir.rewards.judge import POSITION_DEBIAS, judge_preference
 
 __all__ = ["CONSISTENCY_GRADS", "Selection", "select_consistent", "consistency_sides", "scir_loss"]
@@ -235,16 +236,12 @@ def scir_loss(
         gold_labels=gold_labels,
         pair_mask=pair_mask,
     )
-    if (length_normalize or sft_weight > 0) and response_lengths is None:
-        raise ValueError("length_normalize and sft_weight > 0 need response_lengths=(len_1, len_2)")
-
-    delta = implicit_log_odds(
-        policy_logps_1,
-        policy_logps_2,
-        ref_logps_1,
-        ref_logps_2,
+    delta = pair_log_odds(
+        (policy_logps_1, policy_logps_2, ref_logps_1, ref_logps_2),
         beta=beta,
-        response_lengths=response_lengths if length_normalize else None,
+        length_normalize=length_normalize,
+        sft_weight=sft_weight,
+        response_lengths=response_lengths,
     )
     implicit = Bernoulli(*implicit_preference(delta))
     judge = Bernoulli(
