@@ -57,8 +57,22 @@ def config_to_yaml(cfg: Config) -> str:
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
-    """Rebuild a Config from its plain-dict form (as stored in checkpoint metadata)."""
-    return _build(tree)
+    """Rebuild a Config from its plain-dict form (as stored in checkpoint metadata).
+
+    Configs stored by earlier versions are read too: ``scir.position_debias`` moved to
+    ``judge.position_debias``, and ``generation.max_prompt_length`` gave way to the one prompt
+    budget ``data.max_prompt_length``.
+    """
+    return _build(_upgrade_stored(tree))
+
+
+def _upgrade_stored(tree: dict[str, Any]) -> dict[str, Any]:
+    tree = {section: dict(values) for section, values in tree.items()}
+    scir, judge = tree.get("scir", {}), tree.setdefault("judge", {})
+    if "position_debias" in scir:
+        judge.setdefault("position_debias", scir.pop("position_debias"))
+    tree.get("generation", {}).pop("max_prompt_length", None)
+    return tree
 
 
 def _read_source(source: str) -> dict[str, Any]:

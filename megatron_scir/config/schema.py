@@ -9,19 +9,41 @@ Parallelism and model knobs are spelled as in Megatron-Core's ``TransformerConfi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
+from megatron_scir.config.choices import (
+    Backend,
+    ConsistencyGrad,
+    Divergence,
+    Dtype,
+    Engine,
+    Fp8Format,
+    Fp8Recipe,
+    JudgeKind,
+    LongPrompts,
+    LossMode,
+    LrDecayStyle,
+    OnBadRecord,
+    PositionDebias,
+    PrefLoss,
+    PrefNormalization,
+    RecomputeGranularity,
+    RecomputeMethod,
+    TokenizerType,
+    TransformerImpl,
+    TruncatedResponses,
+    choices,
+)
 from megatron_scir.config.errors import ConfigError
 from megatron_scir.config.judge_templates import PAIRWISE_TEMPLATE, POINTWISE_TEMPLATE
 
-SPECS = ("local", "sdpa", "te")
-DTYPES = ("float32", "bfloat16", "float16")
 
-
-def _choice(section: str, key: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(
-            f"config key {section}.{key}: {value!r} is not one of {', '.join(map(repr, choices))}"
-        )
+def _choice(section: str, key: str, value, enum: type[StrEnum], *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if value not in choices(enum):
+        allowed = ", ".join(map(repr, ((None,) if optional else ()) + choices(enum)))
+        raise ConfigError(f"config key {section}.{key}: {value!r} is not one of {allowed}")
 
 
 def _positive(section: str, key: str, value, *, allow_zero: bool = False) -> None:
@@ -102,12 +124,18 @@ class ModelConfig:
             "kv_channels",
         ):
             _positive(s, key, getattr(self, key))
-        _choice(s, "params_dtype", self.params_dtype, DTYPES)
-        _choice(s, "transformer_impl", self.transformer_impl, SPECS)
-        _choice(s, "fp8", self.fp8, (None, "hybrid", "e4m3"))
-        _choice(s, "fp8_recipe", self.fp8_recipe, ("delayed", "tensorwise", "blockwise", "mxfp8"))
-        _choice(s, "recompute_granularity", self.recompute_granularity, (None, "selective", "full"))
-        _choice(s, "recompute_method", self.recompute_method, (None, "uniform", "block"))
+        _choice(s, "params_dtype", self.params_dtype, Dtype)
+        _choice(s, "transformer_impl", self.transformer_impl, TransformerImpl)
+        _choice(s, "fp8", self.fp8, Fp8Format, optional=True)
+        _choice(s, "fp8_recipe", self.fp8_recipe, Fp8Recipe)
+        _choice(
+            s,
+            "recompute_granularity",
+            self.recompute_granularity,
+            RecomputeGranularity,
+            optional=True,
+        )
+        _choice(s, "recompute_method", self.recompute_method, RecomputeMethod, optional=True)
         if self.num_attention_heads % self.num_query_groups:
             raise ConfigError(
                 f"config key model.num_query_groups: {self.num_query_groups} must divide "
@@ -163,7 +191,7 @@ class ParallelConfig:
         _positive(
             s, "virtual_pipeline_model_parallel_size", self.virtual_pipeline_model_parallel_size
         )
-        _choice(s, "distributed_backend", self.distributed_backend, ("auto", "nccl", "gloo"))
+        _choice(s, "distributed_backend", self.distributed_backend, Backend)
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
             raise ConfigError(
                 "parallel.sequence_parallel=true needs parallel.tensor_model_parallel_size > 1"
@@ -197,8 +225,6 @@ class ScirConfig:
     """λ_conf, weight of the entropy (confidence) penalty."""
     divergence: str = "sym_kl"
     """D(P_G, P_I): sym_kl, js or mse (SCIR_SPEC §3)."""
-    position_debias: str = "mean_prob"
-    """How the two judge orders combine: mean_prob, mean_logit or none (one judge sequence)."""
     consistency_grad: str = "both"
     """Which side L_cons trains: both, confident_teacher, judge_teacher or implicit_teacher."""
     margin: float = 0.0
@@ -216,17 +242,11 @@ class ScirConfig:
 
     def __post_init__(self) -> None:
         s = "scir"
-        _choice(s, "mode", self.mode, ("scir", "srlm", "dpo"))
-        _choice(s, "divergence", self.divergence, ("sym_kl", "js", "mse"))
-        _choice(s, "position_debias", self.position_debias, ("mean_prob", "mean_logit", "none"))
-        _choice(
-            s,
-            "consistency_grad",
-            self.consistency_grad,
-            ("both", "confident_teacher", "judge_teacher", "implicit_teacher"),
-        )
-        _choice(s, "pref_loss", self.pref_loss, ("dpo", "ipo"))
-        _choice(s, "pref_normalization", self.pref_normalization, ("pairs", "selected"))
+        _choice(s, "mode", self.mode, LossMode)
+        _choice(s, "divergence", self.divergence, Divergence)
+        _choice(s, "consistency_grad", self.consistency_grad, ConsistencyGrad)
+        _choice(s, "pref_loss", self.pref_loss, PrefLoss)
+        _choice(s, "pref_normalization", self.pref_normalization, PrefNormalization)
         _positive(s, "beta", self.beta)
         for key in (
             "consistency_weight",
@@ -258,9 +278,13 @@ class JudgeConfig:
     """Pointwise score texts for k = 0..K; each must be one token in context."""
     score_temperature: float = 1.0
     """τ in judge_logits = (s(y1) − s(y2)) / τ for pointwise judging."""
+    position_debias: str = "mean_prob"
+    """How the two pairwise judge orders combine: mean_prob, mean_logit, or none (one judge
+    sequence per pair). Decides how many judge rows a pair has (SCIR_SPEC §2, §9)."""
 
     def __post_init__(self) -> None:
-        _choice("judge", "kind", self.kind, ("pairwise", "pointwise"))
+        _choice("judge", "kind", self.kind, JudgeKind)
+        _choice("judge", "position_debias", self.position_debias, PositionDebias)
         _positive("judge", "score_temperature", self.score_temperature)
         if len(self.verdict_texts) != 2 or len(set(self.verdict_texts)) != 2:
             raise ConfigError(
@@ -303,7 +327,8 @@ class DataConfig:
     on_bad_record: str = "error"
     """error: stop at the first bad JSONL line (file:line); skip: skip, count and summarise."""
     max_prompt_length: int = 256
-    """Token budget of the prompt part of a policy sequence (left-truncated beyond it)."""
+    """Token budget of chat(prompt): the one prompt budget of generation, pairs, the reference
+    pass and training (left-truncated beyond it, the chat template kept whole)."""
     max_response_length: int = 256
     """Token budget of a response (right-truncated beyond it)."""
     judge_max_length: int = 1024
@@ -319,9 +344,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         s = "data"
-        _choice(s, "tokenizer_type", self.tokenizer_type, ("sentencepiece", "hf"))
-        _choice(s, "on_bad_record", self.on_bad_record, ("error", "skip"))
-        _choice(s, "truncated_responses", self.truncated_responses, ("keep", "flag", "drop"))
+        _choice(s, "tokenizer_type", self.tokenizer_type, TokenizerType)
+        _choice(s, "on_bad_record", self.on_bad_record, OnBadRecord)
+        _choice(s, "truncated_responses", self.truncated_responses, TruncatedResponses)
         for key in (
             "max_prompt_length",
             "max_response_length",
@@ -350,10 +375,10 @@ class GenerationConfig:
     """Generation of a response stops at the first of these strings (besides EOS)."""
     max_batch_size: int = 32
     """Sequences decoded together."""
-    max_prompt_length: int = 512
-    """Longer prompts are left-truncated or skipped (see long_prompts)."""
     long_prompts: str = "truncate"
-    """truncate (cut the prompt text from the left, chat template kept whole) or skip; counted."""
+    """Prompts longer than data.max_prompt_length (the one prompt budget of generation, the
+    reference pass and training): truncate (cut the prompt text from the left, chat template
+    kept whole, exactly as training truncates it) or skip; counted."""
     chunk_size: int = 64
     """Prompts per committed output chunk (the unit a restarted run resumes from)."""
     engine: str = "auto"
@@ -364,13 +389,12 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         s = "generation"
-        _choice(s, "long_prompts", self.long_prompts, ("truncate", "skip"))
-        _choice(s, "engine", self.engine, ("auto", "static", "dynamic"))
+        _choice(s, "long_prompts", self.long_prompts, LongPrompts)
+        _choice(s, "engine", self.engine, Engine)
         for key in (
             "num_responses",
             "max_new_tokens",
             "max_batch_size",
-            "max_prompt_length",
             "chunk_size",
         ):
             _positive(s, key, getattr(self, key))
@@ -417,7 +441,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         s = "train"
-        _choice(s, "lr_decay_style", self.lr_decay_style, ("constant", "linear", "cosine"))
+        _choice(s, "lr_decay_style", self.lr_decay_style, LrDecayStyle)
         for key in ("micro_batch_size", "global_batch_size", "train_iters", "epochs"):
             _positive(s, key, getattr(self, key))
         if self.global_batch_size % self.micro_batch_size:

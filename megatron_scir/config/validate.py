@@ -1,30 +1,54 @@
-"""Checks that span sections. Each failure says which keys to change and how."""
+"""Checks that span sections. Each failure says which keys to change and how.
+
+:func:`validate` always checks the model against the parallel layout (every command builds or
+reads a model at some layout); the budget checks of a stage run only for the commands that run
+that stage (``uses=``), so ``scir convert`` is never refused for a generation setting it does not
+read. :func:`validate_world` is the one check of a launched world against the layout.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from megatron_scir.config.errors import ConfigError
-from megatron_scir.config.schema import Config
+from megatron_scir.config.schema import Config, ParallelConfig
+
+GENERATION = "generation"
+TRAINING = "training"
+USES = (GENERATION, TRAINING)
 
 
-def validate(cfg: Config) -> None:
-    """Cross-section checks that do not need the world size (see :func:`validate_world`)."""
+def validate(cfg: Config, *, uses: Collection[str] = ()) -> None:
+    """Cross-section checks: the layout always, and those of each stage named in ``uses``.
+
+    Args:
+        cfg: The resolved config.
+        uses: Stages the caller runs: ``generation`` (prompt budget + new tokens fit the
+            positions) and/or ``training`` (sequence budgets fit the positions and SP).
+    """
+    unknown = set(uses) - set(USES)
+    if unknown:
+        raise ValueError(f"validate(uses=...) takes {USES}, not {sorted(unknown)}")
+    _check_layout(cfg)
+    if GENERATION in uses:
+        _check_generation(cfg)
+    if TRAINING in uses:
+        _check_training(cfg)
+
+
+def _check_layout(cfg: Config) -> None:
     m, p = cfg.model, cfg.parallel
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
-    if m.num_attention_heads % tp:
-        raise ConfigError(
-            f"model.num_attention_heads ({m.num_attention_heads}) must be divisible by "
-            f"parallel.tensor_model_parallel_size ({tp}): choose a TP size that divides it"
-        )
-    if m.num_query_groups % tp:
-        raise ConfigError(
-            f"model.num_query_groups ({m.num_query_groups}) must be divisible by "
-            f"parallel.tensor_model_parallel_size ({tp}): choose a TP size that divides it"
-        )
-    if m.ffn_hidden_size % tp:
-        raise ConfigError(
-            f"model.ffn_hidden_size ({m.ffn_hidden_size}) must be divisible by "
-            f"parallel.tensor_model_parallel_size ({tp})"
-        )
+    for key, value in (
+        ("num_attention_heads", m.num_attention_heads),
+        ("num_query_groups", m.num_query_groups),
+        ("ffn_hidden_size", m.ffn_hidden_size),
+    ):
+        if value % tp:
+            raise ConfigError(
+                f"model.{key} ({value}) must be divisible by "
+                f"parallel.tensor_model_parallel_size ({tp}): choose a TP size that divides it"
+            )
     chunks = pp * (p.virtual_pipeline_model_parallel_size or 1)
     if m.num_layers % chunks:
         what = "pipeline_model_parallel_size"
@@ -34,20 +58,28 @@ def validate(cfg: Config) -> None:
             f"model.num_layers ({m.num_layers}) must be divisible by parallel.{what} ({chunks}): "
             "change the layer count or the pipeline layout"
         )
-    if cfg.generation.max_prompt_length + cfg.generation.max_new_tokens > m.max_position_embeddings:
+
+
+def _check_generation(cfg: Config) -> None:
+    prompt, new = cfg.data.max_prompt_length, cfg.generation.max_new_tokens
+    if prompt + new > cfg.model.max_position_embeddings:
         raise ConfigError(
-            "generation.max_prompt_length + generation.max_new_tokens "
-            f"({cfg.generation.max_prompt_length} + {cfg.generation.max_new_tokens}) exceeds "
-            f"model.max_position_embeddings ({m.max_position_embeddings})"
+            f"data.max_prompt_length + generation.max_new_tokens ({prompt} + {new}) exceeds "
+            f"model.max_position_embeddings ({cfg.model.max_position_embeddings})"
         )
-    seq = max(cfg.data.max_prompt_length + cfg.data.max_response_length, cfg.data.judge_max_length)
-    if seq > m.max_position_embeddings:
+
+
+def _check_training(cfg: Config) -> None:
+    d, p = cfg.data, cfg.parallel
+    tp = p.tensor_model_parallel_size
+    policy_seq = d.max_prompt_length + d.max_response_length
+    seq = max(policy_seq, d.judge_max_length)
+    if seq > cfg.model.max_position_embeddings:
         raise ConfigError(
             f"the training sequence length ({seq} = max(data.max_prompt_length + "
             "data.max_response_length, data.judge_max_length)) exceeds "
-            f"model.max_position_embeddings ({m.max_position_embeddings})"
+            f"model.max_position_embeddings ({cfg.model.max_position_embeddings})"
         )
-    policy_seq = cfg.data.max_prompt_length + cfg.data.max_response_length
     for length in (seq, policy_seq):  # judge-less batches (reference pass, dpo/srlm) use the latter
         if p.sequence_parallel and length % tp:
             raise ConfigError(
@@ -57,9 +89,27 @@ def validate(cfg: Config) -> None:
             )
 
 
-def validate_world(cfg: Config, world_size: int) -> int:
-    """Check the layout against the launched world size; returns the data-parallel size."""
-    p, t = cfg.parallel, cfg.train
+def validate_world(cfg: Config, world_size: int, *, training: bool = False) -> int:
+    """Check the layout against the launched world size; returns the data-parallel size.
+
+    Args:
+        cfg: The resolved config.
+        world_size: Processes launched.
+        training: Also check that the global batch splits over the data-parallel ranks.
+    """
+    t = cfg.train
+    dp = data_parallel_size(cfg.parallel, world_size)
+    if training and t.global_batch_size % (t.micro_batch_size * dp):
+        raise ConfigError(
+            f"train.global_batch_size ({t.global_batch_size}) must be a multiple of "
+            f"train.micro_batch_size × data-parallel size ({t.micro_batch_size} × {dp})"
+        )
+    return dp
+
+
+def data_parallel_size(parallel: ParallelConfig, world_size: int) -> int:
+    """``world_size ÷ (TP × PP)``: the one check that a launched world fits the layout."""
+    p = parallel
     model_parallel = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
     if world_size % model_parallel:
         raise ConfigError(
@@ -67,10 +117,4 @@ def validate_world(cfg: Config, world_size: int) -> int:
             f"({p.tensor_model_parallel_size} × {p.pipeline_model_parallel_size}): launch a "
             "multiple of it or change parallel.*_model_parallel_size"
         )
-    dp = world_size // model_parallel
-    if t.global_batch_size % (t.micro_batch_size * dp):
-        raise ConfigError(
-            f"train.global_batch_size ({t.global_batch_size}) must be a multiple of "
-            f"train.micro_batch_size × data-parallel size ({t.micro_batch_size} × {dp})"
-        )
-    return dp
+    return world_size // model_parallel

@@ -5,8 +5,10 @@ The CLI prints these messages without a traceback; they are worded as what to ch
 
 from __future__ import annotations
 
+from megatron_scir.config.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """A problem with user data, a tokenizer file or a data setting, worded as what to change."""
 
 

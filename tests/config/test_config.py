@@ -118,12 +118,34 @@ def test_invalid_yaml_names_the_file_and_line(tmp_path):
         (["scir.divergence=kl"], "scir.divergence: 'kl' is not one of"),
         (["train.global_batch_size=5"], "multiple of train.micro_batch_size"),
         (["judge.verdict_texts=[A]"], "two distinct texts"),
-        (["data.judge_max_length=4096"], "exceeds model.max_position_embeddings"),
     ],
 )
 def test_broken_cross_field_rules_say_what_to_change(overrides, expected):
     with pytest.raises(ConfigError, match=expected):
         load_config("tiny", overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "uses", "expected"),
+    [
+        (["data.judge_max_length=4096"], "training", "exceeds model.max_position_embeddings"),
+        (
+            ["generation.max_new_tokens=500"],
+            "generation",
+            "data.max_prompt_length \\+ generation.max_new_tokens \\(32 \\+ 500\\) exceeds",
+        ),
+    ],
+)
+def test_a_stage_budget_is_checked_only_for_the_commands_that_run_the_stage(
+    overrides, uses, expected
+):
+    from megatron_scir.config import validate
+
+    cfg = load_config("tiny", overrides)  # loading alone does not check stage budgets
+    other = next(u for u in ("generation", "training") if u != uses)
+    validate(cfg, uses=(other,))
+    with pytest.raises(ConfigError, match=expected):
+        validate(cfg, uses=(uses,))
 
 
 def test_unknown_preset_suggests_close_names():
