@@ -26,7 +26,7 @@ setup(
     extras_require={
         "hf": ["transformers>=4.51"],
         "fp8": ["transformer-engine[pytorch]"],
-        "test": ["pytest>=8", "pytest-timeout", "ruff"],
+        "test": ["pytest>=8", "pytest-timeout", "ruff", "import-linter>=2.1"],
     },
     entry_points={"console_scripts": ["scir=megatron_scir.cli:main"]},
 )

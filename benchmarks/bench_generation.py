@@ -24,6 +24,9 @@ import time
 
 import torch
 
+from megatron_scir.config.choices import Dtype, choices
+from megatron_scir.models.shapes import torch_dtype
+
 SHAPES = {
     # the tiny preset's model
     "tiny": dict(
@@ -44,13 +47,12 @@ SHAPES = {
         num_kv_heads=8,
     ),
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--dtype", choices=choices(Dtype), default=Dtype.FLOAT32)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--prompt-length", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=32)
@@ -77,7 +79,7 @@ def build_models(args: argparse.Namespace, hf_dir: str):
     from megatron_scir.parallel.state import init_distributed, initialize_model_parallel
     from megatron_scir.testing.hf import tiny_hf_llama
 
-    dtype = DTYPES[args.dtype]
+    dtype = torch_dtype(args.dtype)
     max_positions = max(2048, args.prompt_length + args.new_tokens)
     hf_model = tiny_hf_llama(
         hf_dir, **SHAPES[args.shape], dtype=dtype, max_position_embeddings=max_positions, seed=0

@@ -52,6 +52,8 @@ echo "== installing megatron-scir (editable) into $(readlink -f .venv)"
 
 echo "== ruff"
 .venv/bin/ruff check .
+echo "== lint-imports (the layering contract in pyproject.toml)"
+.venv/bin/lint-imports --no-cache
 echo "== pytest"
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

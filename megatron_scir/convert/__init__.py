@@ -8,7 +8,7 @@ Megatron-Core nor transformers):
 - :func:`convert_hf_to_mcore` / :func:`export_to_hf` — HF folder ↔ megatron-scir checkpoint;
 - :data:`LLAMA_KEYMAP` and :func:`merge_qkv` / :func:`split_qkv` / :func:`merge_fc1` /
   :func:`split_fc1` — the declarative key map and its tensor helpers;
-- :class:`ConversionError`, :class:`CheckpointError`.
+- :class:`ConversionError` (and :class:`CheckpointError`, from :mod:`megatron_scir.checkpoint`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "CheckpointError": "megatron_scir.convert.errors",
+    "CheckpointError": "megatron_scir.checkpoint.errors",
     "ConversionError": "megatron_scir.convert.errors",
     "LLAMA_KEYMAP": "megatron_scir.convert.keymap",
     "merge_fc1": "megatron_scir.convert.keymap",

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from megatron_scir.config import Config, ModelConfig, load_config, validate
+from megatron_scir.config.choices import Dtype, choices
 from megatron_scir.convert.errors import ConversionError
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
-HF_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 _LLAMA3_ROPE = {
     "factor": "rope_scaling_factor",
     "low_freq_factor": "rope_low_freq_factor",
@@ -107,9 +107,9 @@ def model_fields_from_hf(hf: dict[str, Any], *, source: str = "config.json") -> 
     heads = int(_field(hf, "num_attention_heads", source))
     hidden = int(_field(hf, "hidden_size", source))
     dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
-    if dtype not in HF_DTYPES:
+    if dtype not in choices(Dtype):  # transformers spells dtypes as torch does: no aliases
         raise ConversionError(
-            f"{source}: field dtype: expected one of {list(HF_DTYPES)}, found {dtype!r}"
+            f"{source}: field dtype: expected one of {list(choices(Dtype))}, found {dtype!r}"
         )
     return {
         "num_layers": int(_field(hf, "num_hidden_layers", source)),
@@ -121,7 +121,7 @@ def model_fields_from_hf(hf: dict[str, Any], *, source: str = "config.json") -> 
         "vocab_size": int(_field(hf, "vocab_size", source)),
         "max_position_embeddings": max_pos,
         "layernorm_epsilon": float(_field(hf, "rms_norm_eps", source)),
-        "params_dtype": HF_DTYPES[dtype],
+        "params_dtype": dtype,
         **_rope_fields(hf, source),
     }
 

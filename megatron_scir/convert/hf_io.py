@@ -3,24 +3,24 @@
 Reading opens each ``*.safetensors`` file once (memory-mapped) and materialises one tensor at a
 time. Writing buffers at most one shard (``max_shard_bytes``) before it goes to disk, then names
 the shards ``model-0000k-of-0000n.safetensors`` with a ``model.safetensors.index.json`` (or a
-single ``model.safetensors``), as ``save_pretrained`` does.
+single ``model.safetensors``), as ``save_pretrained`` does. An output folder is written under
+``<out>.incomplete`` (:mod:`megatron_scir.checkpoint.atomic`) and renamed when complete.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
+from megatron_scir.checkpoint.atomic import fresh_staging
 from megatron_scir.convert.errors import ConversionError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
-INCOMPLETE_SUFFIX = ".incomplete"
 # Files copied through a conversion besides the weights and config.json (tokenizer and friends).
 ASSET_FILES = (
     "generation_config.json",
@@ -149,21 +149,11 @@ def copy_assets(src_dir: str | Path, dst_dir: str | Path) -> list[str]:
 
 
 def staging_dir(out_dir: str | Path) -> Path:
-    """A fresh ``<out_dir>.incomplete`` to write into; refuses an existing non-empty ``out_dir``."""
+    """A fresh ``<out_dir>.incomplete`` to write into; refuses an existing non-empty ``out_dir``.
+
+    Commit the finished folder with :func:`megatron_scir.checkpoint.atomic.commit`.
+    """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConversionError(f"{out} already exists and is not empty: choose another --out")
-    staging = out.with_name(out.name + INCOMPLETE_SUFFIX)
-    if staging.exists():
-        shutil.rmtree(staging)  # left by a writer that died
-    staging.mkdir(parents=True)
-    return staging
-
-
-def commit_dir(staging: Path, out_dir: str | Path) -> Path:
-    """Rename the finished ``staging`` folder to ``out_dir`` (one atomic step)."""
-    out = Path(out_dir)
-    if out.is_dir():
-        out.rmdir()  # empty, checked by staging_dir
-    os.rename(staging, out)
-    return out
+    return fresh_staging(out)

@@ -20,7 +20,9 @@ from megatron_scir.config import Config, ModelConfig, ParallelConfig
 from megatron_scir.convert.errors import ConversionError
 from megatron_scir.convert.hf_config import is_tied, model_fields_from_hf, read_hf_config
 from megatron_scir.convert.hf_io import SafetensorsReader, asset_files
-from megatron_scir.convert.keymap import BY_MCORE_KEY, hf_tensor_shapes, to_mcore
+from megatron_scir.convert.keymap import BY_MCORE_KEY, to_mcore
+from megatron_scir.models.shapes import hf_tensor_shapes
+from megatron_scir.parallel.runtime import Runtime
 
 # buffers some exporters save that carry no weights
 IGNORED_HF_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -145,30 +147,31 @@ def conversion_layout(cfg: Config, world_size: int) -> Config:
 
 
 def convert_hf_to_mcore(
-    hf_dir: str | Path, out_dir: str | Path, cfg: Config, *, progress: bool = True
+    runtime: Runtime, hf_dir: str | Path, out_dir: str | Path, cfg: Config, *, progress: bool = True
 ) -> Path:
-    """Write a megatron-scir checkpoint of an HF folder (collective; torch.distributed is up).
+    """Write a megatron-scir checkpoint of an HF folder (collective over the runtime's world).
 
     ``cfg`` is the target config (from :func:`config_from_hf`): its model is the HF model's and
     its parallel section the layout the checkpoint is meant for (any layout can read it). The
-    folder's config.json and tokenizer files go into the checkpoint's ``hf/``. Megatron's
-    model-parallel state is initialised here and destroyed on return.
+    caller enters the parallel world of ``conversion_layout(cfg, world_size).parallel``; this
+    neither creates nor destroys parallel state. The folder's config.json and tokenizer files go
+    into the checkpoint's ``hf/``.
     """
-    import torch.distributed as dist
-
+    from megatron_scir.checkpoint import save_checkpoint
     from megatron_scir.models import build_model_chunks
-    from megatron_scir.parallel.state import destroy_model_parallel, initialize_model_parallel
-    from megatron_scir.training.checkpoint import save_checkpoint
 
     check_hf_model(hf_dir, cfg.model)
     if Path(out_dir).exists():
         raise ConversionError(f"{out_dir} already exists: choose another --out")
-    work = conversion_layout(cfg, dist.get_world_size())
-    initialize_model_parallel(work.parallel, seed=cfg.train.seed)
-    try:
-        chunks = build_model_chunks(work, init_weights=False)  # every weight is loaded below
-        load_hf_into_model(chunks, hf_dir, work, progress=progress)
-        assets = [Path(hf_dir) / "config.json", *asset_files(hf_dir)]
-        return save_checkpoint(out_dir, chunks, cfg, iteration=0, step=0, assets=assets)
-    finally:
-        destroy_model_parallel()
+    work = conversion_layout(cfg, runtime.world_size)
+    wanted = (work.parallel.tensor_model_parallel_size, work.parallel.pipeline_model_parallel_size)
+    if (runtime.tp_size, runtime.pp_size) != wanted:
+        raise ValueError(
+            f"convert_hf_to_mcore runs at TP={wanted[0]} PP={wanted[1]} in a world of "
+            f"{runtime.world_size}, the runtime is TP={runtime.tp_size} PP={runtime.pp_size}: "
+            "enter parallel_world(conversion_layout(cfg, world_size).parallel)"
+        )
+    chunks = build_model_chunks(work, init_weights=False)  # every weight is loaded below
+    load_hf_into_model(chunks, hf_dir, work, progress=progress)
+    assets = [Path(hf_dir) / "config.json", *asset_files(hf_dir)]
+    return save_checkpoint(out_dir, chunks, cfg, iteration=0, step=0, assets=assets)

@@ -15,6 +15,9 @@ sharded state dict. A key's global tensor is the TP=1 tensor:
 - word embeddings and output layer: the vocabulary, padded with zero rows to Megatron's padded
   size (a multiple of ``make_vocab_size_divisible_by × TP``).
 
+The global shape of every key (and of every Hugging Face tensor) is in
+:mod:`megatron_scir.models.shapes`.
+
 Symbols: H query heads, G query groups (KV heads), d head dim, h hidden, f FFN, V vocabulary.
 """
 
@@ -27,10 +30,7 @@ import torch
 
 from megatron_scir.config import ModelConfig
 from megatron_scir.convert.errors import ConversionError
-
-_LAYER = "model.layers.{i}."
-_ATTN = _LAYER + "self_attn."
-_MLP = _LAYER + "mlp."
+from megatron_scir.models.shapes import HF_ATTN, HF_LAYER, HF_MLP
 
 
 @dataclass(frozen=True)
@@ -57,28 +57,28 @@ LLAMA_KEYMAP: tuple[TensorMap, ...] = (
     TensorMap("embedding.word_embeddings.weight", ("model.embed_tokens.weight",), "vocab"),
     TensorMap(
         "decoder.layers.self_attention.linear_qkv.layer_norm_weight",
-        (_LAYER + "input_layernorm.weight",),
+        (HF_LAYER + "input_layernorm.weight",),
         "copy",
     ),
     TensorMap(
         "decoder.layers.self_attention.linear_qkv.weight",
-        (_ATTN + "q_proj.weight", _ATTN + "k_proj.weight", _ATTN + "v_proj.weight"),
+        (HF_ATTN + "q_proj.weight", HF_ATTN + "k_proj.weight", HF_ATTN + "v_proj.weight"),
         "qkv",
     ),
     TensorMap(
-        "decoder.layers.self_attention.linear_proj.weight", (_ATTN + "o_proj.weight",), "copy"
+        "decoder.layers.self_attention.linear_proj.weight", (HF_ATTN + "o_proj.weight",), "copy"
     ),
     TensorMap(
         "decoder.layers.mlp.linear_fc1.layer_norm_weight",
-        (_LAYER + "post_attention_layernorm.weight",),
+        (HF_LAYER + "post_attention_layernorm.weight",),
         "copy",
     ),
     TensorMap(
         "decoder.layers.mlp.linear_fc1.weight",
-        (_MLP + "gate_proj.weight", _MLP + "up_proj.weight"),
+        (HF_MLP + "gate_proj.weight", HF_MLP + "up_proj.weight"),
         "fc1",
     ),
-    TensorMap("decoder.layers.mlp.linear_fc2.weight", (_MLP + "down_proj.weight",), "copy"),
+    TensorMap("decoder.layers.mlp.linear_fc2.weight", (HF_MLP + "down_proj.weight",), "copy"),
     TensorMap("decoder.final_layernorm.weight", ("model.norm.weight",), "copy"),
     TensorMap("output_layer.weight", ("lm_head.weight",), "vocab"),
 )
@@ -180,47 +180,6 @@ def pad_vocab(weight: torch.Tensor, padded_rows: int) -> torch.Tensor:
 def strip_vocab(weight: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """``[padded, h]`` → ``[V, h]``: the tokenizer's rows only."""
     return weight[:vocab_size].contiguous()
-
-
-def hf_tensor_shapes(m: ModelConfig, *, tied: bool = False) -> dict[str, tuple[int, ...]]:
-    """Every Hugging Face tensor of the model and its shape (``lm_head`` absent when ``tied``)."""
-    heads, groups, d = m.num_attention_heads, m.num_query_groups, m.head_dim
-    h, f = m.hidden_size, m.ffn_hidden_size
-    per_layer = {
-        _LAYER + "input_layernorm.weight": (h,),
-        _ATTN + "q_proj.weight": (heads * d, h),
-        _ATTN + "k_proj.weight": (groups * d, h),
-        _ATTN + "v_proj.weight": (groups * d, h),
-        _ATTN + "o_proj.weight": (h, heads * d),
-        _LAYER + "post_attention_layernorm.weight": (h,),
-        _MLP + "gate_proj.weight": (f, h),
-        _MLP + "up_proj.weight": (f, h),
-        _MLP + "down_proj.weight": (h, f),
-    }
-    shapes = {"model.embed_tokens.weight": (m.vocab_size, h)}
-    for layer in range(m.num_layers):
-        shapes.update({name.format(i=layer): shape for name, shape in per_layer.items()})
-    shapes["model.norm.weight"] = (h,)
-    if not tied:
-        shapes["lm_head.weight"] = (m.vocab_size, h)
-    return shapes
-
-
-def mcore_tensor_shapes(m: ModelConfig, *, padded_vocab: int) -> dict[str, tuple[int, ...]]:
-    """Global shape of every checkpoint key (per-layer keys with the leading ``[L]`` axis)."""
-    heads, groups, d = m.num_attention_heads, m.num_query_groups, m.head_dim
-    h, f, layers = m.hidden_size, m.ffn_hidden_size, m.num_layers
-    return {
-        "embedding.word_embeddings.weight": (padded_vocab, h),
-        "decoder.layers.self_attention.linear_qkv.layer_norm_weight": (layers, h),
-        "decoder.layers.self_attention.linear_qkv.weight": (layers, (heads + 2 * groups) * d, h),
-        "decoder.layers.self_attention.linear_proj.weight": (layers, h, heads * d),
-        "decoder.layers.mlp.linear_fc1.layer_norm_weight": (layers, h),
-        "decoder.layers.mlp.linear_fc1.weight": (layers, 2 * f, h),
-        "decoder.layers.mlp.linear_fc2.weight": (layers, h, f),
-        "decoder.final_layernorm.weight": (h,),
-        "output_layer.weight": (padded_vocab, h),
-    }
 
 
 def to_mcore(

@@ -17,33 +17,28 @@ import itertools
 import json
 from pathlib import Path
 
-import torch
-
+from megatron_scir.checkpoint.atomic import commit
+from megatron_scir.checkpoint.errors import CheckpointError
+from megatron_scir.checkpoint.metadata import (
+    ASSETS_DIR,
+    METADATA_FILE,
+    check_same_model,
+    read_metadata,
+)
 from megatron_scir.config import Config, ModelConfig
-from megatron_scir.convert.errors import CheckpointError
 from megatron_scir.convert.hf_config import hf_config_dict
 from megatron_scir.convert.hf_io import (
     DEFAULT_MAX_SHARD_BYTES,
     SafetensorsWriter,
-    commit_dir,
     copy_assets,
     staging_dir,
 )
 from megatron_scir.convert.keymap import TensorMap, iter_tensor_maps, to_hf
-
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+from megatron_scir.models.shapes import DTYPE_NAMES, torch_dtype
 
 
 def _export_model(ckpt: Path, cfg: Config | None) -> tuple[ModelConfig, dict | None]:
     """The model config to export with, and the HF config.json stored at import (if any)."""
-    from megatron_scir.training.checkpoint import (
-        ASSETS_DIR,
-        METADATA_FILE,
-        check_same_model,
-        read_metadata,
-    )
-
     template_path = ckpt / ASSETS_DIR / "config.json"
     template = json.loads(template_path.read_text()) if template_path.is_file() else None
     if (ckpt / METADATA_FILE).is_file():
@@ -93,18 +88,19 @@ def export_to_hf(
     """
     from tqdm import tqdm
 
-    from megatron_scir.convert.dist_layout import (
+    from megatron_scir.checkpoint.layout import (
         check_model_shapes,
         inspect_checkpoint,
         load_global_tensors,
     )
-    from megatron_scir.training.checkpoint import ASSETS_DIR, resolve_checkpoint
+    from megatron_scir.checkpoint.locate import resolve_checkpoint
 
     ckpt = resolve_checkpoint(ckpt_dir)
     m, template = _export_model(ckpt, cfg)
-    name = DTYPE_ALIASES.get(dtype, dtype) if dtype else m.params_dtype
-    if name not in TORCH_DTYPES:
+    if dtype and dtype not in DTYPE_NAMES:
         raise CheckpointError(f"--dtype {dtype!r}: expected one of bf16, fp16, fp32")
+    name = DTYPE_NAMES[dtype or m.params_dtype].value
+    out_dtype = torch_dtype(name)
     config_json = hf_config_dict(m, dtype=name, template=template)
     contents = inspect_checkpoint(ckpt)
     check_model_shapes(contents, m)
@@ -117,10 +113,10 @@ def export_to_hf(
             for entry in entries:
                 hf_tensors = to_hf(entry, tensors.pop(entry.mcore), m, layer=layer)
                 for hf_name, tensor in hf_tensors.items():
-                    writer.add(hf_name, tensor.to(TORCH_DTYPES[name]))
+                    writer.add(hf_name, tensor.to(out_dtype))
                     bar.update()
     writer.close()
     (staging / "config.json").write_text(json.dumps(config_json, indent=2, sort_keys=True) + "\n")
     if (ckpt / ASSETS_DIR).is_dir():
         copy_assets(ckpt / ASSETS_DIR, staging)
-    return commit_dir(staging, out_dir)
+    return commit(staging, out_dir)

@@ -331,7 +331,7 @@ def build_backend(model: torch.nn.Module, cfg, tokenizer) -> StaticEngineBackend
         bos_id=tokenizer.bos_id,
         num_real_tokens=min(tokenizer.vocab_size, cfg.model.vocab_size),
         max_batch_size=gen.max_batch_size,
-        max_prompt_length=gen.max_prompt_length,
+        max_prompt_length=cfg.data.max_prompt_length,
         max_new_tokens=gen.max_new_tokens,
         decode=tokenizer.decode,
     )

@@ -21,6 +21,7 @@ of an uninterrupted run. The same seed, model, prompts and layout give the same 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -28,9 +29,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 import torch.distributed as dist
 
-from megatron_scir.config import Config
+from megatron_scir.config import Config, ParallelConfig
 from megatron_scir.data import (
     ChatFormat,
     ChunkedJsonlWriter,
@@ -45,6 +47,7 @@ from megatron_scir.generation.backend import Completion, GenerationBackend, fini
 from megatron_scir.generation.prompts import EncodedPrompt, PromptEncoder
 from megatron_scir.generation.settings import SamplingSettings
 from megatron_scir.generation.stats import GenerationProgress, GenerationStats
+from megatron_scir.parallel.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +60,55 @@ class _Sample:
     sample: int
 
 
+def generate(
+    runtime: Runtime,
+    chunks: Sequence[torch.nn.Module],
+    tokenizer: Tokenizer,
+    prompts: Sequence[PromptRecord],
+    out_path: str | os.PathLike,
+    cfg: Config,
+    *,
+    progress: bool | None = None,
+) -> GenerationStats:
+    """Sample ``generation.num_responses`` responses per prompt with this rank's model stage.
+
+    The in-process API: the caller owns the parallel world (``runtime``) and the model, which
+    may be the chunks a trainer is training (bare or DDP-wrapped): they are run in eval mode
+    under ``no_grad`` and given back in the mode they came in. Nothing is initialised or
+    destroyed here, so a driver can call this between two training phases.
+
+    Args:
+        runtime: The parallel runtime the chunks were built in.
+        chunks: This rank's model stage as ONE chunk: Megatron inference has no interleaved
+            schedule (build the generation layout's chunks, see
+            :func:`generation_layout`).
+        tokenizer: The model's tokenizer.
+        prompts: Prompt records, in file order (ids unique).
+        out_path: The generations stream (resumed when it exists).
+        cfg: The run config (``generation``, ``data``, ``logging.progress``).
+        progress: Progress bar on rank 0 (default ``logging.progress``).
+
+    Returns:
+        The run's counts: complete on global rank 0 (see :func:`generate_responses`).
+    """
+    from megatron.core.utils import unwrap_model
+
+    from megatron_scir.generation.mcore_inference import build_backend
+
+    if len(chunks) != 1:
+        raise ValueError(
+            f"generation runs one model chunk per pipeline rank, got {len(chunks)} (interleaved "
+            "PP): build the chunks of generation_layout(cfg.parallel), e.g. from the checkpoint"
+        )
+    (model,) = unwrap_model(list(chunks))
+    with torch.no_grad(), build_backend(model, cfg, tokenizer) as backend:
+        return generate_responses(
+            runtime, cfg, backend, tokenizer, prompts, out_path, progress=progress
+        )
+
+
 def generate_responses(
+    runtime: Runtime,
     cfg: Config,
     backend: GenerationBackend,
     tokenizer: Tokenizer,
@@ -68,10 +119,10 @@ def generate_responses(
 ) -> GenerationStats:
     """Answer every prompt ``generation.num_responses`` times; append to ``out_path``.
 
-    Collective over the world (Megatron's parallel state initialised, the backend built on every
-    rank). Only global rank 0 writes.
+    Collective over the world (the backend built on every rank). Only global rank 0 writes.
 
     Args:
+        runtime: The parallel runtime (ranks and the data-parallel group).
         cfg: The run config (``generation``, ``data.chat_template``, ``logging.progress``).
         backend: The inference backend of this rank's model stage.
         tokenizer: The model's tokenizer.
@@ -92,7 +143,7 @@ def generate_responses(
         stats = GenerationStats(
             num_prompts=len(prompts), num_prompts_resumed=len(prompts) - len(pending)
         )
-        chunks = _ChunkGenerator(cfg, backend, tokenizer, writer, stats)
+        chunks = _ChunkGenerator(runtime, cfg, backend, tokenizer, writer, stats)
         show = (cfg.logging.progress if progress is None else progress) and writer is not None
         bar = GenerationProgress(len(prompts), stats.num_prompts_resumed, enabled=show)
         start = time.perf_counter()
@@ -114,27 +165,28 @@ class _ChunkGenerator:
 
     def __init__(
         self,
+        runtime: Runtime,
         cfg: Config,
         backend: GenerationBackend,
         tokenizer: Tokenizer,
         writer: ChunkedJsonlWriter | None,
         stats: GenerationStats,
     ) -> None:
-        from megatron_scir.parallel import state
-
         gen = cfg.generation
         self.backend, self.tokenizer, self.writer, self.stats = backend, tokenizer, writer, stats
         self.settings = SamplingSettings.from_config(gen)
         self.encoder = PromptEncoder(
-            ChatFormat(cfg.data.chat_template, tokenizer), gen.max_prompt_length, gen.long_prompts
+            ChatFormat(cfg.data.chat_template, tokenizer),
+            cfg.data.max_prompt_length,
+            gen.long_prompts,
         )
         self.num_responses = gen.num_responses
         self.batch_size = gen.max_batch_size
         self.seed = gen.seed
-        self.dp_rank, self.dp_size = state.dp_rank(), state.dp_size()
+        self.dp_rank, self.dp_size = runtime.dp_rank, runtime.dp_size
         # the data-parallel group of global rank 0 (TP rank 0, first stage) gathers to it
-        self.dp_group = state.dp_group()
-        self.gathers = state.tp_rank() == 0 and state.pp_rank() == 0
+        self.dp_group = runtime.dp_group
+        self.gathers = runtime.tp_rank == 0 and runtime.pp_rank == 0
 
     def run(self, chunk: Sequence[PromptRecord]) -> int:
         """Generate the chunk; returns the new tokens of its responses (on rank 0; else 0)."""
@@ -254,3 +306,21 @@ def _batch_seed(seed: int, keys: list[tuple[str, int]]) -> int:
     """A 63-bit sampler seed from the run seed and a batch's (prompt id, sample) keys."""
     digest = hashlib.blake2b(repr((seed, keys)).encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def generation_layout(parallel: ParallelConfig) -> ParallelConfig:
+    """The training layout as Megatron inference runs it: one chunk per rank, no SP.
+
+    Megatron-Core inference has no interleaved schedule, and its static engine refuses sequence
+    parallelism for dense models; neither changes which weights a rank holds.
+    """
+    vpp = parallel.virtual_pipeline_model_parallel_size
+    if vpp is not None and vpp > 1:
+        logger.info(
+            "generation: one chunk per pipeline rank (virtual pipeline size %d unused)", vpp
+        )
+    if parallel.sequence_parallel:
+        logger.info("generation: sequence parallelism off (the static engine does not use it)")
+    return dataclasses.replace(
+        parallel, virtual_pipeline_model_parallel_size=None, sequence_parallel=False
+    )

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_scir.config import Config, ConfigError
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from megatron_scir.models import shapes
 
 
 def te_available() -> bool:
@@ -29,9 +28,10 @@ def te_available() -> bool:
 
 
 def padded_vocab_size(cfg: Config) -> int:
-    """Megatron's padding: a multiple of ``make_vocab_size_divisible_by × TP``."""
-    unit = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tensor_model_parallel_size
-    return -(-cfg.model.vocab_size // unit) * unit
+    """Megatron's padding of ``cfg``: a multiple of ``make_vocab_size_divisible_by × TP``."""
+    m = cfg.model
+    tp = cfg.parallel.tensor_model_parallel_size
+    return shapes.padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, tp)
 
 
 def transformer_config(cfg: Config, *, init_weights: bool = True):
@@ -43,7 +43,7 @@ def transformer_config(cfg: Config, *, init_weights: bool = True):
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     m, p = cfg.model, cfg.parallel
-    dtype = _DTYPES[m.params_dtype]
+    dtype = shapes.torch_dtype(m.params_dtype)
     on_gpu = torch.cuda.is_available()
     fp8 = {}
     if m.fp8 is not None:

@@ -1,7 +1,9 @@
-"""The bridge from Megatron's global ``parallel_state`` to the rest of the package.
+"""The bridge from Megatron's global ``parallel_state``: the only module that reads it.
 
-Everything that reads ``megatron.core.parallel_state`` goes through here; math functions take
-explicit groups (``tp_group=``, ``dp_group=``) instead.
+Entry points do not call these functions directly: they enter
+:func:`megatron_scir.parallel.runtime.parallel_world` once, which uses them and yields a
+:class:`~megatron_scir.parallel.runtime.Runtime` holding the ranks and process groups that the
+rest of the package takes explicitly. Math functions take explicit groups (``tp_group=``).
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ def launcher_env(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def launched_world_size(environ: Mapping[str, str] | None = None) -> int:
+    """The world size the launcher started (torchrun, srun, or 1), before any process group."""
+    environ = os.environ if environ is None else environ
+    return int(environ.get("WORLD_SIZE") or launcher_env(environ)["WORLD_SIZE"])
+
+
 def initialize_model_parallel(parallel: ParallelConfig, *, seed: int = 1234) -> None:
     """Create Megatron's TP/PP/DP groups for ``parallel`` and seed the model-parallel RNG."""
     from megatron.core import parallel_state, tensor_parallel
@@ -92,6 +100,12 @@ def initialize_model_parallel(parallel: ParallelConfig, *, seed: int = 1234) -> 
             tp_rank=parallel_state.get_tensor_model_parallel_rank(),
             pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
         )
+
+
+def model_parallel_is_initialized() -> bool:
+    from megatron.core import parallel_state
+
+    return parallel_state.model_parallel_is_initialized()
 
 
 def destroy_model_parallel() -> None:

@@ -14,8 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from megatron_scir.convert.command import main, register, run
+from megatron_scir.cli import main as scir_main
+from megatron_scir.cli.convert import register, run
 from megatron_scir.testing.hf import tiny_hf_llama
+
+
+def main(argv: list[str]) -> int:
+    return scir_main(["convert", *argv])
 
 
 def test_register_adds_convert_with_both_directions():
@@ -124,7 +129,8 @@ def test_bf16_mistral_round_trips_through_both_commands_bit_for_bit(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "megatron_scir.convert.command",
+        "megatron_scir.cli",
+        "convert",
         "hf-to-mcore",
         "--hf-dir",
         str(hf),
@@ -169,3 +175,15 @@ def test_conversion_builds_local_spec_and_pads_the_vocabulary_for_the_target_lay
     assert many.parallel == target.parallel and many.model.transformer_impl == "local"
     with pytest.raises(ConversionError, match="not a multiple of TP × PP = 8 × 4"):
         conversion_layout(target, world_size=12)
+
+
+def test_a_short_context_model_converts_whatever_the_generation_budgets_say(tmp_path, capsys):
+    """Conversion reads no generation setting, so it never refuses a model for one (the tiny
+    preset's 32 + 32 generation tokens do not fit 48 positions)."""
+    hf_dir = tmp_path / "hf"
+    tiny_hf_llama(hf_dir, max_position_embeddings=48)
+    out = tmp_path / "ckpt"
+    assert (
+        main(["hf-to-mcore", "--hf-dir", str(hf_dir), "--out", str(out), "--config", "tiny"]) == 0
+    )
+    assert (out / "scir_checkpoint.json").is_file(), capsys.readouterr().err

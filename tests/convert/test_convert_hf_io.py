@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
+from megatron_scir.checkpoint.atomic import commit
 from megatron_scir.convert.errors import ConversionError
 from megatron_scir.convert.hf_io import (
     INDEX_FILE,
     SafetensorsReader,
     SafetensorsWriter,
     asset_files,
-    commit_dir,
     staging_dir,
 )
 from megatron_scir.testing.hf import tiny_hf_llama
@@ -74,7 +74,7 @@ def test_output_folder_is_staged_refuses_non_empty_targets_and_drops_stale_stagi
     staging = staging_dir(out)
     assert staging == stale and not any(staging.iterdir()) and not out.exists()
     (staging / "config.json").write_text("{}")
-    assert commit_dir(staging, out) == out and (out / "config.json").is_file()
+    assert commit(staging, out) == out and (out / "config.json").is_file()
     assert not stale.exists()
     with pytest.raises(ConversionError, match="already exists and is not empty"):
         staging_dir(out)

@@ -49,10 +49,10 @@ def _import(hf_dir: str, overrides: list[str], tokens: torch.Tensor):
 
 def _from_checkpoint(ckpt: str, cfg, tokens: torch.Tensor):
     """Fresh chunks of the current layout loaded from ``ckpt``: (logits, master weights)."""
+    from megatron_scir.checkpoint import load_checkpoint
     from megatron_scir.models import build_model_chunks
     from megatron_scir.testing.hf import mcore_logits
     from megatron_scir.testing.weights import gather_master
-    from megatron_scir.training.checkpoint import load_checkpoint
 
     chunks = build_model_chunks(cfg)
     load_checkpoint(ckpt, chunks, cfg)
@@ -61,9 +61,12 @@ def _from_checkpoint(ckpt: str, cfg, tokens: torch.Tensor):
 
 def _tp2_run(rank, world_size, hf_dir, ckpt, tokens):
     from megatron_scir.convert import config_from_hf, convert_hf_to_mcore
+    from megatron_scir.parallel.runtime import parallel_world
     from megatron_scir.testing.weights import gather_master
 
-    convert_hf_to_mcore(hf_dir, ckpt, config_from_hf(hf_dir, "tiny", [TP2]), progress=False)
+    target = config_from_hf(hf_dir, "tiny", [TP2])
+    with parallel_world(target.parallel) as runtime:  # 2 processes: the TP=2 target layout
+        convert_hf_to_mcore(runtime, hf_dir, ckpt, target, progress=False)
     cfg, chunks, logits = _import(hf_dir, [TP2], tokens)
     _, reloaded = _from_checkpoint(ckpt, cfg, tokens)
     return {"logits": logits, "weights": gather_master(chunks, grads=False), "reloaded": reloaded}
@@ -210,13 +213,13 @@ def _hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
 def test_hf_to_tp2_to_hf_round_trip_is_bit_exact_and_loads_in_transformers(
     tp2, hf_llama_dir, tokens, hf_reference, tmp_path
 ):
-    from megatron_scir.convert.command import main
+    from megatron_scir.cli import main
     from megatron_scir.testing.hf import hf_logits
 
     ckpt, _ = tp2
     out = tmp_path / "exported"
     argv = ["mcore-to-hf", "--ckpt", str(ckpt), "--out", str(out), "--max-shard-size", "60KB"]
-    assert main([*argv, "--no-progress"]) == 0
+    assert main(["convert", *argv, "--no-progress"]) == 0
     original, exported = _hf_tensors(hf_llama_dir), _hf_tensors(out)
     assert exported.keys() == original.keys()
     for name, tensor in original.items():
@@ -229,15 +232,16 @@ def test_hf_to_tp2_to_hf_round_trip_is_bit_exact_and_loads_in_transformers(
 
 
 def test_one_process_cli_conversion_writes_what_a_tp2_world_writes(tp2, hf_llama_dir, tmp_path):
-    from megatron_scir.convert.dist_layout import inspect_checkpoint, load_global_tensors
-    from megatron_scir.training.checkpoint import read_metadata
+    from megatron_scir.checkpoint import read_metadata
+    from megatron_scir.checkpoint.layout import inspect_checkpoint, load_global_tensors
 
     ckpt, _ = tp2
     out = tmp_path / "one_process"
     cmd = [
         sys.executable,
         "-m",
-        "megatron_scir.convert.command",
+        "megatron_scir.cli",
+        "convert",
         "hf-to-mcore",
         "--hf-dir",
         str(hf_llama_dir),
@@ -267,11 +271,11 @@ def test_one_process_cli_conversion_writes_what_a_tp2_world_writes(tp2, hf_llama
 def test_export_with_the_config_of_another_model_is_refused_and_writes_nothing(
     tp2, tmp_path, capsys
 ):
-    from megatron_scir.convert.command import main
+    from megatron_scir.cli import main
 
     ckpt, _ = tp2
     out = tmp_path / "hf"
     argv = ["mcore-to-hf", "--ckpt", str(ckpt), "--out", str(out), "--config", "tiny"]
-    assert main(argv) == 2
+    assert main(["convert", *argv]) == 2
     assert "model.hidden_size is 64 there, 96 in the config" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "hf.incomplete").exists()

@@ -8,7 +8,11 @@ import sys
 
 import pytest
 
-from megatron_scir.generation.command import main
+from megatron_scir.cli import main as scir_main
+
+
+def main(argv: list[str]) -> int:
+    return scir_main(["generate", *argv])
 
 
 def _write(path, lines):
@@ -58,7 +62,7 @@ def test_ckpt_and_hf_dir_are_mutually_exclusive(tmp_path):
 
 def test_generation_runs_a_training_layout_without_virtual_stages_or_sequence_parallelism():
     from megatron_scir.config import ParallelConfig
-    from megatron_scir.generation.job import generation_layout
+    from megatron_scir.generation import generation_layout
 
     training = ParallelConfig(
         tensor_model_parallel_size=2,
@@ -71,9 +75,9 @@ def test_generation_runs_a_training_layout_without_virtual_stages_or_sequence_pa
     assert layout.virtual_pipeline_model_parallel_size is None and not layout.sequence_parallel
 
 
-def test_importing_the_package_and_command_does_not_import_megatron_core():
+def test_importing_the_package_and_the_command_does_not_import_megatron_core():
     code = (
-        "import sys, megatron_scir.generation, megatron_scir.generation.command; "
+        "import sys, megatron_scir.generation, megatron_scir.cli, megatron_scir.cli.generate; "
         "print([m for m in sys.modules if m.startswith('megatron.core')])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -88,7 +92,7 @@ def test_hf_dir_generates_with_the_folders_own_tokenizer(tmp_path):
     tiny_hf_llama(hf_dir, tokenizer=True)
     prompts = _write(tmp_path / "p.jsonl", [json.dumps({"id": i, "prompt": "Hi"}) for i in (1, 2)])
     out = tmp_path / "g.jsonl"
-    cmd = [sys.executable, "-m", "megatron_scir.generation.command", "--hf-dir", str(hf_dir)]
+    cmd = [sys.executable, "-m", "megatron_scir.cli", "generate", "--hf-dir", str(hf_dir)]
     cmd += ["--prompts", str(prompts), "--out", str(out), "--no-progress"]
     cmd += ["generation.num_responses=2", "generation.max_new_tokens=6"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -105,7 +109,7 @@ def test_ckpt_alone_gives_the_model_shape_and_tokenizer_and_matches_the_hf_dir_r
 
     hf_dir, ckpt = tmp_path / "hf", tmp_path / "ckpt"
     tiny_hf_llama(hf_dir, tokenizer=True)  # hidden 64: not the tiny preset's shape
-    convert = [sys.executable, "-m", "megatron_scir.convert.command", "hf-to-mcore"]
+    convert = [sys.executable, "-m", "megatron_scir.cli", "convert", "hf-to-mcore"]
     done = subprocess.run(
         [*convert, "--hf-dir", str(hf_dir), "--out", str(ckpt)],
         capture_output=True,
@@ -117,7 +121,7 @@ def test_ckpt_alone_gives_the_model_shape_and_tokenizer_and_matches_the_hf_dir_r
     outputs = []
     for source in (["--hf-dir", str(hf_dir)], ["--ckpt", str(ckpt)]):
         out = tmp_path / f"g{len(outputs)}.jsonl"
-        cmd = [sys.executable, "-m", "megatron_scir.generation.command", *source, "--no-progress"]
+        cmd = [sys.executable, "-m", "megatron_scir.cli", "generate", *source, "--no-progress"]
         cmd += ["--prompts", str(prompts), "--out", str(out)]
         cmd += [
             "generation.temperature=0",

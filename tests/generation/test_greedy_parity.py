@@ -53,10 +53,10 @@ def _prompts() -> list[list[int]]:
 def _megatron_greedy(rank, world_size, hf_dir, prompts, out_dir):
     from megatron_scir.convert import config_from_hf, load_hf_into_model
     from megatron_scir.data import HFTokenizer, PromptRecord, read_records
-    from megatron_scir.generation import SamplingSettings, generate_responses
-    from megatron_scir.generation.mcore_inference import StaticEngineBackend, build_backend
+    from megatron_scir.generation import SamplingSettings, generate
+    from megatron_scir.generation.mcore_inference import StaticEngineBackend
     from megatron_scir.models import build_model_chunks
-    from megatron_scir.parallel.state import destroy_model_parallel, initialize_model_parallel
+    from megatron_scir.parallel.runtime import parallel_world
 
     greedy = SamplingSettings.greedy_decoding(MAX_NEW, ignore_eos=True)
     tokenizer = HFTokenizer(hf_dir)
@@ -64,27 +64,25 @@ def _megatron_greedy(rank, world_size, hf_dir, prompts, out_dir):
     outputs = {}
     for name, overrides in LAYOUTS.items():
         cfg = config_from_hf(hf_dir, "tiny", [*overrides, *GREEDY_RUN])
-        initialize_model_parallel(cfg.parallel)
-        (model,) = build_model_chunks(cfg)
-        load_hf_into_model([model], hf_dir, cfg, progress=False)
-        backend = StaticEngineBackend(
-            model,
-            eos_id=2,
-            bos_id=1,
-            num_real_tokens=cfg.model.vocab_size,
-            max_batch_size=len(prompts),
-            max_prompt_length=max(PROMPT_LENGTHS),
-            max_new_tokens=MAX_NEW,
-            decode=lambda ids: "",
-        )
-        with backend:
-            completions = backend.generate(prompts, greedy, seed=0)
-        outputs[name] = [list(c.token_ids) for c in completions]
-        with build_backend(model, cfg, tokenizer) as backend:
-            generate_responses(cfg, backend, tokenizer, records, f"{out_dir}/{name}.jsonl")
+        with parallel_world(cfg.parallel) as runtime:
+            (model,) = build_model_chunks(cfg)
+            load_hf_into_model([model], hf_dir, cfg, progress=False)
+            backend = StaticEngineBackend(
+                model,
+                eos_id=2,
+                bos_id=1,
+                num_real_tokens=cfg.model.vocab_size,
+                max_batch_size=len(prompts),
+                max_prompt_length=max(PROMPT_LENGTHS),
+                max_new_tokens=MAX_NEW,
+                decode=lambda ids: "",
+            )
+            with backend:
+                completions = backend.generate(prompts, greedy, seed=0)
+            outputs[name] = [list(c.token_ids) for c in completions]
+            generate(runtime, [model], tokenizer, records, f"{out_dir}/{name}.jsonl", cfg)
         if rank == 0:
             outputs[f"{name}_file"] = read_records(f"{out_dir}/{name}.jsonl", "generations")[0]
-        destroy_model_parallel()
     return outputs
 
 

@@ -1,6 +1,6 @@
 """``scir generate`` as a real process: killed mid-run and restarted, and under torchrun.
 
-The generator runs as a real subprocess (``python -m megatron_scir.generation.command``) from a
+The generator runs as a real subprocess (``python -m megatron_scir.cli generate``) from a
 distributed checkpoint of a random tiny model, with a SentencePiece model trained here. The test
 sends SIGKILL as soon as one chunk is committed, checks that chunks were still missing, and
 restarts the same command. (That a resumed file equals an uninterrupted run's is shown in
@@ -36,10 +36,10 @@ OVERRIDES = [
 
 
 def _save_random_checkpoint(rank, world_size, ckpt_dir):
+    from megatron_scir.checkpoint import save_checkpoint
     from megatron_scir.config import load_config
     from megatron_scir.models import build_gpt_model
     from megatron_scir.parallel.state import initialize_model_parallel
-    from megatron_scir.training.checkpoint import save_checkpoint
 
     cfg = load_config("tiny", [])
     initialize_model_parallel(cfg.parallel)
@@ -61,7 +61,8 @@ def command(sp_model_path, tmp_path_factory):
         return [
             *launcher,
             "-m",
-            "megatron_scir.generation.command",
+            "megatron_scir.cli",
+            "generate",
             "--config",
             "tiny",
             "--ckpt",

@@ -1,4 +1,4 @@
-"""Prompts become chat-formatted ids within generation.max_prompt_length (truncated or skipped)."""
+"""Prompts become chat-formatted ids within data.max_prompt_length (truncated or skipped)."""
 
 from __future__ import annotations
 
@@ -44,5 +44,5 @@ def test_long_prompt_is_skipped_under_the_skip_policy(sp_tokenizer):
 
 
 def test_a_budget_below_the_chat_template_is_refused(sp_tokenizer):
-    with pytest.raises(ConfigError, match="generation.max_prompt_length"):
+    with pytest.raises(ConfigError, match="data.max_prompt_length"):
         _encoder(sp_tokenizer, 5)

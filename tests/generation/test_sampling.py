@@ -44,26 +44,28 @@ def _job(rank, world_size, sp_path, out_dir):
     from megatron_scir.generation import generate_responses
     from megatron_scir.generation.mcore_inference import build_backend
     from megatron_scir.models import build_gpt_model
-    from megatron_scir.parallel.state import initialize_model_parallel
+    from megatron_scir.parallel.runtime import parallel_world
 
     cfg = load_config("tiny", [*OVERRIDES, f"data.tokenizer_path={sp_path}"])
-    initialize_model_parallel(cfg.parallel)
-    torch.manual_seed(0)  # CPU initialisation: both replicas hold the same weights
-    model = build_gpt_model(cfg)
-    tok = SentencePieceTokenizer(sp_path)
-    prompts = [PromptRecord(id=f"p{i}", prompt=text) for i, text in enumerate(PROMPTS)]
-    out = Path(out_dir)
-    other_seed = dataclasses.replace(
-        cfg, generation=dataclasses.replace(cfg.generation, seed=cfg.generation.seed + 1)
-    )
-    result = {}
-    with build_backend(model, cfg, tok) as backend:
-        for name, run_cfg in (("a", cfg), ("b", cfg), ("other_seed", other_seed)):
-            generate_responses(run_cfg, backend, tok, prompts, out / f"{name}.jsonl")
-        if rank == 0:
-            _kept_first_chunk(out / "a.jsonl", out / "resumed.jsonl")
-        result["resume"] = generate_responses(cfg, backend, tok, prompts, out / "resumed.jsonl")
-        result["backend"] = _backend_checks(backend, tok, prompts[0].prompt)
+    with parallel_world(cfg.parallel) as runtime:
+        torch.manual_seed(0)  # CPU initialisation: both replicas hold the same weights
+        model = build_gpt_model(cfg)
+        tok = SentencePieceTokenizer(sp_path)
+        prompts = [PromptRecord(id=f"p{i}", prompt=text) for i, text in enumerate(PROMPTS)]
+        out = Path(out_dir)
+        other_seed = dataclasses.replace(
+            cfg, generation=dataclasses.replace(cfg.generation, seed=cfg.generation.seed + 1)
+        )
+        result = {}
+        with build_backend(model, cfg, tok) as backend:
+            for name, run_cfg in (("a", cfg), ("b", cfg), ("other_seed", other_seed)):
+                generate_responses(runtime, run_cfg, backend, tok, prompts, out / f"{name}.jsonl")
+            if rank == 0:
+                _kept_first_chunk(out / "a.jsonl", out / "resumed.jsonl")
+            result["resume"] = generate_responses(
+                runtime, cfg, backend, tok, prompts, out / "resumed.jsonl"
+            )
+            result["backend"] = _backend_checks(backend, tok, prompts[0].prompt)
     if rank == 0:
         for name in ("a", "b", "other_seed", "resumed"):
             result[name] = read_records(out / f"{name}.jsonl", "generations")[0]

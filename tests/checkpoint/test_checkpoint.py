@@ -16,8 +16,7 @@ from unittest import mock
 import pytest
 import torch
 
-from megatron_scir.testing.distributed import DistributedTestError, run_distributed
-from megatron_scir.training.checkpoint import (
+from megatron_scir.checkpoint import (
     METADATA_FILE,
     CheckpointError,
     checkpoint_assets,
@@ -26,6 +25,7 @@ from megatron_scir.training.checkpoint import (
     read_metadata,
     resolve_checkpoint,
 )
+from megatron_scir.testing.distributed import DistributedTestError, run_distributed
 
 pytestmark = pytest.mark.dist
 
@@ -46,13 +46,11 @@ def _weights(chunks) -> dict[str, torch.Tensor]:
 
 
 def _killed_writer(rank, world_size, ckpt):
-    from megatron_scir.training import checkpoint
+    from megatron_scir.checkpoint import io
 
     cfg, chunks = _tiny()
-    with mock.patch.object(
-        checkpoint, "_write_metadata", lambda *a: os.kill(os.getpid(), signal.SIGKILL)
-    ):
-        checkpoint.save_checkpoint(ckpt, chunks, cfg, iteration=0, step=0)
+    with mock.patch.object(io, "write_metadata", lambda *a: os.kill(os.getpid(), signal.SIGKILL)):
+        io.save_checkpoint(ckpt, chunks, cfg, iteration=0, step=0)
 
 
 def _error(fn) -> str:
@@ -100,8 +98,8 @@ def _optimizer_round_trip(root: str) -> dict:
     """Adam after one step, saved with the model; reloaded into a fresh model and optimizer."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
+    from megatron_scir.checkpoint import load_checkpoint, save_checkpoint
     from megatron_scir.parallel.ddp import wrap_with_ddp
-    from megatron_scir.training.checkpoint import load_checkpoint, save_checkpoint
 
     def build():
         cfg, chunks = _tiny()
@@ -131,8 +129,8 @@ def _save_load_and_foreign(rank, world_size, root, asset):
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
 
+    from megatron_scir.checkpoint import load_checkpoint, save_checkpoint
     from megatron_scir.convert.mcore_to_hf import export_to_hf
-    from megatron_scir.training.checkpoint import load_checkpoint, save_checkpoint
 
     out = {}
     cfg, chunks = _tiny()

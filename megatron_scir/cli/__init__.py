@@ -1,10 +1,12 @@
-"""``scir``: the command-line entry point. Parse → dispatch; each command lives with its package.
+"""``scir``: the command-line entry points, the top layer. Parse → dispatch to one module per
+command; each command owns its parallel world and calls the library packages.
 
     scir config --config PRESET_OR_YAML [a.b=c ++a.b=c ...]    print the resolved config
     scir convert hf-to-mcore|mcore-to-hf ...                     Hugging Face ↔ Megatron checkpoints
     scir generate --config ... --ckpt CKPT --prompts P --out O   N responses per prompt
 
-Command modules import only the standard library at import time, so ``scir --help`` is instant.
+Also ``python -m megatron_scir.cli <command>`` (under ``torchrun -m`` or ``srun``). Command
+modules import only the standard library at import time, so ``scir --help`` is instant.
 """
 
 from __future__ import annotations
@@ -15,28 +17,13 @@ import logging
 import sys
 import warnings
 
-from megatron_scir.config import ConfigError
+from megatron_scir.config.arguments import add_config_arguments, run_command
 
 # subcommands registered by their own packages: module with register(subparsers)
 COMMAND_MODULES = (
-    "megatron_scir.convert.command",
-    "megatron_scir.generation.command",
+    "megatron_scir.cli.convert",
+    "megatron_scir.cli.generate",
 )
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config PRESET_OR_YAML`` plus trailing ``a.b=c`` overrides (shared by every command)."""
-    parser.add_argument(
-        "--config",
-        default="tiny",
-        help="preset name (tiny, mistral_7b, llama3_8b, llama3_70b_fp8) or a YAML path",
-    )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="NeMo/Hydra-style overrides: model.num_layers=4 ++scir.beta=0.05",
-    )
 
 
 def _run_config(args: argparse.Namespace) -> int:
@@ -70,16 +57,9 @@ def _quiet_megatron_notices() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from megatron_scir.data.errors import DataError
-
     _quiet_megatron_notices()
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, DataError) as err:
-        # user-facing problems are worded as what to change: no traceback
-        print(f"scir {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

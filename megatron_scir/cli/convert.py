@@ -4,15 +4,19 @@
     scir convert mcore-to-hf --ckpt CKPT --out DIR [--dtype bf16|fp16|fp32]
 
 Both run as one CPU process by default (a gloo world of one). ``hf-to-mcore`` also runs under
-``torchrun --nproc-per-node TP×PP`` to convert at the target layout, each rank holding its shard
-only. The model shape comes from the HF config.json (import) or the checkpoint metadata (export).
-Only the standard library is imported here; the work is imported inside :func:`run`.
+``torchrun --nproc-per-node TP×PP -m megatron_scir.cli convert hf-to-mcore ...`` to convert at the
+target layout, each rank holding its shard only; the command owns that parallel world. The
+model shape comes from the HF config.json (import) or the checkpoint metadata (export).
+Only the standard library and the config's choice enums are imported here; the work is imported
+inside :func:`run`.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+
+from megatron_scir.config.arguments import add_config_arguments
+from megatron_scir.config.choices import DTYPE_ALIASES
 
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -34,26 +38,19 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     imp.add_argument("--out", required=True, help="checkpoint directory to create")
     imp.add_argument("--tp", type=int, help="target tensor-parallel size (default: the config's)")
     imp.add_argument("--pp", type=int, help="target pipeline-parallel size (default: the config's)")
-    imp.add_argument(
-        "--config",
-        default=None,
-        help="preset or YAML for everything but the model shape (default: the schema defaults)",
-    )
     exp = sub.add_parser("mcore-to-hf", help="Megatron dist checkpoint → Hugging Face folder")
     exp.add_argument("--ckpt", required=True, help="megatron-scir, Megatron-LM or NeMo 2 ckpt")
     exp.add_argument("--out", required=True, help="Hugging Face folder to create")
     exp.add_argument(
-        "--dtype", choices=("bf16", "fp16", "fp32"), help="weights dtype (default: the ckpt's)"
+        "--dtype", choices=sorted(DTYPE_ALIASES), help="weights dtype (default: the ckpt's)"
     )
     exp.add_argument("--max-shard-size", type=_size, default="5GB", help="largest shard (5GB)")
-    exp.add_argument(
-        "--config",
-        default=None,
-        help="model config, only for checkpoints without megatron-scir metadata",
-    )
-    for command in (imp, exp):
+    for command, config_help in (
+        (imp, "preset or YAML for everything but the model shape (default: the schema defaults)"),
+        (exp, "model config, only for checkpoints without megatron-scir metadata"),
+    ):
         command.add_argument("--no-progress", action="store_true", help="no progress bar")
-        command.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="a.b=c overrides")
+        add_config_arguments(command, default=None, help=config_help)
         command.set_defaults(func=run)
 
 
@@ -66,11 +63,14 @@ def register(subparsers) -> None:
 
 
 def _hf_to_mcore(args: argparse.Namespace) -> None:
-    import torch.distributed as dist
-
     from megatron_scir.convert.hf_config import config_from_hf
-    from megatron_scir.convert.hf_to_mcore import check_hf_model, convert_hf_to_mcore
-    from megatron_scir.parallel.state import init_distributed
+    from megatron_scir.convert.hf_to_mcore import (
+        check_hf_model,
+        conversion_layout,
+        convert_hf_to_mcore,
+    )
+    from megatron_scir.parallel.runtime import parallel_world
+    from megatron_scir.parallel.state import launched_world_size
 
     overrides = list(args.overrides)
     if args.tp is not None:
@@ -79,17 +79,17 @@ def _hf_to_mcore(args: argparse.Namespace) -> None:
         overrides.append(f"parallel.pipeline_model_parallel_size={args.pp}")
     cfg = config_from_hf(args.hf_dir, args.config, overrides)
     check_hf_model(args.hf_dir, cfg.model)  # refusals before any process group or file
-    init_distributed()
-    try:
-        out = convert_hf_to_mcore(args.hf_dir, args.out, cfg, progress=not args.no_progress)
-        if dist.get_rank() == 0:
+    work = conversion_layout(cfg, launched_world_size())
+    with parallel_world(work.parallel, seed=cfg.train.seed) as runtime:
+        out = convert_hf_to_mcore(
+            runtime, args.hf_dir, args.out, cfg, progress=not args.no_progress
+        )
+        if runtime.is_rank_zero:
             p = cfg.parallel
             print(
                 f"wrote {out} for TP={p.tensor_model_parallel_size} "
                 f"PP={p.pipeline_model_parallel_size} (any layout can load it)"
             )
-    finally:
-        dist.destroy_process_group()
 
 
 def _mcore_to_hf(args: argparse.Namespace) -> None:
@@ -118,27 +118,8 @@ def _mcore_to_hf(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``scir convert <hf-to-mcore|mcore-to-hf>``; returns the exit status."""
-    from megatron_scir.config import ConfigError
-    from megatron_scir.convert.errors import CheckpointError, ConversionError
-
-    try:
-        if args.convert_command == "hf-to-mcore":
-            _hf_to_mcore(args)
-        else:
-            _mcore_to_hf(args)  # reads the checkpoint alone: no process group
-    except (ConversionError, CheckpointError, ConfigError) as err:
-        print(f"scir convert {args.convert_command}: error: {err}", file=sys.stderr)
-        return 2
+    if args.convert_command == "hf-to-mcore":
+        _hf_to_mcore(args)
+    else:
+        _mcore_to_hf(args)  # reads the checkpoint alone: no process group
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m megatron_scir.convert.command hf-to-mcore ...`` (same as ``scir convert``)."""
-    parser = argparse.ArgumentParser(prog="scir convert", description=__doc__.split("\n")[0])
-    add_subcommands(parser)
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

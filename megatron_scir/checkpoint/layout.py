@@ -1,8 +1,9 @@
 """What a torch_dist checkpoint holds, and pointing a model's sharded state dict at it.
 
 A Megatron distributed checkpoint stores each tensor once, under its global key and shape (see
-:mod:`megatron_scir.convert.keymap`), whatever TP/PP layout wrote it. Three differences between
-the writer and the reader are bridged here, without touching the model's modules:
+:func:`megatron_scir.models.shapes.mcore_tensor_shapes`), whatever TP/PP layout wrote it. Three
+differences between the writer and the reader are bridged here, without touching the model's
+modules:
 
 - a key prefix: NeMo 2 stores the model under ``module.`` (Megatron-LM and megatron-scir: none);
 - the padded vocabulary: Megatron pads to a multiple of ``make_vocab_size_divisible_by × TP``, so
@@ -25,9 +26,9 @@ from torch.distributed.checkpoint import DefaultLoadPlanner, LoadPlan
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
+from megatron_scir.checkpoint.errors import CheckpointError
 from megatron_scir.config import ModelConfig
-from megatron_scir.convert.errors import CheckpointError
-from megatron_scir.convert.keymap import mcore_tensor_shapes
+from megatron_scir.models.shapes import mcore_tensor_shapes
 
 KNOWN_PREFIXES = ("", "module.")
 VOCAB_KEYS = ("embedding.word_embeddings.weight", "output_layer.weight")

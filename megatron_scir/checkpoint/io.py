@@ -1,0 +1,235 @@
+"""Saving and loading the model (and optimizer) as a Megatron distributed checkpoint.
+
+A checkpoint directory::
+
+    <ckpt>/                          renamed from <ckpt>.incomplete once everything is in it
+      metadata.json .metadata *.distcp   megatron.core.dist_checkpointing: every tensor once, under
+                                     its global key, so any TP/PP layout can read it
+      hf/                            optional assets: the Hugging Face config.json and tokenizer
+      scir_checkpoint.json           written last: format version, config, iteration, step
+
+The dist checkpoint holds ``model`` (``model0``, ``model1``, … for virtual pipeline chunks, as
+Megatron-LM names them) and ``extra_state`` (common to all ranks, stored by rank 0; plain Python
+and tensors only: it is read back with ``weights_only=True``) and, when given, ``optimizer``
+(Megatron's ``optimizer.sharded_state_dict``). Scheduler and data position fit ``extra_state``;
+per-rank state (RNG) would be a further top-level entry: new entries do not change the format
+version, which only counts incompatible changes. Megatron-LM and NeMo 2 checkpoints load too
+(see :mod:`megatron_scir.checkpoint.layout`). Megatron-Core is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from megatron_scir.checkpoint.atomic import commit, fresh_staging, staging_path
+from megatron_scir.checkpoint.errors import CheckpointError
+from megatron_scir.checkpoint.locate import resolve_checkpoint
+from megatron_scir.checkpoint.metadata import (
+    ASSETS_DIR,
+    FORMAT_VERSION,
+    METADATA_FILE,
+    CheckpointMetadata,
+    check_same_model,
+    read_metadata,
+    write_metadata,
+)
+from megatron_scir.config import Config
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """What :func:`load_checkpoint` read besides the weights."""
+
+    path: Path
+    iteration: int
+    step: int
+    extra_state: dict[str, Any]
+    metadata: CheckpointMetadata | None
+    """None for a Megatron-LM / NeMo 2 checkpoint."""
+
+
+def _model_state(chunks: Sequence[torch.nn.Module]) -> dict[str, dict]:
+    """The chunks' sharded state dicts, unwrapped from DDP/Float16Module (whose sharded keys
+    would otherwise start with ``module.``, as NeMo 2's do)."""
+    from megatron.core.utils import unwrap_model
+
+    models = unwrap_model(list(chunks))
+    if len(models) == 1:
+        return {"model": models[0].sharded_state_dict()}
+    return {f"model{i}": model.sharded_state_dict() for i, model in enumerate(models)}
+
+
+def save_checkpoint(
+    ckpt_dir: str | Path,
+    chunks: Sequence[torch.nn.Module],
+    cfg: Config,
+    *,
+    iteration: int,
+    step: int,
+    extra_state: dict[str, Any] | None = None,
+    optimizer=None,
+    assets: Sequence[str | Path] = (),
+    overwrite: bool = False,
+) -> Path:
+    """Write this rank's model chunks to ``ckpt_dir`` (collective over the whole world).
+
+    Every rank writes its shards into ``<ckpt>.incomplete``; rank 0 then writes the assets and
+    the metadata and renames the directory to ``ckpt_dir``.
+
+    Args:
+        ckpt_dir: the checkpoint directory (its parent is created).
+        chunks: this rank's model chunks (bare, DDP- or Float16Module-wrapped).
+        cfg: the run's config, stored in the metadata.
+        iteration: self-rewarding iteration the weights belong to.
+        step: optimizer steps taken.
+        extra_state: picklable state common to all ranks (tensors, numbers, strings, containers).
+        optimizer: a Megatron optimizer over ``chunks`` whose state is saved too.
+        assets: files copied into ``<ckpt>/hf/`` (HF config.json, tokenizer files).
+        overwrite: replace a complete checkpoint at ``ckpt_dir`` (otherwise an error); the old
+            one stays complete until the new one has its name.
+
+    Returns:
+        ``ckpt_dir``, complete on every rank when this returns.
+    """
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+
+    final = Path(ckpt_dir)
+    staging = _staging_on_all_ranks(final, overwrite=overwrite)
+    model_state = _model_state(chunks)
+    padded_vocab = _padded_rows(model_state, cfg)
+    state = {**model_state, "extra_state": dict(extra_state or {})}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(model_state)
+    dist_checkpointing.save(state, str(staging))
+    if dist.get_rank() == 0:
+        names = _copy_assets(assets, staging / ASSETS_DIR)
+        metadata = CheckpointMetadata(
+            format_version=FORMAT_VERSION,
+            iteration=iteration,
+            step=step,
+            config=cfg,
+            padded_vocab_size=padded_vocab,
+            layout=_layout(cfg),
+            contents=tuple(state),
+            assets=tuple(names),
+        )
+        write_metadata(staging, metadata)
+        commit(staging, final)
+    dist.barrier()
+    return final
+
+
+def _staging_on_all_ranks(final: Path, *, overwrite: bool) -> Path:
+    """An empty ``<final>.incomplete`` (made by rank 0; every rank waits for it)."""
+    import torch.distributed as dist
+
+    if final.exists() and not overwrite:
+        raise CheckpointError(
+            f"checkpoint {final} already exists; pass overwrite=True to replace it"
+        )
+    if dist.get_rank() == 0:
+        fresh_staging(final)
+    dist.barrier()
+    return staging_path(final)
+
+
+def _padded_rows(model_state: dict[str, dict], cfg: Config) -> int:
+    for sd in model_state.values():
+        for key in ("embedding.word_embeddings.weight", "output_layer.weight"):
+            if key in sd:
+                return int(sd[key].global_shape[0])
+    from megatron_scir.models import padded_vocab_size
+
+    return padded_vocab_size(cfg)
+
+
+def _layout(cfg: Config) -> dict[str, int | None]:
+    import torch.distributed as dist
+
+    p = cfg.parallel
+    return {
+        "tensor_model_parallel_size": p.tensor_model_parallel_size,
+        "pipeline_model_parallel_size": p.pipeline_model_parallel_size,
+        "virtual_pipeline_model_parallel_size": p.virtual_pipeline_model_parallel_size,
+        "world_size": dist.get_world_size(),
+    }
+
+
+def _copy_assets(assets: Sequence[str | Path], dest: Path) -> list[str]:
+    names = []
+    for item in assets:
+        src = Path(item)
+        if not src.is_file():
+            raise CheckpointError(f"checkpoint asset {src} is not a file")
+        dest.mkdir(exist_ok=True)
+        shutil.copy2(src, dest / src.name)
+        names.append(src.name)
+    return sorted(names)
+
+
+def _check_optimizer_state(metadata: CheckpointMetadata | None, path: Path, cfg: Config) -> None:
+    from megatron_scir.models import padded_vocab_size
+
+    if metadata is None or "optimizer" not in metadata.contents:
+        raise CheckpointError(f"checkpoint {path} holds no optimizer state to load")
+    if metadata.padded_vocab_size != padded_vocab_size(cfg):
+        raise CheckpointError(
+            f"checkpoint {path}: optimizer state of a {metadata.padded_vocab_size}-row padded "
+            f"vocabulary, this layout pads to {padded_vocab_size(cfg)} rows; load the weights "
+            "alone, or pick model.make_vocab_size_divisible_by × TP that pads alike"
+        )
+
+
+def load_checkpoint(
+    ckpt_dir: str | Path, chunks: Sequence[torch.nn.Module], cfg: Config, *, optimizer=None
+) -> LoadedCheckpoint:
+    """Load the model weights of any-layout checkpoint ``ckpt_dir`` into this rank's chunks.
+
+    Collective over the whole world. ``cfg`` describes this run's model and layout; it must
+    describe the checkpoint's model (see :data:`~megatron_scir.checkpoint.metadata.MODEL_FIELDS`).
+    With ``optimizer`` (a Megatron optimizer over ``chunks``) its state is loaded too; that needs
+    the same padded vocabulary.
+
+    Raises:
+        CheckpointError: incomplete or missing checkpoint, another model, a missing tensor or a
+            wrong shape (naming the tensor, expected and found shape).
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.utils import unwrap_model
+
+    from megatron_scir.checkpoint.layout import (
+        check_model_shapes,
+        inspect_checkpoint,
+        retarget_for_load,
+    )
+
+    path = resolve_checkpoint(ckpt_dir)
+    metadata = read_metadata(path) if (path / METADATA_FILE).is_file() else None
+    if metadata is not None:
+        check_same_model(metadata.config.model, cfg.model, path)
+    contents = inspect_checkpoint(path)
+    check_model_shapes(contents, cfg.model)
+    model_state = _model_state(chunks)
+    state = dict(model_state)
+    if optimizer is not None:
+        _check_optimizer_state(metadata, path, cfg)
+        state["optimizer"] = optimizer.sharded_state_dict(_model_state(chunks), is_loading=True)
+    for sharded in model_state.values():
+        retarget_for_load(sharded, contents)
+    loaded = dist_checkpointing.load(state, str(path))
+    for key, chunk in zip(model_state, unwrap_model(list(chunks)), strict=True):
+        chunk.load_state_dict(loaded[key], strict=True)
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+    if metadata is None:
+        return LoadedCheckpoint(path, 0, int(loaded.get("iteration", 0)), {}, None)
+    return LoadedCheckpoint(
+        path, metadata.iteration, metadata.step, dict(loaded.get("extra_state", {})), metadata
+    )

@@ -1,0 +1,153 @@
+"""``scir_checkpoint.json``, the ``hf/`` assets, and the run config a checkpoint implies.
+
+The metadata file is written last (by rank 0) into a checkpoint directory: its format version,
+the writer's config, iteration and step. It fixes the model a checkpoint holds, so ``--ckpt``
+alone gives the model section (:func:`config_for_checkpoint`) and, through the tokenizer files
+under ``hf/``, the tokenizer (:func:`tokenizer_config_from_checkpoint`). Megatron-LM and NeMo 2
+checkpoints have neither: the caller's config describes them. Neither torch nor Megatron-Core is
+imported here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from megatron_scir.checkpoint.errors import CheckpointError
+from megatron_scir.config import Config, ModelConfig, config_from_dict, load_config, validate
+from megatron_scir.config.choices import TokenizerType
+
+FORMAT = "megatron-scir/torch_dist"
+FORMAT_VERSION = 1
+METADATA_FILE = "scir_checkpoint.json"
+ASSETS_DIR = "hf"
+# ModelConfig fields a checkpoint fixes: tensor shapes, and what the weights were trained with.
+MODEL_FIELDS = (
+    "num_layers",
+    "hidden_size",
+    "ffn_hidden_size",
+    "num_attention_heads",
+    "num_query_groups",
+    "head_dim",
+    "vocab_size",
+    "rotary_base",
+    "rope_scaling",
+    "layernorm_epsilon",
+)
+
+
+@dataclass(frozen=True)
+class CheckpointMetadata:
+    """The content of ``scir_checkpoint.json``."""
+
+    format_version: int
+    iteration: int
+    step: int
+    config: Config
+    padded_vocab_size: int
+    layout: dict[str, int | None]
+    """TP, PP, VPP and world size of the writer (informational: any layout can read)."""
+    contents: tuple[str, ...]
+    """Top-level entries of the dist checkpoint (``model``/``model0``…, ``extra_state``)."""
+    assets: tuple[str, ...]
+    """Files under ``hf/``."""
+
+
+def write_metadata(directory: Path, metadata: CheckpointMetadata) -> None:
+    """Write ``scir_checkpoint.json`` into ``directory`` and flush it to disk (rank 0 only)."""
+    record = dataclasses.asdict(metadata)
+    record["config"] = dataclasses.asdict(metadata.config)
+    record = {"format": FORMAT, **record}
+    with open(directory / METADATA_FILE, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metadata(ckpt_dir: str | Path) -> CheckpointMetadata:
+    """The metadata of a complete megatron-scir checkpoint."""
+    path = Path(ckpt_dir) / METADATA_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{ckpt_dir} is not a complete megatron-scir checkpoint: no {path.name}"
+        )
+    record = json.loads(path.read_text())
+    if record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format {record.get('format')!r} version {record.get('format_version')!r}; "
+            f"this megatron-scir reads {FORMAT!r} version {FORMAT_VERSION}"
+        )
+    record.pop("format")
+    record["config"] = config_from_dict(record["config"])
+    for key in ("contents", "assets"):
+        record[key] = tuple(record[key])
+    return CheckpointMetadata(**record)
+
+
+def check_same_model(saved: ModelConfig, current: ModelConfig, where: str | Path) -> None:
+    """Refuse a config whose model differs from the checkpoint's in a field the weights fix."""
+    for name in MODEL_FIELDS:
+        want, found = getattr(current, name), getattr(saved, name)
+        if want != found:
+            raise CheckpointError(
+                f"checkpoint {where} holds another model: model.{name} is {found!r} there, "
+                f"{want!r} in the config; use the checkpoint's model config "
+                f"({METADATA_FILE})"
+            )
+
+
+def config_for_checkpoint(
+    ckpt_dir: str | Path, base: str | Path | None, overrides: Sequence[str] = ()
+) -> Config:
+    """``load_config(base, overrides)`` with the model section of the model the checkpoint holds.
+
+    The checkpoint's ``scir_checkpoint.json`` gives the model section, so ``--ckpt`` alone is
+    enough; ``model.*`` keys among ``overrides`` still apply on top (e.g. ``transformer_impl``,
+    ``params_dtype``; a changed shape is refused when the weights load). A Megatron-LM or NeMo 2
+    checkpoint carries no megatron-scir metadata: the config's model section is used as is.
+    """
+    cfg = load_config(base, overrides)
+    path = Path(ckpt_dir)
+    if not (path / METADATA_FILE).is_file():
+        return cfg
+    saved = read_metadata(path).config.model
+    explicit = {
+        key.lstrip("+").split("=", 1)[0].strip().removeprefix("model.")
+        for key in overrides
+        if key.lstrip("+").startswith("model.")
+    }
+    model = dataclasses.replace(saved, **{name: getattr(cfg.model, name) for name in explicit})
+    cfg = dataclasses.replace(cfg, model=model)
+    validate(cfg)
+    return cfg
+
+
+def checkpoint_assets(ckpt_dir: str | Path) -> list[Path]:
+    """The files under ``<ckpt>/hf/`` (pass them as ``assets=`` to carry them to the next save)."""
+    assets = Path(ckpt_dir) / ASSETS_DIR
+    return sorted(p for p in assets.iterdir() if p.is_file()) if assets.is_dir() else []
+
+
+def tokenizer_config_from_checkpoint(cfg: Config, ckpt_dir: str | Path) -> Config:
+    """``cfg`` using the tokenizer the checkpoint carries, unless ``data.tokenizer_path`` is set.
+
+    The tokenizer files under ``<ckpt>/hf/`` (copied there from the HF folder the checkpoint was
+    converted from): a Hugging Face tokenizer (``tokenizer.json`` / ``tokenizer_config.json``)
+    or a SentencePiece ``tokenizer.model``. Without either, ``cfg`` is returned unchanged.
+    """
+    if cfg.data.tokenizer_path is not None:
+        return cfg
+    names = {p.name: p for p in checkpoint_assets(ckpt_dir)}
+    if "tokenizer.json" in names or "tokenizer_config.json" in names:
+        kind, path = TokenizerType.HF, Path(ckpt_dir) / ASSETS_DIR
+    elif "tokenizer.model" in names:
+        kind, path = TokenizerType.SENTENCEPIECE, names["tokenizer.model"]
+    else:
+        return cfg
+    data = dataclasses.replace(cfg.data, tokenizer_type=kind.value, tokenizer_path=str(path))
+    return dataclasses.replace(cfg, data=data)

@@ -1,0 +1,74 @@
+"""The one prompt budget: ``chat(prompt)`` within ``data.max_prompt_length`` tokens.
+
+Generation, pair encoding, the reference pass and training all fit a prompt with
+:func:`fit_prompt`, so a response sampled for a prompt is scored and trained on the very prompt
+ids it was sampled for (SCIR_SPEC §1: the implicit reward compares conditionals of the same x).
+
+A prompt over the budget is left-truncated: its text loses tokens from the start while the chat
+template stays whole, so the model still sees a well-formed turn ending in the assistant header,
+and the ids are exactly ``encode(chat(shortened prompt))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron_scir.config.errors import ConfigError
+from megatron_scir.data.chat import ChatFormat
+
+BUDGET_KEY = "data.max_prompt_length"
+
+
+@dataclass(frozen=True, slots=True)
+class FittedPrompt:
+    """A prompt within the budget.
+
+    Attributes:
+        text: ``chat(prompt)`` rendered, the prompt text possibly shortened from the left.
+        ids: ``encode(text)``, at most the budget.
+        truncated: Whether the prompt text was shortened.
+    """
+
+    text: str
+    ids: tuple[int, ...]
+    truncated: bool
+
+
+def check_prompt_budget(chat: ChatFormat, budget: int) -> None:
+    """Start-up check: the chat template with an empty prompt leaves room within ``budget``.
+
+    Raises:
+        ConfigError: naming the template length, the tokenizer and the key to raise.
+    """
+    length = len(chat.encode(chat.render("")))
+    if length >= budget:
+        raise ConfigError(
+            f"the chat template with an empty prompt takes {length} tokens with tokenizer "
+            f"{chat.tokenizer.name}, which leaves no room within {BUDGET_KEY}={budget}: raise "
+            f"{BUDGET_KEY} or shorten data.chat_template"
+        )
+
+
+def fit_prompt(chat: ChatFormat, prompt: str, budget: int) -> FittedPrompt:
+    """``chat(prompt)`` and its ids, left-truncating the prompt text to fit ``budget`` tokens.
+
+    Each round drops at least one more token of the prompt's own encoding and re-renders, so the
+    loop ends; the empty prompt fits after :func:`check_prompt_budget`.
+    """
+    text = chat.render(prompt)
+    ids = chat.encode(text)
+    if len(ids) <= budget:
+        return FittedPrompt(text, tuple(ids), truncated=False)
+    tok = chat.tokenizer
+    field = tok.encode(prompt)
+    keep = len(field) - (len(ids) - budget)
+    while True:
+        keep = max(keep, 0)
+        text = chat.render(tok.decode(field[len(field) - keep :]) if keep else "")
+        ids = chat.encode(text)
+        over = len(ids) - budget
+        if over <= 0:
+            return FittedPrompt(text, tuple(ids), truncated=True)
+        if keep == 0:
+            check_prompt_budget(chat, budget)  # raises: the template alone is over budget
+        keep -= over

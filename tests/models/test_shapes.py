@@ -1,0 +1,106 @@
+"""The torch-free shape tables and dtype map against real models: Megatron-Core's sharded state
+dict (global shapes at TP=2) and a transformers Llama's state dict."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from megatron_scir.config import ConfigError, load_config
+from megatron_scir.config.choices import DTYPE_ALIASES, Dtype
+from megatron_scir.models import padded_vocab_size as config_padded_vocab_size
+from megatron_scir.models.shapes import (
+    DTYPE_BYTES,
+    DTYPE_NAMES,
+    dtype_name,
+    hf_tensor_shapes,
+    mcore_tensor_shapes,
+    padded_vocab_size,
+    torch_dtype,
+)
+from megatron_scir.testing.distributed import run_distributed
+from megatron_scir.testing.hf import tiny_hf_llama
+
+# GQA, a head dim (32) other than hidden/heads (24), a vocabulary (300) no multiple of 64 × TP
+OVERRIDES = ["model.kv_channels=32", "model.vocab_size=300"]
+
+
+def test_importing_shapes_imports_neither_torch_nor_megatron():
+    code = (
+        "import sys\n"
+        "import megatron_scir.models.shapes\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'megatron'))\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("vocab", "divisible_by", "tp", "padded"),
+    [(300, 64, 1, 320), (300, 64, 2, 384), (256, 64, 2, 256), (128256, 128, 8, 129024)],
+)
+def test_vocabulary_is_padded_to_a_multiple_of_divisible_by_times_tp(
+    vocab, divisible_by, tp, padded
+):
+    assert padded_vocab_size(vocab, divisible_by, tp) == padded
+
+
+def test_config_padding_is_the_shape_tables_and_nonpositive_sizes_are_refused():
+    cfg = load_config("tiny", [*OVERRIDES, "parallel.tensor_model_parallel_size=2"])
+    assert config_padded_vocab_size(cfg) == 384
+    with pytest.raises(ConfigError, match="positive sizes"):
+        padded_vocab_size(300, 0, 1)
+
+
+def _global_shapes(rank, world_size):
+    """Global shape of every sharded tensor of this rank's model, by checkpoint key."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
+
+    from megatron_scir.models import build_gpt_model
+    from megatron_scir.parallel.state import initialize_model_parallel
+
+    cfg = load_config("tiny", [*OVERRIDES, "parallel.tensor_model_parallel_size=2"])
+    initialize_model_parallel(cfg.parallel)
+    sharded = build_gpt_model(cfg).sharded_state_dict()
+    apply_factories(sharded)
+    shapes: dict[str, set[tuple[int, ...]]] = {}
+    for entry in nested_values(sharded):
+        if isinstance(entry, ShardedTensor):
+            shapes.setdefault(entry.key, set()).add(tuple(entry.global_shape))
+    return shapes
+
+
+@pytest.mark.dist
+def test_mcore_table_is_the_global_shapes_of_a_tp2_models_sharded_state_dict():
+    cfg = load_config("tiny", [*OVERRIDES, "parallel.tensor_model_parallel_size=2"])
+    expected = mcore_tensor_shapes(cfg.model, padded_vocab=config_padded_vocab_size(cfg))
+    for shapes in run_distributed(_global_shapes, 2):
+        assert shapes == {key: {shape} for key, shape in expected.items()}
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_hf_table_is_the_state_dict_of_a_transformers_llama(tmp_path, tied):
+    from megatron_scir.convert import config_from_hf
+
+    model = tiny_hf_llama(
+        tmp_path, vocab_size=300, head_dim=32, num_layers=3, tie_word_embeddings=tied
+    )
+    state = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if tied:  # transformers lists the shared weight under both names
+        assert state.pop("lm_head.weight") == state["model.embed_tokens.weight"]
+    assert hf_tensor_shapes(config_from_hf(tmp_path).model, tied=tied) == state
+
+
+def test_every_dtype_name_and_alias_resolves_to_its_torch_dtype_and_size():
+    assert set(DTYPE_NAMES) == {d.value for d in Dtype} | set(DTYPE_ALIASES)
+    for name in DTYPE_NAMES:
+        dtype = torch_dtype(name)
+        assert dtype == getattr(torch, dtype_name(name).value)
+        assert torch.empty((), dtype=dtype).element_size() == DTYPE_BYTES[dtype_name(name)]
+    assert (torch_dtype("bf16"), torch_dtype(Dtype.FLOAT16)) == (torch.bfloat16, torch.float16)
+    with pytest.raises(ConfigError, match="unknown dtype 'int8'"):
+        torch_dtype("int8")
