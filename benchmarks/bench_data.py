@@ -92,7 +92,7 @@ def run(pairs_path: Path, tokenizer_path: Path, tokenizer_type: str, workers: in
         "collate_pps": used / collate_s,
         "total_pps": len(dm.pairs) / (setup_s + collate_s * len(dm.pairs) / used),
         "tokens_per_pair": tokens / used,
-        "rows": dm.rows_per_micro_batch,
+        "rows": dm.layout.num_rows,
         "seq": dm.seq_length,
     }
 

@@ -28,13 +28,14 @@ Launch (CPU or GPU; any layout whose product divides the world size):
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import torch
 import torch.distributed as dist
 
 from megatron_scir.config import load_config
-from megatron_scir.parallel import state
+from megatron_scir.parallel.runtime import parallel_world
 
 SEQ_LENGTH = 64
 NUM_MICROBATCHES = 2
@@ -47,12 +48,14 @@ def log(message: str) -> None:
 
 
 # 1. Distributed setup: gloo + the CPU compatibility layer without CUDA, NCCL with it.
+# parallel_world sets up torch.distributed (torchrun's env, or a world of one) and Megatron's
+# model-parallel state once; the ExitStack tears down exactly that at the end of the script.
 cfg = load_config("tiny", sys.argv[1:])
-state.init_distributed(cfg.parallel.distributed_backend)
-state.initialize_model_parallel(cfg.parallel, seed=cfg.train.seed)
+world = contextlib.ExitStack()
+runtime = world.enter_context(parallel_world(cfg.parallel, seed=cfg.train.seed))
 log(
-    f"world {dist.get_world_size()}: TP={state.tp_size()} PP={state.pp_size()} "
-    f"DP={state.dp_size()}, k={cfg.train.micro_batch_size} pairs per micro-batch"
+    f"world {runtime.world_size}: TP={runtime.tp_size} PP={runtime.pp_size} "
+    f"DP={runtime.dp_size}, k={cfg.train.micro_batch_size} pairs per micro-batch"
 )
 
 # 2. Model (this rank's stage; several chunks with interleaved PP), DDP and optimizer.
@@ -80,6 +83,7 @@ optimizer = get_megatron_optimizer(
 )
 
 # 3. Micro-batches of this DP rank (every TP rank and PP stage of the replica sees the same).
+from megatron_scir.data.layout import MicroBatchLayout  # noqa: E402
 from megatron_scir.testing.scir_batches import random_scir_batch  # noqa: E402
 from megatron_scir.training.forward_step import (  # noqa: E402
     make_forward_step,
@@ -87,12 +91,12 @@ from megatron_scir.training.forward_step import (  # noqa: E402
     step_metrics,
 )
 
-generator = torch.Generator().manual_seed(cfg.train.seed + state.dp_rank())
+generator = torch.Generator().manual_seed(cfg.train.seed + runtime.dp_rank)
 batches = [
     random_scir_batch(cfg, seq_length=SEQ_LENGTH, generator=generator)
     for _ in range(NUM_MICROBATCHES)
 ]
-k = cfg.train.micro_batch_size
+layout = MicroBatchLayout.from_config(cfg)  # rows of a micro-batch (SCIR_SPEC §9)
 device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 forward_backward = get_forward_backward_func()
 
@@ -104,12 +108,13 @@ def reference_forward_step(data_iterator, model_chunk):
     batch = {key: value.to(device) for key, value in next(data_iterator).items()}
 
     def head_fn(head):
+        policy = layout.policy_rows
         return policy_sequence_logps(
             head,
-            slice(0, 2 * k),
-            batch["labels"][: 2 * k],
-            batch["loss_mask"][: 2 * k],
-            tp_group=state.tp_group(),
+            policy,
+            batch["labels"][policy],
+            batch["loss_mask"][policy],
+            tp_group=runtime.tp_group,
             vocab_size=cfg.model.vocab_size,
         )
 
@@ -131,7 +136,7 @@ with torch.no_grad():
         collect_non_loss_data=True,
     )
 for batch, policy_logps in zip(batches, reference, strict=False):  # empty off the last stage
-    offsets = 20.0 * torch.rand(2 * k, generator=generator)
+    offsets = 20.0 * torch.rand(layout.num_policy_rows, generator=generator)
     batch["ref_logps"] = policy_logps.cpu() + offsets
 
 # 4. The SCIR step through Megatron's schedule.
@@ -139,7 +144,7 @@ for chunk in model:
     chunk.zero_grad_buffer()
 optimizer.zero_grad()
 losses_reduced = forward_backward(
-    forward_step_func=make_forward_step(cfg, VERDICT_IDS),
+    forward_step_func=make_forward_step(cfg, VERDICT_IDS, tp_group=runtime.tp_group),
     data_iterator=iter(batches) if len(model) == 1 else [iter(batches) for _ in model],
     model=model,
     num_microbatches=NUM_MICROBATCHES,
@@ -149,11 +154,15 @@ losses_reduced = forward_backward(
 )
 
 # 5. Global-batch metrics on every rank, then the optimizer step.
-metrics = step_metrics(losses_reduced)
+metrics = step_metrics(
+    losses_reduced,
+    dp_group=runtime.dp_group,
+    pp_group=runtime.pp_group,
+    is_last_stage=runtime.is_last_stage(),
+)
 updated, grad_norm, _ = optimizer.step()
 log(f"optimizer step taken: {updated}, grad norm {grad_norm:.4f}")
 for key in sorted(metrics):
     log(f"  {key:28s} {metrics[key]:.5f}")
 
-state.destroy_model_parallel()
-dist.destroy_process_group()
+world.close()

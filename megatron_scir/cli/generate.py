@@ -161,16 +161,12 @@ def resolve_config(
 
 def _check_generation_settings(cfg: Config, tokenizer: Tokenizer) -> None:
     """Fail on sampling, prompt-budget and engine settings before the model is loaded."""
-    from megatron_scir.data import ChatFormat
     from megatron_scir.generation import PromptEncoder, SamplingSettings
     from megatron_scir.generation.mcore_inference import select_engine
 
-    gen = cfg.generation
-    SamplingSettings.from_config(gen)
-    PromptEncoder(
-        ChatFormat(cfg.data.chat_template, tokenizer), cfg.data.max_prompt_length, gen.long_prompts
-    )
-    select_engine(gen.engine)
+    SamplingSettings.from_config(cfg.generation)
+    PromptEncoder.from_config(cfg, tokenizer)
+    select_engine(cfg.generation.engine)
 
 
 def load_model_chunks(

@@ -1,4 +1,4 @@
-"""Data: tokenizers, chat formatting, validated JSONL records, pairs, SCIR/SFT DataModules.
+"""Data: tokenizers, chat formats, judge formats, JSONL records, pairs, layout, DataModules.
 
 Files and formats are described in docs/data.md. Nothing here imports Megatron-Core. Names are
 imported on first use (PEP 562), so ``megatron_scir.data.stream`` or ``.records`` can be used
@@ -18,7 +18,10 @@ _EXPORTS = {
     "ScirDataModule": "datamodule",
     "SequenceEncoder": "encode",
     "TruncationStats": "encode",
-    "judge_row_count": "encode",
+    "JUDGE_FORMATS": "judges",
+    "JudgeFormat": "judges",
+    "judge_format": "judges",
+    "MicroBatchLayout": "layout",
     "DataError": "errors",
     "RecordError": "errors",
     "SingleTokenError": "errors",
@@ -43,7 +46,6 @@ _EXPORTS = {
     "Tokenizer": "tokenizer",
     "build_tokenizer": "tokenizer",
     "check_tokenizer_fits_model": "tokenizer",
-    "padded_vocab_size": "tokenizer",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,7 +1,8 @@
 """Collation into fixed-shape micro-batches: the SCIR layout and the SFT layout (SCIR_SPEC §9).
 
-SCIR micro-batch of k pairs, every tensor right-padded to S (attention is plain causal; padding
-only follows content, so no attention mask is needed):
+SCIR micro-batch of k pairs in the rows of a :class:`~megatron_scir.data.layout.MicroBatchLayout`,
+every tensor right-padded to S (attention is plain causal; padding only follows content, so no
+attention mask is needed):
 
     rows [0:k]    policy [x‖y1]        rows [k:2k]   policy [x‖y2]
     rows [2k:3k]  J(x, y1, y2) (pairwise) or J(x, y1) (pointwise)
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from megatron_scir.data.encode import EncodedExample, EncodedPair
+from megatron_scir.data.layout import MicroBatchLayout
 
 
 def _next_token_labels(tokens: np.ndarray, pad_id: int) -> np.ndarray:
@@ -41,35 +43,37 @@ def _next_token_labels(tokens: np.ndarray, pad_id: int) -> np.ndarray:
 
 
 def collate_pairs(
-    pairs: Sequence[EncodedPair], *, seq_length: int, pad_id: int, with_judge: bool = True
+    pairs: Sequence[EncodedPair], *, layout: MicroBatchLayout, pad_id: int
 ) -> dict[str, torch.Tensor]:
     """Stack k encoded pairs into one SCIR micro-batch (layout in the module docstring).
 
     Args:
-        pairs: The k pairs of the micro-batch (each with the same number of judge rows).
-        seq_length: S; every sequence must fit.
+        pairs: The k pairs of the micro-batch (``layout.num_pairs``), each encoded with at least
+            ``layout.judge_rows_per_pair`` judge sequences.
+        layout: Rows and S. Without judge rows (``[2k, S]``: the reference pass and the
+            labelled ``dpo``/``srlm`` modes read no judge) the pairs' judge sequences are left
+            out.
         pad_id: Right-padding id (also the labels' last column).
-        with_judge: False leaves the judge rows out (``[2k, S]``: the reference pass and the
-            labelled ``dpo``/``srlm`` modes read no judge).
     """
-    k = len(pairs)
-    num_judge = len(pairs[0].judge) if with_judge else 0
-    tokens = np.full((k * (2 + num_judge), seq_length), pad_id, dtype=np.int64)
+    k, seq_length = layout.num_pairs, layout.seq_length
+    if len(pairs) != k:
+        raise ValueError(f"{len(pairs)} pairs for a micro-batch layout of {k} pairs")
+    tokens = np.full((layout.num_rows, seq_length), pad_id, dtype=np.int64)
     loss_mask = np.zeros(tokens.shape, dtype=np.float32)
-    response_lengths = np.zeros(2 * k, dtype=np.int64)
-    verdict_positions = np.zeros(k * num_judge, dtype=np.int64)
+    response_lengths = np.zeros(layout.num_policy_rows, dtype=np.int64)
+    verdict_positions = np.zeros(layout.num_judge_rows, dtype=np.int64)
     for i, pair in enumerate(pairs):
         p = len(pair.prompt)
         for side, response in enumerate(pair.responses):
-            row, end = side * k + i, p + len(response)
+            row, end = layout.policy_side_rows(side).start + i, p + len(response)
             tokens[row, :p] = pair.prompt
             tokens[row, p:end] = response
             loss_mask[row, p - 1 : end - 1] = 1.0  # labels[t] = tokens[t+1] is a response token
             response_lengths[row] = len(response)
-        for order, ids in enumerate(pair.judge[:num_judge]):
-            row = 2 * k + order * k + i
+        for order, ids in enumerate(pair.judge[: layout.judge_rows_per_pair]):
+            row = layout.judge_order_rows(order).start + i
             tokens[row, : len(ids)] = ids
-            verdict_positions[order * k + i] = len(ids) - 1
+            verdict_positions[row - layout.num_policy_rows] = len(ids) - 1
     batch = {
         "tokens": torch.from_numpy(tokens),
         "position_ids": torch.arange(seq_length, dtype=torch.int64).expand(len(tokens), -1).clone(),

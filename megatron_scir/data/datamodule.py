@@ -26,10 +26,11 @@ from torch.utils.data import DataLoader, Dataset
 from megatron_scir.config import Config
 from megatron_scir.data.chat import ChatFormat
 from megatron_scir.data.collate import collate_pairs
-from megatron_scir.data.encode import SequenceEncoder, judge_row_count
+from megatron_scir.data.encode import SequenceEncoder
 from megatron_scir.data.encode_pool import encode_records
 from megatron_scir.data.errors import DataError
 from megatron_scir.data.jsonl import ReadReport, read_records
+from megatron_scir.data.layout import MicroBatchLayout
 from megatron_scir.data.records import PairRecord
 from megatron_scir.data.sampler import MicroBatchSampler
 from megatron_scir.data.tokenizer import Tokenizer
@@ -76,16 +77,15 @@ class MicroBatchDataModule(abc.ABC):
             max_prompt_length=cfg.data.max_prompt_length,
             max_response_length=cfg.data.max_response_length,
             judge_max_length=cfg.data.judge_max_length,
-            position_debias=cfg.scir.position_debias,
         )
         self.read_reports: list[ReadReport] = []
         self._train: EncodedItems | None = None
         self._val: EncodedItems | None = None
 
     @property
+    @abc.abstractmethod
     def seq_length(self) -> int:
-        """S, the fixed sequence length of every row (SCIR_SPEC §9)."""
-        return self.encoder.seq_length
+        """S, the fixed sequence length of every row of the training micro-batches."""
 
     @property
     def global_batch_size(self) -> int:
@@ -186,7 +186,7 @@ class ScirDataModule(MicroBatchDataModule):
     """SCIR micro-batches of unlabeled (or labeled) pairs for one self-rewarding iteration.
 
     Args:
-        cfg: The run config (uses ``data``, ``judge``, ``train`` and ``scir.position_debias``).
+        cfg: The run config (uses ``data``, ``judge``, ``train`` and ``scir.mode``).
         tokenizer: The tokenizer (``build_tokenizer(cfg.data)``).
         dp_rank: This rank's data-parallel index.
         dp_size: Data-parallel size.
@@ -212,31 +212,20 @@ class ScirDataModule(MicroBatchDataModule):
         self.train_path = Path(train_path)
         self.val_path = None if val_path is None else Path(val_path)
         self.pairs: list[PairRecord] = []
-        # the labelled modes (dpo, srlm) read no judge: their micro-batches are policy rows only
-        self.with_judge = cfg.scir.mode == "scir"
-        self.judge_rows_per_pair = (
-            judge_row_count(cfg.judge.kind, cfg.scir.position_debias) if self.with_judge else 0
-        )
+        # SCIR_SPEC §9. Training batches carry judge rows only when the loss mode reads the
+        # judge (not in the labelled dpo/srlm modes); the reference pass reads no judge.
+        self.layout = MicroBatchLayout.from_config(cfg)
+        self.reference_layout = self.layout.policy_only()
 
     @property
     def verdict_token_ids(self) -> tuple[int, ...]:
         """Token ids the judge is read at (verdicts, or scores 0..K), derived in context."""
-        return self.encoder.candidate_ids(self.cfg.judge.kind)
-
-    @property
-    def rows_per_micro_batch(self) -> int:
-        """B = k · (2 + judge rows per pair) (no judge rows in the dpo/srlm modes)."""
-        return self.cfg.train.micro_batch_size * (2 + self.judge_rows_per_pair)
+        return self.encoder.candidate_ids(self.encoder.format)
 
     @property
     def seq_length(self) -> int:
-        """S of the training micro-batches: the policy budget alone when there are no judge rows."""
-        return self.encoder.seq_length if self.with_judge else self.policy_seq_length
-
-    @property
-    def policy_seq_length(self) -> int:
-        """S of policy-only micro-batches (the reference pass): prompt + response budgets."""
-        return self.cfg.data.max_prompt_length + self.cfg.data.max_response_length
+        """S of the training micro-batches (``layout.seq_length``)."""
+        return self.layout.seq_length
 
     def setup(self, stage: str = "fit") -> None:
         """Read, validate and tokenise the pairs: ``fit`` (train + val) or ``validate`` (val)."""
@@ -252,7 +241,8 @@ class ScirDataModule(MicroBatchDataModule):
     def reference_dataloader(self) -> DataLoader:
         """Every pair once, in file order, for the reference pass (SCIR_SPEC §7 step 3).
 
-        Policy rows only (``[2k, policy_seq_length]``): the reference pass reads no judge.
+        Policy rows only (``reference_layout``: ``[2k, policy budget]``): the reference pass
+        reads no judge.
 
         Micro-batch m goes to DP rank ``m % dp_size``. The last micro-batches are completed with
         fillers (``pair_indices`` = -1) so that every micro-batch has k pairs and every rank the
@@ -266,7 +256,7 @@ class ScirDataModule(MicroBatchDataModule):
             [i if i < len(items) else -len(items) for i in range(m * k, (m + 1) * k)]
             for m in range(self.dp_rank, num_micro, self.dp_size)
         ]
-        return self._loader(items, batches, with_judge=False, seq_length=self.policy_seq_length)
+        return self._loader(items, batches, layout=self.reference_layout)
 
     def _read_pairs(self, path: Path) -> list[PairRecord]:
         pairs = self._read(path, "pairs")
@@ -280,5 +270,5 @@ class ScirDataModule(MicroBatchDataModule):
         return pairs
 
     def _collate_fn(self, **overrides) -> Callable[[list[Any]], dict[str, torch.Tensor]]:
-        kwargs = dict(seq_length=self.seq_length, with_judge=self.with_judge)
-        return functools.partial(collate_pairs, pad_id=self.tokenizer.pad_id, **kwargs | overrides)
+        kwargs = dict(layout=self.layout) | overrides
+        return functools.partial(collate_pairs, pad_id=self.tokenizer.pad_id, **kwargs)

@@ -12,7 +12,8 @@ Fields (prompt, responses) are shortened by tokens of their own encoding and the
 re-rendered and re-encoded, so a truncated sequence is still exactly ``encode(rendered text)``:
 responses first to ``max_response_length`` each, then the prompt from the left, then, if the
 template with an empty prompt still does not fit, the responses further. Policy prompts are
-left-truncated the same way (the chat template stays whole) to ``max_prompt_length``.
+fitted to ``data.max_prompt_length`` by :func:`megatron_scir.data.prompts.fit_prompt`, the function
+generation uses, so training conditions on the prompt ids a response was sampled for.
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from megatron_scir.config import ConfigError, JudgeConfig
+from megatron_scir.config.choices import JudgeKind
 from megatron_scir.data.chat import ChatFormat
 from megatron_scir.data.errors import DataError
+from megatron_scir.data.judges import JUDGE_FORMATS, JudgeFormat
+from megatron_scir.data.prompts import FittedPrompt, check_prompt_budget, fit_prompt
 from megatron_scir.data.records import (
     PairRecord,
     PairwiseJudgeRecord,
     PointwiseJudgeRecord,
     SftRecord,
 )
-from megatron_scir.rewards import templates
 
 _IDS = np.int32
 
@@ -61,7 +64,7 @@ class TruncationStats:
 
 @dataclass(slots=True)
 class EncodedPair:
-    """One pair's token ids. ``judge`` rows are in layout order (see :func:`judge_row_count`)."""
+    """One pair's token ids. ``judge`` rows are in layout order (see ``data.layout``)."""
 
     index: int
     prompt: np.ndarray
@@ -79,21 +82,16 @@ class EncodedExample:
     prompt_length: int
 
 
-def judge_row_count(judge_kind: str, position_debias: str) -> int:
-    """Judge sequences per pair: 1 for pairwise without debiasing, else 2 (SCIR_SPEC §9)."""
-    return 1 if judge_kind == "pairwise" and position_debias == "none" else 2
-
-
 class SequenceEncoder:
     """Encodes pairs and SFT examples into token ids within the configured budgets.
 
     Args:
         chat: Chat format (holds the tokenizer).
-        judge: The judge section (templates, verdict prefix, verdict/score texts).
+        judge: The judge section: its ``kind`` is the judge format of the pairs' judge rows
+            (:mod:`megatron_scir.data.judges`); seed judge records of every kind are encoded.
         max_prompt_length: Budget of chat(prompt) in a policy sequence.
         max_response_length: Budget of a response (with its EOS).
         judge_max_length: Budget of a judge sequence (SFT: with the target and EOS).
-        position_debias: ``scir.position_debias`` (decides one or two pairwise judge rows).
 
     Raises:
         SingleTokenError: a verdict/score text is not one token after the judge prompt.
@@ -108,39 +106,27 @@ class SequenceEncoder:
         max_prompt_length: int,
         max_response_length: int,
         judge_max_length: int,
-        position_debias: str,
     ) -> None:
         self.chat, self.tok, self.judge = chat, chat.tokenizer, judge
         self.max_prompt_length = max_prompt_length
         self.max_response_length = max_response_length
         self.judge_max_length = judge_max_length
-        self.position_debias = position_debias
         self.stats = TruncationStats()
-        self._prompt_cache: dict[str, tuple[str, list[int], bool]] = {}
-        self._candidate_ids: dict[str, tuple[int, ...]] = {}
-        self._check_fits(
-            "the chat template",
-            chat.render(""),
-            "data.max_prompt_length",
-            max_prompt_length,
-            "data.chat_template",
-        )
-        self.candidate_ids(judge.kind)  # SCIR_SPEC §2: start-up fails on a multi-token verdict
+        self._prompt_cache: dict[str, FittedPrompt] = {}
+        self.formats: dict[JudgeKind, JudgeFormat] = {
+            kind: cls(judge) for kind, cls in JUDGE_FORMATS.items()
+        }
+        self.format = self.formats[JudgeKind(judge.kind)]
+        self._candidate_ids: dict[JudgeKind, tuple[int, ...]] = {}
+        check_prompt_budget(chat, max_prompt_length)
+        self.candidate_ids(self.format)  # SCIR_SPEC §2: start-up fails on a multi-token verdict
 
-    @property
-    def seq_length(self) -> int:
-        """S: one length for policy and judge rows (SCIR_SPEC §9)."""
-        return max(self.max_prompt_length + self.max_response_length, self.judge_max_length)
-
-    def candidate_ids(self, kind: str) -> tuple[int, ...]:
-        """Verdict (pairwise) or score (pointwise) token ids, derived in context once."""
-        if kind not in self._candidate_ids:
-            self._check_template_fits(kind)
-            if kind == "pairwise":
-                self._candidate_ids[kind] = templates.verdict_token_ids(self.chat, self.judge)
-            else:
-                self._candidate_ids[kind] = templates.score_token_ids(self.chat, self.judge)
-        return self._candidate_ids[kind]
+    def candidate_ids(self, fmt: JudgeFormat) -> tuple[int, ...]:
+        """The judge format's verdict or score token ids, derived in context once."""
+        if fmt.kind not in self._candidate_ids:
+            self._check_template_fits(fmt)
+            self._candidate_ids[fmt.kind] = fmt.candidate_ids(self.chat)
+        return self._candidate_ids[fmt.kind]
 
     def pair(self, pair: PairRecord, index: int) -> EncodedPair:
         """Policy rows for y1 and y2 and the judge rows of the configured layout."""
@@ -149,13 +135,10 @@ class SequenceEncoder:
             self._response(prompt_text, prompt_ids, pair.response_1, pair.truncated_1),
             self._response(prompt_text, prompt_ids, pair.response_2, pair.truncated_2),
         )
-        x, y1, y2 = pair.prompt, pair.response_1, pair.response_2
-        if self.judge.kind == "pointwise":
-            judge = (self._pointwise(x, y1, reserve=0), self._pointwise(x, y2, reserve=0))
-        elif self.position_debias == "none":
-            judge = (self._pairwise(x, y1, y2, reserve=0),)
-        else:
-            judge = (self._pairwise(x, y1, y2, reserve=0), self._pairwise(x, y2, y1, reserve=0))
+        judge = [
+            self._judge_ids(self.format, fields, reserve=0)
+            for fields in self.format.pair_fields(pair.prompt, pair.response_1, pair.response_2)
+        ]
         label = {1: 1.0, 2: 0.0, None: -1.0}[pair.label]
         refs = None if pair.ref_logps_1 is None else (pair.ref_logps_1, pair.ref_logps_2)
         return EncodedPair(
@@ -174,19 +157,16 @@ class SequenceEncoder:
         return EncodedExample(np.asarray(prompt_ids + response, _IDS), len(prompt_ids))
 
     def judge_example(self, record: PairwiseJudgeRecord | PointwiseJudgeRecord) -> EncodedExample:
-        """The judge sequence + its verdict/score token + EOS, trained on the last two."""
-        if isinstance(record, PairwiseJudgeRecord):
-            ids = self._pairwise(record.prompt, record.response_a, record.response_b, reserve=2)
-            target = self.candidate_ids("pairwise")["AB".index(record.verdict)]
-        else:
-            scores = self.candidate_ids("pointwise")
-            if record.score >= len(scores):
-                raise DataError(
-                    f"{record.where}: score {record.score} has no text: judge.score_texts "
-                    f"holds scores 0..{len(scores) - 1}"
-                )
-            ids = self._pointwise(record.prompt, record.response, reserve=2)
-            target = scores[record.score]
+        """The judge sequence + its verdict/score token + EOS, trained on the last two.
+
+        The record's kind (pairwise or pointwise) picks the judge format, whatever
+        ``judge.kind`` is: the seed stage may teach both.
+        """
+        fmt = next(f for f in self.formats.values() if isinstance(record, f.record_type))
+        candidates = self.candidate_ids(fmt)
+        fields, target = fmt.example(record)
+        ids = self._judge_ids(fmt, fields, reserve=2)
+        target = candidates[target]
         return EncodedExample(np.asarray([*ids, target, self.tok.eos_id], _IDS), len(ids))
 
     def _prompt(self, prompt: str) -> tuple[str, list[int]]:
@@ -196,12 +176,12 @@ class SequenceEncoder:
         if cached is None:
             if len(self._prompt_cache) > 4096:
                 self._prompt_cache.clear()
-            cached = self._prompt_cache[prompt] = self._fit(
-                lambda f: self.chat.render(f[0]), [prompt], self.max_prompt_length, [(0, "left")]
+            # the one prompt budget: generation fits prompts with the same function
+            cached = self._prompt_cache[prompt] = fit_prompt(
+                self.chat, prompt, self.max_prompt_length
             )
-        text, ids, cut = cached
-        self.stats.num_prompts_truncated += cut
-        return text, ids
+        self.stats.num_prompts_truncated += cached.truncated
+        return cached.text, list(cached.ids)
 
     def _response(
         self, prompt_text: str, prompt_ids: list[int], response: str, truncated: bool
@@ -230,26 +210,17 @@ class SequenceEncoder:
         ids = self.tok.encode("\n" + text)
         return ids[len(newline) :] if ids[: len(newline)] == newline else self.tok.encode(text)
 
-    def _pairwise(self, prompt: str, first: str, second: str, *, reserve: int) -> list[int]:
-        def render(f: list[str]) -> str:
-            instruction = templates.render_pairwise(self.judge, f[0], f[1], f[2])
-            return templates.judge_prompt_text(self.chat, self.judge, instruction)
-
-        return self._judge_ids(render, [prompt, first, second], reserve)
-
-    def _pointwise(self, prompt: str, response: str, *, reserve: int) -> list[int]:
-        def render(f: list[str]) -> str:
-            instruction = templates.render_pointwise(self.judge, f[0], f[1])
-            return templates.judge_prompt_text(self.chat, self.judge, instruction)
-
-        return self._judge_ids(render, [prompt, response], reserve)
-
-    def _judge_ids(
-        self, render: Callable[[list[str]], str], values: list[str], reserve: int
-    ) -> list[int]:
+    def _judge_ids(self, fmt: JudgeFormat, fields: tuple[str, ...], *, reserve: int) -> list[int]:
+        """Ids of the judge text of ``fields`` (prompt, responses…), fitted to the judge budget."""
         budget = self.judge_max_length - reserve
-        cuts = [(0, "left")] + [(i, "right") for i in range(1, len(values))]
-        _, ids, cut = self._fit(render, values, budget, cuts, self.max_response_length)
+        cuts = [(0, "left")] + [(i, "right") for i in range(1, len(fields))]
+        _, ids, cut = self._fit(
+            lambda f: fmt.judge_text(self.chat, *f),
+            list(fields),
+            budget,
+            cuts,
+            self.max_response_length,
+        )
         self.stats.num_judge_truncated += cut
         return ids
 
@@ -295,19 +266,15 @@ class SequenceEncoder:
                 index = max((i for i, _ in cuts[1:]), key=lambda i: limits[i])
             limits[index] = max(limits[index] - over, 0)
 
-    def _check_template_fits(self, kind: str) -> None:
-        if kind == "pairwise":
-            instruction = templates.render_pairwise(self.judge, "", "", "")
-        else:
-            instruction = templates.render_pointwise(self.judge, "", "")
-        text = templates.judge_prompt_text(self.chat, self.judge, instruction)
+    def _check_template_fits(self, fmt: JudgeFormat) -> None:
+        text = fmt.judge_text(self.chat, *[""] * len(fmt.placeholders))
         # SFT judge examples add the target token and EOS after the judge prompt.
         self._check_fits(
-            f"the {kind} judge template",
+            f"the {fmt.kind} judge template",
             text,
             "data.judge_max_length",
             self.judge_max_length - 2,
-            f"judge.{kind}_template",
+            f"judge.{fmt.template_key}",
         )
 
     def _check_fits(self, what: str, text: str, key: str, budget: int, template_key: str) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from megatron_scir.config.choices import OnBadRecord
 from megatron_scir.data.errors import DataError, RecordError
 from megatron_scir.data.records import (
     ID_FIELDS,
@@ -109,7 +110,7 @@ def read_records(
 
 def _iter_valid(path: Path, kind: str, policy: str, report: ReadReport) -> Iterator[Record]:
     parse, id_field = PARSERS[kind], ID_FIELDS[kind]
-    hint = _SKIP_HINT if policy == "error" else ""
+    hint = _SKIP_HINT if policy == OnBadRecord.ERROR else ""
     seen: dict[str, int] = {}
     with open(path, "rb") as fh:
         scan = StreamScan(str(path)) if is_stream(fh.readline()) else None
@@ -119,7 +120,7 @@ def _iter_valid(path: Path, kind: str, policy: str, report: ReadReport) -> Itera
                 if line is None:  # a stream chunk that fails its commit marker's checks
                     _, detail, num_lines = scan.corrupt[-1]
                     error = RecordError(str(path), number, "corrupt chunk", detail, hint)
-                    if policy == "error":
+                    if policy == OnBadRecord.ERROR:
                         raise error
                     report.skip(error, count=num_lines)
                     continue
@@ -130,7 +131,7 @@ def _iter_valid(path: Path, kind: str, policy: str, report: ReadReport) -> Itera
                     _check_unique(getattr(record, id_field), id_field, number, seen)
             except RecordProblem as problem:
                 error = RecordError(str(path), number, problem.kind, problem.detail, hint)
-                if policy == "error":
+                if policy == OnBadRecord.ERROR:
                     raise error from None
                 report.skip(error)
                 continue

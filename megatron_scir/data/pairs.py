@@ -16,10 +16,9 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from megatron_scir.config.choices import TruncatedResponses, choices
 from megatron_scir.data.errors import DataError
 from megatron_scir.data.records import GenerationRecord, PairRecord
-
-TRUNCATED_POLICIES = ("keep", "flag", "drop")
 
 
 @dataclass
@@ -67,7 +66,7 @@ def build_pairs(
         Pairs in input order (``pair_id = "<prompt_id>:<i>:<j>"``, i/j the response indices
         shown as response_1/response_2), and the counts.
     """
-    if truncated_responses not in TRUNCATED_POLICIES:
+    if truncated_responses not in choices(TruncatedResponses):
         raise DataError(
             f"data.truncated_responses={truncated_responses!r}: expected keep|flag|drop"
         )
@@ -85,7 +84,9 @@ def build_pairs(
             report.num_prompts_without_pairs += 1
         for a, b in chosen:
             first, second = (usable[a], usable[b]) if rng.random() < 0.5 else (usable[b], usable[a])
-            pair = _make_pair(record, first, second, flag=truncated_responses == "flag")
+            pair = _make_pair(
+                record, first, second, flag=truncated_responses == TruncatedResponses.FLAG
+            )
             report.num_pairs_with_truncated += pair.truncated_1 or pair.truncated_2
             pairs.append(pair)
     report.num_pairs = len(pairs)
@@ -106,7 +107,7 @@ def _usable_responses(record: GenerationRecord, policy: str, report: PairBuildRe
             continue
         seen.add(key)
         report.num_truncated += truncated
-        if truncated and policy == "drop":
+        if truncated and policy == TruncatedResponses.DROP:
             report.num_truncated_dropped += 1
             continue
         usable.append(index)

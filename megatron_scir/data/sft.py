@@ -22,6 +22,7 @@ from megatron_scir.config import Config
 from megatron_scir.data.collate import collate_examples
 from megatron_scir.data.datamodule import STAGES, EncodedItems, MicroBatchDataModule
 from megatron_scir.data.errors import DataError
+from megatron_scir.data.layout import MicroBatchLayout
 from megatron_scir.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ logger = logging.getLogger(__name__)
 class SftDataModule(MicroBatchDataModule):
     """SFT micro-batches ``tokens``/``position_ids``/``labels``/``loss_mask`` ``[b, S]``.
 
-    b = ``train.micro_batch_size`` examples, S as for SCIR batches; runs ``train.sft_epochs``
+    b = ``train.micro_batch_size`` examples, S as for SCIR batches with judge rows (policy and
+    judge examples share it); runs ``train.sft_epochs``
     epochs over instruction + judge examples shuffled together.
 
     Args:
@@ -68,6 +70,11 @@ class SftDataModule(MicroBatchDataModule):
         self.judge_path = None if judge_path is None else Path(judge_path)
         self.num_instruction_examples = 0
         self.num_judge_examples = 0
+
+    @property
+    def seq_length(self) -> int:
+        """S: the larger of the policy and judge budgets (SCIR_SPEC §9)."""
+        return MicroBatchLayout.from_config(self.cfg, with_judge=True).seq_length
 
     @property
     def num_train_steps(self) -> int:

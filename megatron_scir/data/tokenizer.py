@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from megatron_scir.config.choices import TokenizerType
 from megatron_scir.data.errors import DataError, SingleTokenError
 
 if TYPE_CHECKING:
@@ -213,24 +214,9 @@ def build_tokenizer(data: DataConfig) -> Tokenizer:
             "(data.tokenizer_type=sentencepiece) or a Hugging Face tokenizer directory "
             "(data.tokenizer_type=hf)"
         )
-    if data.tokenizer_type == "hf":
+    if data.tokenizer_type == TokenizerType.HF:
         return HFTokenizer(data.tokenizer_path)
     return SentencePieceTokenizer(data.tokenizer_path)
-
-
-def padded_vocab_size(vocab_size: int, make_vocab_size_divisible_by: int, tp_size: int) -> int:
-    """Megatron's vocabulary padding: round up to a multiple of ``divisible_by × tp_size``.
-
-    The padded rows of the embedding and output layer are never produced by the tokenizer; each
-    tensor-parallel rank then holds an equal ``padded / tp_size`` slice of the vocabulary.
-    """
-    if min(vocab_size, make_vocab_size_divisible_by, tp_size) <= 0:
-        raise DataError(
-            f"vocab padding needs positive sizes (vocab {vocab_size}, "
-            f"divisible_by {make_vocab_size_divisible_by}, tp {tp_size})"
-        )
-    multiple = make_vocab_size_divisible_by * tp_size
-    return -(-vocab_size // multiple) * multiple
 
 
 def check_tokenizer_fits_model(tokenizer: Tokenizer, model: ModelConfig) -> None:

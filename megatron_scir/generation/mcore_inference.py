@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from megatron_scir.config import ConfigError
+from megatron_scir.config.choices import Engine
 from megatron_scir.generation.backend import Completion
 from megatron_scir.generation.settings import SamplingSettings
 
@@ -67,10 +68,10 @@ def select_engine(requested: str) -> tuple[str, str]:
     Raises:
         ConfigError: ``dynamic`` was requested but cannot run here.
     """
-    if requested == "static":
+    if requested == Engine.STATIC:
         return "static", "generation.engine=static"
     blockers = dynamic_engine_blockers()
-    if requested == "dynamic":
+    if requested == Engine.DYNAMIC:
         raise ConfigError(
             f"generation.engine=dynamic cannot run here: {'; '.join(blockers)}. "
             "Use generation.engine=static (or auto)"

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from megatron_scir.config import Config
 from megatron_scir.config.choices import LongPrompts
-from megatron_scir.data import ChatFormat, PromptRecord
+from megatron_scir.data import ChatFormat, PromptRecord, Tokenizer
 from megatron_scir.data.prompts import check_prompt_budget, fit_prompt
 
 
@@ -47,6 +48,13 @@ class PromptEncoder:
         self.chat = chat
         self.max_prompt_length = max_prompt_length
         self.long_prompts = LongPrompts(long_prompts)
+
+    @classmethod
+    def from_config(cls, cfg: Config, tokenizer: Tokenizer) -> PromptEncoder:
+        """The run's encoder: ``data.chat_template``, ``data.max_prompt_length`` (the one prompt
+        budget) and ``generation.long_prompts``."""
+        chat = ChatFormat(cfg.data.chat_template, tokenizer)
+        return cls(chat, cfg.data.max_prompt_length, cfg.generation.long_prompts)
 
     def encode(self, record: PromptRecord) -> EncodedPrompt | None:
         """The prompt's ids, or None when it is too long and the policy is ``skip``."""

@@ -34,7 +34,6 @@ import torch.distributed as dist
 
 from megatron_scir.config import Config, ParallelConfig
 from megatron_scir.data import (
-    ChatFormat,
     ChunkedJsonlWriter,
     DataError,
     GenerationRecord,
@@ -175,11 +174,7 @@ class _ChunkGenerator:
         gen = cfg.generation
         self.backend, self.tokenizer, self.writer, self.stats = backend, tokenizer, writer, stats
         self.settings = SamplingSettings.from_config(gen)
-        self.encoder = PromptEncoder(
-            ChatFormat(cfg.data.chat_template, tokenizer),
-            cfg.data.max_prompt_length,
-            gen.long_prompts,
-        )
+        self.encoder = PromptEncoder.from_config(cfg, tokenizer)
         self.num_responses = gen.num_responses
         self.batch_size = gen.max_batch_size
         self.seed = gen.seed

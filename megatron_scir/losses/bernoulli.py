@@ -13,8 +13,9 @@ from typing import NamedTuple
 
 import torch
 
+from megatron_scir.config.choices import Divergence
+
 __all__ = [
-    "DIVERGENCES",
     "Bernoulli",
     "probability_difference",
     "kl_divergence",
@@ -22,7 +23,6 @@ __all__ = [
     "entropy",
 ]
 
-DIVERGENCES = ("sym_kl", "js", "mse")
 _LOG_2 = math.log(2.0)
 
 
@@ -86,7 +86,26 @@ def _mixture(a: Bernoulli, b: Bernoulli) -> Bernoulli:
     )
 
 
-def divergence(judge: Bernoulli, implicit: Bernoulli, *, kind: str = "sym_kl") -> torch.Tensor:
+def _sym_kl(judge: Bernoulli, implicit: Bernoulli) -> torch.Tensor:
+    # ½[KL(P_G‖P_I) + KL(P_I‖P_G)] = ½ (P_G − P_I)(logit P_G − logit P_I) for Bernoullis.
+    return 0.5 * probability_difference(judge, implicit) * (judge.logit - implicit.logit)
+
+
+def _js(judge: Bernoulli, implicit: Bernoulli) -> torch.Tensor:
+    mixture = _mixture(judge, implicit)
+    return 0.5 * (kl_divergence(judge, mixture) + kl_divergence(implicit, mixture))
+
+
+def _mse(judge: Bernoulli, implicit: Bernoulli) -> torch.Tensor:
+    return probability_difference(judge, implicit).square()
+
+
+_DIVERGENCES = {Divergence.SYM_KL: _sym_kl, Divergence.JS: _js, Divergence.MSE: _mse}
+
+
+def divergence(
+    judge: Bernoulli, implicit: Bernoulli, *, kind: Divergence = Divergence.SYM_KL
+) -> torch.Tensor:
     """D(P_G, P_I) per pair (SCIR_SPEC §3).
 
     ``sym_kl``: ½[KL(P_G‖P_I) + KL(P_I‖P_G)], which for Bernoullis equals
@@ -96,19 +115,12 @@ def divergence(judge: Bernoulli, implicit: Bernoulli, *, kind: str = "sym_kl") -
     Args:
         judge: P_G per pair (detach it first to make it a teacher).
         implicit: P_I per pair (detach it first to make it a teacher).
-        kind: ``sym_kl``, ``js`` or ``mse``.
+        kind: a :class:`~megatron_scir.config.choices.Divergence` (or its string).
 
     Returns:
         ``[n]`` float32 divergences, ``>= 0`` up to rounding.
     """
-    if kind == "sym_kl":
-        return 0.5 * probability_difference(judge, implicit) * (judge.logit - implicit.logit)
-    if kind == "js":
-        mixture = _mixture(judge, implicit)
-        return 0.5 * (kl_divergence(judge, mixture) + kl_divergence(implicit, mixture))
-    if kind == "mse":
-        return probability_difference(judge, implicit).square()
-    raise ValueError(f"divergence={kind!r} is not one of {DIVERGENCES}")
+    return _DIVERGENCES[kind](judge, implicit)
 
 
 def entropy(dist: Bernoulli) -> torch.Tensor:

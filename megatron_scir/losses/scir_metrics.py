@@ -8,15 +8,11 @@ micro-batches and data-parallel ranks. Keys ending in ``_sqmean`` are second mom
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from megatron_scir.losses.bernoulli import Bernoulli, probability_difference
 from megatron_scir.losses.preference import metric
-
-if TYPE_CHECKING:
-    from megatron_scir.losses.scir import Selection
+from megatron_scir.losses.selection import Selection
 
 __all__ = ["selection_metrics", "length_metrics", "gold_metrics"]
 

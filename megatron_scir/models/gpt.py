@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_scir.config import Config, ConfigError
+from megatron_scir.config.choices import TransformerImpl
 from megatron_scir.models import shapes
 
 
@@ -100,7 +101,7 @@ def layer_spec(cfg: Config):
     from megatron_scir.models.norm import RMSNorm
 
     impl = cfg.model.transformer_impl
-    if impl == "te" or cfg.model.fp8 is not None:
+    if impl == TransformerImpl.TE or cfg.model.fp8 is not None:
         if not te_available():
             raise ConfigError(
                 f"model.transformer_impl={impl} / model.fp8={cfg.model.fp8} needs Transformer "
@@ -116,7 +117,7 @@ def layer_spec(cfg: Config):
     spec = get_gpt_layer_local_spec(normalization="RMSNorm")
     spec.submodules.input_layernorm = RMSNorm
     spec.submodules.pre_mlp_layernorm = RMSNorm
-    if impl == "sdpa":
+    if impl == TransformerImpl.SDPA:
         from megatron_scir.models.attention import SDPAttention
 
         spec.submodules.self_attention.submodules.core_attention = SDPAttention
@@ -171,7 +172,7 @@ def build_gpt_model(
 def _block_spec(cfg: Config, config, vp_stage: int | None):
     """The stage's block: its layers plus the final norm (ours for local/sdpa; see norm.py)."""
     spec = layer_spec(cfg)
-    if cfg.model.transformer_impl == "te":
+    if cfg.model.transformer_impl == TransformerImpl.TE:
         return spec
     from megatron.core.transformer.transformer_block import (
         TransformerBlockSubmodules,

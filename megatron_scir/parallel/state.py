@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_scir.config import ParallelConfig
+from megatron_scir.config.choices import Backend
 
 
 def init_distributed(backend: str = "auto", *, timeout_s: int = 1800) -> None:
@@ -26,14 +27,14 @@ def init_distributed(backend: str = "auto", *, timeout_s: int = 1800) -> None:
     """
     if dist.is_initialized():
         return
-    if backend == "auto":
+    if backend == Backend.AUTO:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "gloo" and not torch.cuda.is_available():
+    if backend == Backend.GLOO and not torch.cuda.is_available():
         from megatron_scir.parallel import cpu_compat
 
         cpu_compat.enable()
     os.environ.update(launcher_env(os.environ))
-    if backend == "nccl":
+    if backend == Backend.NCCL:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
 

@@ -6,7 +6,8 @@ ids ``[r·V/tp, (r+1)·V/tp)``. The functions here compute full-vocabulary log-p
 chosen ids from those shards with three all-reduces of ``[...]``-sized tensors (max, sum of
 exponentials, the chosen logits), never gathering the vocabulary. The structure follows
 ``megatron.core.tensor_parallel.cross_entropy``: small static steps, one autograd Function, thin
-public functions taking the TP group explicitly.
+public functions taking the TP group explicitly (a required keyword: ``tp_group=None`` is spelled
+out for no tensor parallelism).
 
 Padded vocabulary: Megatron pads the vocabulary to a multiple of
 ``make_vocab_size_divisible_by · tp``; the padded rows of the output layer are real parameters
@@ -152,7 +153,7 @@ def vocab_parallel_log_probs(
     logits: torch.Tensor,
     token_ids: torch.Tensor,
     *,
-    tp_group: dist.ProcessGroup | None = None,
+    tp_group: dist.ProcessGroup | None,
     vocab_size: int | None = None,
 ) -> torch.Tensor:
     """Log-probability of each token id under the full-vocabulary softmax.
@@ -162,7 +163,8 @@ def vocab_parallel_log_probs(
         token_ids: ``[b, s]`` int64 global vocabulary ids (typically the labels, i.e. the
             tokens shifted left by one), identical on every rank of ``tp_group``.
         tp_group: the tensor-parallel group the vocabulary is split over; ``None`` means no
-            tensor parallelism (``logits`` hold the whole vocabulary).
+            tensor parallelism (``logits`` hold the whole vocabulary). Required, so that a
+            caller under TP cannot forget it and get plausible but wrong log-probs.
         vocab_size: the true vocabulary size; logits of ids ``>= vocab_size`` (Megatron's
             padding) are excluded from the softmax. ``None``: every column is a real token.
 
@@ -185,7 +187,7 @@ def vocab_parallel_candidate_log_probs(
     logits: torch.Tensor,
     candidate_ids: torch.Tensor,
     *,
-    tp_group: dist.ProcessGroup | None = None,
+    tp_group: dist.ProcessGroup | None,
     vocab_size: int | None = None,
 ) -> torch.Tensor:
     """Full-vocabulary log-probabilities of a fixed set of candidate ids at chosen positions.
@@ -197,7 +199,8 @@ def vocab_parallel_candidate_log_probs(
         logits: ``[n, V/tp]`` this TP rank's vocabulary shard of the logits at the ``n``
             positions of interest.
         candidate_ids: ``[K]`` int64 global vocabulary ids, identical on every rank.
-        tp_group: the tensor-parallel group the vocabulary is split over (``None``: no TP).
+        tp_group: the tensor-parallel group the vocabulary is split over (``None``: no TP;
+            required, see :func:`vocab_parallel_log_probs`).
         vocab_size: the true vocabulary size (see :func:`vocab_parallel_log_probs`).
 
     Returns:

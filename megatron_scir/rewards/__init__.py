@@ -3,9 +3,11 @@
 - implicit: the policy's DPO reward r(y) = β·(log πθ − log πref) and P_I = σ(Δ_I).
 - judge: the same model as a judge, read from the verdict/score token log-probs at the verdict
   position; P_G with position debiasing.
-- templates (data engineering): judge prompt rendering and the in-context verdict token ids.
+- srlm: the SRLM baseline's fixed labels from the M_t judge (a no-grad judge step).
 
-Importing this package does not import Megatron-Core.
+Judge templates, rendering and the in-context verdict/score ids are data engineering and live in
+:mod:`megatron_scir.data.judges`. Importing this package imports neither Megatron-Core nor
+``megatron_scir.data``.
 """
 
 from megatron_scir.rewards.implicit import (
@@ -21,6 +23,7 @@ from megatron_scir.rewards.judge import (
     pointwise_log_odds,
     verdict_mass,
 )
+from megatron_scir.rewards.srlm import srlm_labels
 
 __all__ = [
     "expected_scores",
@@ -31,5 +34,6 @@ __all__ = [
     "pairwise_log_odds",
     "pointwise_log_odds",
     "sequence_logps",
+    "srlm_labels",
     "verdict_mass",
 ]

@@ -14,8 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from megatron_scir.config.choices import PositionDebias
+
 __all__ = [
-    "POSITION_DEBIAS",
     "pairwise_log_odds",
     "verdict_mass",
     "expected_scores",
@@ -23,7 +24,6 @@ __all__ = [
     "judge_preference",
 ]
 
-POSITION_DEBIAS = ("mean_prob", "mean_logit", "none")
 _LOG_2 = math.log(2.0)
 
 
@@ -84,11 +84,39 @@ def pointwise_log_odds(
     return (score_1.float() - score_2.float()) / temperature
 
 
+def _mean_prob(logits_12: torch.Tensor, logits_21: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    # log ½(σ(a) + σ(b)) = logaddexp(logsigmoid(a), logsigmoid(b)) − log 2, no clamping.
+    log_p = torch.logaddexp(F.logsigmoid(logits_12), F.logsigmoid(-logits_21)) - _LOG_2
+    log_q = torch.logaddexp(F.logsigmoid(-logits_12), F.logsigmoid(logits_21)) - _LOG_2
+    return log_p, log_q
+
+
+def _mean_logit(logits_12: torch.Tensor, logits_21: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    combined = 0.5 * (logits_12 - logits_21)
+    return F.logsigmoid(combined), F.logsigmoid(-combined)
+
+
+def _one_order(logits_12: torch.Tensor, logits_21: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    raise ValueError(
+        "position_debias='none' reads one judge order; pass judge_logits_21=None (and build "
+        "one judge sequence per pair) or choose mean_prob / mean_logit"
+    )
+
+
+# How two presentation orders combine (SCIR_SPEC §2). The option is validated where it is read
+# (``judge.position_debias`` in the config, ``LossOptions``), not again here.
+_COMBINE_ORDERS = {
+    PositionDebias.MEAN_PROB: _mean_prob,
+    PositionDebias.MEAN_LOGIT: _mean_logit,
+    PositionDebias.NONE: _one_order,
+}
+
+
 def judge_preference(
     judge_logits_12: torch.Tensor,
     judge_logits_21: torch.Tensor | None = None,
     *,
-    position_debias: str = "mean_prob",
+    position_debias: PositionDebias = PositionDebias.MEAN_PROB,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """P_G, the judge's probability that y1 ≻ y2, as Bernoulli log-probabilities (SCIR_SPEC §2).
 
@@ -99,30 +127,17 @@ def judge_preference(
     Args:
         judge_logits_12: ``[n]`` log-odds that y1 ≻ y2 with y1 shown first.
         judge_logits_21: ``[n]`` log-odds that y2 ≻ y1 with y2 shown first, or ``None``.
-        position_debias: ``mean_prob``, ``mean_logit`` or ``none``.
+        position_debias: a :class:`~megatron_scir.config.choices.PositionDebias` (or its string).
 
     Returns:
         ``(log P_G, log(1 − P_G))``, each ``[n]`` float32, in log space without clamping:
         ``log ½(σ(a) + σ(b)) = logaddexp(logsigmoid(a), logsigmoid(b)) − log 2``.
 
     Raises:
-        ValueError: unknown ``position_debias``, or ``none`` together with a second view (the
-            caller built two judge sequences that would be silently ignored).
+        ValueError: ``none`` together with a second view (the caller built two judge sequences
+            that would be silently ignored).
     """
-    if position_debias not in POSITION_DEBIAS:
-        raise ValueError(f"position_debias={position_debias!r} is not one of {POSITION_DEBIAS}")
     logits_12 = judge_logits_12.float()
     if judge_logits_21 is None:
         return F.logsigmoid(logits_12), F.logsigmoid(-logits_12)
-    if position_debias == "none":
-        raise ValueError(
-            "position_debias='none' reads one judge order; pass judge_logits_21=None (and build "
-            "one judge sequence per pair) or choose mean_prob / mean_logit"
-        )
-    logits_21 = judge_logits_21.float()
-    if position_debias == "mean_logit":
-        combined = 0.5 * (logits_12 - logits_21)
-        return F.logsigmoid(combined), F.logsigmoid(-combined)
-    log_p = torch.logaddexp(F.logsigmoid(logits_12), F.logsigmoid(-logits_21)) - _LOG_2
-    log_q = torch.logaddexp(F.logsigmoid(-logits_12), F.logsigmoid(logits_21)) - _LOG_2
-    return log_p, log_q
+    return _COMBINE_ORDERS[position_debias](logits_12, judge_logits_21.float())

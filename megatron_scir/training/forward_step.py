@@ -1,21 +1,24 @@
 """The SCIR training step for Megatron-Core's pipeline schedules (SCIR_SPEC §9).
 
-A micro-batch of k pairs is one fixed-shape batch ``[B, S]`` (rows: y1 policy rows, y2 policy
-rows, then the judge rows; see :func:`judge_rows_per_pair`). Every pipeline stage runs the
-transformer over the whole batch; the last stage then
+A micro-batch of k pairs is one fixed-shape batch ``[B, S]`` whose rows are given by
+:class:`~megatron_scir.data.layout.MicroBatchLayout`: y1 policy rows, y2 policy rows, then the
+judge rows. Every pipeline stage runs the transformer over the whole batch; the last stage then
 
 1. applies the output layer to the 2k policy rows and reduces their vocab-parallel logits to
    response log-probs ``[2k]`` (:func:`policy_sequence_logps`);
-2. applies the output layer to the judge rows **at the verdict position only**, ``[J, V/tp]``,
-   and reads the full-vocabulary log-probs of the verdict/score tokens ``[J, K]``
-   (:func:`judge_candidate_logps`);
-3. calls :func:`megatron_scir.losses.scir_loss` (or the ``dpo``/``srlm`` labelled loss).
+2. if the loss mode reads the judge, applies the output layer to the judge rows **at the verdict
+   position only**, ``[J, V/tp]``, and reads the full-vocabulary log-probs of the verdict/score
+   tokens ``[J, K]`` (:func:`judge_candidate_logps`), which the judge format turns into log-odds;
+3. calls the loss of ``scir.mode`` from :data:`megatron_scir.losses.LOSS_MODES`.
 
 The loss function returns Megatron's 2-tuple ``(loss, metrics)``: the schedule divides the loss
 by the number of micro-batches and DDP averages gradients over data-parallel ranks, so with
 per-micro-batch losses normalised by k (``scir.pref_normalization=pairs``) the optimised
 quantity is exactly the global-batch mean, whatever the TP/PP/DP layout. (The 3-tuple form
 would divide by a token count, which is not how SCIR normalises.)
+
+Process groups are passed in explicitly (``tp_group=``, ``dp_group=``, ``pp_group=``); nothing
+here reads Megatron's global parallel state.
 """
 
 from __future__ import annotations
@@ -28,23 +31,18 @@ import torch
 import torch.distributed as dist
 
 from megatron_scir.config import Config
-from megatron_scir.losses import labelled_pair_loss, scir_loss
+from megatron_scir.data.judges import JudgeFormat, judge_format
+from megatron_scir.data.layout import MicroBatchLayout
+from megatron_scir.losses import LossModeSpec, LossOptions, PairTensors, loss_mode
 from megatron_scir.losses.preference import metric
 from megatron_scir.parallel.reductions import reduce_metrics
 from megatron_scir.parallel.vocab_parallel import (
     vocab_parallel_candidate_log_probs,
     vocab_parallel_log_probs,
 )
-from megatron_scir.rewards import (
-    expected_scores,
-    pairwise_log_odds,
-    pointwise_log_odds,
-    sequence_logps,
-    verdict_mass,
-)
+from megatron_scir.rewards import sequence_logps, verdict_mass
 
 __all__ = [
-    "judge_rows_per_pair",
     "policy_sequence_logps",
     "judge_candidate_logps",
     "make_forward_step",
@@ -52,18 +50,6 @@ __all__ = [
 ]
 
 Batch = dict[str, torch.Tensor]
-
-
-def judge_rows_per_pair(cfg: Config) -> int:
-    """Judge sequences per pair in a micro-batch (SCIR_SPEC §9).
-
-    Two for pairwise judging with position debiasing (both orders) and for pointwise judging
-    (one per response), one for pairwise with ``position_debias=none``. The labelled modes
-    (``dpo``, ``srlm``) read no judge and also accept micro-batches without judge rows.
-    """
-    from megatron_scir.data.encode import judge_row_count
-
-    return judge_row_count(cfg.judge.kind, cfg.scir.position_debias)
 
 
 def policy_sequence_logps(
@@ -82,7 +68,7 @@ def policy_sequence_logps(
         rows: the policy rows of the batch.
         labels: ``[len(rows), s]`` next-token ids.
         loss_mask: ``[len(rows), s]`` 1.0 on response tokens.
-        tp_group: the tensor-parallel group the vocabulary is split over.
+        tp_group: the tensor-parallel group the vocabulary is split over (``None``: no TP).
         vocab_size: the tokenizer's vocabulary (padded ids get no probability).
 
     Returns:
@@ -113,7 +99,7 @@ def judge_candidate_logps(
         rows: ``[J]`` batch rows of the judge sequences.
         positions: ``[J]`` the position in each row whose logits predict the verdict.
         candidate_ids: ``[K]`` verdict (pairwise: first-shown wins, second wins) or score ids.
-        tp_group: the tensor-parallel group the vocabulary is split over.
+        tp_group: the tensor-parallel group the vocabulary is split over (``None``: no TP).
         vocab_size: the tokenizer's vocabulary.
 
     Returns:
@@ -124,94 +110,80 @@ def judge_candidate_logps(
     )
 
 
-def _num_judge_rows(cfg: Config, batch: Batch) -> int:
-    """Judge rows of this micro-batch, after checking it has the SCIR_SPEC §9 layout."""
-    k = cfg.train.micro_batch_size
-    judge_rows = judge_rows_per_pair(cfg) * k
-    tokens = batch["tokens"]
-    if cfg.scir.mode != "scir" and tokens.size(0) == 2 * k:
-        judge_rows = 0  # the labelled modes do not need judge rows
-    problems = []
-    if tokens.dim() != 2 or tokens.size(0) != 2 * k + judge_rows:
-        problems.append(f"tokens {tuple(tokens.shape)}: expected [{2 * k + judge_rows}, S]")
-    sizes = {
-        "ref_logps": 2 * k,
-        "response_lengths": 2 * k,
-        "pair_labels": k,
-        "verdict_positions": judge_rows,
-    }
-    problems += [
-        f"{key} has {batch[key].numel()} entries: expected {size}"
-        for key, size in sizes.items()
-        if key in batch and batch[key].numel() != size
-    ]
-    if "ref_logps" not in batch:
-        problems.append("ref_logps missing: run the reference pass first (SCIR_SPEC §7.3)")
-    if problems:
-        raise ValueError(
-            f"micro-batch does not match the SCIR layout for k={k} pairs and {judge_rows} judge "
-            f"rows (SCIR_SPEC §9; train.micro_batch_size, judge.kind, scir.position_debias): "
-            + "; ".join(problems)
-        )
-    return judge_rows
-
-
-def _judge_log_odds(
-    cfg: Config, candidate_logps: torch.Tensor, num_pairs: int
+def _last_stage_outputs(
+    head,
+    *,
+    batch: Batch,
+    layout: MicroBatchLayout,
+    candidate_ids: torch.Tensor | None,
+    tp_group: dist.ProcessGroup | None,
+    vocab_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(judge_logits_12, judge_logits_21) from the judge rows' candidate log-probs."""
-    k = num_pairs
-    if cfg.judge.kind == "pointwise":
-        scores = expected_scores(candidate_logps)
-        return pointwise_log_odds(
-            scores[:k], scores[k:], temperature=cfg.judge.score_temperature
-        ), None
-    log_odds = pairwise_log_odds(candidate_logps)
-    if cfg.scir.position_debias == "none":
-        return log_odds, None
-    return log_odds[:k], log_odds[k:]
+    """``(policy_logps [2k], candidate_logps [J, K] | None)``: the judge rows are read only
+    when ``candidate_ids`` are given (the loss mode reads the judge)."""
+    policy = layout.policy_rows
+    policy_logps = policy_sequence_logps(
+        head,
+        policy,
+        batch["labels"][policy],
+        batch["loss_mask"][policy],
+        tp_group=tp_group,
+        vocab_size=vocab_size,
+    )
+    if candidate_ids is None:
+        return policy_logps, None
+    device = batch["tokens"].device
+    rows = layout.judge_rows
+    candidate_logps = judge_candidate_logps(
+        head,
+        torch.arange(rows.start, rows.stop, device=device),
+        batch["verdict_positions"],
+        candidate_ids.to(device),
+        tp_group=tp_group,
+        vocab_size=vocab_size,
+    )
+    return policy_logps, candidate_logps
+
+
+def _batch_layout(layouts: Sequence[MicroBatchLayout], batch: Batch) -> MicroBatchLayout:
+    """The layout of this micro-batch among the accepted ones, checked (SCIR_SPEC §9).
+
+    The first layout is the loss mode's own and the one a mismatch is reported against.
+    """
+    rows = batch["tokens"].size(0)
+    layout = next((layout for layout in layouts if layout.num_rows == rows), layouts[0])
+    layout.validate(batch)
+    return layout
 
 
 def _loss_func(
-    cfg: Config, batch: Batch, outputs: tuple[torch.Tensor, torch.Tensor | None]
+    mode: LossModeSpec,
+    options: LossOptions,
+    judge: JudgeFormat | None,
+    batch: Batch,
+    layout: MicroBatchLayout,
+    outputs: tuple[torch.Tensor, torch.Tensor | None],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Megatron's loss function, last pipeline stage: ``(loss, {key: (sum, count)})``."""
     policy_logps, candidate_logps = outputs
-    k = cfg.train.micro_batch_size
-    s = cfg.scir
-    ref_logps = batch["ref_logps"]
-    lengths = batch["response_lengths"]
-    common = dict(
-        beta=s.beta,
-        pref_loss=s.pref_loss,
-        pref_normalization=s.pref_normalization,
-        length_normalize=s.length_normalize,
-        response_lengths=(lengths[:k], lengths[k:]),
-        sft_weight=s.sft_weight,
+    y1, y2 = layout.policy_side_rows(0), layout.policy_side_rows(1)
+    ref_logps, lengths = batch["ref_logps"], batch["response_lengths"]
+    pairs = PairTensors(
+        policy_logps=(policy_logps[y1], policy_logps[y2]),
+        ref_logps=(ref_logps[y1], ref_logps[y2]),
+        pair_labels=batch.get("pair_labels"),
+        response_lengths=(lengths[y1], lengths[y2]),
         # Fillers (pair_indices −1) only pad the last micro-batches of an epoch to k pairs.
         pair_mask=(batch["pair_indices"] >= 0) if "pair_indices" in batch else None,
+        judge_logits=(
+            None if candidate_logps is None else judge.log_odds(candidate_logps, layout.num_pairs)
+        ),
     )
-    logps = (policy_logps[:k], policy_logps[k:], ref_logps[:k], ref_logps[k:])
-    if s.mode != "scir":
-        return labelled_pair_loss(*logps, batch["pair_labels"], **common)
-    judge_12, judge_21 = _judge_log_odds(cfg, candidate_logps, k)
-    loss, metrics = scir_loss(
-        *logps,
-        judge_12,
-        judge_21,
-        consistency_weight=s.consistency_weight,
-        confidence_weight=s.confidence_weight,
-        divergence=s.divergence,
-        position_debias=s.position_debias,
-        consistency_grad=s.consistency_grad,
-        margin=s.margin,
-        tie_eps=s.tie_eps,
-        gold_labels=batch.get("pair_labels"),
-        **common,
-    )
-    metrics["judge/verdict_mass"] = metric(
-        verdict_mass(candidate_logps).sum(), candidate_logps.size(0)
-    )
+    loss, metrics = mode.loss(pairs, options)
+    if candidate_logps is not None:
+        metrics["judge/verdict_mass"] = metric(
+            verdict_mass(candidate_logps).sum(), candidate_logps.size(0)
+        )
     return loss, metrics
 
 
@@ -219,72 +191,55 @@ def make_forward_step(
     cfg: Config,
     candidate_ids: Sequence[int] | None,
     *,
-    tp_group: dist.ProcessGroup | None = None,
+    tp_group: dist.ProcessGroup | None,
 ) -> Callable[[Iterator[Batch], torch.nn.Module], tuple[Any, Callable]]:
     """Build ``forward_step(data_iterator, model)`` for ``get_forward_backward_func``.
 
     Args:
-        cfg: the run's config; ``scir`` and ``judge`` give the objective, ``train.
-            micro_batch_size`` the pairs per micro-batch, ``model.vocab_size`` the true
-            vocabulary.
+        cfg: the run's config; ``scir.mode`` picks the loss (``LOSS_MODES``), ``scir`` and
+            ``judge`` give its options and the judge format, ``train.micro_batch_size`` the
+            pairs per micro-batch, ``model.vocab_size`` the true vocabulary.
         candidate_ids: the judge's verdict ids (pairwise, ``judge.verdict_texts`` order) or score
             ids (pointwise, scores 0..K), from
-            ``megatron_scir.rewards.templates.judge_candidate_token_ids``; ``None`` in the
-            labelled modes.
-        tp_group: the tensor-parallel group; ``None`` reads it from Megatron's ``parallel_state``
-            (this is the training package, the bridge to the global state).
+            ``megatron_scir.data.judges.judge_format(cfg.judge).candidate_ids(chat)``; ``None``
+            in the modes that read no judge.
+        tp_group: the tensor-parallel group the vocabulary is split over; ``None`` for no
+            tensor parallelism. Required: never read from Megatron's global state here.
 
     Returns:
         The forward-step callable. Each call takes the next micro-batch (a dict with the
-        SCIR_SPEC §9 keys) from ``data_iterator``, runs ``model`` and returns
-        ``(output, loss_func)``: on the last pipeline stage ``output`` is
-        ``(policy_logps [2k], candidate_logps [J, K] | None)`` and ``loss_func(output)`` gives
-        ``(loss, metrics)``; on other stages ``output`` is the hidden states to send on.
+        SCIR_SPEC §9 keys; in the labelled modes with or without judge rows, which are not read)
+        from ``data_iterator``, runs ``model`` and returns ``(output, loss_func)``: on the last
+        pipeline stage ``output`` is ``(policy_logps [2k], candidate_logps [J, K] | None)`` and
+        ``loss_func(output)`` gives ``(loss, metrics)``; on other stages ``output`` is the hidden
+        states to send on.
     """
     from megatron_scir.models import forward_last_stage
 
-    if tp_group is None:
-        from megatron_scir.parallel import state
-
-        tp_group = state.tp_group()
-    if cfg.scir.mode == "scir" and not candidate_ids:
-        raise ValueError("scir.mode=scir reads the judge: pass its verdict/score token ids")
-    candidates = torch.tensor(list(candidate_ids or ()), dtype=torch.long)
-    k, vocab_size = cfg.train.micro_batch_size, cfg.model.vocab_size
-
-    def head_fn(head, batch: Batch, judge_rows: int):
-        policy = slice(0, 2 * k)
-        policy_logps = policy_sequence_logps(
-            head,
-            policy,
-            batch["labels"][policy],
-            batch["loss_mask"][policy],
-            tp_group=tp_group,
-            vocab_size=vocab_size,
-        )
-        if cfg.scir.mode != "scir":
-            return policy_logps, None  # judge rows, if any, are not read in the labelled modes
-        rows = torch.arange(2 * k, 2 * k + judge_rows, device=batch["tokens"].device)
-        candidate_logps = judge_candidate_logps(
-            head,
-            rows,
-            batch["verdict_positions"],
-            candidates.to(rows.device),
-            tp_group=tp_group,
-            vocab_size=vocab_size,
-        )
-        return policy_logps, candidate_logps
+    mode, options, judge = loss_mode(cfg.scir.mode), LossOptions.from_config(cfg), None
+    if mode.needs_judge:
+        if not candidate_ids:
+            raise ValueError(
+                f"scir.mode={cfg.scir.mode} reads the judge: pass its verdict/score token ids"
+            )
+        judge = judge_format(cfg.judge)
+    # The mode's own layout first; the labelled modes also take batches with judge rows.
+    layouts = [MicroBatchLayout.from_config(cfg)]
+    if not mode.needs_judge:
+        layouts.append(MicroBatchLayout.from_config(cfg, with_judge=True))
+    candidates = None if judge is None else torch.tensor(list(candidate_ids), dtype=torch.long)
+    head_fn = partial(_last_stage_outputs, tp_group=tp_group, vocab_size=cfg.model.vocab_size)
 
     def forward_step(data_iterator: Iterator[Batch], model: torch.nn.Module):
         batch = _to_model_device(next(data_iterator), model)
-        judge_rows = _num_judge_rows(cfg, batch)
+        layout = _batch_layout(layouts, batch)
         output = forward_last_stage(
             model,
             batch["tokens"],
             batch["position_ids"],
-            partial(head_fn, batch=batch, judge_rows=judge_rows),
+            partial(head_fn, batch=batch, layout=layout, candidate_ids=candidates),
         )
-        return output, partial(_loss_func, cfg, batch)
+        return output, partial(_loss_func, mode, options, judge, batch, layout)
 
     return forward_step
 
@@ -297,8 +252,9 @@ def _to_model_device(batch: Batch, model: torch.nn.Module) -> Batch:
 def step_metrics(
     losses_reduced: Sequence[dict[str, torch.Tensor]],
     *,
-    dp_group: dist.ProcessGroup | None = None,
-    pp_group: dist.ProcessGroup | None = None,
+    dp_group: dist.ProcessGroup | None,
+    pp_group: dist.ProcessGroup | None,
+    is_last_stage: bool,
 ) -> dict[str, float]:
     """Global-batch metrics of one optimizer step, on every rank.
 
@@ -309,17 +265,15 @@ def step_metrics(
 
     Args:
         losses_reduced: what the schedule returned on this rank (empty on other stages).
-        dp_group, pp_group: ``None`` reads them from Megatron's ``parallel_state``.
+        dp_group: the data-parallel group (``None``: no data parallelism).
+        pp_group: the pipeline-parallel group (``None``: no pipeline parallelism).
+        is_last_stage: whether this rank is on the last pipeline stage (holds the metrics).
 
     Returns:
         ``{key: global-batch mean}``, identical on every rank.
     """
-    from megatron_scir.parallel import state
-
-    dp_group = state.dp_group() if dp_group is None else dp_group
-    pp_group = state.pp_group() if pp_group is None else pp_group
-    reduced = [reduce_metrics(losses_reduced, dp_group=dp_group) if state.is_last_stage() else None]
-    if dist.get_world_size(group=pp_group) > 1:
+    reduced = [reduce_metrics(losses_reduced, dp_group=dp_group) if is_last_stage else None]
+    if pp_group is not None and dist.get_world_size(group=pp_group) > 1:
         last = dist.get_global_rank(pp_group, dist.get_world_size(group=pp_group) - 1)
         dist.broadcast_object_list(reduced, src=last, group=pp_group)
     return reduced[0]

@@ -45,7 +45,7 @@ def hf_tokenizer(hf_tokenizer_dir: Path) -> HFTokenizer:
 
 @pytest.fixture
 def make_cfg() -> Callable[..., Config]:
-    """``make_cfg("scir.position_debias=none", ...)``: the tiny preset with test budgets."""
+    """``make_cfg("judge.position_debias=none", ...)``: the tiny preset with test budgets."""
 
     def make(*overrides: str) -> Config:
         return load_config("tiny", [*TINY_DATA, *overrides])

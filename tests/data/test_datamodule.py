@@ -11,7 +11,7 @@ import torch
 
 from megatron_scir.config import ConfigError
 from megatron_scir.data import DataError, RecordError, ScirDataModule
-from megatron_scir.rewards import templates
+from megatron_scir.data.judges import judge_format
 
 WORDS = (
     "the sea is wide and blue answer question python sort list capital of France Paris "
@@ -71,17 +71,16 @@ def batches(dm) -> list[dict[str, torch.Tensor]]:
 def judge_text(dm, pair: dict, order: int) -> str:
     x, y1, y2 = pair["prompt"], pair["response_1"], pair["response_2"]
     if dm.cfg.judge.kind == "pointwise":
-        instruction = templates.render_pointwise(dm.cfg.judge, x, (y1, y2)[order])
+        fields = (x, (y1, y2)[order])
     else:
-        first, second = (y1, y2) if order == 0 else (y2, y1)
-        instruction = templates.render_pairwise(dm.cfg.judge, x, first, second)
-    return templates.judge_prompt_text(dm.chat, dm.cfg.judge, instruction)
+        fields = (x, y1, y2) if order == 0 else (x, y2, y1)
+    return judge_format(dm.cfg.judge).judge_text(dm.chat, *fields)
 
 
 LAYOUTS = [
     ([], 2),
-    (["scir.position_debias=mean_logit"], 2),
-    (["scir.position_debias=none"], 1),
+    (["judge.position_debias=mean_logit"], 2),
+    (["judge.position_debias=none"], 1),
     (
         ["judge.kind=pointwise", "data.judge_max_length=640", "model.max_position_embeddings=1024"],
         2,
@@ -94,7 +93,7 @@ def test_every_micro_batch_has_the_same_fixed_shapes(datamodule, overrides, judg
     dm = datamodule(*overrides)
     k, s = 2, dm.seq_length
     b = k * (2 + judge_rows)
-    assert dm.rows_per_micro_batch == b and s == max(32 + 32, dm.cfg.data.judge_max_length)
+    assert dm.layout.num_rows == b and s == max(32 + 32, dm.cfg.data.judge_max_length)
     loaded = batches(dm)
     assert len(loaded) == 4  # 10 pairs, global batch 4: 2 steps × 2 micro-batches
     for batch in loaded:
@@ -269,7 +268,8 @@ def test_reference_loader_visits_every_pair_once_and_fills_the_last_micro_batche
         counts.append(len(loaded))
         seen += [i for b in loaded for i in b["pair_indices"].tolist()]
         # the reference pass reads no judge: policy rows only, at the policy budget
-        assert all(b["tokens"].shape == (4, dm.policy_seq_length) for b in loaded)
+        assert dm.reference_layout.seq_length == 64
+        assert all(b["tokens"].shape == (4, 64) for b in loaded)
         assert all(b["verdict_positions"].numel() == 0 for b in loaded)
     assert counts == [2, 2]  # 4 micro-batches of 2 for 7 pairs, same count on both ranks
     assert sorted(i for i in seen if i >= 0) == list(range(7)) and seen.count(-1) == 1
@@ -344,7 +344,7 @@ def test_labelled_modes_train_on_policy_rows_only_identical_to_the_scir_policy_r
     rows = make_pairs(8, seed=5, refs=True)
     scir = datamodule(rows=rows)
     dpo = datamodule("scir.mode=dpo", rows=rows)
-    assert dpo.rows_per_micro_batch == 4 and dpo.seq_length == 64 < scir.seq_length
+    assert dpo.layout.num_rows == 4 and dpo.seq_length == 64 < scir.seq_length
     pad = scir.tokenizer.pad_id
     for full, policy in zip(batches(scir), batches(dpo), strict=True):
         assert policy["tokens"].shape == (4, 64) and policy["verdict_positions"].numel() == 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from megatron_scir.data import DataError, SftDataModule
-from megatron_scir.rewards import templates
+from megatron_scir.data.judges import PairwiseJudge, PointwiseJudge
 
 INSTRUCTIONS = [
     {"prompt": "What is the capital of France?", "response": "The capital of France is Paris."},
@@ -83,8 +83,9 @@ def test_instruction_examples_train_on_the_response_and_eos_only(sft, sp_tokeniz
 
 def test_judge_examples_train_on_their_verdict_or_score_token_then_eos(sft, sp_tokenizer):
     dm = sft(instructions=None, judge=JUDGE + JUDGE[:1])
-    verdict_a, verdict_b = templates.verdict_token_ids(dm.chat, dm.cfg.judge)
-    score_5 = templates.score_token_ids(dm.chat, dm.cfg.judge)[5]
+    pairwise = PairwiseJudge(dm.cfg.judge)
+    verdict_a, verdict_b = pairwise.candidate_ids(dm.chat)
+    score_5 = PointwiseJudge(dm.cfg.judge).candidate_ids(dm.chat)[5]
     eos = sp_tokenizer.eos_id
     found = sorted(tuple(t) for _, t in all_rows(dm))
     assert found == sorted([(verdict_a, eos), (verdict_b, eos), (score_5, eos), (verdict_a, eos)])
@@ -92,10 +93,8 @@ def test_judge_examples_train_on_their_verdict_or_score_token_then_eos(sft, sp_t
         if trained[0] == verdict_b:
             text = sp_tokenizer.decode(tokens[: tokens.index(verdict_b)])
             record = JUDGE[1]
-            instruction = templates.render_pairwise(
-                dm.cfg.judge, record["prompt"], record["response_a"], record["response_b"]
-            )
-            assert text == templates.judge_prompt_text(dm.chat, dm.cfg.judge, instruction)
+            fields = (record["prompt"], record["response_a"], record["response_b"])
+            assert text == pairwise.judge_text(dm.chat, *fields)
 
 
 def test_a_score_without_a_score_text_is_refused_naming_file_and_line(sft):

@@ -14,7 +14,6 @@ from megatron_scir.data import (
     SentencePieceTokenizer,
     build_tokenizer,
     check_tokenizer_fits_model,
-    padded_vocab_size,
 )
 from megatron_scir.testing.tokenizers import build_tiny_hf_tokenizer, train_tiny_sentencepiece
 
@@ -135,6 +134,8 @@ def test_a_file_that_is_not_a_sentencepiece_model_is_refused_by_name(tmp_path):
     ],
 )
 def test_vocab_is_padded_to_a_multiple_of_divisible_by_times_tp(vocab, divisible_by, tp, padded):
+    from megatron_scir.models.shapes import padded_vocab_size
+
     assert padded_vocab_size(vocab, divisible_by, tp) == padded
     assert padded % (divisible_by * tp) == 0 and 0 <= padded - vocab < divisible_by * tp
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from megatron_scir.losses import scir_loss
+from megatron_scir.losses import LossOptions, scir_loss
 from megatron_scir.parallel.reductions import reduce_metrics
 
 LN3 = math.log(3.0)
@@ -18,7 +18,10 @@ def _t(*values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
-def _pairs(delta, judge_12, judge_21=None, *, beta=0.1, **options):
+ONE_ORDER = LossOptions(position_debias="none")
+
+
+def _pairs(delta, judge_12, judge_21=None, *, beta=0.1, gold_labels=None, **options):
     """Pairs with Δ_I = delta exactly: policy y1 log-prob moved by delta/β, the rest equal."""
     delta = torch.as_tensor(delta, dtype=torch.float32)
     zeros = torch.zeros_like(delta)
@@ -28,7 +31,14 @@ def _pairs(delta, judge_12, judge_21=None, *, beta=0.1, **options):
     if judge_21 is not None:
         judge_21 = torch.as_tensor(judge_21, dtype=torch.float32).requires_grad_(True)
     loss, metrics = scir_loss(
-        policy_1, policy_2, zeros - 20.0, zeros - 20.0, judge_12, judge_21, beta=beta, **options
+        policy_1,
+        policy_2,
+        zeros - 20.0,
+        zeros - 20.0,
+        judge_12,
+        judge_21,
+        options=LossOptions(beta=beta, **options),
+        gold_labels=gold_labels,
     )
     return loss, reduce_metrics([metrics]), (policy_1, policy_2, judge_12, judge_21)
 
@@ -206,9 +216,8 @@ def test_sft_term_is_the_per_token_nll_of_the_agreed_chosen_response_over_all_pa
         ref,
         ref,
         _t(-2.0, -2.0),
-        position_debias="none",
+        options=LossOptions(position_debias="none", sft_weight=0.5),
         response_lengths=lengths,
-        sft_weight=0.5,
     )
     reduced = reduce_metrics([metrics])
     assert reduced["loss/sft"] == pytest.approx(4.0 / 2, rel=1e-6)
@@ -225,8 +234,7 @@ def test_length_normalisation_divides_each_log_ratio_by_its_response_length():
         _t(-20.0),
         _t(-14.0),
         _t(3.0),
-        position_debias="none",
-        length_normalize=True,
+        options=LossOptions(position_debias="none", length_normalize=True),
         response_lengths=lengths,
     )
     delta = 0.1 * (10.0 / 10 - 4.0 / 4)  # = 0: a tie despite different raw log-ratios
@@ -267,20 +275,22 @@ def test_metrics_use_the_spec_slash_keys():
 
 def test_bfloat16_inputs_are_computed_in_float32():
     inputs = [torch.tensor([v]).bfloat16() for v in (-10.0, -12.0, -11.0, -11.0, 1.0)]
-    loss, _ = scir_loss(*inputs, position_debias="none")
+    loss, _ = scir_loss(*inputs, options=ONE_ORDER)
     assert loss.dtype == torch.float32
 
 
 def test_unknown_options_and_mismatched_shapes_are_refused():
-    one = _t(0.0)
-    with pytest.raises(ValueError, match="divergence='kl'"):
-        scir_loss(one, one, one, one, one, divergence="kl")
+    one, options = _t(0.0), LossOptions()
+    with pytest.raises(
+        ValueError, match=r"divergence='kl' is not one of \('sym_kl', 'js', 'mse'\)"
+    ):
+        LossOptions(divergence="kl")
     with pytest.raises(ValueError, match="same shape"):
-        scir_loss(one, one, one, one, _t(0.0, 1.0))
+        scir_loss(one, one, one, one, _t(0.0, 1.0), options=options)
     with pytest.raises(ValueError, match="response_lengths"):
-        scir_loss(one, one, one, one, one, sft_weight=1.0)
+        scir_loss(one, one, one, one, one, options=LossOptions(sft_weight=1.0))
     with pytest.raises(ValueError, match="judge_logits_21=None"):
-        scir_loss(one, one, one, one, one, one, position_debias="none")
+        scir_loss(one, one, one, one, one, one, options=ONE_ORDER)
 
 
 @pytest.mark.parametrize("pref_normalization", ["pairs", "selected"])
@@ -290,9 +300,9 @@ def test_filler_pairs_add_nothing_but_keep_the_denominator(pref_normalization):
     real = [torch.randn(3, generator=g) * 10 - 30 for _ in range(4)] + [torch.randn(3) * 2]
     filler = [torch.cat([x, x[:1]]) for x in real]  # pair 0 repeated as a filler
     mask = torch.tensor([True, True, True, False])
-    options = dict(position_debias="none", pref_normalization=pref_normalization)
-    loss_real, metrics_real = scir_loss(*real, **options)
-    loss_filled, metrics_filled = scir_loss(*filler, pair_mask=mask, **options)
+    options = LossOptions(position_debias="none", pref_normalization=pref_normalization)
+    loss_real, metrics_real = scir_loss(*real, options=options)
+    loss_filled, metrics_filled = scir_loss(*filler, pair_mask=mask, options=options)
     scale = 3 / 4 if pref_normalization == "pairs" else None
     reduced_real, reduced_filled = reduce_metrics([metrics_real]), reduce_metrics([metrics_filled])
     if scale is not None:

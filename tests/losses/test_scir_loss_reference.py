@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_scir.losses import scir_loss
+from megatron_scir.losses import LossOptions, scir_loss
 
 BETA = 0.1
 
@@ -151,7 +151,7 @@ def test_scir_loss_and_gradients_equal_the_spec_written_out_in_float64(
 
     ours_inputs = [x.float().requires_grad_(True) for x in inputs]
     judge_21 = None if position_debias == "none" else ours_inputs[5]
-    loss, metrics = scir_loss(*ours_inputs[:5], judge_21, beta=BETA, **options)
+    loss, metrics = scir_loss(*ours_inputs[:5], judge_21, options=LossOptions(beta=BETA, **options))
     grads = torch.autograd.grad(loss, ours_inputs, allow_unused=True)
 
     consistent = metrics["scir/consistency_rate"]

@@ -21,7 +21,7 @@ PAIRWISE_IDS = [17, 200]  # one verdict id on each half of the vocabulary
 SCORE_IDS = [10, 130, 20, 140, 30, 249]
 LAYOUTS = {
     "pairwise_mean_prob": ([], PAIRWISE_IDS),
-    "pairwise_none_js": (["scir.position_debias=none", "scir.divergence=js"], PAIRWISE_IDS),
+    "pairwise_none_js": (["judge.position_debias=none", "scir.divergence=js"], PAIRWISE_IDS),
     "pointwise": (["judge.kind=pointwise", "scir.sft_weight=0.5"], SCORE_IDS),
     "dpo_mode": (["scir.mode=dpo"], None),
     "dpo_mode_policy_rows_only": (["scir.mode=dpo"], None),
@@ -56,23 +56,22 @@ class AllocationTracker(TorchDispatchMode):
 
 def _dense_loss(cfg, batch, candidate_ids, head):
     """The step's loss from full float64 log-softmaxes of every row (TP=1 only)."""
-    from megatron_scir.losses.preference import labelled_pair_loss
-    from megatron_scir.losses.scir import scir_loss
+    from megatron_scir.losses import LossOptions, labelled_pair_loss, scir_loss
     from megatron_scir.rewards import expected_scores, sequence_logps
 
-    k, vocab, s = cfg.train.micro_batch_size, cfg.model.vocab_size, cfg.scir
+    k, vocab = cfg.train.micro_batch_size, cfg.model.vocab_size
+    options = LossOptions.from_config(cfg)
     log_softmax = torch.log_softmax(head.logits(slice(None)).double()[..., :vocab], dim=-1)
     token_logps = log_softmax[: 2 * k].gather(-1, batch["labels"][: 2 * k, :, None])[..., 0]
     policy = sequence_logps(token_logps, batch["loss_mask"][: 2 * k])
     ref, lengths = batch["ref_logps"], batch["response_lengths"]
     common = dict(
-        beta=s.beta,
+        options=options,
         response_lengths=(lengths[:k], lengths[k:]),
-        sft_weight=s.sft_weight,
         pair_mask=batch["pair_indices"] >= 0,
     )
     logps = (policy[:k], policy[k:], ref[:k], ref[k:])
-    if s.mode == "dpo":
+    if cfg.scir.mode == "dpo":
         return labelled_pair_loss(*logps, batch["pair_labels"], **common)[0]
     judge_rows = torch.arange(2 * k, batch["tokens"].size(0))
     verdict = log_softmax[judge_rows, batch["verdict_positions"]][:, candidate_ids]
@@ -81,16 +80,9 @@ def _dense_loss(cfg, batch, candidate_ids, head):
         judge_12, judge_21 = scores[:k] - scores[k:], None
     else:
         odds = verdict[:, 0] - verdict[:, 1]
-        judge_12, judge_21 = (odds, None) if s.position_debias == "none" else (odds[:k], odds[k:])
-    return scir_loss(
-        *logps,
-        judge_12,
-        judge_21,
-        position_debias=s.position_debias,
-        divergence=s.divergence,
-        gold_labels=batch["pair_labels"],
-        **common,
-    )[0]
+        one_order = cfg.judge.position_debias == "none"
+        judge_12, judge_21 = (odds, None) if one_order else (odds[:k], odds[k:])
+    return scir_loss(*logps, judge_12, judge_21, gold_labels=batch["pair_labels"], **common)[0]
 
 
 def _grads(model) -> dict[str, torch.Tensor]:
@@ -101,9 +93,11 @@ def _grads(model) -> dict[str, torch.Tensor]:
 
 def _step_vs_dense(cfg, candidate_ids, model, batch):
     from megatron_scir.models import forward_last_stage
+    from megatron_scir.parallel import state
     from megatron_scir.training.forward_step import make_forward_step
 
-    output, loss_func = make_forward_step(cfg, candidate_ids)(iter([batch]), model)
+    forward_step = make_forward_step(cfg, candidate_ids, tp_group=state.tp_group())
+    output, loss_func = forward_step(iter([batch]), model)
     loss, metrics = loss_func(output)
     loss.backward()
     ours = (loss.item(), _grads(model), metrics)
@@ -136,7 +130,9 @@ def _judge_allocations(cfg, model, batch):
             torch.autograd.grad(logps.sum(), head.hidden)
         with trackers["full_logits"]:
             full = head.logits(rows)[torch.arange(len(rows)), positions]
-            logps = vocab_parallel_candidate_log_probs(full, ids, vocab_size=cfg.model.vocab_size)
+            logps = vocab_parallel_candidate_log_probs(
+                full, ids, tp_group=None, vocab_size=cfg.model.vocab_size
+            )
             torch.autograd.grad(logps.sum(), head.hidden)
 
     forward_last_stage(model, batch["tokens"], batch["position_ids"], head_fn)

@@ -37,12 +37,13 @@ LAYOUTS = {
 def _run_step(cfg, chunks, batches) -> dict[str, float]:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from megatron_scir.parallel import state
     from megatron_scir.parallel.ddp import wrap_with_ddp
     from megatron_scir.training.forward_step import make_forward_step, step_metrics
 
     model = wrap_with_ddp(chunks, cfg)
     losses = get_forward_backward_func()(
-        forward_step_func=make_forward_step(cfg, VERDICT_IDS),
+        forward_step_func=make_forward_step(cfg, VERDICT_IDS, tp_group=state.tp_group()),
         # the interleaved schedule reads one iterator per model chunk
         data_iterator=[iter(batches) for _ in model] if len(model) > 1 else iter(batches),
         model=model,
@@ -51,7 +52,12 @@ def _run_step(cfg, chunks, batches) -> dict[str, float]:
         micro_batch_size=batches[0]["tokens"].size(0),
         forward_only=False,
     )
-    return step_metrics(losses)
+    return step_metrics(
+        losses,
+        dp_group=state.dp_group(),
+        pp_group=state.pp_group(),
+        is_last_stage=state.is_last_stage(),
+    )
 
 
 @torch.no_grad()

@@ -1,0 +1,156 @@
+"""The SCIR micro-batch layout (SCIR_SPEC §9), owned by one object.
+
+A micro-batch of k pairs is one fixed-shape batch of B rows of S tokens:
+
+    rows [0:k]          policy [x‖y1]
+    rows [k:2k]         policy [x‖y2]
+    rows [2k + o·k : 2k + (o+1)·k]   judge order o (o < r): J(x, y1, y2) then J(x, y2, y1) for
+                        pairwise with position debiasing (r = 2; without it r = 1), J(x, y1) then
+                        J(x, y2) for pointwise (r = 2)
+
+B = k · (2 + r). The judge rows per pair r come from the judge format and are 0 when the loss
+mode reads no judge (the labelled ``dpo``/``srlm`` modes, and the reference pass). S is the
+policy budget (``data.max_prompt_length + data.max_response_length``) without judge rows, else
+the larger of it and ``data.judge_max_length``. The collate function, the DataModules, the
+forward step and the random test batches all read the layout from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from megatron_scir.config import Config
+from megatron_scir.data.judges import judge_format
+from megatron_scir.losses.modes import loss_mode
+
+__all__ = ["MicroBatchLayout"]
+
+POLICY_ROWS_PER_PAIR = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class MicroBatchLayout:
+    """Rows and length of a SCIR micro-batch (SCIR_SPEC §9; see the module docstring).
+
+    Attributes:
+        num_pairs: k, pairs per micro-batch (``train.micro_batch_size``).
+        judge_rows_per_pair: r, judge sequences per pair; 0 without judge rows.
+        policy_seq_length: the policy budget, prompt + response.
+        judge_seq_length: the judge budget (``data.judge_max_length``).
+    """
+
+    num_pairs: int
+    judge_rows_per_pair: int
+    policy_seq_length: int
+    judge_seq_length: int
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, with_judge: bool | None = None) -> MicroBatchLayout:
+        """The layout of a run's micro-batches.
+
+        Args:
+            cfg: The run config (``train.micro_batch_size``, the ``data`` budgets, the judge
+                format, ``scir.mode``).
+            with_judge: Whether the batches carry judge rows; ``None``: what the loss mode
+                (``scir.mode``) needs.
+        """
+        if with_judge is None:
+            with_judge = loss_mode(cfg.scir.mode).needs_judge
+        return cls(
+            num_pairs=cfg.train.micro_batch_size,
+            judge_rows_per_pair=judge_format(cfg.judge).rows_per_pair if with_judge else 0,
+            policy_seq_length=cfg.data.max_prompt_length + cfg.data.max_response_length,
+            judge_seq_length=cfg.data.judge_max_length,
+        )
+
+    def policy_only(self) -> MicroBatchLayout:
+        """The same pairs without judge rows, at the policy budget (the reference pass)."""
+        return dataclasses.replace(self, judge_rows_per_pair=0)
+
+    @property
+    def with_judge(self) -> bool:
+        return self.judge_rows_per_pair > 0
+
+    @property
+    def seq_length(self) -> int:
+        """S: the policy budget alone without judge rows, else max(policy, judge budget)."""
+        if not self.with_judge:
+            return self.policy_seq_length
+        return max(self.policy_seq_length, self.judge_seq_length)
+
+    @property
+    def rows_per_pair(self) -> int:
+        return POLICY_ROWS_PER_PAIR + self.judge_rows_per_pair
+
+    @property
+    def num_rows(self) -> int:
+        """B = k · (2 + r)."""
+        return self.num_pairs * self.rows_per_pair
+
+    @property
+    def num_policy_rows(self) -> int:
+        return POLICY_ROWS_PER_PAIR * self.num_pairs
+
+    @property
+    def num_judge_rows(self) -> int:
+        """J = k · r (also the length of ``verdict_positions``)."""
+        return self.judge_rows_per_pair * self.num_pairs
+
+    @property
+    def policy_rows(self) -> slice:
+        """Rows ``[0:2k]``: y1 rows then y2 rows."""
+        return slice(0, self.num_policy_rows)
+
+    def policy_side_rows(self, side: int) -> slice:
+        """Rows of response ``side`` (0: y1, 1: y2) of every pair."""
+        k = self.num_pairs
+        return slice(side * k, (side + 1) * k)
+
+    @property
+    def judge_rows(self) -> slice:
+        """Rows ``[2k:B]``, all judge rows."""
+        return slice(self.num_policy_rows, self.num_rows)
+
+    def judge_order_rows(self, order: int) -> slice:
+        """Rows of judge order ``order`` (< r) of every pair."""
+        start = self.num_policy_rows + order * self.num_pairs
+        return slice(start, start + self.num_pairs)
+
+    def validate(self, batch: Mapping[str, Any], *, require_ref_logps: bool = True) -> None:
+        """Check a micro-batch's row counts and per-pair sizes against this layout.
+
+        Args:
+            batch: The micro-batch (``tokens`` ``[B, S]`` and the per-pair keys present).
+            require_ref_logps: Training batches need ``ref_logps``; the reference pass's
+                batches do not have them yet.
+
+        Raises:
+            ValueError: naming every mismatch and the layout (k pairs, J judge rows).
+        """
+        k, judge_rows = self.num_pairs, self.num_judge_rows
+        tokens = batch["tokens"]
+        problems = []
+        if tokens.dim() != 2 or tokens.size(0) != self.num_rows:
+            problems.append(f"tokens {tuple(tokens.shape)}: expected [{self.num_rows}, S]")
+        sizes = {
+            "ref_logps": 2 * k,
+            "response_lengths": 2 * k,
+            "pair_labels": k,
+            "verdict_positions": judge_rows,
+        }
+        problems += [
+            f"{key} has {batch[key].numel()} entries: expected {size}"
+            for key, size in sizes.items()
+            if key in batch and batch[key].numel() != size
+        ]
+        if require_ref_logps and "ref_logps" not in batch:
+            problems.append("ref_logps missing: run the reference pass first (SCIR_SPEC §7.3)")
+        if problems:
+            raise ValueError(
+                f"micro-batch does not match the SCIR layout for k={k} pairs and {judge_rows} "
+                "judge rows (SCIR_SPEC §9; train.micro_batch_size, scir.mode, judge.kind, "
+                "judge.position_debias): " + "; ".join(problems)
+            )
