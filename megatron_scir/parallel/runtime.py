@@ -19,6 +19,7 @@ ProcessGroupCollection`, the object its newer APIs take (``pg_collection=``).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -126,7 +127,7 @@ def parallel_world(
             state has another layout.
     """
     owns_world = not dist.is_initialized()
-    state.init_distributed(parallel.distributed_backend, timeout_s=timeout_s)
+    exported = state.init_distributed(parallel.distributed_backend, timeout_s=timeout_s)
     owns_model_parallel = False
     try:
         data_parallel_size(parallel, dist.get_world_size())
@@ -141,6 +142,8 @@ def parallel_world(
             state.destroy_model_parallel()
         if owns_world and dist.is_initialized():
             dist.destroy_process_group()
+        for key in exported:  # a later child process must not think it is a rank of this world
+            os.environ.pop(key, None)
 
 
 def _check_same_layout(parallel: ParallelConfig) -> None:

@@ -19,24 +19,31 @@ from megatron_scir.config import ParallelConfig
 from megatron_scir.config.choices import Backend
 
 
-def init_distributed(backend: str = "auto", *, timeout_s: int = 1800) -> None:
+def init_distributed(backend: str = "auto", *, timeout_s: int = 1800) -> dict[str, str]:
     """Initialise torch.distributed from the launcher's env vars (torchrun, srun), once.
 
     ``auto`` picks NCCL when CUDA is available and gloo (plus the CPU compatibility layer)
     otherwise. A single process without launcher env vars gets a world of one.
+
+    Returns:
+        The env vars this call exported for ``init_process_group`` (Slurm's translated to
+        torch's, or a world of one's): the caller removes them when it tears the world down, so
+        a child process it starts later is not taken for a rank of this world.
     """
     if dist.is_initialized():
-        return
+        return {}
     if backend == Backend.AUTO:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == Backend.GLOO and not torch.cuda.is_available():
         from megatron_scir.parallel import cpu_compat
 
         cpu_compat.enable()
-    os.environ.update(launcher_env(os.environ))
+    exported = launcher_env(os.environ)
+    os.environ.update(exported)
     if backend == Backend.NCCL:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return exported
 
 
 def launcher_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -82,7 +89,15 @@ def launched_world_size(environ: Mapping[str, str] | None = None) -> int:
 
 
 def initialize_model_parallel(parallel: ParallelConfig, *, seed: int = 1234) -> None:
-    """Create Megatron's TP/PP/DP groups for ``parallel`` and seed the model-parallel RNG."""
+    """Create Megatron's TP/PP/DP groups for ``parallel`` and seed every generator.
+
+    As Megatron-LM's ``_set_random_seed``: Python, NumPy and torch get ``seed + 100 · pp_rank``
+    (so a random initialisation is the same on every run and every DP replica), and Megatron's
+    model-parallel RNG tracker its TP/PP offsets of ``seed``.
+    """
+    import random
+
+    import numpy as np
     from megatron.core import parallel_state, tensor_parallel
 
     vpp = parallel.virtual_pipeline_model_parallel_size
@@ -91,6 +106,10 @@ def initialize_model_parallel(parallel: ParallelConfig, *, seed: int = 1234) -> 
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=vpp if vpp and vpp > 1 else None,
     )
+    stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    random.seed(stage_seed)
+    np.random.seed(stage_seed)
+    torch.manual_seed(stage_seed)
     if torch.cuda.is_available():
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
     else:

@@ -177,13 +177,14 @@ def test_conversion_builds_local_spec_and_pads_the_vocabulary_for_the_target_lay
         conversion_layout(target, world_size=12)
 
 
-def test_a_short_context_model_converts_whatever_the_generation_budgets_say(tmp_path, capsys):
+def test_a_short_context_model_converts_whatever_the_generation_budgets_say(tmp_path):
     """Conversion reads no generation setting, so it never refuses a model for one (the tiny
     preset's 32 + 32 generation tokens do not fit 48 positions)."""
     hf_dir = tmp_path / "hf"
     tiny_hf_llama(hf_dir, max_position_embeddings=48)
     out = tmp_path / "ckpt"
-    assert (
-        main(["hf-to-mcore", "--hf-dir", str(hf_dir), "--out", str(out), "--config", "tiny"]) == 0
-    )
-    assert (out / "scir_checkpoint.json").is_file(), capsys.readouterr().err
+    cmd = [sys.executable, "-m", "megatron_scir.cli", "convert", "hf-to-mcore", "--no-progress"]
+    cmd += ["--hf-dir", str(hf_dir), "--out", str(out), "--config", "tiny"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "scir_checkpoint.json").is_file()

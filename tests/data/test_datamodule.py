@@ -267,10 +267,10 @@ def test_reference_loader_visits_every_pair_once_and_fills_the_last_micro_batche
         loaded = list(dm.reference_dataloader())
         counts.append(len(loaded))
         seen += [i for b in loaded for i in b["pair_indices"].tolist()]
-        # the reference pass reads no judge: policy rows only, at the policy budget
-        assert dm.reference_layout.seq_length == 64
-        assert all(b["tokens"].shape == (4, 64) for b in loaded)
-        assert all(b["verdict_positions"].numel() == 0 for b in loaded)
+        # the reference pass runs the training layout (exact ties at step 0, SCIR_SPEC §4)
+        assert dm.reference_layout == dm.layout
+        shape = (dm.layout.num_rows, dm.layout.seq_length)
+        assert all(b["tokens"].shape == shape for b in loaded)
     assert counts == [2, 2]  # 4 micro-batches of 2 for 7 pairs, same count on both ranks
     assert sorted(i for i in seen if i >= 0) == list(range(7)) and seen.count(-1) == 1
 

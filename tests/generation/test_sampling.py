@@ -20,6 +20,7 @@ pytestmark = pytest.mark.dist
 NUM_PROMPTS, NUM_RESPONSES, MAX_NEW = 5, 3, 12
 PROMPTS = [f"Write a short poem about the sea, number {i}." for i in range(NUM_PROMPTS)]
 OVERRIDES = [
+    "data.max_prompt_length=64",  # the prompt budget of the backend checks below
     f"generation.num_responses={NUM_RESPONSES}",
     f"generation.max_new_tokens={MAX_NEW}",
     "generation.temperature=1.0",
