@@ -52,6 +52,11 @@ class LoadedCheckpoint:
     extra_state: dict[str, Any]
     metadata: CheckpointMetadata | None
     """None for a Megatron-LM / NeMo 2 checkpoint."""
+    rank_state: Any = None
+    """This rank's ``rank_state`` (``load_checkpoint(..., rank_state=True)``, same layout)."""
+
+
+RANK_STATE = "rank_state"
 
 
 def _model_state(chunks: Sequence[torch.nn.Module]) -> dict[str, dict]:
@@ -74,6 +79,7 @@ def save_checkpoint(
     step: int,
     extra_state: dict[str, Any] | None = None,
     optimizer=None,
+    rank_state: Any = None,
     assets: Sequence[str | Path] = (),
     overwrite: bool = False,
 ) -> Path:
@@ -90,6 +96,8 @@ def save_checkpoint(
         step: optimizer steps taken.
         extra_state: picklable state common to all ranks (tensors, numbers, strings, containers).
         optimizer: a Megatron optimizer over ``chunks`` whose state is saved too.
+        rank_state: picklable state of THIS rank (its RNG states): stored once per rank and
+            given back by :func:`load_checkpoint` only to the same rank of the same layout.
         assets: files copied into ``<ckpt>/hf/`` (HF config.json, tokenizer files).
         overwrite: replace a complete checkpoint at ``ckpt_dir`` (otherwise an error); the old
             one stays complete until the new one has its name.
@@ -107,6 +115,8 @@ def save_checkpoint(
     state = {**model_state, "extra_state": dict(extra_state or {})}
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(model_state)
+    if rank_state is not None:
+        state[RANK_STATE] = _rank_state_entry(rank_state)
     dist_checkpointing.save(state, str(staging))
     if dist.get_rank() == 0:
         names = _copy_assets(assets, staging / ASSETS_DIR)
@@ -188,14 +198,20 @@ def _check_optimizer_state(metadata: CheckpointMetadata | None, path: Path, cfg:
 
 
 def load_checkpoint(
-    ckpt_dir: str | Path, chunks: Sequence[torch.nn.Module], cfg: Config, *, optimizer=None
+    ckpt_dir: str | Path,
+    chunks: Sequence[torch.nn.Module],
+    cfg: Config,
+    *,
+    optimizer=None,
+    rank_state: bool = False,
 ) -> LoadedCheckpoint:
     """Load the model weights of any-layout checkpoint ``ckpt_dir`` into this rank's chunks.
 
     Collective over the whole world. ``cfg`` describes this run's model and layout; it must
     describe the checkpoint's model (see :data:`~megatron_scir.checkpoint.metadata.MODEL_FIELDS`).
     With ``optimizer`` (a Megatron optimizer over ``chunks``) its state is loaded too; that needs
-    the same padded vocabulary.
+    the same padded vocabulary. With ``rank_state`` this rank's ``rank_state`` is read back
+    when the checkpoint was written by a world of the same TP/PP/world size (else None).
 
     Raises:
         CheckpointError: incomplete or missing checkpoint, another model, a missing tensor or a
@@ -223,6 +239,9 @@ def load_checkpoint(
         state["optimizer"] = optimizer.sharded_state_dict(_model_state(chunks), is_loading=True)
     for sharded in model_state.values():
         retarget_for_load(sharded, contents)
+    with_rank_state = rank_state and _same_writer_layout(metadata, cfg)
+    if with_rank_state:
+        state[RANK_STATE] = _rank_state_entry(None)
     loaded = dist_checkpointing.load(state, str(path))
     for key, chunk in zip(model_state, unwrap_model(list(chunks)), strict=True):
         chunk.load_state_dict(loaded[key], strict=True)
@@ -231,5 +250,26 @@ def load_checkpoint(
     if metadata is None:
         return LoadedCheckpoint(path, 0, int(loaded.get("iteration", 0)), {}, None)
     return LoadedCheckpoint(
-        path, metadata.iteration, metadata.step, dict(loaded.get("extra_state", {})), metadata
+        path,
+        metadata.iteration,
+        metadata.step,
+        dict(loaded.get("extra_state", {})),
+        metadata,
+        loaded[RANK_STATE] if with_rank_state else None,
     )
+
+
+def _rank_state_entry(data: Any):
+    """This rank's slot of the per-rank object ``rank_state`` (one element per global rank)."""
+    import torch.distributed as dist
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    return ShardedObject(RANK_STATE, data, (world,), (rank,), replica_id=0)
+
+
+def _same_writer_layout(metadata: CheckpointMetadata | None, cfg: Config) -> bool:
+    """Per-rank state only means something to the same rank of the same layout."""
+    if metadata is None or RANK_STATE not in metadata.contents:
+        return False
+    return metadata.layout == _layout(cfg)

@@ -4,6 +4,8 @@ command; each command owns its parallel world and calls the library packages.
     scir config --config PRESET_OR_YAML [a.b=c ++a.b=c ...]    print the resolved config
     scir convert hf-to-mcore|mcore-to-hf ...                     Hugging Face ↔ Megatron checkpoints
     scir generate --config ... --ckpt CKPT --prompts P --out O   N responses per prompt
+    scir sft --config ... [--resume]                             the seed SFT stage
+    scir train --config ... --pairs P [--resume]                 SCIR / DPO / SRLM training
 
 Also ``python -m megatron_scir.cli <command>`` (under ``torchrun -m`` or ``srun``). Command
 modules import only the standard library at import time, so ``scir --help`` is instant.
@@ -23,6 +25,7 @@ from megatron_scir.config.arguments import add_config_arguments, run_command
 COMMAND_MODULES = (
     "megatron_scir.cli.convert",
     "megatron_scir.cli.generate",
+    "megatron_scir.cli.train",
 )
 
 

@@ -438,11 +438,20 @@ class TrainConfig:
     """Seed for initialisation, shuffling and dropout."""
     sft_epochs: int = 1
     """Epochs of the seed SFT stage (instruction + judge data)."""
+    max_skipped_steps: int = 5
+    """A step whose loss or gradient norm is NaN/inf is skipped (no update) and counted; this
+    many consecutive skips stop the run with a message naming the step."""
 
     def __post_init__(self) -> None:
         s = "train"
         _choice(s, "lr_decay_style", self.lr_decay_style, LrDecayStyle)
-        for key in ("micro_batch_size", "global_batch_size", "train_iters", "epochs"):
+        for key in (
+            "micro_batch_size",
+            "global_batch_size",
+            "train_iters",
+            "epochs",
+            "max_skipped_steps",
+        ):
             _positive(s, key, getattr(self, key))
         if self.global_batch_size % self.micro_batch_size:
             raise ConfigError(
@@ -458,7 +467,8 @@ class CheckpointConfig:
     load: str | None = None
     """Checkpoint to start from (a megatron-scir, Megatron-LM or NeMo 2 torch_dist directory)."""
     save: str | None = None
-    """Directory checkpoints are written under (iter_NNNNNNN subdirectories)."""
+    """Directory the trainer writes checkpoints under (step_NNNNNNN subdirectories; --resume
+    continues from the newest complete one)."""
     save_interval: int | None = None
     """Save every this many optimizer steps (null = only at the end of an iteration)."""
     keep_last: int | None = None

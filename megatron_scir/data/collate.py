@@ -50,9 +50,8 @@ def collate_pairs(
     Args:
         pairs: The k pairs of the micro-batch (``layout.num_pairs``), each encoded with at least
             ``layout.judge_rows_per_pair`` judge sequences.
-        layout: Rows and S. Without judge rows (``[2k, S]``: the reference pass and the
-            labelled ``dpo``/``srlm`` modes read no judge) the pairs' judge sequences are left
-            out.
+        layout: Rows and S. Without judge rows (``[2k, S]``: the labelled ``dpo``/``srlm``
+            modes read no judge while training) the pairs' judge sequences are left out.
         pad_id: Right-padding id (also the labels' last column).
     """
     k, seq_length = layout.num_pairs, layout.seq_length

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from megatron_scir.config import Config
+from megatron_scir.config.choices import LossMode
 from megatron_scir.data.chat import ChatFormat
 from megatron_scir.data.collate import collate_pairs
 from megatron_scir.data.encode import SequenceEncoder
@@ -213,9 +214,13 @@ class ScirDataModule(MicroBatchDataModule):
         self.val_path = None if val_path is None else Path(val_path)
         self.pairs: list[PairRecord] = []
         # SCIR_SPEC §9. Training batches carry judge rows only when the loss mode reads the
-        # judge (not in the labelled dpo/srlm modes); the reference pass reads no judge.
+        # judge (not in the labelled dpo/srlm modes). The reference pass runs the training
+        # layout, so that πθ = πref bit for bit at the first step (SCIR_SPEC §4); srlm fixes its
+        # labels from the M_t judge in that pass (§6), so its reference batches carry judge rows.
         self.layout = MicroBatchLayout.from_config(cfg)
-        self.reference_layout = self.layout.policy_only()
+        self.reference_layout = MicroBatchLayout.from_config(
+            cfg, with_judge=True if cfg.scir.mode == LossMode.SRLM else None
+        )
 
     @property
     def verdict_token_ids(self) -> tuple[int, ...]:
@@ -238,20 +243,24 @@ class ScirDataModule(MicroBatchDataModule):
             self._val = self._encode("pair", self._read_pairs(self.val_path))
         logger.info("%s", self.summary())
 
-    def reference_dataloader(self) -> DataLoader:
+    def reference_dataloader(self, *, micro_batches_multiple_of: int = 1) -> DataLoader:
         """Every pair once, in file order, for the reference pass (SCIR_SPEC §7 step 3).
 
-        Policy rows only (``reference_layout``: ``[2k, policy budget]``): the reference pass
-        reads no judge.
+        Micro-batches of ``reference_layout``: the training layout (the same k pairs, rows and S
+        as ``train_dataloader``), with judge rows in ``srlm`` mode too. Micro-batch m goes to DP
+        rank ``m % dp_size``. The last micro-batches are completed with fillers
+        (``pair_indices`` = -1) so that every micro-batch has k pairs and every rank the same
+        number of micro-batches, a multiple of ``micro_batches_multiple_of``.
 
-        Micro-batch m goes to DP rank ``m % dp_size``. The last micro-batches are completed with
-        fillers (``pair_indices`` = -1) so that every micro-batch has k pairs and every rank the
-        same number of micro-batches.
+        Args:
+            micro_batches_multiple_of: each rank's micro-batch count is a multiple of this
+                (Megatron's interleaved pipeline schedule needs a multiple of the pipeline size).
         """
         items = self._require(self._train, "fit")
         k = self.cfg.train.micro_batch_size
+        per_round = self.dp_size * micro_batches_multiple_of
         num_micro = -(-len(items) // k)
-        num_micro = -(-num_micro // self.dp_size) * self.dp_size
+        num_micro = -(-num_micro // per_round) * per_round
         batches = [
             [i if i < len(items) else -len(items) for i in range(m * k, (m + 1) * k)]
             for m in range(self.dp_rank, num_micro, self.dp_size)

@@ -9,7 +9,7 @@ A micro-batch of k pairs is one fixed-shape batch of B rows of S tokens:
                         J(x, y2) for pointwise (r = 2)
 
 B = k · (2 + r). The judge rows per pair r come from the judge format and are 0 when the loss
-mode reads no judge (the labelled ``dpo``/``srlm`` modes, and the reference pass). S is the
+mode reads no judge (the labelled ``dpo``/``srlm`` modes). S is the
 policy budget (``data.max_prompt_length + data.max_response_length``) without judge rows, else
 the larger of it and ``data.judge_max_length``. The collate function, the DataModules, the
 forward step and the random test batches all read the layout from here.
@@ -67,7 +67,7 @@ class MicroBatchLayout:
         )
 
     def policy_only(self) -> MicroBatchLayout:
-        """The same pairs without judge rows, at the policy budget (the reference pass)."""
+        """The same pairs without judge rows, at the policy budget (the labelled modes)."""
         return dataclasses.replace(self, judge_rows_per_pair=0)
 
     @property

@@ -79,7 +79,9 @@ class PairRecord:
     """An (unlabeled) preference pair; ``label`` 1 means response_1 is better, 2 response_2.
 
     ``ref_logps_1/2`` are log πref(y|x) summed over response tokens (SCIR_SPEC §1), written by
-    the reference pass; ``truncated_1/2`` flag responses cut by generation (no EOS follows them).
+    the reference pass together with ``ref_judge_logits_12/21``, the M_t judge's log-odds that
+    response_1 is better with it shown first / second (SCIR_SPEC §2; ``_21`` only with two
+    judge orders); ``truncated_1/2`` flag responses cut by generation (no EOS follows them).
     """
 
     pair_id: str
@@ -90,6 +92,8 @@ class PairRecord:
     label: int | None = None
     ref_logps_1: float | None = None
     ref_logps_2: float | None = None
+    ref_judge_logits_12: float | None = None
+    ref_judge_logits_21: float | None = None
     truncated_1: bool = False
     truncated_2: bool = False
     where: str = field(default="", compare=False)
@@ -259,6 +263,16 @@ def parse_pair(obj: dict, where: str = "") -> PairRecord:
     ref_1, ref_2 = _finite_number(obj, "ref_logps_1"), _finite_number(obj, "ref_logps_2")
     if (ref_1 is None) != (ref_2 is None):
         raise RecordProblem("missing field", "'ref_logps_1' and 'ref_logps_2' come together")
+    judge_12 = _finite_number(obj, "ref_judge_logits_12")
+    judge_21 = _finite_number(obj, "ref_judge_logits_21")
+    if judge_21 is not None and judge_12 is None:
+        raise RecordProblem(
+            "missing field", "'ref_judge_logits_21' needs 'ref_judge_logits_12' (the first order)"
+        )
+    if judge_12 is not None and ref_1 is None:
+        raise RecordProblem(
+            "missing field", "'ref_judge_logits_12' comes with 'ref_logps_1' and 'ref_logps_2'"
+        )
     is_bool = lambda v: isinstance(v, bool)  # noqa: E731
     return PairRecord(
         pair_id=_id(obj, "pair_id"),
@@ -269,6 +283,8 @@ def parse_pair(obj: dict, where: str = "") -> PairRecord:
         label=label,
         ref_logps_1=ref_1,
         ref_logps_2=ref_2,
+        ref_judge_logits_12=judge_12,
+        ref_judge_logits_21=judge_21,
         truncated_1=bool(_get(obj, "truncated_1", "a boolean", is_bool, required=False)),
         truncated_2=bool(_get(obj, "truncated_2", "a boolean", is_bool, required=False)),
         where=where,

@@ -14,9 +14,20 @@ docs/parallelism.md and the shared PLATFORM notes). :func:`enable` neutralises e
 - ``torch.autocast("cuda")`` → ``torch.autocast("cpu")``;
 - the inference p2p ``_is_cuda`` assert → accepts CPU tensors;
 - the optimizer's gradient clipping (asserts ``torch.cuda.FloatTensor`` grads) → the same
-  in-place scaling by ``max_norm / (total_norm + 1e-6)`` on CPU tensors.
+  in-place scaling by ``max_norm / (total_norm + 1e-6)`` on CPU tensors;
+- ``Tensor.type()`` (no argument), which the distributed optimizer compares with
+  ``"torch.cuda.FloatTensor"`` and friends to sort parameters → the CUDA name of a CPU tensor.
 
 The GPU code paths never import this module; :func:`enable` refuses to run when CUDA is available.
+
+Gloo is also more lenient than NCCL in one way that hides real bugs: it accepts non-contiguous
+tensors (a strided view of a batch, say), where NCCL fails with "Tensors must be contiguous".
+:func:`enforce_contiguous_collectives` makes this process follow NCCL's rule: a
+:class:`~torch.utils._python_dispatch.TorchDispatchMode` sees every ``c10d`` op the
+``torch.distributed`` functions issue (whatever alias Megatron bound them to, forward or
+backward) and raises :class:`NonContiguousCollectiveError`, naming the collective, before a
+non-contiguous tensor reaches gloo. The multi-process harness
+(``megatron_scir.testing.distributed.run_distributed``) turns it on in every child by default.
 """
 
 from __future__ import annotations
@@ -26,8 +37,10 @@ import time
 
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 _MODE: _CpuDeviceMode | None = None
+_STRICT_MODE: _ContiguousCollectivesMode | None = None
 
 
 def _to_cpu_device(device):
@@ -46,6 +59,13 @@ class _CpuDeviceMode(TorchFunctionMode):
         kwargs = dict(kwargs or {})
         if func in (torch.Tensor.cuda,):
             return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            # the distributed optimizer sorts parameters by ``param.type()`` and accepts only
+            # ``torch.cuda.*Tensor`` names: report CPU tensors under their CUDA names
+            name = func(*args)
+            return (
+                name.replace("torch.", "torch.cuda.", 1) if args[0].device.type == "cpu" else name
+            )
         if func is torch.Tensor.to and args[1:] and isinstance(args[1], (str, int, torch.device)):
             if not isinstance(args[1], torch.dtype):
                 args = (args[0], _to_cpu_device(args[1]), *args[2:])
@@ -192,3 +212,94 @@ def _patch_grad_clipping() -> None:
         torch._foreach_mul_(grads, clip_coeff)
 
     moptimizer.clip_grad_by_total_norm_fp32 = clip_grad_by_total_norm_fp32
+
+
+class NonContiguousCollectiveError(RuntimeError):
+    """A collective got a tensor NCCL would refuse ("Tensors must be contiguous")."""
+
+
+# The torch.distributed function behind each c10d op, for the error message.
+_COLLECTIVE_NAMES = {
+    "_allgather_base_": "all_gather_into_tensor",
+    "allgather_": "all_gather",
+    "allgather_coalesced_": "all_gather_coalesced",
+    "allgather_into_tensor_coalesced_": "all_gather_into_tensor (coalesced)",
+    "allreduce_": "all_reduce",
+    "allreduce_coalesced_": "all_reduce_coalesced",
+    "_reduce_scatter_base_": "reduce_scatter_tensor",
+    "reduce_scatter_": "reduce_scatter",
+    "reduce_scatter_tensor_coalesced_": "reduce_scatter_tensor (coalesced)",
+    "reduce_": "reduce",
+    "broadcast_": "broadcast",
+    "gather_": "gather",
+    "scatter_": "scatter",
+    "alltoall_": "all_to_all",
+    "alltoall_base_": "all_to_all_single",
+    "send": "send/isend",
+    "recv_": "recv/irecv",
+    "recv_any_source_": "recv/irecv (any source)",
+}
+# ProcessGroupNCCL stages these per-rank lists through one flat buffer (newLikeFlat + copy), so
+# they may be strided; it hands every other tensor to NCCL as it is.
+_STAGED_ARGUMENTS = {"allgather_": "output_tensors", "reduce_scatter_": "input_tensors"}
+
+
+def _tensors(value, path: str):
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{path}[{i}]")
+
+
+class _ContiguousCollectivesMode(TorchDispatchMode):
+    """Raises when a c10d op gets a tensor that is not contiguous (NCCL's check)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "c10d":
+            op = func._schema.name.split("::")[-1]
+            staged = _STAGED_ARGUMENTS.get(op)
+            for schema_arg, value in zip(func._schema.arguments, args, strict=False):
+                if schema_arg.name != staged:
+                    _check_contiguous(op, schema_arg.name, value)
+            for name, value in kwargs.items():
+                if name != staged:
+                    _check_contiguous(op, name, value)
+        return func(*args, **kwargs)
+
+
+def _is_dense(tensor: torch.Tensor) -> bool:
+    # NCCL's test is is_contiguous(suggest_memory_format()): channels-last layouts pass too
+    if tensor.is_contiguous():
+        return True
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    return tensor.dim() in formats and tensor.is_contiguous(memory_format=formats[tensor.dim()])
+
+
+def _check_contiguous(op: str, argument: str, value) -> None:
+    for path, tensor in _tensors(value, argument):
+        if not _is_dense(tensor):
+            raise NonContiguousCollectiveError(
+                f"torch.distributed.{_COLLECTIVE_NAMES.get(op, op)} got a non-contiguous tensor "
+                f"({path}: shape {tuple(tensor.shape)}, stride {tensor.stride()}); NCCL refuses "
+                "it ('Tensors must be contiguous') even where gloo lets it through. Pass a "
+                "contiguous tensor (.contiguous()) to the collective or to the Megatron layer "
+                "that issues it."
+            )
+
+
+def enforce_contiguous_collectives() -> None:
+    """Make every collective of this process refuse non-contiguous tensors, as NCCL does.
+
+    Idempotent; stays on for the life of the process (the test harness's children).
+    """
+    global _STRICT_MODE
+    if _STRICT_MODE is None:
+        _STRICT_MODE = _ContiguousCollectivesMode()
+        _STRICT_MODE.__enter__()
+
+
+def contiguous_collectives_enforced() -> bool:
+    """Whether :func:`enforce_contiguous_collectives` is on in this process."""
+    return _STRICT_MODE is not None

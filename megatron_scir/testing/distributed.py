@@ -10,6 +10,11 @@ Each child: CPU compatibility layer enabled (when CUDA is absent), ``torch.distr
 with gloo, deterministic single-threaded torch; the parent waits, and re-raises the first child's
 failure with the child's own traceback. A child that hangs past ``timeout`` is killed and the
 error says which ranks were still running.
+
+Gloo accepts non-contiguous tensors where NCCL refuses them, so by default every child also
+enforces NCCL's rule (``strict_collectives=True``:
+``megatron_scir.parallel.cpu_compat.enforce_contiguous_collectives``): a collective given a
+strided view fails the test with an error naming the collective, as it would fail on GPUs.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ def _child(
     fn: Callable,
     args: Sequence,
     env: dict[str, str],
+    strict_collectives: bool,
 ) -> None:
     import logging
     import warnings
@@ -68,6 +74,8 @@ def _child(
             from megatron_scir.parallel import cpu_compat
 
             cpu_compat.enable()
+            if strict_collectives:
+                cpu_compat.enforce_contiguous_collectives()
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
         value = fn(rank, world_size, *args)
         torch.save({"ok": True, "value": value}, out)
@@ -92,8 +100,18 @@ def run_distributed(
     *,
     timeout: float = 300.0,
     env: dict[str, str] | None = None,
+    strict_collectives: bool = True,
 ) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` spawned gloo processes.
+
+    Args:
+        fn: a picklable (module-level) function, run on every rank.
+        world_size: the number of processes.
+        args: extra positional arguments of ``fn`` (picklable).
+        timeout: seconds for the whole run; ranks still running then are killed.
+        env: environment variables set in every child.
+        strict_collectives: collectives refuse non-contiguous tensors, as NCCL does (CPU runs;
+            on GPUs NCCL checks itself). Turn off only to show what gloo alone accepts.
 
     Returns:
         The return values of ``fn`` by rank (they must be picklable with ``torch.save``).
@@ -107,7 +125,16 @@ def run_distributed(
         procs = [
             ctx.Process(
                 target=_child,
-                args=(r, world_size, port, result_dir, fn, tuple(args), dict(env or {})),
+                args=(
+                    r,
+                    world_size,
+                    port,
+                    result_dir,
+                    fn,
+                    tuple(args),
+                    dict(env or {}),
+                    strict_collectives,
+                ),
                 daemon=False,
             )
             for r in range(world_size)
@@ -149,5 +176,8 @@ def _collect(procs: list, result_dir: str, world_size: int) -> list[Any]:
             errors.append(f"rank {rank} failed:\n{record['error']}")
     if errors:
         first_real = [e for e in errors if "failed:" in e] or errors
+        # the first rank to fail closes its connections and its peers then fail in gloo: the
+        # cause first, those consequences after it
+        first_real.sort(key=lambda e: "Connection closed by peer" in e)
         raise DistributedTestError("\n".join(first_real))
     return results

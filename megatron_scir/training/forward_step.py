@@ -46,6 +46,7 @@ __all__ = [
     "policy_sequence_logps",
     "judge_candidate_logps",
     "make_forward_step",
+    "make_reference_forward_step",
     "step_metrics",
 ]
 
@@ -242,6 +243,65 @@ def make_forward_step(
         return output, partial(_loss_func, mode, options, judge, batch, layout)
 
     return forward_step
+
+
+def make_reference_forward_step(
+    cfg: Config,
+    candidate_ids: Sequence[int] | None,
+    layout: MicroBatchLayout,
+    *,
+    tp_group: dist.ProcessGroup | None,
+) -> Callable[[Iterator[Batch], torch.nn.Module], tuple[Any, Callable]]:
+    """The training step's forward, read out as non-loss data (the reference pass, SCIR_SPEC §7.3).
+
+    For ``get_forward_backward_func(..., forward_only=True, collect_non_loss_data=True)``. The
+    last stage runs exactly what :func:`make_forward_step` runs (:func:`_last_stage_outputs` on
+    the same layout), so at the first training step πθ = πref bit for bit (SCIR_SPEC §4).
+
+    Args:
+        cfg: the run's config (``model.vocab_size``).
+        candidate_ids: the judge's verdict/score ids; ``None``: the judge rows are not read.
+        layout: the layout of the micro-batches (the training layout; ``ref_logps`` absent).
+        tp_group: the tensor-parallel group the vocabulary is split over (``None``: no TP).
+
+    Returns:
+        ``forward_step(data_iterator, model) -> (output, loss_func)``; on the last stage
+        ``loss_func(output, non_loss_data=True)`` gives ``{"pair_indices" [k], "policy_logps"
+        [2k], "candidate_logps" [J, K] (only with candidate_ids)}``.
+    """
+    from megatron_scir.models import forward_last_stage
+
+    candidates = (
+        None if candidate_ids is None else torch.tensor(list(candidate_ids), dtype=torch.long)
+    )
+    head_fn = partial(_last_stage_outputs, tp_group=tp_group, vocab_size=cfg.model.vocab_size)
+
+    def forward_step(data_iterator: Iterator[Batch], model: torch.nn.Module):
+        batch = _to_model_device(next(data_iterator), model)
+        layout.validate(batch, require_ref_logps=False)
+        output = forward_last_stage(
+            model,
+            batch["tokens"],
+            batch["position_ids"],
+            partial(head_fn, batch=batch, layout=layout, candidate_ids=candidates),
+        )
+        return output, partial(_reference_outputs, batch["pair_indices"])
+
+    return forward_step
+
+
+def _reference_outputs(
+    pair_indices: torch.Tensor,
+    outputs: tuple[torch.Tensor, torch.Tensor | None],
+    non_loss_data: bool = False,
+) -> dict[str, torch.Tensor]:
+    if not non_loss_data:
+        raise ValueError("the reference step has no loss: run it with collect_non_loss_data=True")
+    policy_logps, candidate_logps = outputs
+    data = {"pair_indices": pair_indices, "policy_logps": policy_logps}
+    if candidate_logps is not None:
+        data["candidate_logps"] = candidate_logps
+    return data
 
 
 def _to_model_device(batch: Batch, model: torch.nn.Module) -> Batch:

@@ -134,16 +134,22 @@ def _tp_logits_and_head(rank, world_size, overrides):
     rows, positions = torch.tensor([1, 0, 1]), torch.tensor([3, 9, 15])
 
     def head_fn(head):
-        return head.logits(slice(None)), head.logits_at(rows, positions)
+        # rows 0:1 of 2 are a strided view of the hidden states (as the policy rows of a SCIR
+        # micro-batch are): the SP all-gather must still get a contiguous tensor
+        first_row = head.logits(slice(0, 1))
+        return head.logits(slice(None)), first_row, head.logits_at(rows, positions)
 
     with torch.no_grad():
-        full_shard, picked = forward_last_stage(model, tokens, pos, head_fn)
+        full_shard, first_row, picked = forward_last_stage(model, tokens, pos, head_fn)
         gathered = gather_from_tensor_model_parallel_region(full_shard)
+    torch.testing.assert_close(first_row, full_shard[:1], atol=1e-6, rtol=1e-6)
     return gathered, full_shard[rows, positions], picked
 
 
 @pytest.mark.parametrize("sp", [False, True], ids=["tp2", "tp2_sp"])
 def test_tp2_logits_equal_tp1_and_head_at_positions_equals_full_rows(sp):
+    # (also: the logits of a subset of rows equal those rows of the full logits, under the
+    # harness's NCCL contiguity rule)
     overrides = ["parallel.tensor_model_parallel_size=2", f"parallel.sequence_parallel={sp}"]
     ((ref_full, _, ref_picked),) = run_distributed(_tp_logits_and_head, 1, args=([],))
     results = run_distributed(_tp_logits_and_head, 2, args=(overrides,))

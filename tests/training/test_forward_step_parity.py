@@ -1,16 +1,30 @@
-"""One SCIR step under TP=2, TP=2+SP, PP=2 (1F1B and interleaved) and DP=2 equals one process.
+"""One SCIR step under every parallel layout equals the same step in one process.
+
+Sources of micro-batches (each with its own single-process reference):
+
+- ``pairwise``: random batches, pairwise judge with both orders (``mean_prob`` debiasing);
+- ``pairwise_one_order``: random batches, ``judge.position_debias=none`` (one judge row a pair);
+- ``pointwise``: random batches, pointwise judge (a score row per response, six score tokens);
+- ``datamodule``: real micro-batches from :class:`~megatron_scir.data.ScirDataModule` (a tiny
+  SentencePiece tokenizer trained here, a pairs JSONL, the default pairwise judge template).
 
 The reference is one gloo process (TP=PP=DP=1) running two micro-batches of k=2 pairs through
 Megatron's schedule with the SCIR forward step. It also fixes the reference log-probs once:
-ref = policy log-probs at the initial weights + offsets that make Δ_I = ±1 exactly, agreeing
-with the judge on one pair of each micro-batch and disagreeing on the other, so no prediction
+ref = policy log-probs at the initial weights + offsets that make Δ_I = ±1 (agreeing with the
+judge) on one pair of each micro-batch and ∓2 (disagreeing) on the other, so no prediction
 sits near a tie and the consistent-pair selection is the same in every layout. Each layout then
-runs in two processes from the same master weights (``megatron_scir.testing.weights``):
-loss/metrics (reduced over micro-batches and DP) and the gradients of the full model (TP shards
-gathered, PP stages collected) must equal the reference within 1e-5.
+runs from the same master weights (``megatron_scir.testing.weights``): loss/metrics (reduced over
+micro-batches and DP) and the gradients of the full model (TP shards gathered, PP stages
+collected) must equal the reference within 1e-5. The layouts run in two spawned jobs, two and
+four processes, under the harness's NCCL contiguity rule (strided tensors refused by every
+collective).
 """
 
 from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,21 +34,103 @@ from megatron_scir.testing.distributed import run_distributed
 pytestmark = pytest.mark.dist
 
 SEQ, SEED, NUM_MICRO = 64, 21, 2
-BASE = ["model.vocab_size=250", "model.num_layers=4", "train.micro_batch_size=2"]
-VERDICT_IDS = [17, 200]  # one on each TP=2 vocabulary shard
-LAYOUTS = {
-    "tp2": ["parallel.tensor_model_parallel_size=2"],
-    "tp2_sp": ["parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=true"],
-    "pp2_1f1b": ["parallel.pipeline_model_parallel_size=2"],
-    "pp2_interleaved_vpp2": [
-        "parallel.pipeline_model_parallel_size=2",
-        "parallel.virtual_pipeline_model_parallel_size=2",
-    ],
-    "dp2": [],  # two processes with TP=PP=1 leave DP=2
+# The pairs' text: position debiasing leaves the tiny model's judge within ~1e-4 of ½ on real
+# text, and with this seed every pair stays more than 1e-4 away (see _set_reference_logps).
+DATA_SEED = 5
+BASE = ["model.num_layers=4", "train.micro_batch_size=2"]
+RANDOM_BASE = [*BASE, "model.vocab_size=250"]  # 250 → 256: padded vocabulary
+PAIRWISE_IDS = [17, 200]  # one verdict id on each TP=2 vocabulary shard
+SCORE_IDS = [10, 130, 20, 140, 30, 249]
+# source → (config overrides, candidate ids); the datamodule's ids come from its tokenizer
+SOURCES = {
+    "pairwise": (RANDOM_BASE, PAIRWISE_IDS),
+    "pairwise_one_order": ([*RANDOM_BASE, "judge.position_debias=none"], PAIRWISE_IDS),
+    "pointwise": ([*RANDOM_BASE, "judge.kind=pointwise"], SCORE_IDS),
+    "datamodule": (
+        [
+            *BASE,
+            "data.max_prompt_length=32",
+            "data.max_response_length=32",
+            "data.judge_max_length=256",  # the default pairwise template plus short fields
+            "train.global_batch_size=4",
+        ],
+        None,
+    ),
 }
+TP2 = ["parallel.tensor_model_parallel_size=2"]
+SP = ["parallel.sequence_parallel=true"]
+PP2 = ["parallel.pipeline_model_parallel_size=2"]
+LAYOUTS = {
+    "tp2": TP2,
+    "tp2_sp": TP2 + SP,
+    "pp2_1f1b": PP2,
+    "pp2_interleaved_vpp2": PP2 + ["parallel.virtual_pipeline_model_parallel_size=2"],
+    "dp2": [],  # two processes with TP=PP=1 leave DP=2
+    "tp2_pp2": TP2 + PP2,
+    "tp2_sp_pp2": TP2 + SP + PP2,
+}
+# (source, layout) cases of the two-process and the four-process job
+TWO_PROCESS_CASES = [
+    *[("pairwise", layout) for layout in ("tp2", "tp2_sp", "pp2_1f1b", "pp2_interleaved_vpp2")],
+    ("pairwise", "dp2"),
+    *[
+        (source, layout)
+        for source in ("pairwise_one_order", "pointwise")
+        for layout in ("tp2", "tp2_sp", "pp2_1f1b")
+    ],
+    ("datamodule", "tp2"),
+    ("datamodule", "tp2_sp"),
+]
+FOUR_PROCESS_CASES = [("pairwise", "tp2_pp2"), ("pairwise", "tp2_sp_pp2")]
 
 
-def _run_step(cfg, chunks, batches) -> dict[str, float]:
+def write_datamodule_inputs(directory: Path, seed: int = DATA_SEED) -> tuple[str, str]:
+    """A tiny SentencePiece model and a pairs JSONL of 4 pairs (two prompts) in ``directory``.
+
+    The pairs' ``ref_logps`` are placeholders: the reference run replaces them (module docstring).
+    """
+    from megatron_scir.testing.tokenizers import train_tiny_sentencepiece
+
+    model = train_tiny_sentencepiece(directory)
+    words = "the sea is wide and blue sort a list in python capital of France is Paris".split()
+    rng = random.Random(seed)
+    pairs = directory / "pairs.jsonl"
+    with open(pairs, "w") as fh:
+        for i in range(4):
+            if i % 2 == 0:
+                prompt = " ".join(rng.choices(words, k=4 + i))
+            row = {
+                "pair_id": f"p{i // 2}:{i % 2}",
+                "prompt_id": f"p{i // 2}",
+                "prompt": prompt,
+                "response_1": " ".join(rng.choices(words, k=3 + 2 * i)),
+                "response_2": " ".join(rng.choices(words, k=6 - i)),
+                "ref_logps_1": 0.0,
+                "ref_logps_2": 0.0,
+            }
+            fh.write(json.dumps(row) + "\n")
+    return str(model), str(pairs)
+
+
+def _config(source: str, layout: str | None = None, data_files=None):
+    from megatron_scir.config import load_config
+
+    overrides = list(SOURCES[source][0])
+    if source == "datamodule":
+        overrides.append(f"data.tokenizer_path={data_files[0]}")
+    return load_config("tiny", overrides + (LAYOUTS[layout] if layout else []))
+
+
+def _datamodule_batches(cfg, pairs_path: str):
+    from megatron_scir.data import ScirDataModule, build_tokenizer
+
+    dm = ScirDataModule(cfg, build_tokenizer(cfg.data), dp_rank=0, dp_size=1, train_path=pairs_path)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())[:NUM_MICRO]
+    return batches, list(dm.verdict_token_ids)
+
+
+def _run_step(cfg, chunks, batches, candidate_ids) -> dict[str, float]:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_scir.parallel import state
@@ -43,12 +139,12 @@ def _run_step(cfg, chunks, batches) -> dict[str, float]:
 
     model = wrap_with_ddp(chunks, cfg)
     losses = get_forward_backward_func()(
-        forward_step_func=make_forward_step(cfg, VERDICT_IDS, tp_group=state.tp_group()),
+        forward_step_func=make_forward_step(cfg, candidate_ids, tp_group=state.tp_group()),
         # the interleaved schedule reads one iterator per model chunk
         data_iterator=[iter(batches) for _ in model] if len(model) > 1 else iter(batches),
         model=model,
         num_microbatches=len(batches),
-        seq_length=SEQ,
+        seq_length=batches[0]["tokens"].size(1),
         micro_batch_size=batches[0]["tokens"].size(0),
         forward_only=False,
     )
@@ -61,105 +157,162 @@ def _run_step(cfg, chunks, batches) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _set_reference_logps(cfg, model, batch) -> None:
-    """ref_logps = policy logps + offsets giving Δ_I = +1 / −1 against the judge's choice."""
+def _set_reference_logps(cfg, model, batch, candidate_ids) -> None:
+    """ref_logps = policy logps + offsets giving Δ_I = +1 / −2 against the judge's choice."""
+    from megatron_scir.data.judges import judge_format
+    from megatron_scir.data.layout import MicroBatchLayout
     from megatron_scir.models import forward_last_stage
-    from megatron_scir.rewards import judge_preference, pairwise_log_odds
+    from megatron_scir.rewards import judge_preference
     from megatron_scir.training.forward_step import judge_candidate_logps, policy_sequence_logps
 
-    k, vocab = cfg.train.micro_batch_size, cfg.model.vocab_size
+    layout, vocab = MicroBatchLayout.from_config(cfg), cfg.model.vocab_size
+    policy_rows, judge_rows = layout.policy_rows, layout.judge_rows
 
     def head_fn(head):
-        rows = torch.arange(2 * k, batch["tokens"].size(0))
         policy = policy_sequence_logps(
             head,
-            slice(0, 2 * k),
-            batch["labels"][: 2 * k],
-            batch["loss_mask"][: 2 * k],
+            policy_rows,
+            batch["labels"][policy_rows],
+            batch["loss_mask"][policy_rows],
             tp_group=None,
             vocab_size=vocab,
         )
-        verdict = judge_candidate_logps(
+        candidates = judge_candidate_logps(
             head,
-            rows,
+            torch.arange(judge_rows.start, judge_rows.stop),
             batch["verdict_positions"],
-            torch.tensor(VERDICT_IDS),
+            torch.tensor(candidate_ids),
             tp_group=None,
             vocab_size=vocab,
         )
-        return policy, pairwise_log_odds(verdict)
+        return policy, candidates
 
-    policy, odds = forward_last_stage(model, batch["tokens"], batch["position_ids"], head_fn)
-    log_p_judge, log_q_judge = judge_preference(odds[:k], odds[k:])
+    policy, candidates = forward_last_stage(model, batch["tokens"], batch["position_ids"], head_fn)
+    k = layout.num_pairs
+    log_p_judge, log_q_judge = judge_preference(
+        *judge_format(cfg.judge).log_odds(candidates, k),
+        position_debias=cfg.judge.position_debias,
+    )
     centered_judge = 0.5 * (log_p_judge.exp() - log_q_judge.exp())
-    assert centered_judge.abs().min() > 1e-3, "pick another SEED: a judge prediction is near ½"
+    assert centered_judge.abs().min() > 1e-4, f"pick another SEED: P_G − ½ = {centered_judge}"
     judge_sign = torch.sign(centered_judge)
-    target_delta = judge_sign * torch.tensor([1.0, -1.0]).repeat(k)[:k]  # agree, disagree
+    # agree with Δ_I = ±1, disagree with Δ_I = ∓2: P_I never takes one value only (its std
+    # would sit at the infinite-slope 0 of the square root, amplifying rounding)
+    target_delta = judge_sign * torch.tensor([1.0, -2.0]).repeat(k)[:k]
     # Δ_I = β((π1 − ref1) − (π2 − ref2)) with ref1 = π1 and ref2 = π2 + Δ/β.
     batch["ref_logps"] = torch.cat([policy[:k], policy[k:] + target_delta / cfg.scir.beta])
 
 
-def _reference(rank, world_size):
-    from megatron_scir.config import load_config
+def _source_batches(source: str, cfg, data_files):
     from megatron_scir.testing.scir_batches import random_scir_batch
-    from megatron_scir.testing.weights import build_with_master_weights, gather_master
 
-    cfg = load_config("tiny", BASE)
-    chunks, _ = build_with_master_weights(cfg, seed=SEED)
+    if source == "datamodule":
+        return _datamodule_batches(cfg, data_files[1])
     generator = torch.Generator().manual_seed(SEED)
     batches = [
         random_scir_batch(cfg, seq_length=SEQ, generator=generator) for _ in range(NUM_MICRO)
     ]
-    for batch in batches:
-        _set_reference_logps(cfg, chunks[0], batch)
-    metrics = _run_step(cfg, chunks, batches)
-    return batches, metrics, gather_master(chunks, grads=True)
+    return batches, SOURCES[source][1]
 
 
-def _layouts(rank, world_size, batches):
-    from megatron_scir.config import load_config
+def _reference(rank, world_size, data_files):
+    """Every source's batches (ref_logps set), candidate ids, step metrics and gradients."""
     from megatron_scir.parallel import state
     from megatron_scir.testing.weights import build_with_master_weights, gather_master
 
     results = {}
-    for name, overrides in LAYOUTS.items():
-        cfg = load_config("tiny", BASE + overrides)
+    for source in SOURCES:
+        cfg = _config(source, data_files=data_files)
         chunks, _ = build_with_master_weights(cfg, seed=SEED)
-        # Data parallelism splits the micro-batches; TP and PP ranks all see every one.
-        mine = batches[state.dp_rank() :: state.dp_size()]
-        metrics = _run_step(cfg, chunks, mine)
-        results[name] = (metrics, gather_master(chunks, grads=True))
+        batches, candidate_ids = _source_batches(source, cfg, data_files)
+        for batch in batches:
+            _set_reference_logps(cfg, chunks[0], batch, candidate_ids)
+        metrics = _run_step(cfg, chunks, batches, candidate_ids)
+        results[source] = (batches, candidate_ids, metrics, gather_master(chunks, grads=True))
         state.destroy_model_parallel()
     return results
 
 
+def _layouts(rank, world_size, references, cases, data_files):
+    """``{"source/layout": (metrics, gradients)}`` of each case, and whether NCCL's contiguity
+    rule was enforced."""
+    from megatron_scir.parallel import cpu_compat, state
+    from megatron_scir.testing.weights import build_with_master_weights, gather_master
+
+    results = {}
+    for source, layout in cases:
+        batches, candidate_ids, _, _ = references[source]
+        cfg = _config(source, layout, data_files)
+        chunks, _ = build_with_master_weights(cfg, seed=SEED)
+        # Data parallelism splits the micro-batches; TP and PP ranks all see every one.
+        mine = batches[state.dp_rank() :: state.dp_size()]
+        metrics = _run_step(cfg, chunks, mine, candidate_ids)
+        results[f"{source}/{layout}"] = (metrics, gather_master(chunks, grads=True))
+        state.destroy_model_parallel()
+    return cpu_compat.contiguous_collectives_enforced(), results
+
+
 @pytest.fixture(scope="module")
-def reference():
-    (result,) = run_distributed(_reference, world_size=1, timeout=300)
+def data_files(tmp_path_factory):
+    return write_datamodule_inputs(tmp_path_factory.mktemp("scir-data"))
+
+
+@pytest.fixture(scope="module")
+def reference(data_files):
+    (result,) = run_distributed(_reference, world_size=1, args=(data_files,), timeout=300)
     return result
 
 
 @pytest.fixture(scope="module")
-def layouts(reference):
-    batches = reference[0]
-    return run_distributed(_layouts, world_size=2, args=(batches,), timeout=600)
+def two_processes(reference, data_files):
+    args = (reference, TWO_PROCESS_CASES, data_files)
+    return run_distributed(_layouts, world_size=2, args=args, timeout=600)
 
 
-def test_reference_step_mixes_consistent_and_inconsistent_pairs(reference):
-    _, metrics, grads = reference
+@pytest.fixture(scope="module")
+def four_processes(reference, data_files):
+    args = (reference, FOUR_PROCESS_CASES, data_files)
+    return run_distributed(_layouts, world_size=4, args=args, timeout=600)
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
+def test_reference_step_mixes_consistent_and_inconsistent_pairs(reference, source):
+    _, _, metrics, grads = reference[source]
     assert metrics["scir/consistency_rate"] == 0.5 and metrics["scir/ties"] == 0.0
     assert metrics["loss/pref"] > 0 and metrics["loss/cons"] > 0
     for name, grad in grads.items():
         assert grad.abs().max() > 0, f"{name} gets no gradient in the reference"
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_datamodule_source_is_real_scir_micro_batches(reference):
+    batches, candidate_ids, _, _ = reference["datamodule"]
+    # k=2 pairs, pairwise judge with both orders: 8 rows at the judge budget of 256 tokens
+    assert [tuple(b["tokens"].shape) for b in batches] == [(8, 256)] * NUM_MICRO
+    assert len(candidate_ids) == 2 and len(set(candidate_ids)) == 2
+    for batch in batches:
+        assert (batch["verdict_positions"] > 100).all()  # after the judge template's text
+        assert batch["loss_mask"][:4].sum() > 0 and batch["loss_mask"][4:].sum() == 0
+
+
+@pytest.mark.parametrize("processes", ["two_processes", "four_processes"])
+def test_every_layout_ran_under_the_nccl_contiguity_rule(request, processes):
+    for enforced, _ in request.getfixturevalue(processes):
+        assert enforced
+
+
+@pytest.mark.parametrize(
+    ("source", "layout"),
+    TWO_PROCESS_CASES + FOUR_PROCESS_CASES,
+    ids=[f"{s}-{layout}" for s, layout in TWO_PROCESS_CASES + FOUR_PROCESS_CASES],
+)
 def test_scir_step_under_layout_equals_the_single_process_loss_metrics_and_gradients(
-    reference, layouts, layout
+    request, reference, source, layout
 ):
-    _, ref_metrics, ref_grads = reference
-    for rank_results in layouts:
-        metrics, grads = rank_results[layout]
+    _, _, ref_metrics, ref_grads = reference[source]
+    four = (source, layout) in FOUR_PROCESS_CASES
+    ranks = request.getfixturevalue("four_processes" if four else "two_processes")
+    for _, results in ranks:
+        metrics, grads = results[f"{source}/{layout}"]
         assert metrics.keys() == ref_metrics.keys()
         for key, value in ref_metrics.items():
             assert metrics[key] == pytest.approx(value, abs=1e-5, nan_ok=True), key

@@ -1,0 +1,66 @@
+"""The seed stage's forward step (SRLM's IFT + EFT) for Megatron-Core's schedules.
+
+A micro-batch of b examples (``megatron_scir.data.collate.collate_examples``) is trained with the
+cross-entropy of its target tokens (``loss_mask``): the response and EOS of instruction examples,
+the verdict/score token and EOS of judge examples. The loss of a micro-batch is its per-token
+mean; Megatron's schedule averages micro-batches and DDP averages data-parallel ranks, as
+Megatron-LM does without ``calculate_per_token_loss``. The metric ``loss/sft`` is the exact
+per-token mean of the global batch (``(sum, count)`` over tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from megatron_scir.config import Config
+from megatron_scir.losses.preference import metric
+from megatron_scir.parallel.vocab_parallel import vocab_parallel_log_probs
+
+Batch = dict[str, torch.Tensor]
+
+
+def _loss_func(batch: Batch, token_logps: torch.Tensor):
+    mask = batch["loss_mask"] > 0
+    nll = torch.where(mask, -token_logps.float(), 0.0).sum()
+    num_tokens = mask.sum()
+    loss = nll / num_tokens.clamp(min=1)
+    return loss, {"loss/sft": metric(nll, num_tokens), "loss/total": metric(loss, 1)}
+
+
+def make_sft_forward_step(
+    cfg: Config, *, tp_group: dist.ProcessGroup | None
+) -> Callable[[Iterator[Batch], torch.nn.Module], tuple[Any, Callable]]:
+    """``forward_step(data_iterator, model)`` of the SFT stage for ``get_forward_backward_func``.
+
+    Args:
+        cfg: the run's config (``model.vocab_size``: padded ids get no probability).
+        tp_group: the tensor-parallel group the vocabulary is split over (``None``: no TP).
+
+    Returns:
+        The forward-step callable: on the last pipeline stage the output is the ``[b, s]``
+        float32 log-probs of the labels and ``loss_func`` gives ``(loss, metrics)``.
+    """
+    from megatron_scir.models import forward_last_stage
+
+    vocab_size = cfg.model.vocab_size
+
+    def head_fn(head, batch: Batch) -> torch.Tensor:
+        rows = slice(0, batch["tokens"].size(0))
+        return vocab_parallel_log_probs(
+            head.logits(rows), batch["labels"], tp_group=tp_group, vocab_size=vocab_size
+        )
+
+    def forward_step(data_iterator: Iterator[Batch], model: torch.nn.Module):
+        device = next(model.parameters()).device
+        batch = {key: value.to(device) for key, value in next(data_iterator).items()}
+        output = forward_last_stage(
+            model, batch["tokens"], batch["position_ids"], partial(head_fn, batch=batch)
+        )
+        return output, partial(_loss_func, batch)
+
+    return forward_step

@@ -1,0 +1,278 @@
+"""The training loop: Megatron-Core's DDP, optimizer, LR schedule and pipeline schedules.
+
+One loop serves every stage (the seed SFT stage and the ``scir`` / ``dpo`` / ``srlm`` modes): the
+caller passes the DataModule (``ScirDataModule`` or ``SftDataModule``) and the matching forward
+step (``make_forward_step`` or ``make_sft_forward_step``). Per optimizer step, on every rank::
+
+    zero grads → get_forward_backward_func()(forward_step, one iterator per model chunk,
+    G / (k·DP) micro-batches of B rows) → global metrics → grad norm → skip the update if the
+    loss or the norm is NaN/inf, else clip + optimizer step + LR step → log → checkpoint
+
+Checkpoints (``checkpoint.save/step_NNNNNNN``, every ``checkpoint.save_interval`` steps and at
+the end, the newest ``checkpoint.keep_last`` kept) hold the model, the optimizer, the LR
+scheduler, the data position, the skip counters and each rank's RNG states, so a resumed run
+continues exactly where the checkpoint was written. SIGTERM/SIGUSR1 finish the current step,
+save, and return a preempted result (the CLI exits with ``EXIT_PREEMPTED``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from megatron_scir.config import Config
+from megatron_scir.config.errors import UserError
+from megatron_scir.parallel.runtime import Runtime
+from megatron_scir.training.metrics_log import MetricsLog
+from megatron_scir.training.signals import StopRequest
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "step_"
+
+
+class TrainingDiverged(UserError):
+    """``train.max_skipped_steps`` consecutive steps had a NaN/inf loss or gradient norm."""
+
+
+@dataclass
+class TrainState:
+    """What the loop counts; stored in every checkpoint."""
+
+    step: int = 0
+    """Optimizer steps taken (skipped steps included: they consume their data)."""
+    consumed_samples: int = 0
+    """Samples (all DP ranks) consumed: the data position to resume from."""
+    skipped_steps: int = 0
+    """Steps skipped for a NaN/inf loss or gradient norm, in total."""
+    consecutive_skips: int = 0
+    """Skips since the last successful update."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a call to :func:`train` ended."""
+
+    state: TrainState
+    preempted: bool
+    """Stopped by SIGTERM/SIGUSR1 after saving ``checkpoint``."""
+    checkpoint: Path | None
+    """The last checkpoint written (None without ``checkpoint.save``)."""
+    metrics: dict[str, float]
+    """The last step's global metrics."""
+
+
+def train(
+    runtime: Runtime,
+    cfg: Config,
+    chunks: Sequence[torch.nn.Module],
+    data,
+    forward_step: Callable,
+    *,
+    save_dir: str | Path | None,
+    log_dir: str | Path,
+    iteration: int = 0,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train ``chunks`` on ``data`` with ``forward_step`` for ``data.num_train_steps`` steps.
+
+    The caller owns the parallel world (``runtime``) and builds the bare model chunks; the
+    chunks are wrapped in Megatron DDP here and trained in place.
+
+    Args:
+        runtime: The parallel runtime.
+        cfg: The run config (``train``, ``parallel``, ``checkpoint``, ``logging``).
+        chunks: This rank's model chunks (several under interleaved PP).
+        data: A set-up DataModule of this rank (``train_dataloader``, ``num_train_steps``,
+            ``load_state_dict``, ``seq_length``).
+        forward_step: ``forward_step(data_iterator, model)`` for Megatron's schedules.
+        save_dir: Where checkpoints go (None: no checkpoints, no resume).
+        log_dir: Where ``metrics.jsonl`` and TensorBoard events go.
+        iteration: The self-rewarding iteration (stored in the checkpoints).
+        resume: Continue from the newest complete checkpoint under ``save_dir``, if any.
+        progress: Progress bar on rank 0 (default ``logging.progress``).
+
+    Raises:
+        TrainingDiverged: too many consecutive NaN/inf steps.
+    """
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_scir.parallel.ddp import wrap_with_ddp
+    from megatron_scir.training.optimizer import build_optimizer, build_scheduler
+
+    model = wrap_with_ddp(list(chunks), cfg)
+    optimizer = build_optimizer(cfg, model)
+    num_steps = data.num_train_steps
+    scheduler = build_scheduler(cfg, optimizer, num_steps)
+    state = TrainState()
+    if resume and save_dir is not None:
+        state = _resume(Path(save_dir), model, optimizer, scheduler, data, cfg)
+    num_micro = cfg.train.global_batch_size // (cfg.train.micro_batch_size * runtime.dp_size)
+    batches = iter(data.train_dataloader())
+    show = cfg.logging.progress if progress is None else progress
+    log = MetricsLog(
+        log_dir,
+        enabled=runtime.is_rank_zero,
+        tensorboard=cfg.logging.tensorboard,
+        progress=show,
+        total_steps=num_steps,
+        start_step=state.step,
+    )
+    step_fn = _StepRunner(runtime, cfg, model, optimizer, get_forward_backward_func(), data)
+    checkpoint, metrics, preempted = None, {}, False
+    try:
+        with StopRequest() as stop:
+            while state.step < num_steps:
+                micro_batches = [next(batches) for _ in range(num_micro)]
+                metrics = step_fn(forward_step, micro_batches, state, scheduler)
+                state.step += 1
+                state.consumed_samples += cfg.train.global_batch_size
+                log.log(state.step, metrics)
+                _check_divergence(state, cfg)
+                preempted = stop.agreed()
+                if save_dir is not None and (preempted or _save_due(state.step, num_steps, cfg)):
+                    checkpoint = _save(
+                        Path(save_dir), runtime, cfg, model, optimizer, scheduler, state, iteration
+                    )
+                if preempted:
+                    logger.warning("stop signal %s: saved step %d", stop.signal_name, state.step)
+                    break
+    finally:
+        log.close()
+    return TrainResult(dataclasses.replace(state), preempted, checkpoint, metrics)
+
+
+class _StepRunner:
+    """One optimizer step: forward/backward over the micro-batches, then the guarded update."""
+
+    def __init__(self, runtime, cfg, model, optimizer, forward_backward, data) -> None:
+        self.runtime, self.cfg, self.model = runtime, cfg, model
+        self.optimizer, self.forward_backward = optimizer, forward_backward
+        self.seq_length = data.seq_length
+
+    def __call__(self, forward_step, micro_batches, state: TrainState, scheduler):
+        from megatron_scir.training.forward_step import step_metrics
+
+        start = time.perf_counter()
+        for chunk in self.model:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        rows, seq = micro_batches[0]["tokens"].shape  # B = 2k + judge rows (SCIR_SPEC §9)
+        iterators = [iter(micro_batches) for _ in self.model]  # one per virtual stage
+        losses = self.forward_backward(
+            forward_step_func=forward_step,
+            data_iterator=iterators if len(iterators) > 1 else iterators[0],
+            model=self.model,
+            num_microbatches=len(micro_batches),
+            seq_length=seq,
+            micro_batch_size=rows,
+            forward_only=False,
+        )
+        r = self.runtime
+        metrics = step_metrics(
+            losses, dp_group=r.dp_group, pp_group=r.pp_group, is_last_stage=r.is_last_stage()
+        )
+        found_inf = self.optimizer.prepare_grads()  # fp16 loss-scale overflow
+        grad_norm = float(self.optimizer.get_grad_norm())
+        finite = not found_inf and math.isfinite(grad_norm)
+        finite = finite and all(
+            math.isfinite(v) for k, v in metrics.items() if k.startswith("loss/")
+        )
+        if finite:
+            if self.cfg.train.clip_grad > 0:
+                self.optimizer.clip_grad_norm(self.cfg.train.clip_grad)
+            self.optimizer.step_with_ready_grads()
+            scheduler.step(increment=1)
+            state.consecutive_skips = 0
+        else:
+            state.skipped_steps += 1
+            state.consecutive_skips += 1
+            logger.warning(
+                "step %d: non-finite loss or gradient norm, update skipped", state.step + 1
+            )
+        seconds = time.perf_counter() - start
+        tokens = len(micro_batches) * rows * seq * r.dp_size
+        return {
+            **metrics,
+            "train/grad_norm": grad_norm,
+            "train/lr": float(self.optimizer.param_groups[0]["lr"]),
+            "train/skipped_steps": state.skipped_steps,
+            "train/tokens_per_s": tokens / seconds,
+            "train/step_seconds": seconds,
+        }
+
+
+def _check_divergence(state: TrainState, cfg: Config) -> None:
+    limit = cfg.train.max_skipped_steps
+    if state.consecutive_skips >= limit:
+        raise TrainingDiverged(
+            f"{state.consecutive_skips} consecutive steps had a NaN/inf loss or gradient norm, "
+            f"the last at step {state.step} (train.max_skipped_steps={limit}): lower train.lr, "
+            "check the data and the reference log-probs, or resume from an earlier checkpoint"
+        )
+
+
+def _save_due(step: int, num_steps: int, cfg: Config) -> bool:
+    interval = cfg.checkpoint.save_interval
+    return step == num_steps or (interval is not None and step % interval == 0)
+
+
+def _save(save_dir, runtime, cfg, model, optimizer, scheduler, state, iteration) -> Path:
+    from megatron_scir.checkpoint import save_checkpoint
+    from megatron_scir.training.rng import capture_rng_state
+
+    path = save_dir / f"{CHECKPOINT_PREFIX}{state.step:07d}"
+    save_checkpoint(
+        path,
+        model,
+        cfg,
+        iteration=iteration,
+        step=state.step,
+        extra_state={"train": dataclasses.asdict(state), "scheduler": scheduler.state_dict()},
+        optimizer=optimizer,
+        rank_state=capture_rng_state(),
+        overwrite=True,
+    )
+    if runtime.is_rank_zero and cfg.checkpoint.keep_last is not None:
+        _remove_old(save_dir, cfg.checkpoint.keep_last)
+    torch.distributed.barrier()
+    return path
+
+
+def _remove_old(save_dir: Path, keep_last: int) -> None:
+    from megatron_scir.checkpoint import is_complete
+
+    done = sorted(p for p in save_dir.glob(f"{CHECKPOINT_PREFIX}*") if is_complete(p))
+    for old in done[: max(len(done) - keep_last, 0)]:
+        shutil.rmtree(old)
+
+
+def _resume(save_dir, model, optimizer, scheduler, data, cfg) -> TrainState:
+    """Load the newest complete checkpoint under ``save_dir``; a fresh state without one."""
+    from megatron_scir.checkpoint import latest_checkpoint, load_checkpoint
+    from megatron_scir.training.rng import restore_rng_state
+
+    latest = latest_checkpoint(save_dir)
+    if latest is None:
+        logger.info("no checkpoint under %s: starting from step 0", save_dir)
+        return TrainState()
+    loaded = load_checkpoint(latest, model, cfg, optimizer=optimizer, rank_state=True)
+    state = TrainState(**loaded.extra_state["train"])
+    scheduler.load_state_dict(loaded.extra_state["scheduler"])
+    data.load_state_dict({"consumed_samples": state.consumed_samples})
+    if loaded.rank_state is not None:
+        restore_rng_state(loaded.rank_state)
+    else:
+        logger.warning("%s was written by another layout: RNG states not restored", latest)
+    logger.info("resumed from %s (step %d)", latest, state.step)
+    return state
+
