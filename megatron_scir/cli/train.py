@@ -107,7 +107,7 @@ def run_training(
                 model_id=_model_id(cfg, source, hf_dir),
             )
         data, forward_step = _stage(stage, runtime, cfg, tokenizer, pairs)
-        return train(
+        result = train(
             runtime,
             cfg,
             chunks,
@@ -118,6 +118,20 @@ def run_training(
             resume=resume,
             progress=progress,
         )
+        if runtime.is_rank_zero:
+            print(_summary(stage, result), flush=True)
+        return result
+
+
+def _summary(stage: str, result) -> str:
+    """The final line: steps, skips, the last loss, where the weights are."""
+    s = result.state
+    loss = result.metrics.get("loss/total", float("nan"))
+    how = "stopped by a signal at" if result.preempted else "finished"
+    return (
+        f"scir {stage}: {how} step {s.step} ({s.skipped_steps} skipped), last loss/total "
+        f"{loss:.4f}, checkpoint {result.checkpoint}"
+    )
 
 
 def _stage(stage, runtime, cfg, tokenizer, pairs):

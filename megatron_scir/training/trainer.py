@@ -276,3 +276,37 @@ def _resume(save_dir, model, optimizer, scheduler, data, cfg) -> TrainState:
     logger.info("resumed from %s (step %d)", latest, state.step)
     return state
 
+
+@torch.no_grad()
+def evaluate(
+    runtime: Runtime,
+    chunks: Sequence[torch.nn.Module],
+    micro_batches: Sequence[dict[str, torch.Tensor]],
+    forward_step: Callable,
+) -> dict[str, float]:
+    """Forward-only metrics of ``forward_step`` over this rank's ``micro_batches`` (held-out data).
+
+    Collective; every rank of a replica passes the same micro-batches, DP ranks their own. The
+    metrics are reduced like a training step's (``step_metrics``): the global mean of each.
+    """
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_scir.training.forward_step import step_metrics
+
+    rows, seq = micro_batches[0]["tokens"].shape
+    iterators = [iter(micro_batches) for _ in chunks]
+    losses = get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iterators if len(iterators) > 1 else iterators[0],
+        model=list(chunks),
+        num_microbatches=len(micro_batches),
+        seq_length=seq,
+        micro_batch_size=rows,
+        forward_only=True,
+    )
+    return step_metrics(
+        losses,
+        dp_group=runtime.dp_group,
+        pp_group=runtime.pp_group,
+        is_last_stage=runtime.is_last_stage(),
+    )

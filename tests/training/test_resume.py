@@ -134,6 +134,7 @@ def test_a_stop_signal_saves_a_complete_checkpoint_and_exits_75_then_resume_comp
 def test_resume_without_a_checkpoint_starts_from_step_zero(inputs, tmp_path):
     done = _run(_command(inputs, tmp_path) + ["train.train_iters=1"])
     assert _steps(tmp_path) == [1] and "error" not in done.stderr.lower()
+    assert "scir train: finished step 1 (0 skipped), last loss/total" in done.stdout
 
 
 def test_training_without_checkpoint_save_is_refused_naming_the_key(inputs, tmp_path):
