@@ -26,27 +26,7 @@ import torch
 
 from megatron_scir.config.choices import Dtype, choices
 from megatron_scir.models.shapes import torch_dtype
-
-SHAPES = {
-    # the tiny preset's model
-    "tiny": dict(
-        vocab_size=256,
-        hidden_size=96,
-        intermediate_size=256,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-    ),
-    # ~1B Llama (PLATFORM.md's generation numbers used an 886M shape of this family)
-    "1b": dict(
-        vocab_size=32000,
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_layers=16,
-        num_heads=32,
-        num_kv_heads=8,
-    ),
-}
+from megatron_scir.testing.hf import LLAMA_SHAPES as SHAPES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

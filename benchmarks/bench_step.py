@@ -59,36 +59,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from megatron_scir.config.choices import Dtype, TransformerImpl, choices
 from megatron_scir.models.shapes import torch_dtype
+from megatron_scir.testing.hf import LLAMA_SHAPES as SHAPES
 
-SHAPES = {
-    # the tiny preset's model
-    "tiny": dict(
-        vocab_size=256,
-        hidden_size=96,
-        intermediate_size=256,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-    ),
-    # the shape the "Step efficiency" issue measured (~59M parameters)
-    "small": dict(
-        vocab_size=32000,
-        hidden_size=512,
-        intermediate_size=1408,
-        num_layers=8,
-        num_heads=8,
-        num_kv_heads=8,
-    ),
-    # ~0.3B, GQA
-    "medium": dict(
-        vocab_size=32000,
-        hidden_size=1024,
-        intermediate_size=2816,
-        num_layers=16,
-        num_heads=16,
-        num_kv_heads=8,
-    ),
-}
 MODES = ("scir", "dpo", "sft")
 VERDICT_IDS = (17, 200)  # the judge's "first response wins" / "second wins" ids (any shape)
 LOSS_TOLERANCE = 1e-4  # float32

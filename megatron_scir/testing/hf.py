@@ -40,6 +40,47 @@ def _build(config, out_dir, *, seed, weight_std, max_shard_size, tokenizer):
     return model
 
 
+LLAMA_SHAPES = {
+    # random Llama shapes of the benchmarks, as tiny_hf_llama(**shape) keywords
+    # the tiny preset's model
+    "tiny": dict(
+        vocab_size=256,
+        hidden_size=96,
+        intermediate_size=256,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+    ),
+    # the shape the "Step efficiency" issue measured (~59M parameters)
+    "small": dict(
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_layers=8,
+        num_heads=8,
+        num_kv_heads=8,
+    ),
+    # ~0.3B, GQA
+    "medium": dict(
+        vocab_size=32000,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_layers=16,
+        num_heads=16,
+        num_kv_heads=8,
+    ),
+    # ~1B Llama (PLATFORM.md's generation numbers used an 886M shape of this family)
+    "1b": dict(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_layers=16,
+        num_heads=32,
+        num_kv_heads=8,
+    ),
+}
+
+
 def tiny_hf_llama(
     out_dir: str | Path | None = None,
     *,
