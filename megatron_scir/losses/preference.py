@@ -49,7 +49,10 @@ def pair_log_odds(
 def metric(total: torch.Tensor, count) -> torch.Tensor:
     """A ``(sum, count)`` metric value, detached, float32 ``[2]``."""
     total = total.detach().float().reshape(())
-    count = torch.as_tensor(count, dtype=torch.float32, device=total.device).reshape(())
+    if isinstance(count, torch.Tensor):
+        count = count.detach().to(torch.float32).reshape(())
+    else:  # filled on the tensor's device: no host tensor and no copy per micro-batch
+        count = torch.full_like(total, float(count))
     return torch.stack([total, count])
 
 

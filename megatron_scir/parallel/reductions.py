@@ -58,11 +58,9 @@ def reduce_metrics(
     if dp_group is not None and dist.get_world_size(group=dp_group) > 1:
         dist.all_reduce(totals, group=dp_group)
     sums, counts = totals.unbind(dim=-1)
-    means = {
-        key: (sums[i] / counts[i]).item() if counts[i] > 0 else math.nan
-        for i, key in enumerate(keys)
-    }
-    return _moments_to_std(means)
+    means = torch.where(counts > 0, sums / counts.clamp(min=1), math.nan)
+    # the step's one device → host copy (no .item() per key)
+    return _moments_to_std(dict(zip(keys, means.tolist(), strict=True)))
 
 
 def _moments_to_std(means: dict[str, float]) -> dict[str, float]:

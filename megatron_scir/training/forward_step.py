@@ -139,7 +139,7 @@ def _last_stage_outputs(
         head,
         torch.arange(rows.start, rows.stop, device=device),
         batch["verdict_positions"],
-        candidate_ids.to(device),
+        candidate_ids if candidate_ids.device == device else candidate_ids.to(device),
         tp_group=tp_group,
         vocab_size=vocab_size,
     )
@@ -231,14 +231,19 @@ def make_forward_step(
     candidates = None if judge is None else torch.tensor(list(candidate_ids), dtype=torch.long)
     head_fn = partial(_last_stage_outputs, tp_group=tp_group, vocab_size=cfg.model.vocab_size)
 
+    on_device: dict[torch.device, torch.Tensor] = {}  # the candidate ids, copied once
+
     def forward_step(data_iterator: Iterator[Batch], model: torch.nn.Module):
         batch = _to_model_device(next(data_iterator), model)
         layout = _batch_layout(layouts, batch)
+        device = batch["tokens"].device
+        if candidates is not None and device not in on_device:
+            on_device[device] = candidates.to(device)
         output = forward_last_stage(
             model,
             batch["tokens"],
             batch["position_ids"],
-            partial(head_fn, batch=batch, layout=layout, candidate_ids=candidates),
+            partial(head_fn, batch=batch, layout=layout, candidate_ids=on_device.get(device)),
         )
         return output, partial(_loss_func, mode, options, judge, batch, layout)
 
