@@ -7,8 +7,7 @@ without importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from megatron_scir._lazy import lazy_exports
 
 _EXPORTS = {
     "ChatFormat": "chat",
@@ -49,14 +48,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -12,7 +12,7 @@ Megatron-Core, and :mod:`megatron_scir.models.shapes` stays torch-free):
 
 from __future__ import annotations
 
-import importlib
+from megatron_scir._lazy import lazy_exports
 
 _EXPORTS = {
     "OutputHead": "megatron_scir.models.gpt",
@@ -27,8 +27,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
