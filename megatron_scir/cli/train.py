@@ -154,19 +154,12 @@ def _stage(stage, runtime, cfg, tokenizer, pairs):
 def _initial_chunks(cfg, ckpt, hf_dir, resuming):
     """This rank's chunks: random init, or the weights of ``ckpt`` / ``hf_dir`` (a resumed run
     loads its own checkpoint in the trainer instead)."""
-    from megatron_scir.checkpoint import load_checkpoint
+    from megatron_scir.cli.generate import load_model_chunks
     from megatron_scir.models import build_model_chunks
 
     if resuming or (ckpt is None and hf_dir is None):
         return build_model_chunks(cfg)
-    chunks = build_model_chunks(cfg, init_weights=False)
-    if hf_dir is not None:
-        from megatron_scir.convert import load_hf_into_model
-
-        load_hf_into_model(chunks, hf_dir, cfg)
-    else:
-        load_checkpoint(ckpt, chunks, cfg)
-    return chunks
+    return load_model_chunks(cfg, ckpt=ckpt, hf_dir=hf_dir)
 
 
 def _model_id(cfg, ckpt, hf_dir) -> str:
@@ -183,11 +176,9 @@ def _model_id(cfg, ckpt, hf_dir) -> str:
 def _reference_pairs(runtime, cfg, tokenizer, chunks, pairs, save_dir, resuming, *, model_id):
     """``pairs`` if they carry reference log-probs, else the reference pass's file with M_t."""
     from megatron_scir.config import ConfigError
-    from megatron_scir.data import read_records
     from megatron_scir.training.reference import run_reference_pass
 
-    records, _ = read_records(pairs, "pairs", on_bad_record=cfg.data.on_bad_record)
-    if records and all(r.ref_logps_1 is not None for r in records):
+    if _first_record_has_ref_logps(pairs):  # the DataModule refuses a file that mixes both
         return pairs
     out = save_dir / "pairs.ref.jsonl"
     if resuming:  # the weights are no longer M_t: the file must be the one written at the start
@@ -201,3 +192,16 @@ def _reference_pairs(runtime, cfg, tokenizer, chunks, pairs, save_dir, resuming,
     if runtime.is_rank_zero:
         print(f"reference pass: {summary.num_pairs} pairs -> {out}", flush=True)
     return out
+
+
+def _first_record_has_ref_logps(pairs) -> bool:
+    """Whether the pairs file's first record carries ``ref_logps_1`` (a file that cannot be
+    read says False: the reference pass then reports it with its file and line)."""
+    import json
+
+    try:
+        with open(pairs, encoding="utf-8") as fh:
+            first = next((line for line in fh if line.strip()), "")
+        return json.loads(first).get("ref_logps_1") is not None
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -45,8 +45,9 @@ def _gloo(parallel) -> bool:
     proven by tests/training/test_trainer.py pp2_vpp2). The unbatched path orders the sends and
     receives by even/odd rank and pairs them correctly. NCCL keeps the batched path.
     """
-    backend = parallel.distributed_backend
-    return backend == Backend.GLOO or (backend == Backend.AUTO and not torch.cuda.is_available())
+    from megatron_scir.parallel.state import resolve_backend
+
+    return resolve_backend(parallel.distributed_backend) == Backend.GLOO
 
 
 def transformer_config(cfg: Config, *, init_weights: bool = True):

@@ -19,6 +19,13 @@ from megatron_scir.config import ParallelConfig
 from megatron_scir.config.choices import Backend
 
 
+def resolve_backend(backend: str) -> Backend:
+    """``parallel.distributed_backend`` as it runs: ``auto`` is NCCL with CUDA, gloo without."""
+    if backend == Backend.AUTO:
+        return Backend.NCCL if torch.cuda.is_available() else Backend.GLOO
+    return Backend(backend)
+
+
 def init_distributed(backend: str = "auto", *, timeout_s: int = 1800) -> dict[str, str]:
     """Initialise torch.distributed from the launcher's env vars (torchrun, srun), once.
 
@@ -32,8 +39,7 @@ def init_distributed(backend: str = "auto", *, timeout_s: int = 1800) -> dict[st
     """
     if dist.is_initialized():
         return {}
-    if backend == Backend.AUTO:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = resolve_backend(backend)
     if backend == Backend.GLOO and not torch.cuda.is_available():
         from megatron_scir.parallel import cpu_compat
 

@@ -104,8 +104,6 @@ def train(
     Raises:
         TrainingDiverged: too many consecutive NaN/inf steps.
     """
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
     from megatron_scir.parallel.ddp import wrap_with_ddp
     from megatron_scir.training.optimizer import build_optimizer, build_scheduler
 
@@ -127,13 +125,14 @@ def train(
         total_steps=num_steps,
         start_step=state.step,
     )
-    step_fn = _StepRunner(runtime, cfg, model, optimizer, get_forward_backward_func(), data)
     checkpoint, metrics, preempted = None, {}, False
     try:
         with StopRequest() as stop:
             while state.step < num_steps:
                 micro_batches = [next(batches) for _ in range(num_micro)]
-                metrics = step_fn(forward_step, micro_batches, state, scheduler)
+                metrics = _train_step(
+                    runtime, cfg, model, optimizer, scheduler, forward_step, micro_batches, state
+                )
                 state.step += 1
                 state.consumed_samples += cfg.train.global_batch_size
                 log.log(state.step, metrics)
@@ -151,64 +150,71 @@ def train(
     return TrainResult(dataclasses.replace(state), preempted, checkpoint, metrics)
 
 
-class _StepRunner:
+def _run_schedule(
+    runtime: Runtime,
+    model: Sequence[torch.nn.Module],
+    forward_step: Callable,
+    micro_batches: Sequence[dict[str, torch.Tensor]],
+    *,
+    forward_only: bool,
+) -> dict[str, float]:
+    """One ``get_forward_backward_func`` call over the micro-batches; the global metrics."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_scir.training.forward_step import step_metrics
+
+    rows, seq = micro_batches[0]["tokens"].shape  # B = 2k + judge rows (SCIR_SPEC §9)
+    iterators = [iter(micro_batches) for _ in model]  # one per virtual stage
+    losses = get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iterators if len(iterators) > 1 else iterators[0],
+        model=list(model),
+        num_microbatches=len(micro_batches),
+        seq_length=seq,
+        micro_batch_size=rows,
+        forward_only=forward_only,
+    )
+    return step_metrics(
+        losses,
+        dp_group=runtime.dp_group,
+        pp_group=runtime.pp_group,
+        is_last_stage=runtime.is_last_stage(),
+    )
+
+
+def _train_step(
+    runtime, cfg, model, optimizer, scheduler, forward_step, micro_batches, state: TrainState
+) -> dict[str, float]:
     """One optimizer step: forward/backward over the micro-batches, then the guarded update."""
-
-    def __init__(self, runtime, cfg, model, optimizer, forward_backward, data) -> None:
-        self.runtime, self.cfg, self.model = runtime, cfg, model
-        self.optimizer, self.forward_backward = optimizer, forward_backward
-        self.seq_length = data.seq_length
-
-    def __call__(self, forward_step, micro_batches, state: TrainState, scheduler):
-        from megatron_scir.training.forward_step import step_metrics
-
-        start = time.perf_counter()
-        for chunk in self.model:
-            chunk.zero_grad_buffer()
-        self.optimizer.zero_grad()
-        rows, seq = micro_batches[0]["tokens"].shape  # B = 2k + judge rows (SCIR_SPEC §9)
-        iterators = [iter(micro_batches) for _ in self.model]  # one per virtual stage
-        losses = self.forward_backward(
-            forward_step_func=forward_step,
-            data_iterator=iterators if len(iterators) > 1 else iterators[0],
-            model=self.model,
-            num_microbatches=len(micro_batches),
-            seq_length=seq,
-            micro_batch_size=rows,
-            forward_only=False,
-        )
-        r = self.runtime
-        metrics = step_metrics(
-            losses, dp_group=r.dp_group, pp_group=r.pp_group, is_last_stage=r.is_last_stage()
-        )
-        found_inf = self.optimizer.prepare_grads()  # fp16 loss-scale overflow
-        grad_norm = float(self.optimizer.get_grad_norm())
-        finite = not found_inf and math.isfinite(grad_norm)
-        finite = finite and all(
-            math.isfinite(v) for k, v in metrics.items() if k.startswith("loss/")
-        )
-        if finite:
-            if self.cfg.train.clip_grad > 0:
-                self.optimizer.clip_grad_norm(self.cfg.train.clip_grad)
-            self.optimizer.step_with_ready_grads()
-            scheduler.step(increment=1)
-            state.consecutive_skips = 0
-        else:
-            state.skipped_steps += 1
-            state.consecutive_skips += 1
-            logger.warning(
-                "step %d: non-finite loss or gradient norm, update skipped", state.step + 1
-            )
-        seconds = time.perf_counter() - start
-        tokens = len(micro_batches) * rows * seq * r.dp_size
-        return {
-            **metrics,
-            "train/grad_norm": grad_norm,
-            "train/lr": float(self.optimizer.param_groups[0]["lr"]),
-            "train/skipped_steps": state.skipped_steps,
-            "train/tokens_per_s": tokens / seconds,
-            "train/step_seconds": seconds,
-        }
+    start = time.perf_counter()
+    for chunk in model:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    metrics = _run_schedule(runtime, model, forward_step, micro_batches, forward_only=False)
+    found_inf = optimizer.prepare_grads()  # fp16 loss-scale overflow
+    grad_norm = float(optimizer.get_grad_norm())
+    finite = not found_inf and math.isfinite(grad_norm)
+    finite = finite and all(math.isfinite(v) for k, v in metrics.items() if k.startswith("loss/"))
+    if finite:
+        if cfg.train.clip_grad > 0:
+            optimizer.clip_grad_norm(cfg.train.clip_grad)
+        optimizer.step_with_ready_grads()
+        scheduler.step(increment=1)
+        state.consecutive_skips = 0
+    else:
+        state.skipped_steps += 1
+        state.consecutive_skips += 1
+        logger.warning("step %d: non-finite loss or gradient norm, update skipped", state.step + 1)
+    seconds = time.perf_counter() - start
+    tokens = micro_batches[0]["tokens"].numel() * len(micro_batches) * runtime.dp_size
+    return {
+        **metrics,
+        "train/grad_norm": grad_norm,
+        "train/lr": float(optimizer.param_groups[0]["lr"]),
+        "train/skipped_steps": state.skipped_steps,
+        "train/tokens_per_s": tokens / seconds,
+        "train/step_seconds": seconds,
+    }
 
 
 def _check_divergence(state: TrainState, cfg: Config) -> None:
@@ -289,24 +295,4 @@ def evaluate(
     Collective; every rank of a replica passes the same micro-batches, DP ranks their own. The
     metrics are reduced like a training step's (``step_metrics``): the global mean of each.
     """
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    from megatron_scir.training.forward_step import step_metrics
-
-    rows, seq = micro_batches[0]["tokens"].shape
-    iterators = [iter(micro_batches) for _ in chunks]
-    losses = get_forward_backward_func()(
-        forward_step_func=forward_step,
-        data_iterator=iterators if len(iterators) > 1 else iterators[0],
-        model=list(chunks),
-        num_microbatches=len(micro_batches),
-        seq_length=seq,
-        micro_batch_size=rows,
-        forward_only=True,
-    )
-    return step_metrics(
-        losses,
-        dp_group=runtime.dp_group,
-        pp_group=runtime.pp_group,
-        is_last_stage=runtime.is_last_stage(),
-    )
+    return _run_schedule(runtime, chunks, forward_step, micro_batches, forward_only=True)
