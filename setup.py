@@ -22,6 +22,7 @@ setup(
         "tqdm",
         "psutil",
         "tensorboard",
+        "matplotlib",
     ],
     extras_require={
         "hf": ["transformers>=4.51"],

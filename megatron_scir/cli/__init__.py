@@ -6,6 +6,9 @@ command; each command owns its parallel world and calls the library packages.
     scir generate --config ... --ckpt CKPT --prompts P --out O   N responses per prompt
     scir sft --config ... [--resume]                             the seed SFT stage
     scir train --config ... --pairs P [--resume]                 SCIR / DPO / SRLM training
+    scir iterate --config ... [a.b=c ...]                        the self-rewarding loop
+    scir evaluate --config ... --ckpt M --pairs P | --prompts P  reward-model accuracy, answers
+    scir demo [--full]                                           the CPU study SCIR vs SRLM
 
 Also ``python -m megatron_scir.cli <command>`` (under ``torchrun -m`` or ``srun``). Command
 modules import only the standard library at import time, so ``scir --help`` is instant.
@@ -26,6 +29,8 @@ COMMAND_MODULES = (
     "megatron_scir.cli.convert",
     "megatron_scir.cli.generate",
     "megatron_scir.cli.train",
+    "megatron_scir.cli.iterate",
+    "megatron_scir.cli.demo",
 )
 
 
@@ -56,6 +61,10 @@ def _quiet_megatron_notices() -> None:
     CLI run those are noise (the TE/FP8 requirement is enforced with its own error)."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.core")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    # torch_dist checkpoints on CPU: the "single process" and "argument order" notices of
+    # torch.distributed.checkpoint, and ShardedTensor's deprecation (Megatron still uses it)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.distributed\.checkp")
+    warnings.filterwarnings("ignore", message=r".*ShardedTensor", category=FutureWarning)
     logging.getLogger("megatron.core.models.gpt.gpt_model").setLevel(logging.ERROR)
 
 

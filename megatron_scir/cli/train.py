@@ -85,6 +85,10 @@ def run_training(
 
     cfg = load_config(config, overrides)
     validate(cfg, uses=(TRAINING,))
+    if stage == "sft":
+        from megatron_scir.training.sft_step import sft_stage_config
+
+        cfg = sft_stage_config(cfg)
     if cfg.checkpoint.save is None:
         raise ConfigError("training needs checkpoint.save=DIR (checkpoints and --resume)")
     save_dir = Path(cfg.checkpoint.save)

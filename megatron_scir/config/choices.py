@@ -167,6 +167,13 @@ class LrDecayStyle(StrEnum):
     COSINE = "cosine"
 
 
+class PromptSlices(StrEnum):
+    """``iteration.prompt_slices``: which prompts of the pool iteration t answers."""
+
+    DISJOINT = "disjoint"
+    ALL = "all"
+
+
 def choices(enum: type[StrEnum]) -> tuple[str, ...]:
     """The values of ``enum``, in definition order (for messages and argparse)."""
     return tuple(member.value for member in enum)

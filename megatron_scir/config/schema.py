@@ -27,6 +27,7 @@ from megatron_scir.config.choices import (
     PositionDebias,
     PrefLoss,
     PrefNormalization,
+    PromptSlices,
     RecomputeGranularity,
     RecomputeMethod,
     TokenizerType,
@@ -438,6 +439,9 @@ class TrainConfig:
     """Seed for initialisation, shuffling and dropout."""
     sft_epochs: int = 1
     """Epochs of the seed SFT stage (instruction + judge data)."""
+    sft_lr: float | None = None
+    """Peak learning rate of the seed SFT stage (null = train.lr); SFT of a base model usually
+    wants a larger one than preference training."""
     max_skipped_steps: int = 5
     """A step whose loss or gradient norm is NaN/inf is skipped (no update) and counted; this
     many consecutive skips stop the run with a message naming the step."""
@@ -501,8 +505,32 @@ class IterationConfig:
     """Self-rewarding iterations t = 1..T."""
     prompts_per_iteration: int | None = None
     """Prompts of the pool used per iteration (null = all)."""
+    prompt_slices: str = "disjoint"
+    """disjoint: iteration t answers prompts [(t−1)·n, t·n) of the pool (n =
+    prompts_per_iteration; the pool must hold T·n prompts); all: every iteration answers the
+    first n prompts."""
     seed_sft: bool = True
     """Run the seed SFT stage (instruction + judge data) before iteration 1."""
+    eval_pairs: str | None = None
+    """Held-out labelled pairs JSONL: after every iteration, the accuracy of the implicit reward
+    (against M_t), of the judge and their consistency rate (``scir evaluate --pairs``)."""
+    eval_prompts: str | None = None
+    """Held-out prompts JSONL: greedy answers after every iteration, graded by ``grader``."""
+    grader: str | None = None
+    """``module:function`` scoring (prompt, response) in [0, 1]: the oracle accuracy of the
+    greedy answers on ``eval_prompts``, and the labels of ``scir.mode=dpo`` pairs (the response
+    with the higher score is chosen; ties are dropped)."""
+
+    def __post_init__(self) -> None:
+        s = "iteration"
+        _choice(s, "prompt_slices", self.prompt_slices, PromptSlices)
+        _positive(s, "num_iterations", self.num_iterations, allow_zero=True)
+        _positive(s, "prompts_per_iteration", self.prompts_per_iteration)
+        if self.grader is not None and ":" not in self.grader:
+            raise ConfigError(
+                f"iteration.grader={self.grader!r}: expected module:function, e.g. "
+                "megatron_scir.tasks.arithmetic:grade"
+            )
 
 
 @dataclass(kw_only=True)

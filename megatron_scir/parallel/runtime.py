@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch.distributed as dist
 
@@ -32,6 +32,7 @@ from megatron_scir.config.validate import data_parallel_size
 from megatron_scir.parallel import state
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The groups megatron-scir and the Megatron-Core pieces it drives (models, DDP, schedules) use.
 REQUIRED_GROUPS = ("tp", "pp", "mp", "cp", "tp_cp", "dp", "dp_cp", "embd", "pos_embd")
@@ -84,6 +85,29 @@ class Runtime:
     def is_last_stage(self, vp_stage: int | None = None) -> bool:
         """Last pipeline stage (of virtual stage ``vp_stage``): where rewards and losses run."""
         return state.is_last_stage(vp_stage)
+
+    def reseed(self, seed: int) -> None:
+        """Seed every generator as :func:`parallel_world` does (``state.seed_generators``)."""
+        state.seed_generators(seed)
+
+    def on_rank_zero(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on global rank 0, its result (or its error, raised) on every rank.
+
+        For decisions every rank must share (is a file there and valid?) and for files only
+        rank 0 writes; collective.
+        """
+        result: list[Any] = [None]
+        if self.is_rank_zero:
+            try:
+                result[0] = (fn(), None)
+            except Exception as error:  # noqa: BLE001 — re-raised on every rank below
+                result[0] = (None, error)
+        if self.world_size > 1:
+            dist.broadcast_object_list(result, src=0)
+        value, error = result[0]
+        if error is not None:
+            raise error
+        return value
 
     @classmethod
     def current(cls, parallel: ParallelConfig) -> Runtime:

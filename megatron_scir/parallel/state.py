@@ -101,10 +101,7 @@ def initialize_model_parallel(parallel: ParallelConfig, *, seed: int = 1234) -> 
     (so a random initialisation is the same on every run and every DP replica), and Megatron's
     model-parallel RNG tracker its TP/PP offsets of ``seed``.
     """
-    import random
-
-    import numpy as np
-    from megatron.core import parallel_state, tensor_parallel
+    from megatron.core import parallel_state
 
     vpp = parallel.virtual_pipeline_model_parallel_size
     parallel_state.initialize_model_parallel(
@@ -112,6 +109,22 @@ def initialize_model_parallel(parallel: ParallelConfig, *, seed: int = 1234) -> 
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=vpp if vpp and vpp > 1 else None,
     )
+    seed_generators(seed)
+
+
+def seed_generators(seed: int) -> None:
+    """Seed Python, NumPy and torch with ``seed + 100 · pp_rank`` and Megatron's model-parallel
+    RNG tracker with its TP/PP offsets of ``seed`` (the model-parallel state must exist).
+
+    Called once when the world is set up, and by the iteration driver at the start of every
+    stage, so a stage gives the same bits whether it runs after another one in the same process
+    or first in a rerun.
+    """
+    import random
+
+    import numpy as np
+    from megatron.core import parallel_state, tensor_parallel
+
     stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
     random.seed(stage_seed)
     np.random.seed(stage_seed)

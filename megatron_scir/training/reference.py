@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,7 +203,7 @@ def run_reference_pass(
         inputs = reference_inputs(cfg, tokenizer, pairs_path, inputs_id=inputs_id)
         return inputs, _recorded_summary(out_path, inputs)
 
-    inputs, recorded = _on_rank_zero(runtime, check_existing)
+    inputs, recorded = runtime.on_rank_zero(check_existing)
     if recorded is not None:
         return recorded
 
@@ -224,22 +224,7 @@ def run_reference_pass(
         logger.info("reference pass: wrote %s; %s", out_path, summary)
         return summary
 
-    return _on_rank_zero(runtime, write)
-
-
-def _on_rank_zero(runtime: Runtime, fn: Callable[[], Any]) -> Any:
-    """``fn()`` on global rank 0, its result (or its error, raised) on every rank."""
-    result: list[Any] = [None]
-    if runtime.is_rank_zero:
-        try:
-            result[0] = (fn(), None)
-        except Exception as error:  # noqa: BLE001 — re-raised on every rank below
-            result[0] = (None, error)
-    dist.broadcast_object_list(result, src=0)
-    value, error = result[0]
-    if error is not None:
-        raise error
-    return value
+    return runtime.on_rank_zero(write)
 
 
 @torch.no_grad()

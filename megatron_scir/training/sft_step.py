@@ -10,6 +10,7 @@ per-token mean of the global batch (``(sum, count)`` over tokens).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -64,3 +65,10 @@ def make_sft_forward_step(
         return output, partial(_loss_func, batch)
 
     return forward_step
+
+
+def sft_stage_config(cfg: Config) -> Config:
+    """``cfg`` for the seed SFT stage: ``train.sft_lr`` (when set) as the peak learning rate."""
+    if cfg.train.sft_lr is None:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=cfg.train.sft_lr))

@@ -1,0 +1,587 @@
+"""``scir iterate``: the self-rewarding loop M_1 → M_2 → … → M_{T+1} (SCIR_SPEC §7).
+
+Top to bottom, in one parallel runtime::
+
+    iteration 0   init       M_0: ``checkpoint.load``, an HF folder, or a random init (saved)
+                  sft        seed SFT on instruction + judge data → M_1   (iteration.seed_sft)
+                  evaluate   held-out scores of M_1 (and of M_0)          (when configured)
+    iteration t   generate   N responses per prompt of the slice, with M_t
+                  pairs      unlabeled pairs (dpo mode: labelled by the grader)
+                  reference  log πref and M_t's judge on every pair (srlm: its labels)
+                  train      scir / srlm / dpo, πref = M_t → M_{t+1}
+                  export     M_{t+1} in Hugging Face format             (checkpoint.export_hf)
+                  evaluate   held-out scores of M_{t+1} against M_t     (when configured)
+
+The model passes between stages as a checkpoint: each stage builds the chunks of its layout in
+the one runtime and loads M_t (generation: one chunk per pipeline rank; reference and training:
+the training layout, interleaved or not). Megatron's DDP cannot wrap a model twice, the
+generation layout differs from an interleaved training layout, and a stage that starts from a
+file gives the same bits whether it runs after another stage or first in a rerun. Every stage
+reseeds every generator with ``(train.seed, t, stage)`` for the same reason.
+
+Each stage writes into ``run_dir/iter_<t>/<stage>/`` and a completion marker
+(:mod:`megatron_scir.iteration.stages`); rerunning the same command continues at the first
+stage without one. A SIGTERM/SIGUSR1 during training saves and exits with 75 (requeue and
+rerun); a kill anywhere else loses at most the stage's unfinished part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from megatron_scir.config import Config, ConfigError
+from megatron_scir.config.choices import LossMode, PromptSlices
+from megatron_scir.data import DataError, read_records
+from megatron_scir.iteration.stages import (
+    StageResult,
+    check_unchanged,
+    fingerprint,
+    read_marker,
+    result_from_marker,
+    stage_dir,
+    write_marker,
+)
+from megatron_scir.parallel.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+SEED_STAGES = ("init", "sft", "evaluate")
+ITERATION_STAGES = ("generate", "pairs", "reference", "train", "export", "evaluate")
+STAGE_SEEDS = {name: i for i, name in enumerate(("init", "sft", *ITERATION_STAGES))}
+# The columns of the printed table and the curves of the plot.
+REPORT_COLUMNS = (
+    ("iteration", "iter"),
+    ("oracle_accuracy", "oracle acc"),
+    ("judge_accuracy", "judge acc"),
+    ("implicit_accuracy", "implicit acc"),
+    ("consistency_rate", "consistency"),
+    ("pairs_built", "pairs"),
+    ("pairs_used", "pairs used"),
+    ("consistency_train_end", "train consistency"),
+    ("response_tokens", "resp tokens"),
+)
+PLOT_METRICS = (
+    ("oracle_accuracy", "oracle accuracy (greedy, held-out)"),
+    ("judge_accuracy", "judge accuracy (held-out pairs)"),
+    ("implicit_accuracy", "implicit-reward accuracy"),
+    ("consistency_rate", "IRM-GRM consistency (held-out)"),
+    ("pairs_used_fraction", "fraction of pairs trained on"),
+    ("loss_total", "final training loss"),
+)
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM/SIGUSR1 after saving: rerun the command to continue."""
+
+
+@dataclass(frozen=True)
+class IterationRun:
+    """One ``scir iterate`` invocation: what every stage needs."""
+
+    runtime: Runtime
+    cfg: Config
+    tokenizer: Any
+    run_dir: Path
+    source: str
+    hf_dir: str | None
+    progress: bool | None
+
+    @property
+    def mode(self) -> LossMode:
+        return LossMode(self.cfg.scir.mode)
+
+    def run_stage(self, t: int, name: str, body: Callable[[Path], StageResult]) -> StageResult:
+        """Run stage ``name`` of iteration ``t`` unless its marker says it is done."""
+        path = stage_dir(self.run_dir, t, name)
+        marker = self.runtime.on_rank_zero(lambda: read_marker(path))
+        if marker is not None:
+            return result_from_marker(marker)
+        if self.runtime.is_rank_zero:
+            path.mkdir(parents=True, exist_ok=True)
+            logger.info("iteration %d: %s", t, name)
+        self.runtime.reseed(self.cfg.train.seed + 1000 * t + STAGE_SEEDS[name])
+        start = time.perf_counter()
+        result = body(path)
+        gc.collect()
+        result.wall_s = time.perf_counter() - start
+        config = self.fingerprint(name)
+        self.runtime.on_rank_zero(lambda: write_marker(path, name, t, config, result))
+        return result
+
+    def fingerprint(self, stage: str) -> dict[str, Any]:
+        grader_used = stage == "pairs" and self.mode == LossMode.DPO
+        return fingerprint(self.cfg, stage, source=self.source, grader_used=grader_used)
+
+
+def run_iterations(
+    runtime: Runtime,
+    cfg: Config,
+    tokenizer,
+    *,
+    hf_dir: str | None = None,
+    progress: bool | None = None,
+    report: bool = True,
+    evaluate_start: bool = True,
+) -> list[dict[str, Any]]:
+    """The self-rewarding loop, top to bottom; returns one metrics record per iteration 0..T.
+
+    Collective: every rank of the world calls it with the same config.
+
+    Args:
+        runtime: The parallel runtime (``parallel_world(cfg.parallel)``).
+        cfg: The run config, validated for training and generation.
+        tokenizer: ``build_tokenizer(cfg.data)``.
+        hf_dir: Start from this Hugging Face folder instead of ``checkpoint.load``.
+        progress: Progress bars on rank 0 (default ``logging.progress``).
+        report: Print the table and write metrics.jsonl, TensorBoard and the plot (rank 0).
+        evaluate_start: Evaluate the model iteration 1 starts from (iteration 0's record);
+            a study whose methods share one seed model evaluates it once.
+
+    Raises:
+        Preempted: training was stopped by a signal after saving (exit 75 and rerun).
+        ConfigError: the run directory holds stages finished with other settings.
+    """
+    run_dir = Path(cfg.iteration.run_dir)
+    source = f"hf:{hf_dir}" if hf_dir else (cfg.checkpoint.load or f"random-init:{cfg.train.seed}")
+    run = IterationRun(runtime, cfg, tokenizer, run_dir, source, hf_dir, progress)
+    stages = set(SEED_STAGES) | set(ITERATION_STAGES)
+    current = {name: run.fingerprint(name) for name in stages}
+    runtime.on_rank_zero(lambda: check_unchanged(run_dir, current))
+    pool = runtime.on_rank_zero(lambda: _prompt_pool(cfg))
+
+    model = run.run_stage(0, "init", partial(init_model, run)).outputs["checkpoint"]
+    first = model
+    if cfg.iteration.seed_sft:
+        sft = run.run_stage(0, "sft", partial(seed_sft, run, model=model))
+        model = sft.outputs["checkpoint"]
+    start = _evaluate(run, 0, model, None, first) if evaluate_start else StageResult()
+    records = [_record(run, 0, {"evaluate": start})]
+    _report(run, records, report)
+    for t in range(1, cfg.iteration.num_iterations + 1):
+        prompts = _iteration_prompts(pool, cfg, t)
+        done: dict[str, StageResult] = {}
+        done["generate"] = run.run_stage(
+            t, "generate", partial(generate_responses, run, t=t, model=model, prompts=prompts)
+        )
+        generations = done["generate"].outputs["generations"]
+        done["pairs"] = run.run_stage(
+            t, "pairs", partial(build_iteration_pairs, run, t=t, generations=generations)
+        )
+        pairs = done["pairs"].outputs["pairs"]
+        done["reference"] = run.run_stage(
+            t, "reference", partial(reference_pass, run, model=model, pairs=pairs)
+        )
+        ref_pairs = done["reference"].outputs["pairs"]
+        done["train"] = run.run_stage(
+            t, "train", partial(train_policy, run, t=t, model=model, pairs=ref_pairs)
+        )
+        trained = done["train"].outputs["checkpoint"]
+        if cfg.checkpoint.export_hf:
+            done["export"] = run.run_stage(t, "export", partial(export_model, run, model=trained))
+        done["evaluate"] = _evaluate(run, t, trained, model, None)
+        records.append(_record(run, t, done))
+        _report(run, records, report)
+        model = trained
+    return records
+
+
+# ---------------------------------------------------------------------------------- the stages
+
+
+def init_model(run: IterationRun, out: Path) -> StageResult:
+    """M_0 as a checkpoint: ``checkpoint.load`` as it is, else an HF folder or a random init
+    saved under ``out/model``."""
+    from megatron_scir.checkpoint import resolve_checkpoint, save_checkpoint
+    from megatron_scir.models import build_model_chunks
+
+    cfg = run.cfg
+    if run.hf_dir is None and cfg.checkpoint.load:
+        return StageResult(outputs={"checkpoint": str(resolve_checkpoint(cfg.checkpoint.load))})
+    if run.hf_dir is not None:
+        from megatron_scir.convert import load_hf_into_model
+
+        chunks = build_model_chunks(cfg, init_weights=False)
+        load_hf_into_model(chunks, run.hf_dir, cfg)
+    else:
+        chunks = build_model_chunks(cfg)
+    path = save_checkpoint(
+        out / "model", chunks, cfg, iteration=0, step=0, assets=_tokenizer_assets(cfg),
+        overwrite=True,
+    )
+    return StageResult(outputs={"checkpoint": str(path)})
+
+
+def seed_sft(run: IterationRun, out: Path, model: str) -> StageResult:
+    """SRLM's IFT + EFT on ``data.seed_sft`` / ``data.seed_judge``: M_0 → M_1."""
+    from megatron_scir.data import SftDataModule
+    from megatron_scir.training.sft_step import make_sft_forward_step, sft_stage_config
+
+    runtime, cfg = run.runtime, sft_stage_config(run.cfg)
+    data = SftDataModule(cfg, run.tokenizer, dp_rank=runtime.dp_rank, dp_size=runtime.dp_size)
+    data.setup("fit")
+    step = make_sft_forward_step(cfg, tp_group=runtime.tp_group)
+    return _train(run, cfg, out, 0, model, data, step)
+
+
+def generate_responses(
+    run: IterationRun, out: Path, t: int, model: str, prompts: list
+) -> StageResult:
+    """``generation.num_responses`` samples per prompt of the slice with M_t (resumable)."""
+    from megatron_scir.generation import generate, generation_layout
+
+    cfg = run.cfg
+    generation = dataclasses.replace(cfg.generation, seed=cfg.generation.seed + t)
+    gen_cfg = dataclasses.replace(
+        cfg, generation=generation, parallel=generation_layout(cfg.parallel)
+    )
+    chunks = _load(gen_cfg, model)
+    path = out / "generations.jsonl"
+    stats = generate(
+        run.runtime, chunks, run.tokenizer, prompts, path, gen_cfg, progress=run.progress
+    )
+    del chunks
+
+    def count() -> dict[str, float]:
+        records, _ = read_records(path, "generations")
+        responses = [r for record in records for r in record.responses]
+        lengths = [len(run.tokenizer.encode(r)) for r in responses]
+        truncated = sum(sum(record.truncated) for record in records)
+        return {
+            "prompts": float(len(records)),
+            "responses": float(len(responses)),
+            "response_tokens": sum(lengths) / max(len(lengths), 1),
+            "responses_truncated": float(truncated),
+            "tokens_per_s": stats.tokens_per_second if stats is not None else math.nan,
+        }
+
+    return StageResult(outputs={"generations": str(path)}, metrics=run.runtime.on_rank_zero(count))
+
+
+def build_iteration_pairs(run: IterationRun, out: Path, t: int, generations: str) -> StageResult:
+    """Unlabeled pairs from the generations (SCIR_SPEC §7.2); in ``dpo`` mode each pair is
+    labelled by ``iteration.grader`` (the oracle) and pairs it grades equal are dropped."""
+    from megatron_scir.data import build_pairs, write_records
+
+    cfg = run.cfg
+
+    def build() -> StageResult:
+        records, _ = read_records(generations, "generations")
+        pairs, report = build_pairs(
+            records,
+            pairs_per_prompt=cfg.data.pairs_per_prompt,
+            truncated_responses=cfg.data.truncated_responses,
+            seed=cfg.train.seed + t,
+        )
+        built = len(pairs)
+        if run.mode == LossMode.DPO:
+            pairs = _oracle_labels(cfg, pairs)
+        if not pairs:
+            raise DataError(
+                f"iteration {t}: no pairs from {generations} ({report.summary()}): sample more "
+                "responses (generation.num_responses) or at a higher generation.temperature"
+            )
+        path = out / "pairs.jsonl"
+        write_records(path, pairs)
+        logger.info("iteration %d: %s", t, report.summary())
+        metrics = {
+            "pairs_built": float(built),
+            "pairs_labelled": float(len(pairs)),
+            "prompts_without_pairs": float(report.num_prompts_without_pairs),
+            "responses_dropped": float(
+                report.num_empty + report.num_duplicate + report.num_truncated_dropped
+            ),
+        }
+        return StageResult(outputs={"pairs": str(path)}, metrics=metrics)
+
+    return run.runtime.on_rank_zero(build)
+
+
+def reference_pass(run: IterationRun, out: Path, model: str, pairs: str) -> StageResult:
+    """log πref with M_t and M_t's judge on every pair (srlm: its fixed labels)."""
+    from megatron_scir.training.reference import checkpoint_identity, run_reference_pass
+
+    chunks = _load(run.cfg, model)
+    path = out / "pairs.ref.jsonl"
+    summary = run_reference_pass(
+        run.runtime,
+        chunks,
+        run.cfg,
+        run.tokenizer,
+        pairs,
+        path,
+        inputs_id=checkpoint_identity(model),
+    )
+    return StageResult(outputs={"pairs": str(path)}, metrics=summary.metrics())
+
+
+def train_policy(run: IterationRun, out: Path, t: int, model: str, pairs: str) -> StageResult:
+    """Train M_t on the pairs with ``scir.mode`` (πref = M_t) → M_{t+1}; then the consistency
+    rate of the trained model on the same pairs (forward only)."""
+    from megatron_scir.data import ScirDataModule
+    from megatron_scir.training.forward_step import make_forward_step
+
+    runtime, cfg = run.runtime, run.cfg
+    data = ScirDataModule(
+        cfg, run.tokenizer, dp_rank=runtime.dp_rank, dp_size=runtime.dp_size, train_path=pairs
+    )
+    data.setup("fit")
+    step = make_forward_step(cfg, data.verdict_token_ids, tp_group=runtime.tp_group)
+    result = _train(run, cfg, out, t, model, data, step, end_of_training=pairs)
+    log = out / "logs" / "metrics.jsonl"
+    steps = runtime.on_rank_zero(lambda: _read_step_metrics(log))
+    selected = [s["scir/consistency_rate"] for s in steps if "scir/consistency_rate" in s]
+    num_pairs = len(data.pairs)
+    if run.mode == LossMode.SCIR:
+        fraction = sum(selected) / len(selected) if selected else math.nan
+    else:  # every labelled pair is trained on (srlm drops the judge's unsure ones as -1 labels)
+        labels = runtime.on_rank_zero(lambda: _labelled_fraction(pairs))
+        fraction = labels
+    result.metrics["pairs_used_fraction"] = fraction
+    result.metrics["pairs_used"] = fraction * num_pairs if not math.isnan(fraction) else math.nan
+    return result
+
+
+def export_model(run: IterationRun, out: Path, model: str) -> StageResult:
+    """M_{t+1} as a Hugging Face folder (``checkpoint.export_hf``)."""
+    from megatron_scir.convert import export_to_hf
+
+    def export() -> StageResult:
+        path = export_to_hf(model, out / "hf", progress=False)
+        return StageResult(outputs={"hf": str(path)})
+
+    return run.runtime.on_rank_zero(export)
+
+
+def _evaluate(
+    run: IterationRun, t: int, model: str, reference: str | None, first: str | None
+) -> StageResult:
+    """Held-out scores of ``model`` (implicit reward against ``reference``); at iteration 0 also
+    the oracle accuracy of M_0 (``first``), when seed SFT produced a different model."""
+    from megatron_scir.iteration.evaluate import grade_answers, greedy_answers, reward_accuracy
+
+    cfg = run.cfg.iteration
+    if cfg.eval_pairs is None and not (cfg.eval_prompts and cfg.grader):
+        return StageResult()
+
+    def body(out: Path) -> StageResult:
+        runtime, metrics = run.runtime, {}
+        if cfg.eval_pairs is not None:
+            scores = reward_accuracy(
+                runtime, run.cfg, run.tokenizer, cfg.eval_pairs,
+                policy_ckpt=model, ref_ckpt=reference, work_dir=out,
+            )
+            metrics.update(scores.metrics())
+        if cfg.eval_prompts and cfg.grader:
+            answers = out / "answers.jsonl"
+            greedy_answers(
+                runtime, run.cfg, run.tokenizer, cfg.eval_prompts, answers, ckpt=model,
+                progress=run.progress,
+            )
+            score = runtime.on_rank_zero(lambda: grade_answers(answers, cfg.grader))
+            metrics["oracle_accuracy"] = score.oracle_accuracy
+            if t == 0 and first is not None and first != model:
+                before = out / "answers_m0.jsonl"
+                greedy_answers(
+                    runtime, run.cfg, run.tokenizer, cfg.eval_prompts, before, ckpt=first,
+                    progress=run.progress,
+                )
+                score = runtime.on_rank_zero(lambda: grade_answers(before, cfg.grader))
+                metrics["oracle_accuracy_m0"] = score.oracle_accuracy
+        return StageResult(outputs={"dir": str(out)}, metrics=metrics)
+
+    return run.run_stage(t, "evaluate", body)
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _train(
+    run: IterationRun, cfg: Config, out: Path, t: int, model: str, data, step, *,
+    end_of_training: str | None = None,
+) -> StageResult:
+    """Train the chunks loaded from ``model`` under ``out/checkpoints`` (resuming there)."""
+    from megatron_scir.checkpoint import latest_checkpoint
+    from megatron_scir.training.trainer import train
+
+    runtime = run.runtime
+    save_dir = out / "checkpoints"
+    chunks = _load(cfg, model)
+    result = train(
+        runtime,
+        cfg,
+        chunks,
+        data,
+        step,
+        save_dir=save_dir,
+        log_dir=out / "logs",
+        iteration=t,
+        resume=True,
+        progress=run.progress,
+    )
+    if result.preempted:
+        raise Preempted(f"iteration {t}: training stopped by a signal at step {result.state.step}")
+    checkpoint = result.checkpoint or latest_checkpoint(save_dir)
+    metrics = {k.replace("/", "_"): v for k, v in result.metrics.items() if k.startswith("loss/")}
+    metrics["steps"] = float(result.state.step)
+    metrics["skipped_steps"] = float(result.state.skipped_steps)
+    if end_of_training is not None:
+        metrics["consistency_train_end"] = _consistency(run, chunks, end_of_training)
+    return StageResult(outputs={"checkpoint": str(checkpoint)}, metrics=metrics)
+
+
+def _consistency(run: IterationRun, chunks, pairs: str) -> float:
+    """SCIR's consistency rate of the trained chunks on ``pairs`` (forward only, every whole
+    global batch), whatever the training mode."""
+    from megatron_scir.data import ScirDataModule
+    from megatron_scir.training.forward_step import make_forward_step
+    from megatron_scir.training.trainer import evaluate
+
+    runtime, cfg = run.runtime, run.cfg
+    scir_cfg = dataclasses.replace(cfg, scir=dataclasses.replace(cfg.scir, mode=LossMode.SCIR))
+    data = ScirDataModule(
+        scir_cfg, run.tokenizer, dp_rank=runtime.dp_rank, dp_size=runtime.dp_size,
+        train_path=pairs, val_path=pairs,
+    )
+    data.setup("validate")
+    loader = data.val_dataloader()
+    if len(loader) == 0:
+        return math.nan
+    step = make_forward_step(scir_cfg, data.verdict_token_ids, tp_group=runtime.tp_group)
+    return evaluate(runtime, chunks, list(loader), step)["scir/consistency_rate"]
+
+
+def _load(cfg: Config, ckpt: str) -> list:
+    """This rank's chunks for ``cfg.parallel`` with the weights of ``ckpt``."""
+    from megatron_scir.checkpoint import load_checkpoint
+    from megatron_scir.models import build_model_chunks
+
+    chunks = build_model_chunks(cfg, init_weights=False)
+    load_checkpoint(ckpt, chunks, cfg)
+    return chunks
+
+
+def _tokenizer_assets(cfg: Config) -> list[str]:
+    path = cfg.data.tokenizer_path
+    return [path] if path and Path(path).is_file() else []
+
+
+def _prompt_pool(cfg: Config) -> list:
+    if cfg.data.prompts is None:
+        raise ConfigError("scir iterate needs data.prompts=FILE (the prompt pool, JSONL)")
+    pool, _ = read_records(cfg.data.prompts, "prompts", on_bad_record=cfg.data.on_bad_record)
+    n = cfg.iteration.prompts_per_iteration or len(pool)
+    needed = n * cfg.iteration.num_iterations
+    if cfg.iteration.prompt_slices == PromptSlices.DISJOINT and needed > len(pool):
+        raise ConfigError(
+            f"iteration.prompt_slices=disjoint needs {needed} prompts ({n} per iteration × "
+            f"{cfg.iteration.num_iterations} iterations) but {cfg.data.prompts} holds {len(pool)}: "
+            "lower iteration.prompts_per_iteration or use iteration.prompt_slices=all"
+        )
+    return pool
+
+
+def _iteration_prompts(pool: list, cfg: Config, t: int) -> list:
+    n = cfg.iteration.prompts_per_iteration or len(pool)
+    if cfg.iteration.prompt_slices == PromptSlices.ALL:
+        return pool[:n]
+    return pool[(t - 1) * n : t * n]
+
+
+def _oracle_labels(cfg: Config, pairs: list) -> list:
+    """``dpo`` pairs labelled by the grader: the better-graded response is chosen."""
+    from megatron_scir.iteration.evaluate import grade, load_grader
+
+    if cfg.iteration.grader is None:
+        raise ConfigError(
+            "scir.mode=dpo in scir iterate trains on labelled pairs: set iteration.grader="
+            "module:function to label them (or use scir.mode=scir / srlm)"
+        )
+    grader, spec = load_grader(cfg.iteration.grader), cfg.iteration.grader
+    labelled = []
+    for pair in pairs:
+        s1 = grade(grader, pair.prompt, pair.response_1, spec=spec)
+        s2 = grade(grader, pair.prompt, pair.response_2, spec=spec)
+        if s1 != s2:
+            labelled.append(dataclasses.replace(pair, label=1 if s1 > s2 else 2))
+    return labelled
+
+
+def _labelled_fraction(pairs: str) -> float:
+    records, _ = read_records(pairs, "pairs")
+    return sum(r.label is not None for r in records) / max(len(records), 1)
+
+
+def _read_step_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a torn last line of a killed run
+    return out
+
+
+def _record(run: IterationRun, t: int, results: dict[str, StageResult]) -> dict[str, Any]:
+    """One flat metrics record for iteration ``t``."""
+    record: dict[str, Any] = {"iteration": t, "mode": run.cfg.scir.mode}
+    for name, result in results.items():
+        for key, value in result.metrics.items():
+            record[key.replace("reference/", "reference_")] = value
+        if result.outputs or result.metrics:
+            record[f"wall_s/{name}"] = result.wall_s
+    return record
+
+
+def _report(run: IterationRun, records: Sequence[dict[str, Any]], enabled: bool) -> None:
+    """Rank 0: rewrite ``metrics.jsonl``, TensorBoard and ``iterations.png``; print the table."""
+    if not enabled:
+        return
+
+    def write() -> None:
+        from megatron_scir.data import atomic_open
+        from megatron_scir.iteration.report import format_table, plot_iterations
+
+        with atomic_open(run.run_dir / "metrics.jsonl") as fh:
+            for record in records:
+                fh.write((json.dumps(record, sort_keys=True, allow_nan=True) + "\n").encode())
+        if run.cfg.logging.tensorboard:
+            _tensorboard(run.run_dir / "tb", records)
+        plot_iterations(
+            [dict(r, method=run.cfg.scir.mode) for r in records],
+            run.run_dir / "iterations.png",
+            metrics=PLOT_METRICS,
+            title=f"{run.run_dir.name}: scir.mode={run.cfg.scir.mode}",
+        )
+        print(format_table(records, REPORT_COLUMNS, title=str(run.run_dir)), flush=True)
+
+    run.runtime.on_rank_zero(write)
+
+
+def _tensorboard(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """The iteration curves as TensorBoard scalars (rewritten whole: reruns never duplicate)."""
+    import shutil
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    shutil.rmtree(path, ignore_errors=True)
+    writer = SummaryWriter(log_dir=str(path))
+    try:
+        for record in records:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "iteration":
+                    writer.add_scalar(f"iteration/{key}", value, record["iteration"])
+    finally:
+        writer.close()
+

@@ -1,0 +1,243 @@
+"""``scir evaluate``: the reward-modelling ability of a model (the paper's evaluation), and greedy
+answers for an external grader.
+
+Reward-model accuracy on held-out labelled pairs (``label`` 1 = response_1 is better):
+
+- the **implicit reward** P_I = σ(β·[(log πθ(y1) − log πref(y1)) − (log πθ(y2) − log πref(y2))])
+  of the policy against a reference model (the iteration's M_t): accuracy of ``P_I > ½``;
+- the **judge** P_G (both presentation orders combined with ``judge.position_debias``, and each
+  order on its own): accuracy of ``P_G > ½``;
+- their **consistency rate**: the fraction of pairs the two agree on with confidence, exactly
+  the training step's selection (SCIR_SPEC §4, ``scir.margin`` / ``scir.tie_eps``), and the
+  accuracy of the agreed label on those pairs.
+
+A prediction within ``scir.tie_eps`` of ½ has no label and scores ½ (a coin flip), so a model
+with no opinion scores 0.5, not 0.
+
+The log-probabilities come from the reference pass's code path (same micro-batches, same
+vocab-parallel log-probs and judge read-out as training), run once with the policy (judge read)
+and once with the reference model (policy rows only).
+
+Greedy answers: one temperature-0 response per prompt through ``generate``; a grader
+``module:function`` (prompt, response → score in [0, 1]) turns them into an oracle accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import importlib
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from megatron_scir.config import Config, ConfigError
+from megatron_scir.config.choices import LossMode
+from megatron_scir.data import DataError, read_records
+from megatron_scir.parallel.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+Grader = Callable[[str, str], float]
+
+
+@dataclass(frozen=True)
+class RewardAccuracy:
+    """Accuracies of the two internal reward models against the labels of ``num_pairs`` pairs."""
+
+    num_pairs: int
+    judge_accuracy: float
+    judge_accuracy_first_shown: float
+    """The judge with response_1 shown first only (σ(ℓ12))."""
+    judge_accuracy_second_shown: float | None
+    """The judge with response_1 shown second only (σ(−ℓ21)); None with one judge order."""
+    implicit_accuracy: float | None
+    """None without a reference model."""
+    consistency_rate: float | None
+    agreed_accuracy: float | None
+    """Accuracy of the agreed label over the consistent pairs (None when there are none)."""
+
+    def metrics(self) -> dict[str, float | None]:
+        return {k: v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class OracleScore:
+    """Greedy answers graded by a program: the mean score (= accuracy for 0/1 graders)."""
+
+    num_prompts: int
+    oracle_accuracy: float
+
+
+def load_grader(spec: str) -> Grader:
+    """Import ``module:function`` (``iteration.grader``) with errors that name it."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(
+            f"iteration.grader={spec!r}: cannot import {module_name}: {error}"
+        ) from error
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"iteration.grader={spec!r}: {module_name} has no function {attr!r}")
+    return fn
+
+
+def grade(grader: Grader, prompt: str, response: str, *, spec: str = "grader") -> float:
+    """One score, checked to be a number in [0, 1]."""
+    score = grader(prompt, response)
+    if not isinstance(score, (int, float)) or not 0.0 <= float(score) <= 1.0:
+        raise DataError(f"{spec} returned {score!r} for prompt {prompt[:60]!r}: expected [0, 1]")
+    return float(score)
+
+
+def reward_accuracy(
+    runtime: Runtime,
+    cfg: Config,
+    tokenizer,
+    pairs_path: str | os.PathLike,
+    *,
+    policy_ckpt: str | os.PathLike,
+    ref_ckpt: str | os.PathLike | None,
+    work_dir: str | os.PathLike,
+) -> RewardAccuracy:
+    """Accuracy of the judge and implicit reward of ``policy_ckpt`` on labelled pairs.
+
+    Collective (every rank of the world). Runs the policy with the judge, then the reference
+    model without it (when ``ref_ckpt`` is given), each through the reference pass into
+    ``work_dir``, and scores on global rank 0.
+
+    Raises:
+        DataError: an unlabeled pair in ``pairs_path`` (naming its file and line).
+    """
+    work = Path(work_dir)
+    pairs, _ = runtime.on_rank_zero(lambda: read_records(pairs_path, "pairs"))
+    unlabeled = next((p for p in pairs if p.label is None), None)
+    if unlabeled is not None:
+        raise DataError(f"{unlabeled.where}: pair {unlabeled.pair_id!r} has no label (1 or 2)")
+    policy_file = _log_probs(runtime, cfg, tokenizer, pairs_path, policy_ckpt, work, judge=True)
+    ref_file = None
+    if ref_ckpt is not None:
+        ref_file = _log_probs(runtime, cfg, tokenizer, pairs_path, ref_ckpt, work, judge=False)
+    return runtime.on_rank_zero(lambda: _score(cfg, pairs, policy_file, ref_file))
+
+
+def _log_probs(runtime, cfg, tokenizer, pairs_path, ckpt, work: Path, *, judge: bool) -> Path:
+    """The reference pass of ``ckpt`` over the pairs (policy rows; judge rows with ``judge``)."""
+    from megatron_scir.checkpoint import load_checkpoint
+    from megatron_scir.models import build_model_chunks
+    from megatron_scir.training.reference import checkpoint_identity, run_reference_pass
+
+    mode = LossMode.SCIR if judge else LossMode.DPO
+    run_cfg = dataclasses.replace(cfg, scir=dataclasses.replace(cfg.scir, mode=mode))
+    out = work / ("policy.jsonl" if judge else "reference.jsonl")
+    chunks = build_model_chunks(run_cfg, init_weights=False)
+    load_checkpoint(ckpt, chunks, run_cfg)
+    run_reference_pass(
+        runtime, chunks, run_cfg, tokenizer, pairs_path, out, inputs_id=checkpoint_identity(ckpt)
+    )
+    del chunks
+    gc.collect()
+    return out
+
+
+def _score(cfg: Config, pairs, policy_file: Path, ref_file: Path | None) -> RewardAccuracy:
+    from megatron_scir.losses.bernoulli import Bernoulli
+    from megatron_scir.losses.selection import select_consistent
+    from megatron_scir.rewards import implicit_log_odds, implicit_preference, judge_preference
+
+    policy, _ = read_records(policy_file, "pairs")
+    first_better = torch.tensor([p.label == 1 for p in pairs])
+    column = lambda records, name: torch.tensor(  # noqa: E731
+        [getattr(r, name) for r in records], dtype=torch.float64
+    )
+    judge_12 = column(policy, "ref_judge_logits_12")
+    two_orders = policy[0].ref_judge_logits_21 is not None
+    judge_21 = column(policy, "ref_judge_logits_21") if two_orders else None
+    tie_eps = cfg.scir.tie_eps
+    debias = cfg.judge.position_debias
+    judge = Bernoulli(*judge_preference(judge_12, judge_21, position_debias=debias))
+    out = {
+        "judge_accuracy": _accuracy(judge.centered(), first_better, tie_eps),
+        "judge_accuracy_first_shown": _accuracy(
+            torch.sigmoid(judge_12) - 0.5, first_better, tie_eps
+        ),
+        "judge_accuracy_second_shown": None
+        if judge_21 is None
+        else _accuracy(torch.sigmoid(-judge_21) - 0.5, first_better, tie_eps),
+        "implicit_accuracy": None,
+        "consistency_rate": None,
+        "agreed_accuracy": None,
+    }
+    if ref_file is not None:
+        ref, _ = read_records(ref_file, "pairs")
+        delta = implicit_log_odds(
+            column(policy, "ref_logps_1"),
+            column(policy, "ref_logps_2"),
+            column(ref, "ref_logps_1"),
+            column(ref, "ref_logps_2"),
+            beta=cfg.scir.beta,
+        )
+        implicit = Bernoulli(*implicit_preference(delta))
+        out["implicit_accuracy"] = _accuracy(implicit.centered(), first_better, tie_eps)
+        selection = select_consistent(implicit, judge, margin=cfg.scir.margin, tie_eps=tie_eps)
+        consistent = selection.consistent
+        out["consistency_rate"] = consistent.double().mean().item()
+        if consistent.any():
+            agreed = selection.first_chosen[consistent] == first_better[consistent]
+            out["agreed_accuracy"] = agreed.double().mean().item()
+    return RewardAccuracy(num_pairs=len(pairs), **out)
+
+
+def _accuracy(centered: torch.Tensor, first_better: torch.Tensor, tie_eps: float) -> float:
+    """Mean over pairs of 1 (right side preferred), 0 (wrong side) or ½ (within ``tie_eps``)."""
+    right = (centered > 0) == first_better
+    score = torch.where(centered.abs() <= tie_eps, 0.5, right.double())
+    return score.mean().item()
+
+
+def greedy_answers(
+    runtime: Runtime,
+    cfg: Config,
+    tokenizer,
+    prompts_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    ckpt: str | os.PathLike,
+    progress: bool | None = None,
+) -> Path:
+    """One greedy answer per prompt of ``prompts_path`` from ``ckpt`` into ``out_path``
+    (the generations format, resumable). Collective."""
+    from megatron_scir.checkpoint import load_checkpoint
+    from megatron_scir.generation import generate, generation_layout
+    from megatron_scir.models import build_model_chunks
+
+    greedy = dataclasses.replace(
+        cfg.generation, temperature=0.0, top_k=0, top_p=1.0, num_responses=1
+    )
+    run_cfg = dataclasses.replace(cfg, generation=greedy, parallel=generation_layout(cfg.parallel))
+    prompts, _ = read_records(prompts_path, "prompts", on_bad_record=cfg.data.on_bad_record)
+    chunks = build_model_chunks(run_cfg, init_weights=False)
+    load_checkpoint(ckpt, chunks, run_cfg)
+    generate(runtime, chunks, tokenizer, prompts, out_path, run_cfg, progress=progress)
+    del chunks
+    gc.collect()
+    return Path(out_path)
+
+
+def grade_answers(answers_path: str | os.PathLike, grader_spec: str) -> OracleScore:
+    """The mean grader score of the first response of every record of ``answers_path``."""
+    grader = load_grader(grader_spec)
+    records, _ = read_records(answers_path, "generations")
+    scores = [
+        grade(grader, r.prompt, r.responses[0], spec=grader_spec) if r.responses else 0.0
+        for r in records
+    ]
+    accuracy = sum(scores) / len(scores) if scores else math.nan
+    return OracleScore(num_prompts=len(scores), oracle_accuracy=accuracy)

@@ -1,0 +1,177 @@
+"""Stage bookkeeping of a run directory: completion markers and the config they were made with.
+
+Every stage of ``scir iterate`` writes into ``run_dir/iter_<t>/<stage>/`` and, when it has
+finished, a marker ``stage.json`` there (written atomically by global rank 0)::
+
+    {"stage": "train", "iteration": 1, "config": {...}, "outputs": {...}, "metrics": {...},
+     "wall_s": 12.3}
+
+A stage with a marker is done and is never run again; a stage without one is run (again) from
+what it left: the generation stream and the trainer's step checkpoints resume, the other stages
+start over (their files are written to a temporary name and renamed). Nothing of a stage is
+trusted before its marker exists.
+
+``config`` is the stage's config fingerprint (:func:`fingerprint`): every key that can change
+what a stage produces. Rerunning with a config that differs from a finished stage's fingerprint
+is refused with the keys that differ (:func:`check_unchanged`), because the finished stage's
+outputs would silently belong to another experiment. Keys that only change speed, logging or
+how far the run goes (``iteration.num_iterations``) are not part of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from megatron_scir.config import Config, ConfigError
+from megatron_scir.data import atomic_open
+
+MARKER = "stage.json"
+
+# Keys (or sections, as "section.") that never change a stage's outputs: speed, logging, where
+# things go, how many iterations the run has, the layout (any layout loads any checkpoint).
+_NEUTRAL = (
+    "logging.",
+    "parallel.",
+    "iteration.run_dir",
+    "iteration.num_iterations",
+    "checkpoint.save",
+    "checkpoint.save_interval",
+    "checkpoint.keep_last",
+    "checkpoint.export_hf",
+    "generation.max_batch_size",
+    "generation.chunk_size",
+    "generation.engine",
+    "data.num_workers",
+)
+# Keys that only the evaluation stages read (changing the evaluator keeps the training).
+_EVALUATION = ("iteration.eval_pairs", "iteration.eval_prompts", "iteration.grader")
+
+
+@dataclass
+class StageResult:
+    """What a finished stage produced: file paths and scalar metrics (JSON-serialisable)."""
+
+    outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    wall_s: float = 0.0
+    skipped: bool = False
+    """Read from an earlier run's marker (not run now)."""
+
+
+def stage_dir(run_dir: str | os.PathLike, iteration: int, stage: str) -> Path:
+    """``run_dir/iter_<t>/<stage>``."""
+    return Path(run_dir) / f"iter_{iteration}" / stage
+
+
+def fingerprint(cfg: Config, stage: str, *, source: str, grader_used: bool) -> dict[str, Any]:
+    """The flat ``{"section.key": value}`` of every key that can change ``stage``'s outputs.
+
+    Args:
+        cfg: The run config.
+        stage: The stage's name (``evaluate`` stages also depend on the evaluation keys).
+        source: What M_0 is (a checkpoint, an HF folder, a random init): a key of its own.
+        grader_used: The stage reads ``iteration.grader`` (dpo pairs are labelled by it).
+    """
+    flat = {"source": source}
+    for section, values in dataclasses.asdict(cfg).items():
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if any(name == n or (n.endswith(".") and name.startswith(n)) for n in _NEUTRAL):
+                continue
+            evaluation_key = name in _EVALUATION
+            if evaluation_key and stage != "evaluate" and not (grader_used and "grader" in name):
+                continue
+            flat[name] = value
+    return flat
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    """The marker of stage directory ``path`` (None when the stage has not finished)."""
+    marker = path / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        return json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"{marker} is unreadable ({error}): delete that stage directory to run it again"
+        ) from error
+
+
+def write_marker(path: Path, stage: str, iteration: int, config: dict, result: StageResult) -> None:
+    """Mark stage directory ``path`` finished (atomic; call on global rank 0)."""
+    path.mkdir(parents=True, exist_ok=True)
+    body = {
+        "stage": stage,
+        "iteration": iteration,
+        "config": config,
+        "outputs": result.outputs,
+        "metrics": result.metrics,
+        "wall_s": result.wall_s,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with atomic_open(path / MARKER) as fh:
+        fh.write((json.dumps(body, indent=1, sort_keys=True, allow_nan=True) + "\n").encode())
+
+
+def result_from_marker(marker: Mapping[str, Any]) -> StageResult:
+    return StageResult(
+        outputs=dict(marker["outputs"]),
+        metrics=dict(marker["metrics"]),
+        wall_s=float(marker.get("wall_s", 0.0)),
+        skipped=True,
+    )
+
+
+def finished_markers(run_dir: str | os.PathLike) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every finished stage under ``run_dir`` with its marker, in iteration then name order."""
+    root = Path(run_dir)
+    iterations = sorted(
+        (p for p in root.glob("iter_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:])
+    )
+    for iteration_dir in iterations:
+        for stage_path in sorted(p for p in iteration_dir.iterdir() if p.is_dir()):
+            marker = read_marker(stage_path)
+            if marker is not None:
+                yield stage_path, marker
+
+
+def check_unchanged(run_dir: str | os.PathLike, current: Mapping[str, dict[str, Any]]) -> None:
+    """Refuse to continue a run whose finished stages were made with other settings.
+
+    Args:
+        run_dir: The run directory.
+        current: ``{stage name: fingerprint}`` of this invocation.
+
+    Raises:
+        ConfigError: naming the first finished stage that differs, every differing key with its
+            stored and its current value, and the two ways out.
+    """
+    for path, marker in finished_markers(run_dir):
+        now = current.get(marker["stage"])
+        if now is None:
+            continue
+        stored = marker.get("config", {})
+        keys = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+        if keys:
+            lines = "\n".join(
+                f"  {k}: {_short(stored.get(k, '<absent>'))} -> {_short(now.get(k, '<absent>'))}"
+                for k in keys
+            )
+            raise ConfigError(
+                f"{path} was finished with other settings; these keys differ (stored -> now):\n"
+                f"{lines}\nrerun with the stored values to continue this run, or choose a new "
+                "iteration.run_dir (or delete that stage and the ones after it) to start over"
+            )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,204 @@
+"""``scir iterate`` end to end on the arithmetic task (tiny model, CPU, gloo).
+
+- A run SIGKILLed during generation, then during the reference pass, then during training, and
+  rerun each time, ends with the weights of an uninterrupted run, bit for bit.
+- Rerunning with a setting that would invalidate finished stages is refused with the keys.
+- One iteration completes at TP=2 and at PP=2 (2 processes, NCCL's contiguity rule enforced);
+  the SCIR (TP) and SRLM (PP) modes, with the held-out evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from megatron_scir.tasks.arithmetic import PAIRWISE_JUDGE_TEMPLATE, write_task_files
+from megatron_scir.testing.distributed import run_distributed
+
+BASE = [
+    "data.max_prompt_length=24",
+    "data.max_response_length=8",
+    "data.judge_max_length=64",
+    "generation.max_new_tokens=6",
+    "generation.temperature=1.0",
+    "generation.max_batch_size=8",
+    "generation.chunk_size=8",
+    "train.micro_batch_size=4",
+    "train.global_batch_size=8",
+    "train.lr=1e-3",
+    "train.sft_epochs=1",
+    "logging.progress=false",
+    "logging.tensorboard=false",
+    f"judge.pairwise_template={PAIRWISE_JUDGE_TEMPLATE}",
+]
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return write_task_files(
+        tmp_path_factory.mktemp("task"), num_sft=64, num_judge=64, num_prompts=96, max_operand=9
+    )
+
+
+def overrides(task, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        *BASE,
+        f"data.tokenizer_path={task.tokenizer}",
+        f"data.prompts={task.prompts}",
+        f"data.seed_sft={task.seed_sft}",
+        f"data.seed_judge={task.seed_judge}",
+        f"iteration.run_dir={run_dir}",
+        *extra,
+    ]
+
+
+# ------------------------------------------------------------------ kills and reruns (1 process)
+
+KILL_RUN = ("iteration.seed_sft=false", "iteration.num_iterations=1",
+            "iteration.prompts_per_iteration=48", "checkpoint.save_interval=2")
+
+
+def _command(task, run_dir: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "megatron_scir.cli", "iterate", "--config", "tiny", "--no-progress",
+        *overrides(task, run_dir, *KILL_RUN),
+    ]
+
+
+def _run(cmd) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _kill_when(cmd, ready, what: str) -> None:
+    """Start ``cmd``; SIGKILL it as soon as ``ready()`` holds."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert proc.poll() is None, f"finished before {what}: " + proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, f"never reached {what}"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _stage(run_dir: Path, name: str) -> Path:
+    return run_dir / "iter_1" / name
+
+
+def _done(run_dir: Path, name: str) -> bool:
+    return (_stage(run_dir, name) / "stage.json").is_file()
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    from megatron_scir.checkpoint.layout import inspect_checkpoint, load_global_tensors
+
+    marker = json.loads((_stage(run_dir, "train") / "stage.json").read_text())
+    contents = inspect_checkpoint(marker["outputs"]["checkpoint"])
+    flat = [k for k in contents.tensors if not k.startswith("decoder.layers.")]
+    stacked = [k for k in contents.tensors if k.startswith("decoder.layers.")]
+    weights = load_global_tensors(contents, flat)
+    for layer in range(contents.tensors[stacked[0]][0][0]):
+        for key, value in load_global_tensors(contents, stacked, layer).items():
+            weights[f"{key}@{layer}"] = value
+    return weights
+
+
+def _records(path: Path, kind: str):
+    from megatron_scir.data import read_records
+
+    return read_records(path, kind)[0]
+
+
+def test_sigkill_in_generation_reference_and_training_then_rerun_equals_an_uninterrupted_run(
+    task, tmp_path
+):
+    reference_run, killed_run = tmp_path / "uninterrupted", tmp_path / "killed"
+    _run(_command(task, reference_run))
+    cmd = _command(task, killed_run)
+
+    def generating() -> bool:
+        stream = _stage(killed_run, "generate") / "generations.jsonl"
+        return stream.is_file() and b'"__commit__"' in stream.read_bytes()
+
+    _kill_when(cmd, generating, "a committed generation chunk")
+    assert not _done(killed_run, "generate")
+    _kill_when(cmd, lambda: _stage(killed_run, "reference").is_dir(), "the reference pass")
+    assert _done(killed_run, "pairs") and not _done(killed_run, "reference")
+    step = _stage(killed_run, "train") / "checkpoints" / "step_0000002" / "scir_checkpoint.json"
+    _kill_when(cmd, step.is_file, "the second training step's checkpoint")
+    assert not _done(killed_run, "train")
+    _run(cmd)
+
+    outputs = {"generate/generations.jsonl": "generations", "pairs/pairs.jsonl": "pairs"}
+    for name, kind in outputs.items():
+        a = _records(reference_run / "iter_1" / name, kind)
+        b = _records(killed_run / "iter_1" / name, kind)
+        assert [_fields(r) for r in a] == [_fields(r) for r in b], name
+    expected, got = _final_weights(reference_run), _final_weights(killed_run)
+    assert expected.keys() == got.keys()
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key
+    metrics = [json.loads(line) for line in (killed_run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == [0, 1]
+
+    changed = subprocess.run(
+        [*cmd, "scir.beta=0.3"], capture_output=True, text=True, timeout=300
+    )
+    assert changed.returncode == 2, changed.stderr[-2000:]
+    assert "scir.beta: 0.1 -> 0.3" in changed.stderr and "iter_1/train" in changed.stderr
+
+
+def _fields(record) -> tuple:
+    """A record's fields without ``where`` (the file path differs between the two runs)."""
+    return tuple(getattr(record, name) for name in record.__slots__ if name != "where")
+
+
+# ------------------------------------------------------------------ TP=2 and PP=2 (2 processes)
+
+
+def _iterate_rank(rank, world_size, args):
+    from megatron_scir.cli.iterate import iterate
+
+    return iterate("tiny", args, progress=False)
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize(
+    ("layout", "mode"),
+    [
+        (("parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=true"), "scir"),
+        (("parallel.pipeline_model_parallel_size=2",), "srlm"),
+    ],
+    ids=["tp2_sp_scir", "pp2_srlm"],
+)
+def test_one_iteration_completes_under_model_parallelism(task, tmp_path, layout, mode):
+    args = overrides(
+        task,
+        tmp_path / "run",
+        *layout,
+        f"scir.mode={mode}",
+        "iteration.num_iterations=1",
+        "iteration.prompts_per_iteration=16",
+        f"iteration.eval_pairs={task.eval_pairs}",
+        f"iteration.eval_prompts={task.eval_prompts}",
+        "iteration.grader=megatron_scir.tasks.arithmetic:grade",
+    )
+    records = run_distributed(_iterate_rank, world_size=2, args=(args,), timeout=900)
+    assert records[0] == records[1]  # every rank returns the same records
+    start, first = records[0]
+    for key in ("oracle_accuracy", "judge_accuracy"):
+        assert 0.0 <= start[key] <= 1.0 and 0.0 <= first[key] <= 1.0
+    for key in ("implicit_accuracy", "consistency_rate", "loss_total", "pairs_built"):
+        assert math.isfinite(first[key]), key
+    assert (tmp_path / "run" / "iterations.png").is_file()
