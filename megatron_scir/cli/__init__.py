@@ -66,6 +66,10 @@ def _quiet_megatron_notices() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.distributed\.checkp")
     warnings.filterwarnings("ignore", message=r".*ShardedTensor", category=FutureWarning)
     logging.getLogger("megatron.core.models.gpt.gpt_model").setLevel(logging.ERROR)
+    # "No CUDA runtime is found" on CPU, and a once-per-process note about Megatron's own
+    # async-save path (megatron-scir saves synchronously)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    logging.getLogger("megatron.core.dist_checkpointing.strategies.torch").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

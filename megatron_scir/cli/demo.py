@@ -4,7 +4,7 @@
     scir demo --full                   # 3 seeds, 3 iterations, 4 methods, a larger budget
     scir demo --out runs/demo train.lr=2e-4      # any config override goes to every run
 
-The task (:mod:`megatron_scir.tasks.arithmetic`): single-digit sums, a closed world of 100
+The task (:mod:`megatron_scir.tasks.arithmetic`): sums of operands 0..5, a closed world of 36
 facts. The seed SFT data teaches 30 % of them wrong (a fixed wrong answer each), the seed judge
 data knows them but gives 20 % wrong verdicts. A program grades every answer, so the study can
 measure what a self-rewarding model can only estimate.
@@ -52,19 +52,23 @@ SETTINGS = (
     "data.judge_max_length=64",
     "generation.max_new_tokens=8",
     "generation.temperature=1.0",
+    "generation.num_responses=8",
     "generation.max_batch_size=64",
     "generation.chunk_size=64",
     "train.micro_batch_size=32",
     "train.global_batch_size=64",
-    "train.sft_lr=5e-3",
-    "train.sft_epochs=6",
-    "train.lr=1e-4",
+    "train.sft_lr=3e-3",
+    "train.sft_epochs=20",
+    "train.lr=5e-4",
     "train.epochs=4",
     "train.lr_warmup_iters=10",
     "iteration.prompts_per_iteration=192",
     "iteration.grader=megatron_scir.tasks.arithmetic:grade",
 )
 FULL_SETTINGS = ("iteration.prompts_per_iteration=256",)
+# The task: 36 facts (operands 0..5), 30 % of them misconceived by the seed SFT data; the seed
+# judge data (twice the SFT data: a judge takes longer to learn) has 20 % wrong verdicts.
+TASK = {"max_operand": 5, "num_sft": 720, "num_judge": 1440, "num_prompts": 1024}
 TABLE = (
     ("method", "method"),
     ("oracle_accuracy", "oracle acc"),
@@ -162,7 +166,7 @@ def run_study(
     with parallel_world(parallel, seed=seeds[0]) as runtime:
         for seed in seeds:
             base = out / f"seed{seed}"
-            task = runtime.on_rank_zero(partial(write_task_files, base / "task", seed=seed))
+            task = runtime.on_rank_zero(partial(write_task_files, base / "task", seed=seed, **TASK))
             sft_run = [f"iteration.run_dir={base / 'seed_sft'}", "iteration.num_iterations=0"]
             cfg = config(seed, task, sft_run)
             tokenizer = build_tokenizer(cfg.data)

@@ -43,6 +43,7 @@ from megatron_scir.config import Config, ConfigError
 from megatron_scir.config.choices import LossMode, PromptSlices
 from megatron_scir.data import DataError, read_records
 from megatron_scir.iteration.stages import (
+    STAGE_ORDER,
     StageResult,
     check_unchanged,
     fingerprint,
@@ -55,9 +56,7 @@ from megatron_scir.parallel.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
-SEED_STAGES = ("init", "sft", "evaluate")
-ITERATION_STAGES = ("generate", "pairs", "reference", "train", "export", "evaluate")
-STAGE_SEEDS = {name: i for i, name in enumerate(("init", "sft", *ITERATION_STAGES))}
+STAGE_SEEDS = {name: i for i, name in enumerate(STAGE_ORDER)}
 # The columns of the printed table and the curves of the plot.
 REPORT_COLUMNS = (
     ("iteration", "iter"),
@@ -114,13 +113,13 @@ class IterationRun:
         result = body(path)
         gc.collect()
         result.wall_s = time.perf_counter() - start
-        config = self.fingerprint(name)
+        config = self.fingerprint(name, t)
         self.runtime.on_rank_zero(lambda: write_marker(path, name, t, config, result))
         return result
 
-    def fingerprint(self, stage: str) -> dict[str, Any]:
+    def fingerprint(self, stage: str, t: int) -> dict[str, Any]:
         grader_used = stage == "pairs" and self.mode == LossMode.DPO
-        return fingerprint(self.cfg, stage, source=self.source, grader_used=grader_used)
+        return fingerprint(self.cfg, stage, t, source=self.source, grader_used=grader_used)
 
 
 def run_iterations(
@@ -154,9 +153,7 @@ def run_iterations(
     run_dir = Path(cfg.iteration.run_dir)
     source = f"hf:{hf_dir}" if hf_dir else (cfg.checkpoint.load or f"random-init:{cfg.train.seed}")
     run = IterationRun(runtime, cfg, tokenizer, run_dir, source, hf_dir, progress)
-    stages = set(SEED_STAGES) | set(ITERATION_STAGES)
-    current = {name: run.fingerprint(name) for name in stages}
-    runtime.on_rank_zero(lambda: check_unchanged(run_dir, current))
+    runtime.on_rank_zero(lambda: check_unchanged(run_dir, run.fingerprint))
     pool = runtime.on_rank_zero(lambda: _prompt_pool(cfg))
 
     model = run.run_stage(0, "init", partial(init_model, run)).outputs["checkpoint"]

@@ -12,9 +12,10 @@ start over (their files are written to a temporary name and renamed). Nothing of
 trusted before its marker exists.
 
 ``config`` is the stage's config fingerprint (:func:`fingerprint`): every key that can change
-what a stage produces. Rerunning with a config that differs from a finished stage's fingerprint
-is refused with the keys that differ (:func:`check_unchanged`), because the finished stage's
-outputs would silently belong to another experiment. Keys that only change speed, logging or
+what a stage produces (its own keys and those of the stages that feed it). Rerunning with a
+config that differs from a finished stage's fingerprint is refused with the keys that differ
+(:func:`check_unchanged`), because the finished stage's outputs would silently belong to
+another experiment. Keys that only change speed, logging or
 how far the run goes (``iteration.num_iterations``) are not part of it.
 """
 
@@ -24,7 +25,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,21 @@ _NEUTRAL = (
     "generation.engine",
     "data.num_workers",
 )
-# Keys that only the evaluation stages read (changing the evaluator keeps the training).
-_EVALUATION = ("iteration.eval_pairs", "iteration.eval_prompts", "iteration.grader")
+# The stages in the order their outputs feed each other, and the keys each one reads itself
+# ("section." = the whole section). A stage depends on its own keys and those of every stage
+# before it; from iteration 2 on, M_t carries every earlier choice, so every key counts.
+STAGE_ORDER = ("init", "sft", "generate", "pairs", "reference", "train", "export", "evaluate")
+_OWN_KEYS = {
+    "init": ("source", "model.", "checkpoint.load", "train.seed"),
+    "sft": ("data.", "judge.", "train."),
+    "generate": ("generation.", "iteration.prompts_per_iteration", "iteration.prompt_slices"),
+    "pairs": ("scir.mode",),
+    "reference": ("scir.srlm_drop_margin",),
+    "train": ("scir.",),
+    "export": (),
+    "evaluate": ("iteration.eval_pairs", "iteration.eval_prompts", "iteration.grader"),
+}
+_EVALUATION = _OWN_KEYS["evaluate"]
 
 
 @dataclass
@@ -70,26 +84,44 @@ def stage_dir(run_dir: str | os.PathLike, iteration: int, stage: str) -> Path:
     return Path(run_dir) / f"iter_{iteration}" / stage
 
 
-def fingerprint(cfg: Config, stage: str, *, source: str, grader_used: bool) -> dict[str, Any]:
+def fingerprint(
+    cfg: Config, stage: str, iteration: int, *, source: str, grader_used: bool
+) -> dict[str, Any]:
     """The flat ``{"section.key": value}`` of every key that can change ``stage``'s outputs.
 
     Args:
         cfg: The run config.
-        stage: The stage's name (``evaluate`` stages also depend on the evaluation keys).
+        stage: The stage's name (one of :data:`STAGE_ORDER`).
+        iteration: The stage's iteration t.
         source: What M_0 is (a checkpoint, an HF folder, a random init): a key of its own.
         grader_used: The stage reads ``iteration.grader`` (dpo pairs are labelled by it).
     """
     flat = {"source": source}
     for section, values in dataclasses.asdict(cfg).items():
         for key, value in values.items():
-            name = f"{section}.{key}"
-            if any(name == n or (n.endswith(".") and name.startswith(n)) for n in _NEUTRAL):
-                continue
-            evaluation_key = name in _EVALUATION
-            if evaluation_key and stage != "evaluate" and not (grader_used and "grader" in name):
-                continue
-            flat[name] = value
-    return flat
+            flat[f"{section}.{key}"] = value
+    if iteration >= 2:  # everything before reached M_t
+        upstream = STAGE_ORDER[: STAGE_ORDER.index("export")]
+        wanted = tuple(k for name in upstream for k in _OWN_KEYS[name])
+    elif iteration == 0:  # M_0 and the seed SFT (and the evaluation of M_1)
+        wanted = _OWN_KEYS["init"] + (_OWN_KEYS["sft"] if stage != "init" else ())
+    else:
+        upstream = STAGE_ORDER[: STAGE_ORDER.index(stage) + 1]
+        wanted = tuple(k for name in upstream if name != "evaluate" for k in _OWN_KEYS[name])
+    if stage == "evaluate":  # greedy answers: their length budget
+        wanted += (*_EVALUATION, "generation.max_new_tokens", "generation.stop_strings")
+        wanted += ("scir.beta", "scir.margin", "scir.tie_eps")  # how the accuracies are read
+    if grader_used:
+        wanted += ("iteration.grader",)
+    return {
+        name: value
+        for name, value in flat.items()
+        if _matches(name, wanted) and not _matches(name, _NEUTRAL)
+    }
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(name == p or (p.endswith(".") and name.startswith(p)) for p in patterns)
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:
@@ -143,21 +175,21 @@ def finished_markers(run_dir: str | os.PathLike) -> Iterator[tuple[Path, dict[st
                 yield stage_path, marker
 
 
-def check_unchanged(run_dir: str | os.PathLike, current: Mapping[str, dict[str, Any]]) -> None:
+def check_unchanged(
+    run_dir: str | os.PathLike, fingerprint_of: Callable[[str, int], dict[str, Any]]
+) -> None:
     """Refuse to continue a run whose finished stages were made with other settings.
 
     Args:
         run_dir: The run directory.
-        current: ``{stage name: fingerprint}`` of this invocation.
+        fingerprint_of: ``(stage, iteration) -> fingerprint`` of this invocation.
 
     Raises:
         ConfigError: naming the first finished stage that differs, every differing key with its
             stored and its current value, and the two ways out.
     """
     for path, marker in finished_markers(run_dir):
-        now = current.get(marker["stage"])
-        if now is None:
-            continue
+        now = fingerprint_of(marker["stage"], int(marker["iteration"]))
         stored = marker.get("config", {})
         keys = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
         if keys:

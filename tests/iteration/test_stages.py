@@ -17,15 +17,15 @@ from megatron_scir.iteration.stages import (
 
 
 def _fingerprints(cfg, source="random-init:1234"):
-    return {
-        name: fingerprint(cfg, name, source=source, grader_used=False)
-        for name in ("init", "generate", "train", "evaluate")
-    }
+    def of(stage, t):
+        return fingerprint(cfg, stage, t, source=source, grader_used=False)
+
+    return of
 
 
 def _finish(run_dir, t, stage, cfg, **kwargs):
     path = stage_dir(run_dir, t, stage)
-    config = fingerprint(cfg, stage, source="random-init:1234", grader_used=False)
+    config = fingerprint(cfg, stage, t, source="random-init:1234", grader_used=False)
     write_marker(path, stage, t, config, StageResult(**kwargs))
     return path
 
@@ -40,7 +40,7 @@ def test_a_marker_round_trips_and_is_written_atomically(tmp_path):
     assert [p.name for p, _ in finished_markers(tmp_path)] == ["train"]
 
 
-def test_neutral_keys_are_not_part_of_the_fingerprint_and_evaluation_keys_only_of_evaluate():
+def test_a_stage_depends_on_its_own_keys_and_those_upstream_and_never_on_neutral_keys():
     cfg = load_config("tiny")
     changed = load_config(
         "tiny",
@@ -53,26 +53,34 @@ def test_neutral_keys_are_not_part_of_the_fingerprint_and_evaluation_keys_only_o
         ],
     )
     before, after = _fingerprints(cfg), _fingerprints(changed)
-    for stage in ("init", "generate", "train"):
-        assert before[stage] == after[stage]
-    assert before["evaluate"] != after["evaluate"]
-    assert "scir.beta" in before["train"] and "iteration.num_iterations" not in before["train"]
+    for stage, t in (("init", 0), ("sft", 0), ("generate", 1), ("train", 1), ("train", 2)):
+        assert before(stage, t) == after(stage, t)
+    assert before("evaluate", 1) != after("evaluate", 1)
+    beta = _fingerprints(load_config("tiny", ["scir.beta=0.5"]))
+    assert beta("generate", 1) == before("generate", 1)  # iteration 1 samples from M_1
+    assert beta("train", 1) != before("train", 1)
+    assert beta("generate", 2) != before("generate", 2)  # M_2 was trained with beta
+    assert "model.num_layers" in before("init", 0) and "train.lr" not in before("init", 0)
 
 
 def test_a_changed_key_that_invalidates_a_finished_stage_is_refused_with_the_keys(tmp_path):
     cfg = load_config("tiny")
     _finish(tmp_path, 0, "init", cfg)
+    _finish(tmp_path, 1, "generate", cfg)
     _finish(tmp_path, 1, "train", cfg)
     check_unchanged(tmp_path, _fingerprints(cfg))  # the same settings continue
     check_unchanged(tmp_path, _fingerprints(load_config("tiny", ["iteration.num_iterations=5"])))
-    changed = load_config("tiny", ["scir.beta=0.5", "train.lr=0.001"])
+    changed = load_config("tiny", ["scir.beta=0.5", "scir.margin=0.2"])
     with pytest.raises(ConfigError) as error:
         check_unchanged(tmp_path, _fingerprints(changed))
     message = str(error.value)
-    assert "iter_0/init" in message  # the first finished stage that differs
-    assert "scir.beta: 0.1 -> 0.5" in message and "train.lr: 0.0001 -> 0.001" in message
+    assert "iter_1/train" in message  # the first finished stage that differs
+    assert "scir.beta: 0.1 -> 0.5" in message and "scir.margin: 0.0 -> 0.2" in message
     assert "iteration.run_dir" in message  # the way out
-    with pytest.raises(ConfigError, match="source"):
+    # the seed model's training settings reach M_1, so iteration 1's samples differ
+    with pytest.raises(ConfigError, match="iter_1/generate(.|\n)*train.lr: 0.0001 -> 0.001"):
+        check_unchanged(tmp_path, _fingerprints(load_config("tiny", ["train.lr=0.001"])))
+    with pytest.raises(ConfigError, match="iter_0/init(.|\n)*source"):
         check_unchanged(tmp_path, _fingerprints(cfg, source="hf:/elsewhere"))
 
 
