@@ -63,7 +63,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``generate``; prints the summary line on global rank 0."""
-    _log_to_stderr()
+    log_to_stderr()
     stats = run_generation(
         args.config,
         args.overrides,
@@ -194,7 +194,7 @@ def load_model_chunks(
     return chunks
 
 
-def _log_to_stderr() -> None:
+def log_to_stderr() -> None:
     """Show megatron-scir's INFO lines (engine choice, checkpoint) unless logging is set up."""
     package = logging.getLogger("megatron_scir")
     if not logging.getLogger().handlers and not package.handlers:

@@ -47,9 +47,11 @@ def register(subparsers) -> None:
 
 def run_iterate(args: argparse.Namespace) -> int:
     """0 when every iteration is done, 75 when training was stopped by a signal."""
+    from megatron_scir.cli.generate import log_to_stderr
     from megatron_scir.iteration import Preempted
     from megatron_scir.training.signals import EXIT_PREEMPTED
 
+    log_to_stderr()  # the stage lines: "iteration 1: generate", ...
     try:
         iterate(args.config, args.overrides, hf_dir=args.hf_dir, progress=_progress(args))
     except Preempted as stop:

@@ -14,9 +14,10 @@ Top to bottom, in one parallel runtime::
 
 The model passes between stages as a checkpoint: each stage builds the chunks of its layout in
 the one runtime and loads M_t (generation: one chunk per pipeline rank; reference and training:
-the training layout, interleaved or not). Megatron's DDP cannot wrap a model twice, the
-generation layout differs from an interleaved training layout, and a stage that starts from a
-file gives the same bits whether it runs after another stage or first in a rerun. Every stage
+the training layout, interleaved or not). Wrapping trained modules in Megatron DDP again would
+leave the first wrapper's hooks and buffers attached, the generation layout differs from an
+interleaved training layout, and a stage that starts from a file gives the same bits whether it
+runs after another stage or first in a rerun. Every stage
 reseeds every generator with ``(train.seed, t, stage)`` for the same reason.
 
 Each stage writes into ``run_dir/iter_<t>/<stage>/`` and a completion marker

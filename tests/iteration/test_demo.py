@@ -18,7 +18,7 @@ def test_the_reduced_demo_reports_every_method_and_seed_sft_taught_the_task(tmp_
     out = tmp_path / "demo"
     cmd = [
         sys.executable, "-m", "megatron_scir.cli", "demo", "--out", str(out), "--iterations", "1",
-        "--no-progress", "train.sft_epochs=6", "iteration.prompts_per_iteration=64",
+        "--no-progress", "train.sft_epochs=6",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]

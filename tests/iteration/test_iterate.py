@@ -4,7 +4,7 @@
   rerun each time, ends with the weights of an uninterrupted run, bit for bit.
 - Rerunning with a setting that would invalidate finished stages is refused with the keys.
 - One iteration completes at TP=2 and at PP=2 (2 processes, NCCL's contiguity rule enforced);
-  the SCIR (TP) and SRLM (PP) modes, with the held-out evaluation.
+  the SCIR (TP, with the Hugging Face export) and SRLM (PP) modes, with the held-out evaluation.
 """
 
 from __future__ import annotations
@@ -177,7 +177,14 @@ def _iterate_rank(rank, world_size, args):
 @pytest.mark.parametrize(
     ("layout", "mode"),
     [
-        (("parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=true"), "scir"),
+        (
+            (
+                "parallel.tensor_model_parallel_size=2",
+                "parallel.sequence_parallel=true",
+                "checkpoint.export_hf=true",
+            ),
+            "scir",
+        ),
         (("parallel.pipeline_model_parallel_size=2",), "srlm"),
     ],
     ids=["tp2_sp_scir", "pp2_srlm"],
@@ -195,10 +202,42 @@ def test_one_iteration_completes_under_model_parallelism(task, tmp_path, layout,
         "iteration.grader=megatron_scir.tasks.arithmetic:grade",
     )
     records = run_distributed(_iterate_rank, world_size=2, args=(args,), timeout=900)
-    assert records[0] == records[1]  # every rank returns the same records
+    timeless = [[{k: v for k, v in r.items() if not k.startswith("wall_s")} for r in rank]
+                for rank in records]
+    assert timeless[0] == timeless[1]  # every rank returns the same records (but its timings)
     start, first = records[0]
     for key in ("oracle_accuracy", "judge_accuracy"):
         assert 0.0 <= start[key] <= 1.0 and 0.0 <= first[key] <= 1.0
     for key in ("implicit_accuracy", "consistency_rate", "loss_total", "pairs_built"):
         assert math.isfinite(first[key]), key
     assert (tmp_path / "run" / "iterations.png").is_file()
+    if "checkpoint.export_hf=true" in layout:  # M_2 in Hugging Face format
+        hf = tmp_path / "run" / "iter_1" / "export" / "hf"
+        assert json.loads((hf / "config.json").read_text())["num_hidden_layers"] == 2
+
+
+# ------------------------------------------------------------------ M_0 from Hugging Face
+
+
+def test_iterate_starts_from_a_hugging_face_folder_and_keeps_its_weights(task, tmp_path):
+    from safetensors.torch import load_file
+
+    from megatron_scir.convert import export_to_hf
+    from megatron_scir.testing.hf import tiny_hf_llama
+
+    tiny_hf_llama(tmp_path / "hf")
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "megatron_scir.cli", "iterate", "--config", "tiny", "--no-progress",
+        "--hf-dir", str(tmp_path / "hf"),
+        *overrides(task, run_dir, "iteration.seed_sft=false", "iteration.num_iterations=0"),
+    ]
+    _run(cmd)
+    marker = json.loads((run_dir / "iter_0" / "init" / "stage.json").read_text())
+    assert marker["config"]["source"] == f"hf:{tmp_path / 'hf'}"
+    export_to_hf(marker["outputs"]["checkpoint"], tmp_path / "back", progress=False)
+    original = load_file(next((tmp_path / "hf").glob("*.safetensors")))
+    back = load_file(next((tmp_path / "back").glob("*.safetensors")))
+    assert original.keys() == back.keys()
+    for key, value in original.items():
+        assert torch.equal(back[key], value), key
