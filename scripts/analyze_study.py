@@ -56,8 +56,9 @@ def analyze(iteration_dir: Path, seed: int) -> dict[str, float]:
         informative += 1
         pg = p_judge(p)
         ok = (pg > 0.5) == (g1 > g2) if not math.isnan(pg) else math.nan
+        sure = not math.isnan(pg) and abs(pg - 0.5) > 0.1
         right += ok
-        if not math.isnan(pg) and abs(pg - 0.5) > 0.1:
+        if sure:
             sure_right += ok
             sure_wrong += not ok
         fact = parse_operands(p["prompt"])
@@ -67,6 +68,9 @@ def analyze(iteration_dir: Path, seed: int) -> dict[str, float]:
             wrong = p["response_2"] if g1 > g2 else p["response_1"]
             picked += wrong.strip() == str(wrong_answers[fact])
     n = max(informative, 1)
+    judged = not math.isnan(right)  # dpo pairs carry no judge
+    if not judged:
+        sure_right = sure_wrong = right_mis = math.nan
     marker = json.loads((iteration_dir / "train" / "stage.json").read_text())
     return {
         "informative": informative / max(len(pairs), 1),
@@ -98,7 +102,7 @@ def main(study: Path) -> None:
             xs = [v[k] for v in values if not math.isnan(v[k])]
             mean = statistics.fmean(xs) if xs else math.nan
             std = statistics.stdev(xs) if len(xs) > 1 else 0.0
-            cells.append(f"{mean:.2f} ± {std:.2f}")
+            cells.append("–" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}")
         print(f"| {t} | {method} | " + " | ".join(cells) + " |")
 
 

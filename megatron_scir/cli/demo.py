@@ -176,7 +176,7 @@ def run_study(
             records.extend(start_rows)
             untrained = m0.get("oracle_accuracy_m0", float("nan"))
             title = f"seed {seed}: M_1 after seed SFT (untrained M_0: oracle acc {untrained:.3f})"
-            _print_table(runtime, title, start_rows[:1])
+            _print_table(runtime, title, [dict(m0, method="M_1 (seed SFT)")])
             for t in range(1, iterations + 1):
                 rows = []
                 for method in methods:

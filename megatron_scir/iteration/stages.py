@@ -57,7 +57,7 @@ _NEUTRAL = (
 STAGE_ORDER = ("init", "sft", "generate", "pairs", "reference", "train", "export", "evaluate")
 _OWN_KEYS = {
     "init": ("source", "model.", "checkpoint.load", "train.seed"),
-    "sft": ("data.", "judge.", "train."),
+    "sft": ("iteration.seed_sft", "data.", "judge.", "train."),
     "generate": ("generation.", "iteration.prompts_per_iteration", "iteration.prompt_slices"),
     "pairs": ("scir.mode",),
     "reference": ("scir.srlm_drop_margin",),
