@@ -9,6 +9,7 @@ command; each command owns its parallel world and calls the library packages.
     scir iterate --config ... [a.b=c ...]                        the self-rewarding loop
     scir evaluate --config ... --ckpt M --pairs P | --prompts P  reward-model accuracy, answers
     scir demo [--full]                                           the CPU study SCIR vs SRLM
+    scir plan --config ... --nodes N [--json]                    per-GPU memory (no GPU needed)
 
 Also ``python -m megatron_scir.cli <command>`` (under ``torchrun -m`` or ``srun``). Command
 modules import only the standard library at import time, so ``scir --help`` is instant.
@@ -31,6 +32,7 @@ COMMAND_MODULES = (
     "megatron_scir.cli.train",
     "megatron_scir.cli.iterate",
     "megatron_scir.cli.demo",
+    "megatron_scir.cli.plan",
 )
 
 

@@ -255,11 +255,21 @@ def _save(save_dir, runtime, cfg, model, optimizer, scheduler, state, iteration)
 
 
 def _remove_old(save_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` complete checkpoints.
+
+    Each one is first renamed out of the ``step_*`` namespace (atomic), then deleted: a kill in
+    the middle of a deletion leaves a hidden ``.step_*.removing`` directory, swept next time,
+    never a half-deleted ``step_*`` that no longer counts as complete and is never removed.
+    """
     from megatron_scir.checkpoint import is_complete
 
+    for leftover in save_dir.glob(f".{CHECKPOINT_PREFIX}*.removing"):
+        shutil.rmtree(leftover, ignore_errors=True)
     done = sorted(p for p in save_dir.glob(f"{CHECKPOINT_PREFIX}*") if is_complete(p))
     for old in done[: max(len(done) - keep_last, 0)]:
-        shutil.rmtree(old)
+        doomed = old.with_name(f".{old.name}.removing")
+        old.rename(doomed)
+        shutil.rmtree(doomed)
 
 
 def _resume(save_dir, model, optimizer, scheduler, data, cfg) -> TrainState:

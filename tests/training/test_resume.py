@@ -158,3 +158,20 @@ def test_train_on_pairs_without_reference_log_probs_runs_the_reference_pass_firs
     assert (save / "pairs.ref.jsonl").is_file()
     first = json.loads((save / "logs" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["scir/ties"] == 1.0 and first["scir/consistency_rate"] == 0.0
+
+
+def test_old_checkpoints_are_renamed_before_deletion_and_leftovers_are_swept(tmp_path):
+    """A kill during ``keep_last`` cleanup must not leave a half-deleted ``step_*`` behind (it
+    would no longer count as complete and never be removed): found by a loaded CI run."""
+    from megatron_scir.checkpoint.locate import DIST_METADATA, METADATA_FILE
+    from megatron_scir.training.trainer import _remove_old
+
+    for step in (1, 2, 3):
+        ckpt = tmp_path / f"step_{step:07d}"
+        ckpt.mkdir()
+        (ckpt / METADATA_FILE).write_text("{}")
+        (ckpt / DIST_METADATA).write_text("{}")
+    leftover = tmp_path / ".step_0000000.removing"  # what a kill mid-deletion leaves
+    (leftover / "shard").mkdir(parents=True)
+    _remove_old(tmp_path, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000002", "step_0000003"]
