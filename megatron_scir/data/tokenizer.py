@@ -226,3 +226,41 @@ def check_tokenizer_fits_model(tokenizer: Tokenizer, model: ModelConfig) -> None
             f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but "
             f"model.vocab_size is {model.vocab_size}: set model.vocab_size={tokenizer.vocab_size}"
         )
+
+
+def train_sentencepiece_bpe(corpus: Sequence[str], vocab_size: int, **options) -> bytes:
+    """A SentencePiece BPE model of ``corpus``, serialised; shaped like Llama/Mistral's.
+
+    unk=0, bos=1, eos=2, pad=3; identity normalisation and no whitespace folding (text
+    round-trips); ``\\n`` and ``\\t`` are pieces; one thread, so the same call gives the same
+    bytes. The model is returned, not written to a ``model_prefix`` (which SentencePiece would
+    store inside the model, making it path-dependent). ``options`` add or override trainer
+    arguments (``byte_fallback``, ``split_digits``, ``required_chars``, ...).
+    """
+    import io
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    arguments = {
+        "model_type": "bpe",
+        "character_coverage": 1.0,
+        "byte_fallback": False,
+        "unk_id": 0,
+        "bos_id": 1,
+        "eos_id": 2,
+        "pad_id": 3,
+        "user_defined_symbols": ["\n", "\t"],
+        "normalization_rule_name": "identity",
+        "remove_extra_whitespaces": False,
+        "hard_vocab_limit": False,
+        "num_threads": 1,
+        "minloglevel": 2,
+    }
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_writer=model,
+        vocab_size=vocab_size,
+        **(arguments | options),
+    )
+    return model.getvalue()

@@ -371,6 +371,15 @@ def _evaluate(
     if cfg.eval_pairs is None and not (cfg.eval_prompts and cfg.grader):
         return StageResult()
 
+    def oracle(ckpt: str, answers: Path) -> float:
+        """Greedy answers of ``ckpt`` to the evaluation prompts, graded."""
+        greedy_answers(
+            run.runtime, run.cfg, run.tokenizer, cfg.eval_prompts, answers, ckpt=ckpt,
+            progress=run.progress,
+        )
+        score = run.runtime.on_rank_zero(lambda: grade_answers(answers, cfg.grader))
+        return score.oracle_accuracy
+
     def body(out: Path) -> StageResult:
         runtime, metrics = run.runtime, {}
         if cfg.eval_pairs is not None:
@@ -380,21 +389,9 @@ def _evaluate(
             )
             metrics.update(scores.metrics())
         if cfg.eval_prompts and cfg.grader:
-            answers = out / "answers.jsonl"
-            greedy_answers(
-                runtime, run.cfg, run.tokenizer, cfg.eval_prompts, answers, ckpt=model,
-                progress=run.progress,
-            )
-            score = runtime.on_rank_zero(lambda: grade_answers(answers, cfg.grader))
-            metrics["oracle_accuracy"] = score.oracle_accuracy
+            metrics["oracle_accuracy"] = oracle(model, out / "answers.jsonl")
             if t == 0 and first is not None and first != model:
-                before = out / "answers_m0.jsonl"
-                greedy_answers(
-                    runtime, run.cfg, run.tokenizer, cfg.eval_prompts, before, ckpt=first,
-                    progress=run.progress,
-                )
-                score = runtime.on_rank_zero(lambda: grade_answers(before, cfg.grader))
-                metrics["oracle_accuracy_m0"] = score.oracle_accuracy
+                metrics["oracle_accuracy_m0"] = oracle(first, out / "answers_m0.jsonl")
         return StageResult(outputs={"dir": str(out)}, metrics=metrics)
 
     return run.run_stage(t, "evaluate", body)

@@ -50,7 +50,6 @@ every fact occurs ``n / facts`` times, rounded down or up. Everything is determi
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import re
@@ -63,6 +62,7 @@ from megatron_scir.data.chat import PLAIN_CHAT_TEMPLATE, PROMPT_PLACEHOLDER
 from megatron_scir.data.jsonl import write_records
 from megatron_scir.data.records import PairRecord, PairwiseJudgeRecord, PromptRecord, SftRecord
 from megatron_scir.data.stream import atomic_open
+from megatron_scir.data.tokenizer import train_sentencepiece_bpe
 
 __all__ = [
     "NEAR_MISS_OFFSETS",
@@ -411,29 +411,11 @@ def _tokenizer_corpus(sft: Sequence[SftRecord], judge: Sequence[PairwiseJudgeRec
 
 
 def _train_tokenizer(corpus: Sequence[str], vocab_size: int) -> bytes:
-    """A SentencePiece BPE model of ``corpus``, serialised (deterministic: one thread)."""
-    import sentencepiece
-
-    # Written through model_writer: a model_prefix would be stored in the model (path-dependent).
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="bpe",
-        character_coverage=1.0,
+    """A SentencePiece BPE model of ``corpus`` with one piece per digit, every printable ASCII
+    character a piece (serialised; deterministic)."""
+    return train_sentencepiece_bpe(
+        corpus,
+        vocab_size,
         required_chars="".join(c for c in string.printable if not c.isspace()),
         split_digits=True,
-        byte_fallback=False,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=3,
-        user_defined_symbols=["\n", "\t"],
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        hard_vocab_limit=False,
-        num_threads=1,
-        minloglevel=2,
     )
-    return model.getvalue()

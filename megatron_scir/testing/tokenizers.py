@@ -59,37 +59,16 @@ def train_tiny_sentencepiece(
         byte_fallback: Encode characters outside the vocabulary as UTF-8 byte pieces
             (needs ``vocab_size >= 512``).
     """
-    import io
-
-    import sentencepiece
+    from megatron_scir.data.tokenizer import train_sentencepiece_bpe
 
     if byte_fallback and vocab_size < 512:
         raise ValueError(f"byte_fallback needs vocab_size >= 512 (got {vocab_size})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"tiny_sp_{vocab_size}{'_bytes' if byte_fallback else ''}.model"
-    # Written through model_writer: a model_prefix would be stored in the model (path-dependent).
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(_CORPUS * 4),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="bpe",
-        character_coverage=1.0,
-        byte_fallback=byte_fallback,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=3,
-        user_defined_symbols=["\n", "\t"],
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        hard_vocab_limit=False,
-        num_threads=1,
-        minloglevel=2,
-    )
+    model = train_sentencepiece_bpe(_CORPUS * 4, vocab_size, byte_fallback=byte_fallback)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(model.getvalue())
+    tmp.write_bytes(model)
     os.replace(tmp, path)
     return path
 
