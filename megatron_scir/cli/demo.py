@@ -27,7 +27,6 @@ directory (``<out>/seed<s>/<method>``): rerunning the demo continues where it st
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -214,11 +213,14 @@ def _print_table(runtime, title: str, rows) -> None:
 def _write_results(out: Path, records, methods, seeds, iterations, command, start) -> None:
     """``results.jsonl``, ``results.png`` and ``results.md`` (mean ± std over seeds)."""
     from megatron_scir.data import atomic_open
-    from megatron_scir.iteration.report import aggregate, markdown_table, plot_iterations
+    from megatron_scir.iteration.report import (
+        aggregate,
+        markdown_table,
+        plot_iterations,
+        write_jsonl,
+    )
 
-    with atomic_open(out / "results.jsonl") as fh:
-        for record in records:
-            fh.write((json.dumps(record, sort_keys=True, allow_nan=True) + "\n").encode())
+    write_jsonl(out / "results.jsonl", records)
     plot_iterations(
         records, out / "results.png", metrics=PLOT, group="method",
         title=f"SCIR vs SRLM on the arithmetic task ({len(seeds)} seed(s); band: min-max)",

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
 import math
 import time
@@ -326,6 +325,7 @@ def train_policy(run: IterationRun, out: Path, t: int, model: str, pairs: str) -
     """Train M_t on the pairs with ``scir.mode`` (πref = M_t) → M_{t+1}; then the consistency
     rate of the trained model on the same pairs (forward only)."""
     from megatron_scir.data import ScirDataModule
+    from megatron_scir.iteration.report import read_jsonl
     from megatron_scir.training.forward_step import make_forward_step
 
     runtime, cfg = run.runtime, run.cfg
@@ -335,15 +335,14 @@ def train_policy(run: IterationRun, out: Path, t: int, model: str, pairs: str) -
     data.setup("fit")
     step = make_forward_step(cfg, data.verdict_token_ids, tp_group=runtime.tp_group)
     result = _train(run, cfg, out, t, model, data, step, end_of_training=pairs)
-    log = out / "logs" / "metrics.jsonl"
-    steps = runtime.on_rank_zero(lambda: _read_step_metrics(log))
-    selected = [s["scir/consistency_rate"] for s in steps if "scir/consistency_rate" in s]
     num_pairs = len(data.pairs)
-    if run.mode == LossMode.SCIR:
+    if run.mode == LossMode.SCIR:  # the mean consistent (= selected) share of the steps
+        log = out / "logs" / "metrics.jsonl"
+        steps = runtime.on_rank_zero(lambda: read_jsonl(log) if log.is_file() else [])
+        selected = [s["scir/consistency_rate"] for s in steps if "scir/consistency_rate" in s]
         fraction = sum(selected) / len(selected) if selected else math.nan
     else:  # every labelled pair is trained on (srlm drops the judge's unsure ones as -1 labels)
-        labels = runtime.on_rank_zero(lambda: _labelled_fraction(pairs))
-        fraction = labels
+        fraction = sum(p.label is not None for p in data.pairs) / max(num_pairs, 1)
     result.metrics["pairs_used_fraction"] = fraction
     result.metrics["pairs_used"] = fraction * num_pairs if not math.isnan(fraction) else math.nan
     return result
@@ -511,23 +510,6 @@ def _oracle_labels(cfg: Config, pairs: list) -> list:
     return labelled
 
 
-def _labelled_fraction(pairs: str) -> float:
-    records, _ = read_records(pairs, "pairs")
-    return sum(r.label is not None for r in records) / max(len(records), 1)
-
-
-def _read_step_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # a torn last line of a killed run
-    return out
-
-
 def _record(run: IterationRun, t: int, results: dict[str, StageResult]) -> dict[str, Any]:
     """One flat metrics record for iteration ``t``."""
     record: dict[str, Any] = {"iteration": t, "mode": run.cfg.scir.mode}
@@ -545,12 +527,9 @@ def _report(run: IterationRun, records: Sequence[dict[str, Any]], enabled: bool)
         return
 
     def write() -> None:
-        from megatron_scir.data import atomic_open
-        from megatron_scir.iteration.report import format_table, plot_iterations
+        from megatron_scir.iteration.report import format_table, plot_iterations, write_jsonl
 
-        with atomic_open(run.run_dir / "metrics.jsonl") as fh:
-            for record in records:
-                fh.write((json.dumps(record, sort_keys=True, allow_nan=True) + "\n").encode())
+        write_jsonl(run.run_dir / "metrics.jsonl", records)
         if run.cfg.logging.tensorboard:
             _tensorboard(run.run_dir / "tb", records)
         plot_iterations(

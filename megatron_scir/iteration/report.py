@@ -411,6 +411,20 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+def _line(record: Mapping[str, Any]) -> str:
+    return json.dumps(dict(record), sort_keys=True, allow_nan=True, default=_jsonable) + "\n"
+
+
+def write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> None:
+    """Write ``records`` as a whole new JSONL file, atomically (the lines of :func:`append_jsonl`;
+    a rerun rewrites the file instead of appending duplicates)."""
+    from megatron_scir.data import atomic_open
+
+    with atomic_open(path) as fh:
+        for record in records:
+            fh.write(_line(record).encode("utf-8"))
+
+
 def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
     """Append one record as a line of JSON, then flush and fsync.
 
@@ -423,7 +437,7 @@ def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> Non
         path: the log (created, with its directory, if needed).
         record: the record.
     """
-    line = json.dumps(dict(record), sort_keys=True, allow_nan=True, default=_jsonable) + "\n"
+    line = _line(record)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as fh:
