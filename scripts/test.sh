@@ -4,10 +4,38 @@
 #   bash scripts/test.sh [pytest args...]
 #
 # The venv: scripts/_venv.sh (cached outside the clone, keyed by the pins; SCIR_VENV_CACHE,
-# SCIR_PYTHON).
+# SCIR_PYTHON). Debian's Slurm and munge for tests/slurm (a real two-node cluster on this
+# machine): installed here when missing (as root or through sudo); SCIR_NO_SLURM=1 skips both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
+
+SLURM_PACKAGES=(slurmctld slurmd slurm-client munge)
+ensure_slurm() {
+  [[ "${SCIR_NO_SLURM:-0}" == 1 ]] && return
+  if [[ -x /usr/sbin/slurmctld && -x /usr/sbin/slurmd && -x /usr/sbin/munged ]] \
+      && command -v sbatch >/dev/null; then
+    return
+  fi
+  local sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    if ! sudo -n true 2>/dev/null; then
+      echo "scripts/test.sh: tests/slurm needs ${SLURM_PACKAGES[*]} (apt-get as root);" \
+           "install them or set SCIR_NO_SLURM=1" >&2
+      exit 1
+    fi
+    sudo=(sudo -n)
+  fi
+  echo "== installing ${SLURM_PACKAGES[*]} (Debian) for tests/slurm"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${SLURM_PACKAGES[@]}" \
+      >/dev/null; then
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${SLURM_PACKAGES[@]}" >/dev/null
+  fi
+}
+
+ensure_slurm
 ensure_venv
 install_package
 

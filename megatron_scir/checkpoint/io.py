@@ -20,6 +20,7 @@ version, which only counts incompatible changes. Megatron-LM and NeMo 2 checkpoi
 from __future__ import annotations
 
 import shutil
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,7 @@ def save_checkpoint(
         state["optimizer"] = optimizer.sharded_state_dict(model_state)
     if rank_state is not None:
         state[RANK_STATE] = _rank_state_entry(rank_state)
+    _start_writer_queue()
     dist_checkpointing.save(state, str(staging))
     if dist.get_rank() == 0:
         names = _copy_assets(assets, staging / ASSETS_DIR)
@@ -273,3 +275,26 @@ def _same_writer_layout(metadata: CheckpointMetadata | None, cfg: Config) -> boo
     if metadata is None or RANK_STATE not in metadata.contents:
         return False
     return metadata.layout == _layout(cfg)
+
+
+def _start_writer_queue() -> None:
+    """Start Megatron's checkpoint-writer results queue with SIGTERM/SIGUSR1 blocked.
+
+    ``dist_checkpointing``'s file writer reports through a ``multiprocessing`` Manager: a server
+    process spawned on the first save and kept for the life of the rank. Slurm's ``--signal`` and
+    ``scancel --signal`` reach every process of a job step, that server too, and SIGTERM/SIGUSR1
+    kill a process that does not handle them: the next save then fails with a broken pipe, in
+    the middle of the save the signal asked for. A spawned process inherits the signal mask, so
+    starting the server with both signals blocked makes it immune, while this process only
+    defers them for the few milliseconds of the start (they are delivered after, not lost).
+    """
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is not None:
+        return
+    stop_signals = {signal.SIGTERM, signal.SIGUSR1}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
+        filesystem_async.get_write_results_queue()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

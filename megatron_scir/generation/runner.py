@@ -26,7 +26,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +68,7 @@ def generate(
     cfg: Config,
     *,
     progress: bool | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> GenerationStats:
     """Sample ``generation.num_responses`` responses per prompt with this rank's model stage.
 
@@ -86,9 +87,12 @@ def generate(
         out_path: The generations stream (resumed when it exists).
         cfg: The run config (``generation``, ``data``, ``logging.progress``).
         progress: Progress bar on rank 0 (default ``logging.progress``).
+        should_stop: Asked on every rank after each committed chunk (collective, e.g. a
+            preemption request agreed over the world); True ends the run early, resumable.
 
     Returns:
-        The run's counts: complete on global rank 0 (see :func:`generate_responses`).
+        The run's counts: complete on global rank 0 (see :func:`generate_responses`);
+        ``stopped`` when ``should_stop`` ended it before the last chunk.
     """
     from megatron.core.utils import unwrap_model
 
@@ -102,7 +106,8 @@ def generate(
     (model,) = unwrap_model(list(chunks))
     with torch.no_grad(), build_backend(model, cfg, tokenizer) as backend:
         return generate_responses(
-            runtime, cfg, backend, tokenizer, prompts, out_path, progress=progress
+            runtime, cfg, backend, tokenizer, prompts, out_path, progress=progress,
+            should_stop=should_stop,
         )
 
 
@@ -115,6 +120,7 @@ def generate_responses(
     out_path: str | os.PathLike,
     *,
     progress: bool | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> GenerationStats:
     """Answer every prompt ``generation.num_responses`` times; append to ``out_path``.
 
@@ -128,10 +134,11 @@ def generate_responses(
         prompts: The prompt records, in file order (ids unique).
         out_path: The generations stream; an existing one is resumed.
         progress: Show the progress bar on rank 0 (default: ``logging.progress``).
+        should_stop: See :func:`generate`.
 
     Returns:
         The run's counts: complete on global rank 0; the other ranks fill in only the prompt
-        counts known before generating and the time.
+        counts known before generating, the time and ``stopped``.
 
     Raises:
         DataError: the output holds records made with another ``num_responses`` or prompt text.
@@ -150,6 +157,9 @@ def generate_responses(
         for first in range(0, len(pending), size):
             chunk = pending[first : first + size]
             bar.update(len(chunk), chunks.run(chunk))
+            if should_stop is not None and first + size < len(pending) and should_stop():
+                stats.stopped = True  # every committed chunk stays; a rerun continues
+                break
         stats.seconds = time.perf_counter() - start
         bar.close()
     finally:

@@ -20,6 +20,7 @@ class GenerationStats:
         num_responses_truncated: Responses cut by ``max_new_tokens`` (no EOS, no stop string).
         num_new_tokens: Tokens sampled for the written responses.
         seconds: Wall time of the generation loop.
+        stopped: Ended early by a stop request (a rerun continues after the last chunk).
     """
 
     num_prompts: int = 0
@@ -31,6 +32,7 @@ class GenerationStats:
     num_responses_truncated: int = 0
     num_new_tokens: int = 0
     seconds: float = 0.0
+    stopped: bool = False
 
     @property
     def tokens_per_second(self) -> float:

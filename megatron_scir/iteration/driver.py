@@ -46,13 +46,16 @@ from megatron_scir.iteration.stages import (
     STAGE_ORDER,
     StageResult,
     check_unchanged,
+    clear_preempted,
     fingerprint,
+    mark_preempted,
     read_marker,
     result_from_marker,
     stage_dir,
     write_marker,
 )
 from megatron_scir.parallel.runtime import Runtime
+from megatron_scir.training.signals import StopRequest
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +83,8 @@ PLOT_METRICS = (
 
 
 class Preempted(Exception):
-    """Training stopped on SIGTERM/SIGUSR1 after saving: rerun the command to continue."""
+    """Stopped on SIGTERM/SIGUSR1 (between stages, after a generation chunk, or after a saved
+    training step): rerun the command to continue."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class IterationRun:
     source: str
     hf_dir: str | None
     progress: bool | None
+    stop: StopRequest
 
     @property
     def mode(self) -> LossMode:
@@ -105,6 +110,8 @@ class IterationRun:
         marker = self.runtime.on_rank_zero(lambda: read_marker(path))
         if marker is not None:
             return result_from_marker(marker)
+        if self.stop.agreed():  # collective: every rank reaches the same stage
+            raise Preempted(f"iteration {t}: stopped by {self.signal_name} before {name}")
         if self.runtime.is_rank_zero:
             path.mkdir(parents=True, exist_ok=True)
             logger.info("iteration %d: %s", t, name)
@@ -116,6 +123,10 @@ class IterationRun:
         config = self.fingerprint(name, t)
         self.runtime.on_rank_zero(lambda: write_marker(path, name, t, config, result))
         return result
+
+    @property
+    def signal_name(self) -> str:
+        return self.stop.signal_name or "a signal on another rank"
 
     def fingerprint(self, stage: str, t: int) -> dict[str, Any]:
         grader_used = stage == "pairs" and self.mode == LossMode.DPO
@@ -147,12 +158,25 @@ def run_iterations(
             a study whose methods share one seed model evaluates it once.
 
     Raises:
-        Preempted: training was stopped by a signal after saving (exit 75 and rerun).
+        Preempted: SIGTERM/SIGUSR1 stopped the run between stages, after a generation chunk
+            or after a saved training step (exit 75 and rerun the same command).
         ConfigError: the run directory holds stages finished with other settings.
     """
     run_dir = Path(cfg.iteration.run_dir)
     source = f"hf:{hf_dir}" if hf_dir else (cfg.checkpoint.load or f"random-init:{cfg.train.seed}")
-    run = IterationRun(runtime, cfg, tokenizer, run_dir, source, hf_dir, progress)
+    runtime.on_rank_zero(lambda: clear_preempted(run_dir))
+    with StopRequest() as stop:
+        run = IterationRun(runtime, cfg, tokenizer, run_dir, source, hf_dir, progress, stop)
+        try:
+            return _run_iterations(run, report=report, evaluate_start=evaluate_start)
+        except Preempted as stopped:
+            message = str(stopped)
+            runtime.on_rank_zero(lambda: mark_preempted(run_dir, message))
+            raise
+
+
+def _run_iterations(run: IterationRun, *, report: bool, evaluate_start: bool) -> list:
+    runtime, cfg, run_dir = run.runtime, run.cfg, run.run_dir
     runtime.on_rank_zero(lambda: check_unchanged(run_dir, run.fingerprint))
     pool = runtime.on_rank_zero(lambda: _prompt_pool(cfg))
 
@@ -244,9 +268,12 @@ def generate_responses(
     chunks = _load(gen_cfg, model)
     path = out / "generations.jsonl"
     stats = generate(
-        run.runtime, chunks, run.tokenizer, prompts, path, gen_cfg, progress=run.progress
+        run.runtime, chunks, run.tokenizer, prompts, path, gen_cfg, progress=run.progress,
+        should_stop=run.stop.agreed,
     )
     del chunks
+    if stats.stopped:
+        raise Preempted(f"iteration {t}: generation stopped by {run.signal_name} after a chunk")
 
     def count() -> dict[str, float]:
         records, _ = read_records(path, "generations")
@@ -423,7 +450,9 @@ def _train(
         progress=run.progress,
     )
     if result.preempted:
-        raise Preempted(f"iteration {t}: training stopped by a signal at step {result.state.step}")
+        raise Preempted(
+            f"iteration {t}: training stopped by {run.signal_name} at step {result.state.step}"
+        )
     checkpoint = result.checkpoint or latest_checkpoint(save_dir)
     metrics = {k.replace("/", "_"): v for k, v in result.metrics.items() if k.startswith("loss/")}
     metrics["steps"] = float(result.state.step)

@@ -153,6 +153,28 @@ def write_marker(path: Path, stage: str, iteration: int, config: dict, result: S
         fh.write((json.dumps(body, indent=1, sort_keys=True, allow_nan=True) + "\n").encode())
 
 
+PREEMPTED = "preempted.json"
+"""``run_dir/preempted.json``: the last run stopped on a signal after saving (requeue it)."""
+
+
+def mark_preempted(run_dir: Path, message: str) -> None:
+    """Record in ``run_dir`` that this run stopped on a signal (atomic; global rank 0).
+
+    A batch script reads it rather than the exit status alone: once one rank has exited with
+    75, ``srun --kill-on-bad-exit`` kills the others wherever they are in their teardown, and
+    the step's status is then theirs.
+    """
+    body = {"message": message, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_open(run_dir / PREEMPTED) as fh:
+        fh.write((json.dumps(body) + "\n").encode())
+
+
+def clear_preempted(run_dir: Path) -> None:
+    """Forget an earlier run's :func:`mark_preempted` (global rank 0, when a run starts)."""
+    (run_dir / PREEMPTED).unlink(missing_ok=True)
+
+
 def result_from_marker(marker: Mapping[str, Any]) -> StageResult:
     return StageResult(
         outputs=dict(marker["outputs"]),

@@ -5,6 +5,10 @@ preemption. The handler only records the request; the trainer checks it between 
 over the world (a signal may reach the ranks at different moments), saves a complete checkpoint
 and exits with :data:`EXIT_PREEMPTED`. A second signal while saving changes nothing (the request
 is already recorded, and checkpoints are only renamed into place when complete).
+
+Requests nest: ``scir iterate`` holds one for the whole run (stages check it between stages and
+between generation chunks) and the trainer opens its own inside. An inner request starts with
+what the outer one has already received and passes every signal on to it.
 """
 
 from __future__ import annotations
@@ -30,10 +34,16 @@ class StopRequest:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signal_name is None:
             self.signal_name = signal.Signals(signum).name
+        outer = self._previous.get(signum)
+        if isinstance(getattr(outer, "__self__", None), StopRequest):
+            outer(signum, frame)  # the enclosing request records it too
 
     def __enter__(self) -> StopRequest:
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+            outer = getattr(self._previous[sig], "__self__", None)
+            if isinstance(outer, StopRequest) and self.signal_name is None:
+                self.signal_name = outer.signal_name
         return self
 
     def __exit__(self, *exc) -> None:

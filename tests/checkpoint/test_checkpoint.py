@@ -291,3 +291,36 @@ def test_optimizer_state_is_saved_and_loaded_with_the_model(saved):
     assert any(t.abs().sum() > 0 for t in saved_tensors)  # Adam moments after one step
     assert all(torch.equal(a, b) for a, b in zip(saved_tensors, loaded_tensors, strict=True))
     assert "holds no optimizer state" in out["optimizer"]["no_state"]
+
+
+def _saves_after_its_children_got_stop_signals(rank, world_size, root):
+    """Save, send SIGUSR1 and SIGTERM to every child process (as Slurm signals a whole job
+    step), save again: the second save must not find its writer queue dead."""
+    import time
+    from pathlib import Path
+
+    from megatron_scir.checkpoint import io
+
+    cfg, chunks = _tiny()
+    io.save_checkpoint(f"{root}/first", chunks, cfg, iteration=0, step=0)
+    children = [
+        int(pid)
+        for task in Path(f"/proc/{os.getpid()}/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    ]
+    assert children, "dist_checkpointing started no writer process: nothing to check"
+    for pid in children:
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            os.kill(pid, sig)
+    time.sleep(0.5)
+    io.save_checkpoint(f"{root}/second", chunks, cfg, iteration=0, step=1)
+    return len(children)
+
+
+def test_checkpoint_writer_survives_slurm_stop_signals(tmp_path):
+    # Slurm's --signal / scancel --signal reach every process of the step; the checkpoint
+    # writer's multiprocessing Manager used to die on SIGUSR1 and break the save asked for.
+    (children,) = run_distributed(_saves_after_its_children_got_stop_signals, 1,
+                                  args=(str(tmp_path),))
+    assert children >= 1
+    assert is_complete(tmp_path / "second")
