@@ -104,6 +104,14 @@ class ModelConfig:
     """FP8 scaling recipe: delayed, tensorwise (current scaling), blockwise or mxfp8 (Blackwell)."""
     fp8_param: bool = False
     """Keep parameters in FP8 (saves memory; needs fp8)."""
+    first_last_layers_bf16: bool = False
+    """With fp8: keep the first and last transformer layers in bf16 (Megatron-Core's option; not
+    with the delayed recipe; no effect without fp8). The layers nearest the embedding and the
+    output head are the most sensitive to FP8 rounding."""
+    num_layers_at_start_in_bf16: int = 1
+    """Layers at the start kept in bf16 with first_last_layers_bf16 (at most a pipeline stage's)."""
+    num_layers_at_end_in_bf16: int = 1
+    """Layers at the end kept in bf16 with first_last_layers_bf16 (at most a pipeline stage's)."""
     recompute_granularity: str | None = None
     """Activation recomputation: null, selective or full."""
     recompute_method: str | None = None
@@ -154,6 +162,15 @@ class ModelConfig:
             )
         if self.fp8_param and self.fp8 is None:
             raise ConfigError("model.fp8_param=true needs model.fp8 (hybrid or e4m3)")
+        if self.first_last_layers_bf16 and self.fp8 is not None:  # without fp8 all is bf16
+            if self.fp8_recipe == "delayed":
+                raise ConfigError(
+                    "model.first_last_layers_bf16=true does not work with model.fp8_recipe=delayed "
+                    "(Megatron-Core refuses it): use tensorwise or blockwise"
+                )
+            for key in ("num_layers_at_start_in_bf16", "num_layers_at_end_in_bf16"):
+                if getattr(self, key) < 0:
+                    raise ConfigError(f"config key model.{key} must be >= 0")
         if self.recompute_granularity == "full" and self.recompute_method is None:
             raise ConfigError(
                 "model.recompute_granularity=full needs model.recompute_method (uniform or block)"
@@ -182,6 +199,10 @@ class ParallelConfig:
     """Overlap the data-parallel gradient reduce with the backward pass."""
     overlap_param_gather: bool = False
     """Overlap the distributed optimizer's parameter all-gather with the forward pass."""
+    grad_reduce_in_fp32: bool = True
+    """Accumulate and reduce gradients in fp32 ``main_grad`` buffers (4 bytes/param). false keeps
+    them in the parameter dtype (2 bytes/param in bf16): less memory, bf16 rounding in the
+    accumulation over micro-batches and in the data-parallel reduction."""
     distributed_backend: str = "auto"
     """Process-group backend: auto (nccl with CUDA, gloo without), nccl or gloo."""
 

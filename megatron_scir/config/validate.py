@@ -58,6 +58,15 @@ def _check_layout(cfg: Config) -> None:
             f"model.num_layers ({m.num_layers}) must be divisible by parallel.{what} ({chunks}): "
             "change the layer count or the pipeline layout"
         )
+    if m.first_last_layers_bf16 and m.fp8 is not None:
+        per_stage = m.num_layers // pp
+        for key in ("num_layers_at_start_in_bf16", "num_layers_at_end_in_bf16"):
+            if getattr(m, key) > per_stage:
+                raise ConfigError(
+                    f"model.{key} ({getattr(m, key)}) must be at most the layers of one pipeline "
+                    f"stage ({per_stage} = model.num_layers / "
+                    "parallel.pipeline_model_parallel_size)"
+                )
 
 
 def _check_generation(cfg: Config) -> None:

@@ -66,7 +66,14 @@ def transformer_config(cfg: Config, *, init_weights: bool = True):
     on_gpu = torch.cuda.is_available()
     fp8 = {}
     if m.fp8 is not None:
-        fp8 = dict(fp8=m.fp8, fp8_recipe=m.fp8_recipe, fp8_param=m.fp8_param)
+        fp8 = dict(
+            fp8=m.fp8,
+            fp8_recipe=m.fp8_recipe,
+            fp8_param=m.fp8_param,
+            first_last_layers_bf16=m.first_last_layers_bf16,
+            num_layers_at_start_in_bf16=m.num_layers_at_start_in_bf16,
+            num_layers_at_end_in_bf16=m.num_layers_at_end_in_bf16,
+        )
     recompute = {}
     if m.recompute_granularity is not None:
         recompute = dict(

@@ -20,7 +20,7 @@ def wrap_with_ddp(chunks: list, cfg: Config) -> list:
 
     p = cfg.parallel
     ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
+        grad_reduce_in_fp32=p.grad_reduce_in_fp32,
         overlap_grad_reduce=p.overlap_grad_reduce,
         overlap_param_gather=p.overlap_param_gather,
         use_distributed_optimizer=p.use_distributed_optimizer,

@@ -30,7 +30,8 @@ Training, per pipeline stage (the table shows the first and the last; the worst 
    Engine) Megatron keeps the weights in ``params_dtype``; ``model.fp8_param`` stores the linears
    as FP8 data plus its transpose (≈ 2 bytes), so β stands for it too.
 2. **Gradients** = params × 4: Megatron DDP accumulates fp32 ``main_grad`` buffers
-   (``grad_reduce_in_fp32=True`` in ``parallel/ddp.py``), whatever the parameter dtype; the
+   (``parallel.grad_reduce_in_fp32=true``, the default), whatever the parameter dtype; with
+   ``parallel.grad_reduce_in_fp32=false`` the buffers are in the parameter dtype (β bytes). The
    distributed optimizer reduce-scatters inside that buffer, so it is not sharded.
 3. **Optimizer** (Adam) = params × 12 / DP' for bf16/fp16 parameters (fp32 master weight,
    ``exp_avg``, ``exp_avg_sq``), params × 8 / DP' for fp32 (the parameter is its own master);
@@ -40,7 +41,8 @@ Training, per pipeline stage (the table shows the first and the last; the worst 
    ``num_bytes_per_parameter``): 18 = 2 + 4 + 12 without the distributed optimizer, 6 + 12/DP
    with it; fp32: 16, 8 + 8/DP.
 4. **FP8 weight copies** = transformer-linear params × 2 with ``model.fp8`` and without
-   ``fp8_param``: Transformer Engine casts each linear weight to FP8 on a step's first
+   ``fp8_param`` (less the layers ``model.first_last_layers_bf16`` keeps in bf16 on the first
+   and last stage): Transformer Engine casts each linear weight to FP8 on a step's first
    micro-batch and caches it, row- and column-wise (the transpose for the backward GEMMs), for
    the step's other micro-batches (Megatron passes ``is_first_microbatch``).
 5. **Activations** = in-flight micro-batches × the stage's layers × one layer's saved tensors.
@@ -138,7 +140,7 @@ GIB = 2**30
 DEFAULT_GPU_MEMORY_GB = 80.0
 DEFAULT_HEADROOM = 0.1
 DEFAULT_OVERHEAD_GB = 3.0
-MAIN_GRAD_BYTES = 4  # fp32 main_grad (grad_reduce_in_fp32=True, parallel/ddp.py)
+MAIN_GRAD_BYTES = 4  # fp32 main_grad (parallel.grad_reduce_in_fp32=true, parallel/ddp.py)
 FP32_BYTES = 4
 FP8_WEIGHT_COPY_BYTES = 2  # FP8 data + its transpose
 LOGITS_BUFFERS = 2  # float32 logits + the (log-)softmax buffer of the same size
@@ -441,6 +443,7 @@ class MemoryPlan:
         total_params: The model's parameters (with the padded vocabulary).
         padded_vocab: V'.
         params_dtype: ``model.params_dtype`` (canonical name).
+        grad_dtype: The ``main_grad`` buffers' dtype (``parallel.grad_reduce_in_fp32``).
         micro_batch_size: k, pairs per micro-batch.
         rows_per_micro_batch: b = k · (2 + r).
         judge_rows_per_pair: r.
@@ -466,6 +469,7 @@ class MemoryPlan:
     total_params: int
     padded_vocab: int
     params_dtype: str
+    grad_dtype: str
     micro_batch_size: int
     rows_per_micro_batch: int
     judge_rows_per_pair: int
@@ -562,20 +566,34 @@ def _layout(cfg: Config, nodes: int, gpus_per_node: int) -> _Layout:
     )
 
 
-def _state_bytes(cfg: Config, layout: _Layout, params: StageParams) -> dict[str, float]:
+def _state_bytes(
+    cfg: Config, layout: _Layout, params: StageParams, stage: int
+) -> dict[str, float]:
     """Weights, gradients, optimizer and FP8 copies of one stage (items 1-4)."""
     m = cfg.model
     dtype = dtype_name(m.params_dtype)
     beta = DTYPE_BYTES[dtype]
     adam = 8 if dtype == Dtype.FLOAT32 else 12  # fp32: the parameter is its own master copy
     shards = layout.dp if cfg.parallel.use_distributed_optimizer else 1
-    fp8_copies = m.fp8 is not None and not m.fp8_param
+    fp8_linear = 0.0
+    if m.fp8 is not None and not m.fp8_param:
+        stage_layers = m.num_layers / layout.pp
+        fp8_linear = params.linear * (1 - _bf16_layers(m, layout, stage) / stage_layers)
     return dict(
         weights=params.total * beta,
-        gradients=params.total * MAIN_GRAD_BYTES,
+        gradients=params.total * (MAIN_GRAD_BYTES if cfg.parallel.grad_reduce_in_fp32 else beta),
         optimizer=params.total * adam / shards,
-        fp8_weight_copies=params.linear * FP8_WEIGHT_COPY_BYTES if fp8_copies else 0.0,
+        fp8_weight_copies=fp8_linear * FP8_WEIGHT_COPY_BYTES,
     )
+
+
+def _bf16_layers(m: ModelConfig, layout: _Layout, stage: int) -> int:
+    """Layers of ``stage`` that ``model.first_last_layers_bf16`` keeps out of FP8: the first
+    ones live on the first stage, the last ones on the last (interleaved or not)."""
+    if not m.first_last_layers_bf16:
+        return 0
+    first = m.num_layers_at_start_in_bf16 if stage == 0 else 0
+    return first + (m.num_layers_at_end_in_bf16 if stage == layout.pp - 1 else 0)
 
 
 def logits_bytes(
@@ -610,7 +628,7 @@ def _training_stage(
         stage=stage,
         params=params.total,
         in_flight=in_flight,
-        **_state_bytes(cfg, layout, params),
+        **_state_bytes(cfg, layout, params, stage),
         activations=activations,
         logits=logits,
         kv_cache=0.0,
@@ -711,6 +729,12 @@ def _candidates(cfg: Config, layout: _Layout, nodes: int, max_k: int):
         yield (
             "parallel.use_distributed_optimizer=true",
             _with(cfg, "parallel", use_distributed_optimizer=True),
+            nodes,
+        )
+    if p.grad_reduce_in_fp32 and m.params_dtype != Dtype.FLOAT32:
+        yield (
+            "parallel.grad_reduce_in_fp32=false",
+            _with(cfg, "parallel", grad_reduce_in_fp32=False),
             nodes,
         )
     if m.recompute_granularity != RecomputeGranularity.FULL:
@@ -858,6 +882,9 @@ def plan_memory(
         total_params=total_params(m, tp=layout.tp),
         padded_vocab=_padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, layout.tp),
         params_dtype=dtype_name(m.params_dtype).value,
+        grad_dtype=dtype_name(
+            Dtype.FLOAT32 if cfg.parallel.grad_reduce_in_fp32 else m.params_dtype
+        ).value,
         micro_batch_size=rows.pairs,
         rows_per_micro_batch=rows.rows,
         judge_rows_per_pair=rows.judge_rows_per_pair,
@@ -883,7 +910,7 @@ def _labels(plan: MemoryPlan) -> dict[str, str]:
     opt_shards = f"/{plan.data_parallel} DP" if plan.distributed_optimizer else "not sharded"
     return {
         "weights": f"weights ({plan.params_dtype})",
-        "gradients": "gradients (fp32 main_grad)",
+        "gradients": f"gradients ({plan.grad_dtype} main_grad)",
         "optimizer": f"optimizer (Adam, {opt_shards})",
         "fp8_weight_copies": "FP8 weight copies",
         "activations": "activations",

@@ -126,6 +126,25 @@ def test_broken_cross_field_rules_say_what_to_change(overrides, expected):
 
 
 @pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.fp8_recipe=delayed"], "does not work with model.fp8_recipe=delayed"),
+        (["model.num_layers_at_end_in_bf16=-1"], "model.num_layers_at_end_in_bf16 must be >= 0"),
+        (
+            ["model.num_layers_at_start_in_bf16=21"],
+            "num_layers_at_start_in_bf16 \\(21\\) must be at most the layers of one pipeline "
+            "stage \\(20",
+        ),
+    ],
+)
+def test_fp8_bf16_edge_layers_are_checked_against_the_recipe_and_the_stage(overrides, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config("llama3_70b_fp8", overrides)
+    # without FP8 every layer is bf16: the option has nothing to do
+    load_config("llama3_70b_fp8", [*overrides, "model.fp8=null"])
+
+
+@pytest.mark.parametrize(
     ("overrides", "uses", "expected"),
     [
         (["data.judge_max_length=4096"], "training", "exceeds model.max_position_embeddings"),

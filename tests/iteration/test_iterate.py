@@ -120,11 +120,17 @@ def _records(path: Path, kind: str):
     return read_records(path, kind)[0]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(task, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    _run(_command(task, run_dir))
+    return run_dir
+
+
 def test_sigkill_in_generation_reference_and_training_then_rerun_equals_an_uninterrupted_run(
-    task, tmp_path
+    task, uninterrupted, tmp_path
 ):
-    reference_run, killed_run = tmp_path / "uninterrupted", tmp_path / "killed"
-    _run(_command(task, reference_run))
+    reference_run, killed_run = uninterrupted, tmp_path / "killed"
     cmd = _command(task, killed_run)
 
     def generating() -> bool:
@@ -157,6 +163,38 @@ def test_sigkill_in_generation_reference_and_training_then_rerun_equals_an_unint
     )
     assert changed.returncode == 2, changed.stderr[-2000:]
     assert "scir.beta: 0.1 -> 0.3" in changed.stderr and "iter_1/train" in changed.stderr
+
+
+def test_sigusr1_in_generation_stops_after_a_chunk_exits_75_and_the_rerun_continues(
+    task, uninterrupted, tmp_path
+):
+    from megatron_scir.training.signals import EXIT_PREEMPTED
+
+    run_dir = tmp_path / "signalled"
+    cmd = _command(task, run_dir)
+    stream = _stage(run_dir, "generate") / "generations.jsonl"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (stream.is_file() and b'"__commit__"' in stream.read_bytes()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, err[-3000:]
+    assert "generation stopped by SIGUSR1 after a chunk" in out
+    assert json.loads((run_dir / "preempted.json").read_text())["message"].startswith(
+        "iteration 1: generation stopped"
+    )
+    assert not _done(run_dir, "generate")
+    committed = stream.read_bytes().count(b'"__commit__"')
+    assert 1 <= committed < 6  # 48 prompts in chunks of 8: it stopped early
+    _run(cmd)
+    assert not (run_dir / "preempted.json").exists()
+    name = "generate/generations.jsonl"
+    a = _records(uninterrupted / "iter_1" / name, "generations")
+    b = _records(run_dir / "iter_1" / name, "generations")
+    assert [_fields(r) for r in a] == [_fields(r) for r in b]
+    assert _done(run_dir, "train")
 
 
 def _fields(record) -> tuple:
