@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -80,14 +81,17 @@ def _run(cmd) -> subprocess.CompletedProcess:
 
 
 def _kill_when(cmd, ready, what: str) -> None:
-    """Start ``cmd``; SIGKILL it as soon as ``ready()`` holds."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    """Start ``cmd``; SIGKILL it (its process group: the checkpoint writer's Manager process
+    too, as Slurm or a terminal would) as soon as ``ready()`` holds."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     while not ready():
         assert proc.poll() is None, f"finished before {what}: " + proc.stderr.read()[-3000:]
         assert time.monotonic() < deadline, f"never reached {what}"
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from megatron_scir.tasks.arithmetic import PAIRWISE_JUDGE_TEMPLATE, write_task_files
+from megatron_scir.tasks.arithmetic import write_task_files
+from tests.iteration.test_iterate import BASE
 
 from .cluster import LocalCluster, missing_programs, start_cluster
 
@@ -66,19 +67,9 @@ def _arguments(task) -> list[str]:
         "--config", "tiny",
         "parallel.distributed_backend=gloo",
         "parallel.tensor_model_parallel_size=2",
-        "data.max_prompt_length=24",
-        "data.max_response_length=8",
-        "data.judge_max_length=64",
+        *BASE,  # the arithmetic task's budgets, as tests/iteration runs it
         f"data.tokenizer_path={task.tokenizer}",
         f"data.prompts={task.prompts}",
-        f"judge.pairwise_template={PAIRWISE_JUDGE_TEMPLATE}",
-        "generation.max_new_tokens=6",
-        "generation.temperature=1.0",
-        "generation.max_batch_size=8",
-        "generation.chunk_size=8",
-        "train.micro_batch_size=4",
-        "train.global_batch_size=8",
-        "train.lr=1e-3",
         "train.epochs=4",
         "iteration.seed_sft=false",
         "iteration.num_iterations=1",
@@ -87,8 +78,6 @@ def _arguments(task) -> list[str]:
         f"iteration.eval_prompts={task.eval_prompts}",
         "iteration.grader=megatron_scir.tasks.arithmetic:grade",
         "checkpoint.save_interval=5",
-        "logging.progress=false",
-        "logging.tensorboard=false",
     ]
 
 

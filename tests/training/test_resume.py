@@ -55,14 +55,21 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 def _interrupt(cmd: list[str], save: Path, *, after_step: int, sig: int) -> int:
     """Start ``cmd``, send ``sig`` once checkpoint ``after_step`` is complete; its exit status."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # its own session: a SIGKILL goes to the whole group, the checkpoint writer's Manager
+    # process too, as Slurm or a terminal would kill it (else that process outlives the test)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     marker = save / f"step_{after_step:07d}" / "scir_checkpoint.json"
     deadline = time.monotonic() + 300
     while not marker.exists():
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.02)
-    proc.send_signal(sig)
+    if sig == signal.SIGKILL:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     proc.wait(timeout=300)
     return proc.returncode
 
