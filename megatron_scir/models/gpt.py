@@ -250,8 +250,9 @@ class OutputHead:
     """The last stage's view of the model output: final hidden states plus the output layer.
 
     Under sequence parallelism the hidden states are ``[s/tp, b, h]``; :meth:`logits` lets the
-    output layer gather them, :meth:`logits_at` gathers the sequence once and applies the output
-    weight to the chosen rows only, so no ``[s, b, V/tp]`` tensor is ever made for them.
+    output layer gather them; :meth:`logits_at` picks the chosen (row, position) vectors where
+    they live and reduces only those ``[n, h]`` over TP, then applies the output weight to them,
+    so neither ``[s, b, h]`` nor ``[s, b, V/tp]`` is ever made for the judge rows.
     """
 
     def __init__(self, hidden: torch.Tensor, output_layer, output_weight, scale_logits) -> None:
@@ -279,17 +280,37 @@ class OutputHead:
 
         group = self._layer.tp_group
         if self.sequence_parallel:
-            # all-gather the sequence; its backward reduce-scatters (sums) the TP ranks' grads
-            full = tensor_parallel.gather_from_sequence_parallel_region(
-                self.hidden, tensor_parallel_output_grad=True, group=group
-            )
-            picked = full[positions, rows]
+            picked = _pick_from_sequence_shards(self.hidden, rows, positions, group)
         else:
             # identity forward; the backward all-reduces the TP ranks' input grads
             picked = tensor_parallel.copy_to_tensor_model_parallel_region(
                 self.hidden[positions, rows], group=group
             )
         return self._scale(F.linear(picked, self._weight))
+
+
+def _pick_from_sequence_shards(
+    hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, group
+) -> torch.Tensor:
+    """The hidden vectors at (row, position) pairs from sequence-parallel shards: ``[n, h]``.
+
+    Under SP each TP rank holds positions ``[r·s/tp, (r+1)·s/tp)`` of ``hidden`` ``[s/tp, b, h]``.
+    Each rank picks the vectors it holds (zeros for the others) and one all-reduce of ``[n, h]``
+    gives every rank all of them: no ``[s, b, h]`` all-gather for a few verdict positions.
+    Backward: every rank's gradient of the result is partial (its vocabulary shard), so it is
+    all-reduced, and each rank keeps the part at the positions it holds.
+    """
+    from megatron.core import tensor_parallel
+
+    local = hidden.shape[0]
+    start = torch.distributed.get_rank(group) * local
+    mine = (positions >= start) & (positions < start + local)
+    at = (positions - start).clamp(0, local - 1)
+    picked = torch.where(mine.unsqueeze(-1), hidden[at, rows], 0.0)
+    # forward: sum over the ranks (each position has one owner); backward: identity
+    picked = tensor_parallel.reduce_from_tensor_model_parallel_region(picked, group=group)
+    # forward: identity; backward: sum the ranks' partial gradients
+    return tensor_parallel.copy_to_tensor_model_parallel_region(picked, group=group)
 
 
 def forward_last_stage(

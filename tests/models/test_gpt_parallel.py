@@ -160,3 +160,54 @@ def test_tp2_logits_equal_tp1_and_head_at_positions_equals_full_rows(sp):
     torch.testing.assert_close(
         torch.cat([r[2] for r in results], dim=-1), ref_picked, atol=1e-5, rtol=0
     )
+
+
+def _judge_head_collectives(rank, world_size):
+    """The c10d tensors ``logits_at`` moves under TP=2 + SP, forward and backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    from megatron_scir.config import load_config
+    from megatron_scir.models import forward_last_stage
+    from megatron_scir.testing.weights import build_with_master_weights
+
+    class Collectives(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.numels = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "c10d":
+                tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+                self.numels += [t.numel() for t in tensors if t.is_floating_point()]
+            return func(*args, **(kwargs or {}))
+
+    overrides = ["parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=true"]
+    cfg = load_config("tiny", overrides)
+    (model,), _ = build_with_master_weights(cfg, seed=5)
+    batch = _batches(cfg.model.vocab_size)[0]
+    rows, positions = torch.tensor([1, 0, 1]), torch.tensor([3, 9, 15])
+    recorder, shapes = Collectives(), {}
+
+    def head_fn(head):
+        shapes["hidden"] = tuple(head.hidden.shape)
+        with recorder:
+            return head.logits_at(rows, positions)
+
+    picked = forward_last_stage(model, batch["tokens"], batch["position_ids"], head_fn)
+    with recorder:
+        picked.float().square().sum().backward(inputs=[head_param(model)])
+    return recorder.numels, shapes["hidden"], cfg.model.hidden_size
+
+
+def head_param(model):
+    """A weight the backward of ``logits_at`` reaches through the picked hidden vectors."""
+    return next(p for n, p in model.named_parameters() if "final_layernorm" in n)
+
+
+def test_judge_logits_under_sp_reduce_the_picked_vectors_not_the_whole_sequence():
+    for numels, (local_s, b, h), hidden in run_distributed(_judge_head_collectives, 2):
+        assert numels, "no collective at all: the TP ranks never met"
+        # three picked vectors [3, h] travel, forward and backward; [s, b, h] never does
+        assert max(numels) == 3 * hidden, numels
+        assert max(numels) < 2 * local_s * b * h
