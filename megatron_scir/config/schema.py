@@ -436,6 +436,9 @@ class TrainConfig:
     """Pairs per optimizer step across data-parallel ranks and micro-batches."""
     train_iters: int | None = None
     """Optimizer steps per self-rewarding iteration (null = epochs decide)."""
+    logprob_chunk_size: int = 1024
+    """Policy response positions per output-layer chunk: the head's float32 logits are at most
+    [logprob_chunk_size, V/tp], recomputed in backward (memory, not results)."""
     epochs: int = 1
     """Passes over the iteration's pairs when train_iters is null."""
     lr: float = 1e-6
@@ -476,6 +479,7 @@ class TrainConfig:
             "train_iters",
             "epochs",
             "max_skipped_steps",
+            "logprob_chunk_size",
         ):
             _positive(s, key, getattr(self, key))
         if self.global_batch_size % self.micro_batch_size:

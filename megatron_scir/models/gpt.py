@@ -255,11 +255,22 @@ class OutputHead:
     so neither ``[s, b, h]`` nor ``[s, b, V/tp]`` is ever made for the judge rows.
     """
 
-    def __init__(self, hidden: torch.Tensor, output_layer, output_weight, scale_logits) -> None:
+    def __init__(
+        self, hidden: torch.Tensor, output_layer, output_weight, scale_logits, *, use_mup=False
+    ) -> None:
         self.hidden = hidden
         self._layer = output_layer
         self._weight = output_weight if output_weight is not None else output_layer.weight
         self._scale = scale_logits
+        self._use_mup = use_mup
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """This rank's output-layer weight shard ``[V/tp, h]``, for heads that apply it in
+        chunks (``parallel.vocab_parallel.chunked_output_log_probs``); unscaled logits only."""
+        if self._use_mup:
+            raise NotImplementedError("MuP-scaled logits: use OutputHead.logits")
+        return self._weight
 
     @property
     def sequence_parallel(self) -> bool:
@@ -276,17 +287,20 @@ class OutputHead:
 
     def logits_at(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Vocab-parallel logits at (row, position) pairs only: ``[n, V/tp]``."""
+        return self._scale(F.linear(self.hidden_at(rows, positions), self._weight))
+
+    def hidden_at(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The final hidden states at (row, position) pairs, ``[n, h]``, the same on every TP
+        rank; their gradient is summed over the TP ranks (each holds one vocabulary shard)."""
         from megatron.core import tensor_parallel
 
         group = self._layer.tp_group
         if self.sequence_parallel:
-            picked = _pick_from_sequence_shards(self.hidden, rows, positions, group)
-        else:
-            # identity forward; the backward all-reduces the TP ranks' input grads
-            picked = tensor_parallel.copy_to_tensor_model_parallel_region(
-                self.hidden[positions, rows], group=group
-            )
-        return self._scale(F.linear(picked, self._weight))
+            return _pick_from_sequence_shards(self.hidden, rows, positions, group)
+        # identity forward; the backward all-reduces the TP ranks' input grads
+        return tensor_parallel.copy_to_tensor_model_parallel_region(
+            self.hidden[positions, rows], group=group
+        )
 
 
 def _pick_from_sequence_shards(
@@ -325,7 +339,9 @@ def forward_last_stage(
         head_fn: called on the last stage with the stage's :class:`OutputHead`.
     """
 
-    def processor(*, hidden_states, output_layer, output_weight, scale_logits, **_):
-        return head_fn(OutputHead(hidden_states, output_layer, output_weight, scale_logits))
+    def processor(*, hidden_states, output_layer, output_weight, scale_logits, config=None, **_):
+        use_mup = bool(getattr(config, "use_mup", False))
+        head = OutputHead(hidden_states, output_layer, output_weight, scale_logits, use_mup=use_mup)
+        return head_fn(head)
 
     return model(tokens, position_ids, None, output_processor=processor)

@@ -25,7 +25,11 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["vocab_parallel_log_probs", "vocab_parallel_candidate_log_probs"]
+__all__ = [
+    "chunked_output_log_probs",
+    "vocab_parallel_candidate_log_probs",
+    "vocab_parallel_log_probs",
+]
 
 
 def _group_rank_and_size(tp_group: dist.ProcessGroup | None) -> tuple[int, int]:
@@ -214,3 +218,113 @@ def vocab_parallel_candidate_log_probs(
         )
     targets = candidate_ids.to(logits.device).unsqueeze(0).expand(logits.size(0), -1)
     return _VocabParallelLogProbs.apply(logits, targets, tp_group, vocab_size)
+
+
+class _ChunkedOutputLogProbs(torch.autograd.Function):
+    """The output layer and the target log-probs over chunks of positions, recomputed in
+    backward: the largest tensor is one chunk's ``[c, V/tp]`` float32 logits, whatever ``n``.
+
+    Forward: hidden ``[n, h]`` (the same on every TP rank), this rank's output weight shard
+    ``[V/tp, h]``, targets ``[n]`` → float32 ``[n]``; keeps only the hidden vectors and one
+    log-sum-exp per position. Backward: per chunk, the logits again, the softmax from the kept
+    log-sum-exp (no communication), then the gradients of the hidden vectors (partial over the
+    vocabulary shards: the caller's TP region all-reduces them) and of the weight shard.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, tp_group, vocab_size, chunk_size):
+        rank, world_size = _group_rank_and_size(tp_group)
+        partition_size = weight.size(0)
+        vocab_start = rank * partition_size
+        true_vocab = partition_size * world_size if vocab_size is None else vocab_size
+        steps = _VocabParallelLogProbsSteps
+        log_probs = torch.empty(targets.shape, dtype=torch.float32, device=hidden.device)
+        log_sum_exp = torch.empty_like(log_probs)
+        for start in range(0, hidden.size(0), chunk_size):
+            part = slice(start, start + chunk_size)
+            logits = torch.nn.functional.linear(hidden[part], weight)
+            masked = steps.masked_float_logits(logits, vocab_start, vocab_size)
+            logits_max = masked.amax(dim=-1)
+            _all_reduce(logits_max, dist.ReduceOp.MAX, tp_group, world_size)
+            shifted = masked - logits_max.unsqueeze(-1)
+            target_logits, _, _ = steps.local_target_logits(
+                shifted, targets[part].unsqueeze(-1), vocab_start, true_vocab
+            )
+            target_logits = target_logits.squeeze(-1)
+            _all_reduce(target_logits, dist.ReduceOp.SUM, tp_group, world_size)
+            sum_exp = shifted.exp_().sum(dim=-1)
+            _all_reduce(sum_exp, dist.ReduceOp.SUM, tp_group, world_size)
+            log_probs[part] = target_logits - torch.log(sum_exp)
+            log_sum_exp[part] = logits_max + torch.log(sum_exp)
+        outside = (targets < 0) | (targets >= true_vocab)
+        log_probs = log_probs.masked_fill(outside, float("-inf"))
+        ctx.save_for_backward(hidden, weight, targets, log_sum_exp)
+        ctx.vocab = (vocab_start, vocab_size, true_vocab)
+        ctx.chunk_size = chunk_size
+        return log_probs
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        hidden, weight, targets, log_sum_exp = ctx.saved_tensors
+        vocab_start, vocab_size, true_vocab = ctx.vocab
+        steps = _VocabParallelLogProbsSteps
+        grad_output = grad_output.float()
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        for start in range(0, hidden.size(0), ctx.chunk_size):
+            part = slice(start, start + ctx.chunk_size)
+            logits = torch.nn.functional.linear(hidden[part], weight)
+            masked = steps.masked_float_logits(logits, vocab_start, vocab_size)
+            softmax = (masked - log_sum_exp[part].unsqueeze(-1)).exp_()
+            grad = grad_output[part]
+            # d logp / d z_j = 1[j = target] − softmax_j, the one-hot on the target's shard only
+            grad_logits = softmax.mul_(-grad.unsqueeze(-1))
+            _, local_targets, on_shard = steps.local_target_logits(
+                grad_logits, targets[part].unsqueeze(-1), vocab_start, true_vocab
+            )
+            grad_logits.scatter_add_(-1, local_targets, grad.unsqueeze(-1) * on_shard)
+            grad_logits = grad_logits.to(hidden.dtype)
+            grad_hidden[part] = grad_logits @ weight
+            grad_weight.addmm_(grad_logits.t().float(), hidden[part].float())
+        return grad_hidden, grad_weight.to(weight.dtype), None, None, None, None
+
+
+def chunked_output_log_probs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    token_ids: torch.Tensor,
+    *,
+    tp_group: dist.ProcessGroup | None,
+    vocab_size: int | None = None,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """The output layer and full-vocabulary log-probs of ``token_ids`` at ``n`` positions.
+
+    Applies this rank's output-weight shard to ``chunk_size`` positions at a time and recomputes
+    the logits in backward, so the head's peak memory is one chunk's ``[c, V/tp]`` float32
+    logits instead of ``[n, V/tp]`` (the fp32-logits out-of-memory of DPO trainers).
+
+    Args:
+        hidden: ``[n, h]`` final hidden states at the positions, identical on every TP rank
+            (pass them through ``copy_to_tensor_model_parallel_region`` so that their gradient
+            is summed over the vocabulary shards).
+        weight: ``[V/tp, h]`` this rank's output-layer weight shard.
+        token_ids: ``[n]`` global ids (the labels), identical on every TP rank.
+        tp_group: see :func:`vocab_parallel_log_probs`.
+        vocab_size: see :func:`vocab_parallel_log_probs`.
+        chunk_size: positions per chunk.
+
+    Returns:
+        ``[n]`` float32 log-probs, identical on every rank of ``tp_group``. Differentiable
+        w.r.t. ``hidden`` and ``weight``; backward runs once (as with Megatron's losses).
+    """
+    if hidden.dim() != 2 or token_ids.shape != hidden.shape[:1] or weight.dim() != 2:
+        raise ValueError(
+            f"expected hidden [n, h], weight [V/tp, h] and token_ids [n], got "
+            f"{tuple(hidden.shape)}, {tuple(weight.shape)} and {tuple(token_ids.shape)}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return _ChunkedOutputLogProbs.apply(
+        hidden, weight, token_ids, tp_group, vocab_size, chunk_size
+    )

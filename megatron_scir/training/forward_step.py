@@ -4,8 +4,9 @@ A micro-batch of k pairs is one fixed-shape batch ``[B, S]`` whose rows are give
 :class:`~megatron_scir.data.layout.MicroBatchLayout`: y1 policy rows, y2 policy rows, then the
 judge rows. Every pipeline stage runs the transformer over the whole batch; the last stage then
 
-1. applies the output layer to the 2k policy rows and reduces their vocab-parallel logits to
-   response log-probs ``[2k]`` (:func:`policy_sequence_logps`);
+1. applies the output layer to the 2k policy rows **at their response positions only**, in
+   chunks recomputed in backward, and reduces the vocab-parallel logits to response log-probs
+   ``[2k]`` (:func:`policy_sequence_logps`);
 2. if the loss mode reads the judge, applies the output layer to the judge rows **at the verdict
    position only**, ``[J, V/tp]``, and reads the full-vocabulary log-probs of the verdict/score
    tokens ``[J, K]`` (:func:`judge_candidate_logps`), which the judge format turns into log-odds;
@@ -37,8 +38,8 @@ from megatron_scir.losses import LossModeSpec, LossOptions, PairTensors, loss_mo
 from megatron_scir.losses.preference import metric
 from megatron_scir.parallel.reductions import reduce_metrics
 from megatron_scir.parallel.vocab_parallel import (
+    chunked_output_log_probs,
     vocab_parallel_candidate_log_probs,
-    vocab_parallel_log_probs,
 )
 from megatron_scir.rewards import sequence_logps, verdict_mass
 
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 Batch = dict[str, torch.Tensor]
+DEFAULT_LOGPROB_CHUNK = 1024  # TrainConfig.logprob_chunk_size
 
 
 def policy_sequence_logps(
@@ -61,8 +63,15 @@ def policy_sequence_logps(
     *,
     tp_group: dist.ProcessGroup | None,
     vocab_size: int,
+    chunk_size: int = DEFAULT_LOGPROB_CHUNK,
 ) -> torch.Tensor:
-    """Response log-probs of the policy rows, from the vocab-parallel logits of every position.
+    """Response log-probs of the policy rows, from the output layer at response positions only.
+
+    The prompt's and the padding's logits are never used, so they are never made: the hidden
+    states at the response positions (``loss_mask``) go through the output layer
+    ``chunk_size`` positions at a time, recomputed in backward
+    (:func:`~megatron_scir.parallel.vocab_parallel.chunked_output_log_probs`). The head's
+    largest tensor is ``[chunk_size, V/tp]`` float32, not ``[rows, s, V/tp]``.
 
     Args:
         head: the last stage's ``megatron_scir.models.OutputHead``.
@@ -71,14 +80,25 @@ def policy_sequence_logps(
         loss_mask: ``[len(rows), s]`` 1.0 on response tokens.
         tp_group: the tensor-parallel group the vocabulary is split over (``None``: no TP).
         vocab_size: the tokenizer's vocabulary (padded ids get no probability).
+        chunk_size: response positions per output-layer chunk (``train.logprob_chunk_size``).
 
     Returns:
         ``[len(rows)]`` float32 ``log πθ(y|x)``, identical on every TP rank.
     """
-    token_logps = vocab_parallel_log_probs(
-        head.logits(rows), labels, tp_group=tp_group, vocab_size=vocab_size
+    row_index, positions = (loss_mask > 0).nonzero(as_tuple=True)
+    batch_rows = torch.arange(rows.start, rows.stop, device=loss_mask.device)[row_index]
+    token_logps = chunked_output_log_probs(
+        head.hidden_at(batch_rows, positions),
+        head.output_weight,
+        labels[row_index, positions],
+        tp_group=tp_group,
+        vocab_size=vocab_size,
+        chunk_size=chunk_size,
     )
-    return sequence_logps(token_logps, loss_mask)
+    # back into [rows, s] and summed per row as before: the same sum, in the same order
+    per_position = torch.zeros(loss_mask.shape, dtype=torch.float32, device=loss_mask.device)
+    per_position = per_position.index_put((row_index, positions), token_logps)
+    return sequence_logps(per_position, loss_mask)
 
 
 def judge_candidate_logps(
@@ -119,6 +139,7 @@ def _last_stage_outputs(
     candidate_ids: torch.Tensor | None,
     tp_group: dist.ProcessGroup | None,
     vocab_size: int,
+    chunk_size: int = DEFAULT_LOGPROB_CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(policy_logps [2k], candidate_logps [J, K] | None)``: the judge rows are read only
     when ``candidate_ids`` are given (the loss mode reads the judge)."""
@@ -130,6 +151,7 @@ def _last_stage_outputs(
         batch["loss_mask"][policy],
         tp_group=tp_group,
         vocab_size=vocab_size,
+        chunk_size=chunk_size,
     )
     if candidate_ids is None:
         return policy_logps, None
@@ -229,7 +251,12 @@ def make_forward_step(
     if not mode.needs_judge:
         layouts.append(MicroBatchLayout.from_config(cfg, with_judge=True))
     candidates = None if judge is None else torch.tensor(list(candidate_ids), dtype=torch.long)
-    head_fn = partial(_last_stage_outputs, tp_group=tp_group, vocab_size=cfg.model.vocab_size)
+    head_fn = partial(
+        _last_stage_outputs,
+        tp_group=tp_group,
+        vocab_size=cfg.model.vocab_size,
+        chunk_size=cfg.train.logprob_chunk_size,
+    )
 
     on_device: dict[torch.device, torch.Tensor] = {}  # the candidate ids, copied once
 
@@ -279,7 +306,12 @@ def make_reference_forward_step(
     candidates = (
         None if candidate_ids is None else torch.tensor(list(candidate_ids), dtype=torch.long)
     )
-    head_fn = partial(_last_stage_outputs, tp_group=tp_group, vocab_size=cfg.model.vocab_size)
+    head_fn = partial(
+        _last_stage_outputs,
+        tp_group=tp_group,
+        vocab_size=cfg.model.vocab_size,
+        chunk_size=cfg.train.logprob_chunk_size,
+    )
 
     def forward_step(data_iterator: Iterator[Batch], model: torch.nn.Module):
         batch = _to_model_device(next(data_iterator), model)

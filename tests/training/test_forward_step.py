@@ -139,6 +139,41 @@ def _judge_allocations(cfg, model, batch):
     return {name: tracker.largest for name, tracker in trackers.items()}
 
 
+POLICY_CHUNK = 4  # response positions per output-layer chunk in the allocation test
+
+
+def _policy_allocations(cfg, model, batch):
+    """Largest allocation of the chunked policy head, and of the full-logits one it replaced."""
+    from megatron_scir.models import forward_last_stage
+    from megatron_scir.parallel.vocab_parallel import vocab_parallel_log_probs
+    from megatron_scir.rewards import sequence_logps
+    from megatron_scir.training.forward_step import policy_sequence_logps
+
+    policy = slice(0, 2 * cfg.train.micro_batch_size)
+    labels, mask = batch["labels"][policy], batch["loss_mask"][policy]
+    trackers = {"chunked": AllocationTracker(), "full_logits": AllocationTracker()}
+    values = {}
+
+    def head_fn(head):
+        with trackers["chunked"]:
+            logps = policy_sequence_logps(
+                head, policy, labels, mask, tp_group=None, vocab_size=cfg.model.vocab_size,
+                chunk_size=POLICY_CHUNK,
+            )
+            (values["chunked"],) = torch.autograd.grad(logps.sum(), head.hidden)
+        with trackers["full_logits"]:
+            token = vocab_parallel_log_probs(
+                head.logits(policy), labels, tp_group=None, vocab_size=cfg.model.vocab_size
+            )
+            full = sequence_logps(token, mask)
+            (values["full"],) = torch.autograd.grad(full.sum(), head.hidden)
+        values["logps"] = (logps.detach(), full.detach())
+
+    forward_last_stage(model, batch["tokens"], batch["position_ids"], head_fn)
+    sizes = {name: tracker.largest for name, tracker in trackers.items()}
+    return sizes, values, int((mask > 0).sum())
+
+
 def _single_process(rank, world_size):
     from megatron_scir.config import load_config
     from megatron_scir.parallel.state import destroy_model_parallel
@@ -163,6 +198,7 @@ def _single_process(rank, world_size):
     (model,), _ = build_with_master_weights(cfg, seed=11)
     batch = random_scir_batch(cfg, seq_length=SEQ, generator=torch.Generator().manual_seed(4))
     results["allocations"] = _judge_allocations(cfg, model, batch)
+    results["policy"] = _policy_allocations(cfg, model, batch)
     results["judge_rows"], results["vocab_shard"] = len(batch["verdict_positions"]), 256
     results["hidden_elements"] = SEQ * batch["tokens"].size(0) * cfg.model.hidden_size
     wrong = {**batch, "tokens": batch["tokens"][:-1], "position_ids": batch["position_ids"][:-1]}
@@ -206,6 +242,21 @@ def test_judge_allocates_nothing_of_sequence_times_batch_times_vocab_size(single
     assert allocations["verdict_position"] < limit, allocations
     # The negative control: the same tracker catches a judge that makes full logits.
     assert allocations["full_logits"] >= limit, allocations
+
+
+def test_the_policy_head_allocates_one_chunk_of_logits_not_rows_times_sequence(single_process):
+    sizes, values, responses = single_process["policy"]
+    vocab, rows = single_process["vocab_shard"], 4  # 2k policy rows
+    full = rows * SEQ * vocab
+    assert responses > 2 * POLICY_CHUNK  # several chunks
+    # the chunk's float32 logits, or the gradient of the hidden states [s, b, h]
+    bound = max(POLICY_CHUNK * vocab, single_process["hidden_elements"])
+    assert sizes["chunked"] <= bound < full, sizes
+    assert sizes["full_logits"] >= full, sizes  # the tracker sees the old head's logits
+    # and the two heads agree: the same log-probs and the same gradient
+    chunked, dense = values["logps"]
+    torch.testing.assert_close(chunked, dense, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(values["chunked"], values["full"], rtol=1e-4, atol=1e-7)
 
 
 def test_a_micro_batch_with_the_wrong_number_of_rows_is_refused_naming_the_layout(single_process):
