@@ -73,12 +73,13 @@ Training, per pipeline stage (the table shows the first and the last; the worst 
    (the ``interleaved_schedule_memory_penalty`` of ``theoretical_memory_usage.py``). Activations
    are counted in β bytes also under FP8 (TE's FP8 copies of linear inputs would be smaller:
    an upper bound).
-6. **Logits** (last stage, one micro-batch in flight) = 2 × 4 × (2k · S + k · r) × V'/t:
-   the policy rows' float32 vocab-parallel logits [2k, S, V'/t] and a second buffer of that
-   size (the log-softmax / softmax kept for backward; ``parallel/vocab_parallel.py`` holds the
-   16-bit logits and one float32 buffer, 6 bytes, so 8 is an upper bound), and the judge rows
-   only at the verdict position ([k·r, V'/t], ``OutputHead.logits_at``) — the classic DPO OOM
-   term.
+6. **Logits** (last stage, one micro-batch in flight) = 2 × 4 × (c + k · r) × V'/t: the
+   policy rows' output layer runs on their response positions only, c =
+   min(``train.logprob_chunk_size``, 2k · response budget) at a time, recomputed in backward
+   (``parallel/vocab_parallel.chunked_output_log_probs``): one chunk's float32 logits and a
+   second buffer of that size (the shifted / exponentiated copy). The judge rows are read only at
+   the verdict position ([k·r, V'/t], ``OutputHead.logits_at``). Without the chunking this was
+   2k · S positions: the classic DPO out-of-memory term.
 7. **Overhead** = a constant (default 3 GiB, ``--overhead-gb``): CUDA context, NCCL buffers of
    the TP/PP/DP groups, cuBLAS/TE workspaces, allocator fragmentation.
 
@@ -597,12 +598,12 @@ def _bf16_layers(m: ModelConfig, layout: _Layout, stage: int) -> int:
 
 
 def logits_bytes(
-    m: ModelConfig, *, policy_rows: int, judge_rows: int, seq_length: int, tp: int
+    m: ModelConfig, *, policy_positions: int, judge_rows: int, tp: int
 ) -> float:
-    """Item 6: the policy rows' float32 logits at every position, the judge rows' at one."""
+    """Item 6: the float32 logits of one chunk of policy response positions and of the judge
+    rows at their verdict position."""
     vocab_shard = _padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, tp) // tp
-    positions = policy_rows * seq_length + judge_rows
-    return LOGITS_BUFFERS * FP32_BYTES * positions * vocab_shard
+    return LOGITS_BUFFERS * FP32_BYTES * (policy_positions + judge_rows) * vocab_shard
 
 
 def _training_stage(
@@ -617,11 +618,11 @@ def _training_stage(
     )
     logits = 0.0
     if stage == layout.pp - 1:  # the output layer's stage; one micro-batch in flight there
+        responses = rows.policy_rows * cfg.data.max_response_length
         logits = logits_bytes(
             cfg.model,
-            policy_rows=rows.policy_rows,
+            policy_positions=min(cfg.train.logprob_chunk_size, responses),
             judge_rows=rows.judge_rows,
-            seq_length=rows.seq_length,
             tp=layout.tp,
         )
     return StageMemory(

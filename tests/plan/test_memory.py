@@ -233,11 +233,14 @@ def test_judge_rows_per_pair_follow_the_micro_batch_layout(overrides, rows):
     assert (plan.rows_per_micro_batch, plan.seq_length) == (layout.num_rows, layout.seq_length)
 
 
-def test_the_logits_term_is_the_policy_rows_at_every_position_and_the_judge_rows_at_one():
+def test_the_logits_term_is_one_chunk_of_response_positions_and_the_judge_rows_at_one():
     plan = _plan("llama3_70b_fp8", ["train.micro_batch_size=2"], nodes=4)
     vocab_shard = 129024 // 8
-    assert plan.training[-1].logits == 2 * 4 * (2 * 2 * 2048 + 2 * 2) * vocab_shard
+    # 4 policy rows × 512 response tokens = 2048 positions, in chunks of 1024
+    assert plan.training[-1].logits == 2 * 4 * (1024 + 2 * 2) * vocab_shard
     assert plan.training[0].logits == 0
+    small = _plan("llama3_70b_fp8", ["train.logprob_chunk_size=4096"], nodes=4)
+    assert small.training[-1].logits == 2 * 4 * (2 * 512 + 2) * vocab_shard  # all of them
 
 
 # --- public layouts -----------------------------------------------------------------------------
@@ -275,7 +278,7 @@ def test_70b_dpo_on_two_nodes_of_tp8_pp2_fits_with_bf16_mixed_optimizer_memory()
     state = default.training_peak
     assert state.weights + state.gradients + state.optimizer == 18 * state.params
     assert not default.fits
-    assert "parallel.grad_reduce_in_fp32=false (→ 70.7 GiB, fits)" in default.verdict
+    assert "parallel.grad_reduce_in_fp32=false (→ 70.3 GiB, fits)" in default.verdict
     assert "--nodes 4" in default.verdict
     assert _plan("llama3_70b_fp8", DPO_2_NODES, nodes=2, gpu_memory_gb=141).fits  # H200
     assert _plan("llama3_70b_fp8", DPO_2_NODES, nodes=4).fits  # DP 2
