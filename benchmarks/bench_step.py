@@ -300,18 +300,30 @@ def hf_step(hf_model, loss_fn, batches: list[Batch]) -> dict[str, float]:
 def hf_pair_loss(cfg, logps: torch.Tensor, batch: Batch):
     """The SCIR/DPO loss from full log-probs ``[B, S, V]`` (what ``forward_step._loss_func``
     computes from the vocab-parallel head)."""
+    from megatron_scir.data.layout import MicroBatchLayout
+    from megatron_scir.losses import loss_mode
+
+    layout = MicroBatchLayout.from_config(cfg)
+    judge = logps[layout.judge_rows] if loss_mode(cfg.scir.mode).needs_judge else None
+    return hf_pair_loss_parts(cfg, logps[layout.policy_rows], judge, batch)
+
+
+def hf_pair_loss_parts(cfg, policy: torch.Tensor, judge: torch.Tensor | None, batch: Batch):
+    """The same loss from the policy rows' log-probs ``[2k, Lp, V]`` and the judge rows'
+    ``[J, Lj, V]`` (each as long as its own rows need)."""
     from megatron_scir.data.judges import judge_format
     from megatron_scir.data.layout import MicroBatchLayout
     from megatron_scir.losses import LossOptions, PairTensors, loss_mode
 
     layout, mode = MicroBatchLayout.from_config(cfg), loss_mode(cfg.scir.mode)
-    policy = layout.policy_rows
-    token_logps = logps[policy].gather(-1, batch["labels"][policy].unsqueeze(-1)).squeeze(-1)
-    policy_logps = (token_logps * batch["loss_mask"][policy]).sum(dim=-1)
+    width = policy.size(1)
+    labels = batch["labels"][layout.policy_rows, :width]
+    token_logps = policy.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    policy_logps = (token_logps * batch["loss_mask"][layout.policy_rows, :width]).sum(dim=-1)
     judge_logits = None
     if mode.needs_judge:
-        rows = torch.arange(layout.judge_rows.start, layout.judge_rows.stop, device=logps.device)
-        verdict = logps[rows, batch["verdict_positions"]][:, list(VERDICT_IDS)]
+        rows = torch.arange(judge.size(0), device=judge.device)
+        verdict = judge[rows, batch["verdict_positions"]][:, list(VERDICT_IDS)]
         judge_logits = judge_format(cfg.judge).log_odds(verdict, layout.num_pairs)
     y1, y2 = layout.policy_side_rows(0), layout.policy_side_rows(1)
     ref, lengths = batch["ref_logps"], batch["response_lengths"]
@@ -324,6 +336,66 @@ def hf_pair_loss(cfg, logps: torch.Tensor, batch: Batch):
         judge_logits=judge_logits,
     )
     return mode.loss(pairs, LossOptions.from_config(cfg))
+
+
+def real_lengths(batch: Batch, num_policy_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real tokens of each policy row (its last response label + 1) and judge row (its verdict
+    position + 1): what a peer that pads each kind to its longest row processes."""
+    mask = batch["loss_mask"][:num_policy_rows] > 0
+    last = torch.where(mask, torch.arange(mask.size(1), device=mask.device), -1).amax(dim=-1)
+    judge = batch.get("verdict_positions", torch.empty(0, dtype=torch.int64)) + 1
+    return last + 2, judge
+
+
+def hf_step_per_kind(hf_model, cfg, mode: str, batches: list[Batch]) -> dict[str, float]:
+    """HF with the policy rows and the judge rows as two batches, each padded only to its own
+    longest row (the peer a careful user writes without packing)."""
+    from megatron_scir.data.layout import MicroBatchLayout
+    from megatron_scir.parallel.reductions import reduce_metrics
+
+    layout = MicroBatchLayout.from_config(cfg)
+    per_microbatch = []
+    for batch in batches:
+        policy_rows = layout.num_policy_rows if mode != "sft" else batch["tokens"].size(0)
+        policy_len, judge_len = real_lengths(batch, policy_rows)
+        width = int(policy_len.max())
+        rows = slice(0, policy_rows)
+        logits = hf_model(
+            input_ids=batch["tokens"][rows, :width],
+            position_ids=batch["position_ids"][rows, :width],
+        ).logits.float().log_softmax(dim=-1)
+        if mode == "sft":
+            trimmed = {key: batch[key][:, :width] for key in ("labels", "loss_mask")}
+            loss, metrics = hf_sft_loss(logits, trimmed)
+        else:
+            judge = None
+            if mode == "scir":
+                jwidth, jrows = int(judge_len.max()), layout.judge_rows
+                judge = hf_model(
+                    input_ids=batch["tokens"][jrows, :jwidth],
+                    position_ids=batch["position_ids"][jrows, :jwidth],
+                ).logits.float().log_softmax(dim=-1)
+            loss, metrics = hf_pair_loss_parts(cfg, logits, judge, batch)
+        (loss / len(batches)).backward()
+        per_microbatch.append(metrics)
+    return reduce_metrics(per_microbatch)
+
+
+def per_kind_tokens(cfg, mode: str, batches: list[Batch]) -> tuple[int, int]:
+    """(tokens the per-kind peer processes, real tokens) over ``batches``."""
+    from megatron_scir.data.layout import MicroBatchLayout
+
+    layout = MicroBatchLayout.from_config(cfg)
+    processed = real = 0
+    for batch in batches:
+        policy_rows = layout.num_policy_rows if mode != "sft" else batch["tokens"].size(0)
+        policy_len, judge_len = real_lengths(batch, policy_rows)
+        if mode != "scir":
+            judge_len = judge_len[:0]
+        processed += policy_rows * int(policy_len.max())
+        processed += len(judge_len) * int(judge_len.max()) if len(judge_len) else 0
+        real += int(policy_len.sum()) + int(judge_len.sum())
+    return processed, real
 
 
 def hf_sft_loss(logps: torch.Tensor, batch: Batch):
@@ -384,7 +456,7 @@ def measure(sides: list[Side], args: argparse.Namespace) -> None:
 
 
 def mode_sides(mode, cfg, runtime, model, hf_model, batches) -> list[Side]:
-    """megatron-scir and HF for ``mode``."""
+    """megatron-scir, HF (one batch) and HF per kind (policy and judge rows apart) for ``mode``."""
     from functools import partial
 
     from megatron_scir.training.forward_step import make_forward_step
@@ -413,7 +485,11 @@ def mode_sides(mode, cfg, runtime, model, hf_model, batches) -> list[Side]:
         grad_norm=lambda: _norm(p.grad for p in hf_params if p.grad is not None),
         resident=resident_bytes(hf_params),
     )
-    return [megatron, hf]
+    per_kind = dataclasses.replace(
+        hf, name="HF per kind", step=lambda: hf_step_per_kind(hf_model, cfg, mode, batches),
+        seconds=[], metrics={},
+    )
+    return [megatron, hf, per_kind]
 
 
 def _zero_grad_buffers(model: list) -> None:
@@ -430,41 +506,59 @@ def _norm(grads) -> float:
 
 
 def _loss_diff(sides: list[Side]) -> float:
-    ours, theirs = (side.metrics for side in sides)
+    """The largest ``loss/*`` difference between the first side and any other."""
+    return max(_pair_loss_diff(sides[0], other) for other in sides[1:])
+
+
+def _pair_loss_diff(first: Side, second: Side) -> float:
+    ours, theirs = first.metrics, second.metrics
     keys = [key for key in ours if key.startswith("loss/") and key in theirs]
     return max(abs(ours[key] - theirs[key]) for key in keys)
 
 
-def print_tables(results: dict[str, list[Side]], tokens: dict[str, tuple[int, int, int]]) -> None:
-    print("| mode | M × B × S | implementation | s/step | tokens/s | peak memory GiB |")
-    print("|---|---|---|---|---|---|")
+def print_tables(
+    results: dict[str, list[Side]],
+    tokens: dict[str, tuple[int, int, int]],
+    per_kind: dict[str, tuple[int, int]],
+) -> None:
+    print(
+        "| mode | M × B × S | implementation | tokens processed | real tokens | s/step | "
+        "tokens/s | peak memory GiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for mode, sides in results.items():
         micro, rows, seq = tokens[mode]
+        processed, real = per_kind[mode]
         for side in sides:
             seconds = statistics.median(side.seconds)
+            done = processed if side.name == "HF per kind" else micro * rows * seq
             print(
-                f"| {mode} | {micro} × {rows} × {seq} | {side.name} | {seconds:.3f} | "
+                f"| {mode} | {micro} × {rows} × {seq} | {side.name} | {done:,} "
+                f"({100 * real / done:.0f} % real) | {real:,} | {seconds:.3f} | "
                 f"{micro * rows * seq / seconds:,.0f} | {side.peak / 2**30:.3f} |"
             )
-        ours, theirs = sides
-        speed = statistics.median(theirs.seconds) / statistics.median(ours.seconds)
-        print(
-            f"| {mode} | | **megatron-scir / HF** | | **{speed:.2f}×** | "
-            f"**{ours.peak / theirs.peak:.2f}×** |"
-        )
+        ours = sides[0]
+        for theirs in sides[1:]:
+            speed = statistics.median(theirs.seconds) / statistics.median(ours.seconds)
+            print(
+                f"| {mode} | | **megatron-scir / {theirs.name}** | | | | **{speed:.2f}×** | "
+                f"**{ours.peak / theirs.peak:.2f}×** |"
+            )
     print()
     print(
         "| mode | loss/total megatron-scir | loss/total HF | max abs loss diff | "
         "grad norm megatron-scir | grad norm HF | rel grad-norm diff |"
     )
     print("|---|---|---|---|---|---|---|")
-    for mode, (ours, theirs) in results.items():
-        norms = ours.norm, theirs.norm
-        print(
-            f"| {mode} | {ours.metrics['loss/total']:.6f} | {theirs.metrics['loss/total']:.6f} | "
-            f"{_loss_diff([ours, theirs]):.1e} | {norms[0]:.4f} | {norms[1]:.4f} | "
-            f"{abs(norms[0] - norms[1]) / max(norms[1], 1e-30):.1e} |"
-        )
+    for mode, (ours, *peers) in results.items():
+        for theirs in peers:
+            norms = ours.norm, theirs.norm
+            print(
+                f"| {mode} ({theirs.name}) | {ours.metrics['loss/total']:.6f} | "
+                f"{theirs.metrics['loss/total']:.6f} | {_pair_loss_diff(ours, theirs):.1e} | "
+                f"{norms[0]:.4f} | {norms[1]:.4f} | "
+                f"{abs(norms[0] - norms[1]) / max(norms[1], 1e-30):.1e} |"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -488,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
             hf_model = hf_model.to(device).train()
             batches = make_batches(args, cfgs, runtime, model, device)
             _print_header(args, model, hf_model, device)
-            results, tokens = {}, {}
+            results, tokens, per_kind = {}, {}, {}
             for mode in args.modes:
                 cfg = cfgs["scir" if mode == "scir" else "dpo"]
                 sides = mode_sides(mode, cfg, runtime, model, hf_model, batches[mode])
@@ -498,11 +592,13 @@ def main(argv: list[str] | None = None) -> int:
                 hf_model.zero_grad(set_to_none=True)
                 results[mode] = sides
                 tokens[mode] = (args.micro_batches, *batches[mode][0]["tokens"].shape)
-            print_tables(results, tokens)
+                per_kind[mode] = per_kind_tokens(cfg, mode, batches[mode])
+            print_tables(results, tokens, per_kind)
     worst = max(_loss_diff(sides) for sides in results.values())
     checked = f"checked against {LOSS_TOLERANCE}" if args.dtype == Dtype.FLOAT32 else "unchecked"
     print(
-        f"\nmax abs loss difference (megatron-scir vs HF, every loss/* metric; {checked}): "
+        f"\nmax abs loss difference (megatron-scir vs both HF peers, every loss/* metric; "
+        f"{checked}): "
         f"{worst:.2e}"
     )
     if args.dtype == Dtype.FLOAT32 and not worst <= LOSS_TOLERANCE:

@@ -29,11 +29,16 @@ def test_tiny_step_benchmark_prints_every_mode_and_agrees_with_hf_on_the_loss():
     run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout
-    assert "| mode | M × B × S | implementation | s/step | tokens/s |" in out
+    assert "| mode | M × B × S | implementation | tokens processed | real tokens | s/step |" in out
     for mode, shape in (("scir", "1 × 8 × 64"), ("dpo", "1 × 4 × 32"), ("sft", "1 × 4 × 32")):
-        for name in ("megatron-scir", "HF"):
+        for name in ("megatron-scir", "HF", "HF per kind"):
             assert f"| {mode} | {shape} | {name} |" in out, (mode, name)
         assert f"| {mode} | | **megatron-scir / HF** |" in out, mode
+        assert f"| {mode} | | **megatron-scir / HF per kind** |" in out, mode
+        # the per-kind peer pads each kind to its longest row: fewer tokens than B × S
+        row = re.search(rf"\| {mode} \| {shape} \| HF per kind \| ([\d,]+) \(", out)
+        rows, seq = map(int, shape.split(" × ")[1:])
+        assert row is not None and int(row.group(1).replace(",", "")) < rows * seq, out
     worst = re.search(r"max abs loss difference .*: (\S+)", out)
     assert worst is not None, out
     assert float(worst.group(1)) <= 1e-4
