@@ -45,6 +45,7 @@ from megatron_scir.rewards import sequence_logps, verdict_mass
 
 __all__ = [
     "policy_sequence_logps",
+    "response_token_logps",
     "judge_candidate_logps",
     "make_forward_step",
     "make_reference_forward_step",
@@ -85,6 +86,26 @@ def policy_sequence_logps(
     Returns:
         ``[len(rows)]`` float32 ``log πθ(y|x)``, identical on every TP rank.
     """
+    token_logps = response_token_logps(
+        head, rows, labels, loss_mask, tp_group=tp_group, vocab_size=vocab_size,
+        chunk_size=chunk_size,
+    )
+    return sequence_logps(token_logps, loss_mask)
+
+
+def response_token_logps(
+    head,
+    rows: slice,
+    labels: torch.Tensor,
+    loss_mask: torch.Tensor,
+    *,
+    tp_group: dist.ProcessGroup | None,
+    vocab_size: int,
+    chunk_size: int = DEFAULT_LOGPROB_CHUNK,
+) -> torch.Tensor:
+    """``[len(rows), s]`` float32 log-probs of the labels where ``loss_mask`` is set, 0 elsewhere,
+    from the output layer at those positions only, ``chunk_size`` at a time (recomputed in
+    backward). Shared by the preference losses and the SFT step."""
     row_index, positions = (loss_mask > 0).nonzero(as_tuple=True)
     batch_rows = torch.arange(rows.start, rows.stop, device=loss_mask.device)[row_index]
     token_logps = chunked_output_log_probs(
@@ -95,10 +116,8 @@ def policy_sequence_logps(
         vocab_size=vocab_size,
         chunk_size=chunk_size,
     )
-    # back into [rows, s] and summed per row as before: the same sum, in the same order
     per_position = torch.zeros(loss_mask.shape, dtype=torch.float32, device=loss_mask.device)
-    per_position = per_position.index_put((row_index, positions), token_logps)
-    return sequence_logps(per_position, loss_mask)
+    return per_position.index_put((row_index, positions), token_logps)
 
 
 def judge_candidate_logps(

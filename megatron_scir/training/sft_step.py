@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from megatron_scir.config import Config
 from megatron_scir.losses.preference import metric
-from megatron_scir.parallel.vocab_parallel import vocab_parallel_log_probs
+from megatron_scir.training.forward_step import response_token_logps
 
 Batch = dict[str, torch.Tensor]
 
@@ -44,16 +44,19 @@ def make_sft_forward_step(
 
     Returns:
         The forward-step callable: on the last pipeline stage the output is the ``[b, s]``
-        float32 log-probs of the labels and ``loss_func`` gives ``(loss, metrics)``.
+        float32 log-probs of the target labels (0 elsewhere) and ``loss_func`` gives
+        ``(loss, metrics)``.
     """
     from megatron_scir.models import forward_last_stage
 
     vocab_size = cfg.model.vocab_size
 
     def head_fn(head, batch: Batch) -> torch.Tensor:
+        # the output layer at the target positions only, in chunks (as the policy rows)
         rows = slice(0, batch["tokens"].size(0))
-        return vocab_parallel_log_probs(
-            head.logits(rows), batch["labels"], tp_group=tp_group, vocab_size=vocab_size
+        return response_token_logps(
+            head, rows, batch["labels"], batch["loss_mask"], tp_group=tp_group,
+            vocab_size=vocab_size, chunk_size=cfg.train.logprob_chunk_size,
         )
 
     def forward_step(data_iterator: Iterator[Batch], model: torch.nn.Module):
