@@ -347,6 +347,11 @@ def real_lengths(batch: Batch, num_policy_rows: int) -> tuple[torch.Tensor, torc
     return last + 2, judge
 
 
+def _policy_rows(layout, mode: str, batch: Batch) -> int:
+    """Rows read as policy (or SFT) sequences: every row in ``sft``, else the layout's 2k."""
+    return batch["tokens"].size(0) if mode == "sft" else layout.num_policy_rows
+
+
 def hf_step_per_kind(hf_model, cfg, mode: str, batches: list[Batch]) -> dict[str, float]:
     """HF with the policy rows and the judge rows as two batches, each padded only to its own
     longest row (the peer a careful user writes without packing)."""
@@ -356,7 +361,7 @@ def hf_step_per_kind(hf_model, cfg, mode: str, batches: list[Batch]) -> dict[str
     layout = MicroBatchLayout.from_config(cfg)
     per_microbatch = []
     for batch in batches:
-        policy_rows = layout.num_policy_rows if mode != "sft" else batch["tokens"].size(0)
+        policy_rows = _policy_rows(layout, mode, batch)
         policy_len, judge_len = real_lengths(batch, policy_rows)
         width = int(policy_len.max())
         rows = slice(0, policy_rows)
@@ -388,7 +393,7 @@ def per_kind_tokens(cfg, mode: str, batches: list[Batch]) -> tuple[int, int]:
     layout = MicroBatchLayout.from_config(cfg)
     processed = real = 0
     for batch in batches:
-        policy_rows = layout.num_policy_rows if mode != "sft" else batch["tokens"].size(0)
+        policy_rows = _policy_rows(layout, mode, batch)
         policy_len, judge_len = real_lengths(batch, policy_rows)
         if mode != "scir":
             judge_len = judge_len[:0]

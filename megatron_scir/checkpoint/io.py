@@ -287,11 +287,10 @@ def _start_writer_queue() -> None:
     the middle of the save the signal asked for. A spawned process inherits the signal mask, so
     starting the server with both signals blocked makes it immune, while this process only
     defers them for the few milliseconds of the start (they are delivered after, not lost).
+    Later calls find the queue started and return it at once.
     """
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
-    if filesystem_async._results_queue is not None:
-        return
     stop_signals = {signal.SIGTERM, signal.SIGUSR1}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:

@@ -255,21 +255,18 @@ class OutputHead:
     so neither ``[s, b, h]`` nor ``[s, b, V/tp]`` is ever made for the judge rows.
     """
 
-    def __init__(
-        self, hidden: torch.Tensor, output_layer, output_weight, scale_logits, *, use_mup=False
-    ) -> None:
+    def __init__(self, hidden: torch.Tensor, output_layer, output_weight, scale_logits) -> None:
         self.hidden = hidden
         self._layer = output_layer
         self._weight = output_weight if output_weight is not None else output_layer.weight
         self._scale = scale_logits
-        self._use_mup = use_mup
 
     @property
     def output_weight(self) -> torch.Tensor:
         """This rank's output-layer weight shard ``[V/tp, h]``, for heads that apply it in
-        chunks (``parallel.vocab_parallel.chunked_output_log_probs``); unscaled logits only."""
-        if self._use_mup:
-            raise NotImplementedError("MuP-scaled logits: use OutputHead.logits")
+        chunks (``parallel.vocab_parallel.chunked_output_log_probs``). Their logits are the
+        plain ``hidden @ weight.T``: ``scale_logits`` only scales under MuP, which
+        :func:`transformer_config` never turns on."""
         return self._weight
 
     @property
@@ -339,9 +336,7 @@ def forward_last_stage(
         head_fn: called on the last stage with the stage's :class:`OutputHead`.
     """
 
-    def processor(*, hidden_states, output_layer, output_weight, scale_logits, config=None, **_):
-        use_mup = bool(getattr(config, "use_mup", False))
-        head = OutputHead(hidden_states, output_layer, output_weight, scale_logits, use_mup=use_mup)
-        return head_fn(head)
+    def processor(*, hidden_states, output_layer, output_weight, scale_logits, **_):
+        return head_fn(OutputHead(hidden_states, output_layer, output_weight, scale_logits))
 
     return model(tokens, position_ids, None, output_processor=processor)

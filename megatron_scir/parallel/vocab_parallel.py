@@ -296,7 +296,7 @@ def chunked_output_log_probs(
     *,
     tp_group: dist.ProcessGroup | None,
     vocab_size: int | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int,
 ) -> torch.Tensor:
     """The output layer and full-vocabulary log-probs of ``token_ids`` at ``n`` positions.
 
@@ -312,7 +312,7 @@ def chunked_output_log_probs(
         token_ids: ``[n]`` global ids (the labels), identical on every TP rank.
         tp_group: see :func:`vocab_parallel_log_probs`.
         vocab_size: see :func:`vocab_parallel_log_probs`.
-        chunk_size: positions per chunk.
+        chunk_size: positions per chunk (``train.logprob_chunk_size``).
 
     Returns:
         ``[n]`` float32 log-probs, identical on every rank of ``tp_group``. Differentiable

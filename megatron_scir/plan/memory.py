@@ -141,7 +141,6 @@ GIB = 2**30
 DEFAULT_GPU_MEMORY_GB = 80.0
 DEFAULT_HEADROOM = 0.1
 DEFAULT_OVERHEAD_GB = 3.0
-MAIN_GRAD_BYTES = 4  # fp32 main_grad (parallel.grad_reduce_in_fp32=true, parallel/ddp.py)
 FP32_BYTES = 4
 FP8_WEIGHT_COPY_BYTES = 2  # FP8 data + its transpose
 LOGITS_BUFFERS = 2  # float32 logits + the (log-)softmax buffer of the same size
@@ -582,10 +581,16 @@ def _state_bytes(
         fp8_linear = params.linear * (1 - _bf16_layers(m, layout, stage) / stage_layers)
     return dict(
         weights=params.total * beta,
-        gradients=params.total * (MAIN_GRAD_BYTES if cfg.parallel.grad_reduce_in_fp32 else beta),
+        gradients=params.total * DTYPE_BYTES[_grad_dtype(cfg)],
         optimizer=params.total * adam / shards,
         fp8_weight_copies=fp8_linear * FP8_WEIGHT_COPY_BYTES,
     )
+
+
+def _grad_dtype(cfg: Config) -> Dtype:
+    """The ``main_grad`` buffers' dtype: fp32 with ``parallel.grad_reduce_in_fp32``, else the
+    parameters'."""
+    return Dtype.FLOAT32 if cfg.parallel.grad_reduce_in_fp32 else dtype_name(cfg.model.params_dtype)
 
 
 def _bf16_layers(m: ModelConfig, layout: _Layout, stage: int) -> int:
@@ -883,9 +888,7 @@ def plan_memory(
         total_params=total_params(m, tp=layout.tp),
         padded_vocab=_padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, layout.tp),
         params_dtype=dtype_name(m.params_dtype).value,
-        grad_dtype=dtype_name(
-            Dtype.FLOAT32 if cfg.parallel.grad_reduce_in_fp32 else m.params_dtype
-        ).value,
+        grad_dtype=_grad_dtype(cfg).value,
         micro_batch_size=rows.pairs,
         rows_per_micro_batch=rows.rows,
         judge_rows_per_pair=rows.judge_rows_per_pair,

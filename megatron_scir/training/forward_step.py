@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_scir.config import Config
+from megatron_scir.config.schema import TrainConfig
 from megatron_scir.data.judges import JudgeFormat, judge_format
 from megatron_scir.data.layout import MicroBatchLayout
 from megatron_scir.losses import LossModeSpec, LossOptions, PairTensors, loss_mode
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 Batch = dict[str, torch.Tensor]
-DEFAULT_LOGPROB_CHUNK = 1024  # TrainConfig.logprob_chunk_size
+DEFAULT_LOGPROB_CHUNK = TrainConfig.logprob_chunk_size  # the schema's default
 
 
 def policy_sequence_logps(

@@ -93,10 +93,13 @@ class LocalCluster:
     _pid_files: list[Path] = field(default_factory=list)
     _munged: Path | None = None
 
-    def run(self, *args: str, check: bool = True, timeout: float = 60) -> str:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 60, env=None, cwd=None
+    ) -> str:
+        """A Slurm command against this cluster (``env`` replaces :attr:`env` when given)."""
         done = subprocess.run(
-            [_program(args[0]), *args[1:]], env=self.env, capture_output=True, text=True,
-            timeout=timeout,
+            [_program(args[0]), *args[1:]], env=self.env if env is None else env, cwd=cwd,
+            capture_output=True, text=True, timeout=timeout,
         )
         if check and done.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr}")

@@ -96,13 +96,8 @@ class Job:
             "sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0",
             "--time=15", str(SCRIPT), *_arguments(task),
         ]
-        previous = os.getcwd()
-        os.chdir(workdir)  # sbatch's --output (slurm-%x-%j.out) is relative to the submit dir
-        try:
-            self.cluster.env = env
-            self.id = cluster.run(*sbatch).strip().split(";")[0]
-        finally:
-            os.chdir(previous)
+        # sbatch's --output (slurm-%x-%j.out) is relative to the submit dir
+        self.id = cluster.run(*sbatch, env=env, cwd=workdir).strip().split(";")[0]
 
     def state(self) -> dict[str, str]:
         return self.cluster.job(self.id)
