@@ -77,6 +77,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--micro-batches", type=int, default=1, help="M per step")
     parser.add_argument("--policy-length", type=int, default=128, help="prompt + response")
     parser.add_argument("--judge-length", type=int, default=256)
+    parser.add_argument(
+        "--lengths",
+        choices=("uniform", "realistic"),
+        default="realistic",
+        help="pair length distribution (see synthetic_pairs)",
+    )
+    parser.add_argument(
+        "--judge-overhead",
+        type=int,
+        default=140,
+        help="tokens of the judge template around the prompt and responses (the presets' "
+        "pairwise template with a Llama-3 chat header: about 140)",
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed steps (median)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: scir,dpo,sft")
@@ -90,8 +103,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     if unknown := sorted(set(args.modes) - set(MODES)):
         parser.error(f"--modes: unknown {unknown}; choose from {list(MODES)}")
-    if min(args.policy_length, args.judge_length) < 32:
-        parser.error("--policy-length and --judge-length must be at least 32 (random batches)")
+    if min(args.policy_length, args.judge_length) < 64:
+        parser.error("--policy-length and --judge-length must be at least 64 (random batches)")
     if min(args.pairs, args.micro_batches, args.steps) < 1 or args.warmup < 0:
         parser.error("--pairs, --micro-batches and --steps must be >= 1, --warmup >= 0")
     return args
@@ -197,41 +210,87 @@ def build_megatron_model(hf_dir: str, cfg) -> list:
     return wrap_with_ddp(chunks, cfg)
 
 
-def make_batches(args, cfgs, runtime, model, device) -> dict[str, list[Batch]]:
-    """Micro-batches of every mode, on ``device``, with ``ref_logps`` where the loss reads them."""
-    from megatron_scir.data.layout import MicroBatchLayout
-    from megatron_scir.testing.scir_batches import random_scir_batch
+def synthetic_pairs(args, vocab_size: int) -> list:
+    """``pairs × micro-batches`` pairs of random token ids with the lengths of ``--lengths``.
 
-    generator = torch.Generator().manual_seed(0)
-    seq_length = max(args.policy_length, args.judge_length)
-    scir = [
-        random_scir_batch(cfgs["scir"], seq_length=seq_length, generator=generator)
-        for _ in range(args.micro_batches)
-    ]
-    policy = MicroBatchLayout.from_config(cfgs["dpo"]).policy_rows
-    dpo = [
-        {
-            key: value[policy, : args.policy_length].contiguous() if value.dim() == 2 else value
-            for key, value in batch.items()
-            if key != "verdict_positions"
-        }
-        for batch in scir
-    ]
-    sft_keys = ("tokens", "labels", "position_ids", "loss_mask")
-    batches = {
-        "scir": scir,
-        "dpo": dpo,
-        "sft": [{key: batch[key] for key in sft_keys} for batch in dpo],
-    }
-    batches = {
-        mode: [{key: value.to(device) for key, value in batch.items()} for batch in micro]
-        for mode, micro in batches.items()
-    }
+    ``uniform``: prompt U[16, P], responses U[8, R] (P, R: the prompt and response budgets,
+    half the policy length each); ``realistic``: log-normal prompt (median 60 tokens) and
+    response (median 150) lengths cut to the budgets. Each judge sequence holds the template
+    (``--judge-overhead`` tokens), the prompt and both responses, cut to ``--judge-length``: the
+    presets' pairwise judge with both orders.
+    """
+    import numpy as np
+
+    from megatron_scir.data.encode import EncodedPair
+
+    rng = np.random.default_rng(0)
+    prompt_budget = args.policy_length // 2
+    response_budget = args.policy_length - prompt_budget
+
+    def lengths(median: float, low: int, high: int, size: int):
+        if args.lengths == "uniform":
+            return rng.integers(low, high + 1, size)
+        return np.clip(rng.lognormal(math.log(median), 0.6, size).astype(int), low, high)
+
+    pairs = []
+    for i in range(args.pairs * args.micro_batches):
+        (p,) = lengths(60, 16 if args.lengths == "uniform" else 8, prompt_budget, 1)
+        r1, r2 = lengths(150, 8 if args.lengths == "uniform" else 4, response_budget, 2)
+        ids = lambda n: rng.integers(0, vocab_size, int(n)).astype(np.int64)  # noqa: E731
+        judge_length = min(args.judge_overhead + p + r1 + r2, args.judge_length)
+        pairs.append(
+            EncodedPair(
+                index=i,
+                prompt=ids(p),
+                responses=(ids(r1), ids(r2)),
+                judge=(ids(judge_length), ids(judge_length)),
+                label=(1.0, 0.0, -1.0)[i % 3],
+                ref_logps=None,
+            )
+        )
+    return pairs
+
+
+def make_batches(args, cfgs, runtime, model, device) -> dict[str, dict[str, list[Batch]]]:
+    """``{mode: {"megatron": micro-batches, "hf": micro-batches}}`` with the same pairs, on
+    ``device``, with ``ref_logps`` where the loss reads them.
+
+    megatron-scir's batches are the trainer's (``collate_pairs`` with the run's layout: packed
+    with the sdpa spec, else rows padded to the micro-batch's longest); the HF peers' are the
+    same pairs as rows padded to the micro-batch's longest row (the per-kind peer cuts them per
+    kind). ``sft`` reads the ``dpo`` policy rows as padded examples on both sides.
+    """
+    from megatron_scir.data.collate import collate_pairs
+    from megatron_scir.data.layout import MicroBatchLayout
+
+    pairs = synthetic_pairs(args, cfgs["scir"].model.vocab_size)
+    k = args.pairs
+    groups = [pairs[m * k : (m + 1) * k] for m in range(args.micro_batches)]
+    batches = {}
     for mode in ("scir", "dpo"):
-        policy_logps = _reference_logps(cfgs[mode], runtime, model, batches[mode])
-        for batch, logps in zip(batches[mode], policy_logps, strict=True):
+        layout = MicroBatchLayout.from_config(cfgs[mode])
+        rows = dataclasses.replace(layout, packed=False, pad_multiple=1)
+        batches[mode] = {
+            side: [collate_pairs(group, layout=form, pad_id=0) for group in groups]
+            for side, form in (("megatron", layout), ("hf", rows))
+        }
+    sft_keys = ("tokens", "labels", "position_ids", "loss_mask")
+    sft = [{key: batch[key] for key in sft_keys} for batch in batches["dpo"]["hf"]]
+    batches["sft"] = {"megatron": sft, "hf": sft}
+    batches = {
+        mode: {
+            side: [{key: value.to(device) for key, value in batch.items()} for batch in micro]
+            for side, micro in sides.items()
+        }
+        for mode, sides in batches.items()
+    }
+    generator = torch.Generator().manual_seed(0)
+    for mode in ("scir", "dpo"):
+        policy_logps = _reference_logps(cfgs[mode], runtime, model, batches[mode]["megatron"])
+        for m, logps in enumerate(policy_logps):
             offsets = REF_OFFSET_SCALE * torch.rand(logps.shape, generator=generator)
-            batch["ref_logps"] = logps + offsets.to(device)
+            for side in ("megatron", "hf"):
+                batches[mode][side][m]["ref_logps"] = logps + offsets.to(device)
     return batches
 
 
@@ -365,10 +424,14 @@ def hf_step_per_kind(hf_model, cfg, mode: str, batches: list[Batch]) -> dict[str
         policy_len, judge_len = real_lengths(batch, policy_rows)
         width = int(policy_len.max())
         rows = slice(0, policy_rows)
-        logits = hf_model(
-            input_ids=batch["tokens"][rows, :width],
-            position_ids=batch["position_ids"][rows, :width],
-        ).logits.float().log_softmax(dim=-1)
+        logits = (
+            hf_model(
+                input_ids=batch["tokens"][rows, :width],
+                position_ids=batch["position_ids"][rows, :width],
+            )
+            .logits.float()
+            .log_softmax(dim=-1)
+        )
         if mode == "sft":
             trimmed = {key: batch[key][:, :width] for key in ("labels", "loss_mask")}
             loss, metrics = hf_sft_loss(logits, trimmed)
@@ -376,10 +439,14 @@ def hf_step_per_kind(hf_model, cfg, mode: str, batches: list[Batch]) -> dict[str
             judge = None
             if mode == "scir":
                 jwidth, jrows = int(judge_len.max()), layout.judge_rows
-                judge = hf_model(
-                    input_ids=batch["tokens"][jrows, :jwidth],
-                    position_ids=batch["position_ids"][jrows, :jwidth],
-                ).logits.float().log_softmax(dim=-1)
+                judge = (
+                    hf_model(
+                        input_ids=batch["tokens"][jrows, :jwidth],
+                        position_ids=batch["position_ids"][jrows, :jwidth],
+                    )
+                    .logits.float()
+                    .log_softmax(dim=-1)
+                )
             loss, metrics = hf_pair_loss_parts(cfg, logits, judge, batch)
         (loss / len(batches)).backward()
         per_microbatch.append(metrics)
@@ -479,20 +546,23 @@ def mode_sides(mode, cfg, runtime, model, hf_model, batches) -> list[Side]:
     megatron = Side(
         name="megatron-scir",
         zero_grad=lambda: _zero_grad_buffers(model),
-        step=lambda: megatron_step(runtime, model, forward_step, batches),
+        step=lambda: megatron_step(runtime, model, forward_step, batches["megatron"]),
         grad_norm=lambda: _norm(p.main_grad for p in params),
         resident=resident_bytes(params + [p.main_grad for p in params]),
     )
     hf = Side(
         name="HF",
         zero_grad=lambda: hf_model.zero_grad(set_to_none=True),
-        step=lambda: hf_step(hf_model, loss_fn, batches),
+        step=lambda: hf_step(hf_model, loss_fn, batches["hf"]),
         grad_norm=lambda: _norm(p.grad for p in hf_params if p.grad is not None),
         resident=resident_bytes(hf_params),
     )
     per_kind = dataclasses.replace(
-        hf, name="HF per kind", step=lambda: hf_step_per_kind(hf_model, cfg, mode, batches),
-        seconds=[], metrics={},
+        hf,
+        name="HF per kind",
+        step=lambda: hf_step_per_kind(hf_model, cfg, mode, batches["hf"]),
+        seconds=[],
+        metrics={},
     )
     return [megatron, hf, per_kind]
 
@@ -521,34 +591,46 @@ def _pair_loss_diff(first: Side, second: Side) -> float:
     return max(abs(ours[key] - theirs[key]) for key in keys)
 
 
-def print_tables(
-    results: dict[str, list[Side]],
-    tokens: dict[str, tuple[int, int, int]],
-    per_kind: dict[str, tuple[int, int]],
-) -> None:
+def processed_tokens(cfg, mode: str, batches: dict[str, list[Batch]]) -> dict[str, int]:
+    """Tokens each side runs through the model (padding included), and ``"real"``."""
+    per_kind, real = per_kind_tokens(cfg, mode, batches["hf"])
+    return {
+        "megatron-scir": sum(batch["tokens"].numel() for batch in batches["megatron"]),
+        "HF": sum(batch["tokens"].numel() for batch in batches["hf"]),
+        "HF per kind": per_kind,
+        "real": real,
+    }
+
+
+def print_tables(results: dict[str, list[Side]], tokens: dict[str, dict[str, int]]) -> None:
     print(
-        "| mode | M × B × S | implementation | tokens processed | real tokens | s/step | "
-        "tokens/s | peak memory GiB |"
+        "| mode | implementation | tokens processed | real tokens | s/step | real tokens/s | "
+        "peak memory GiB |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for mode, sides in results.items():
-        micro, rows, seq = tokens[mode]
-        processed, real = per_kind[mode]
+        real = tokens[mode]["real"]
         for side in sides:
             seconds = statistics.median(side.seconds)
-            done = processed if side.name == "HF per kind" else micro * rows * seq
+            done = tokens[mode][side.name]
             print(
-                f"| {mode} | {micro} × {rows} × {seq} | {side.name} | {done:,} "
-                f"({100 * real / done:.0f} % real) | {real:,} | {seconds:.3f} | "
-                f"{micro * rows * seq / seconds:,.0f} | {side.peak / 2**30:.3f} |"
+                f"| {mode} | {side.name} | {done:,} ({100 * real / done:.0f} % real) | {real:,} "
+                f"| {seconds:.3f} | {real / seconds:,.0f} | {side.peak / 2**30:.3f} |"
             )
         ours = sides[0]
         for theirs in sides[1:]:
             speed = statistics.median(theirs.seconds) / statistics.median(ours.seconds)
             print(
-                f"| {mode} | | **megatron-scir / {theirs.name}** | | | | **{speed:.2f}×** | "
+                f"| {mode} | **megatron-scir / {theirs.name}** | | | **{speed:.2f}×** | | "
                 f"**{ours.peak / theirs.peak:.2f}×** |"
             )
+    if "scir" in results and "dpo" in results:
+        print()
+        print("| implementation | s/step scir | s/step dpo | **scir ÷ dpo** |")
+        print("|---|---|---|---|")
+        for scir, dpo in zip(results["scir"], results["dpo"], strict=True):
+            a, b = statistics.median(scir.seconds), statistics.median(dpo.seconds)
+            print(f"| {scir.name} | {a:.3f} | {b:.3f} | **{a / b:.2f}** |")
     print()
     print(
         "| mode | loss/total megatron-scir | loss/total HF | max abs loss diff | "
@@ -587,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
             hf_model = hf_model.to(device).train()
             batches = make_batches(args, cfgs, runtime, model, device)
             _print_header(args, model, hf_model, device)
-            results, tokens, per_kind = {}, {}, {}
+            results, tokens = {}, {}
             for mode in args.modes:
                 cfg = cfgs["scir" if mode == "scir" else "dpo"]
                 sides = mode_sides(mode, cfg, runtime, model, hf_model, batches[mode])
@@ -596,9 +678,8 @@ def main(argv: list[str] | None = None) -> int:
                     side.norm = side.grad_norm()
                 hf_model.zero_grad(set_to_none=True)
                 results[mode] = sides
-                tokens[mode] = (args.micro_batches, *batches[mode][0]["tokens"].shape)
-                per_kind[mode] = per_kind_tokens(cfg, mode, batches[mode])
-            print_tables(results, tokens, per_kind)
+                tokens[mode] = processed_tokens(cfg, mode, batches[mode])
+            print_tables(results, tokens)
     worst = max(_loss_diff(sides) for sides in results.values())
     checked = f"checked against {LOSS_TOLERANCE}" if args.dtype == Dtype.FLOAT32 else "unchecked"
     print(

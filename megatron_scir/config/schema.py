@@ -361,6 +361,18 @@ class DataConfig:
     """What pair building does with responses that hit max_new_tokens: keep, flag or drop."""
     shuffle: bool = True
     """Shuffle the epoch (seeded, per epoch) before sharding over data-parallel ranks."""
+    group_by_length: bool = True
+    """Within each global batch, put pairs of similar length in the same micro-batch (longest
+    first): less padding, the same pairs per optimizer step; identical on every rank and exact
+    on resume."""
+    packed_sequences: bool | None = None
+    """Pack a micro-batch's sequences into one row without padding (Megatron's THD format with
+    per-sequence attention and positions). null: on with model.transformer_impl=sdpa, off with
+    local (Megatron's attention has no packed path) and te (untested here); false: each row
+    padded to the micro-batch's longest."""
+    pad_to_multiple_of: int = 8
+    """A micro-batch's rows (padded) or its packed row (packed) are padded up to a multiple of
+    this, times the tensor-parallel size under sequence parallelism."""
     num_workers: int = 0
     """Worker processes for tokenisation (DataModule.setup) and the DataLoader (0 = in-process)."""
 
@@ -374,6 +386,7 @@ class DataConfig:
             "max_response_length",
             "judge_max_length",
             "pairs_per_prompt",
+            "pad_to_multiple_of",
         ):
             _positive(s, key, getattr(self, key))
         _positive(s, "num_workers", self.num_workers, allow_zero=True)

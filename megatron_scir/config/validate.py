@@ -80,6 +80,12 @@ def _check_generation(cfg: Config) -> None:
 
 def _check_training(cfg: Config) -> None:
     d, p = cfg.data, cfg.parallel
+    if d.packed_sequences and cfg.model.transformer_impl == "local":
+        raise ConfigError(
+            "data.packed_sequences=true needs an attention with a packed (THD) path: "
+            "model.transformer_impl=sdpa (or te); Megatron's local attention has none. Set "
+            "data.packed_sequences=null or false with model.transformer_impl=local"
+        )
     tp = p.tensor_model_parallel_size
     policy_seq = d.max_prompt_length + d.max_response_length
     seq = max(policy_seq, d.judge_max_length)

@@ -14,6 +14,7 @@ _EXPORTS = {
     "PLAIN_CHAT_TEMPLATE": "chat",
     "collate_examples": "collate",
     "collate_pairs": "collate",
+    "pad_to_common_length": "collate",
     "ScirDataModule": "datamodule",
     "SequenceEncoder": "encode",
     "TruncationStats": "encode",

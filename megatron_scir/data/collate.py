@@ -1,16 +1,21 @@
-"""Collation into fixed-shape micro-batches: the SCIR layout and the SFT layout (SCIR_SPEC §9).
+"""Collation into micro-batches: the SCIR layout and the SFT layout (SCIR_SPEC §9).
 
 SCIR micro-batch of k pairs in the rows of a :class:`~megatron_scir.data.layout.MicroBatchLayout`,
-every tensor right-padded to S (attention is plain causal; padding only follows content, so no
-attention mask is needed):
+in one of two forms. **Padded**: every tensor ``[B, S]``, each row right-padded to the
+micro-batch's longest (rounded up to ``layout.pad_multiple``; attention is plain causal and padding
+only follows content, so no attention mask is needed). **Packed**: the B sequences back to back
+in one row ``[1, T]`` (Megatron's THD format), ``cu_seqlens`` ``[B + 1]`` int32 their boundaries,
+the padding tail after ``cu_seqlens[-1]``; positions and labels restart in each sequence and
+``verdict_positions`` index the packed row.
 
     rows [0:k]    policy [x‖y1]        rows [k:2k]   policy [x‖y2]
     rows [2k:3k]  J(x, y1, y2) (pairwise) or J(x, y1) (pointwise)
     rows [3k:4k]  J(x, y2, y1) (pairwise, position_debias mean_prob/mean_logit) or J(x, y2)
 
     tokens             int64   [B, S]  pad id after each sequence
-    position_ids       int64   [B, S]  0..S-1
-    labels             int64   [B, S]  labels[:, t] = tokens[:, t+1]; last column = pad id
+    position_ids       int64   [B, S]  0..S-1 (packed: 0.. in each sequence)
+    labels             int64   [B, S]  labels[:, t] = tokens[:, t+1] within the sequence; pad
+                                       id at its last token and on padding
     loss_mask          float32 [B, S]  1 where labels[:, t] is a response token (EOS included) of
                                        a policy row; 0 on prompts, padding and judge rows
     verdict_positions  int64   [R]     per judge row: the position whose logits predict the
@@ -22,7 +27,8 @@ attention mask is needed):
     ref_logps          float32 [2k]    log πref(y|x) of the y1 rows then the y2 rows (only when
                                        the pairs carry them)
 
-SFT micro-batch of b examples: tokens, position_ids, labels, loss_mask, all [b, S].
+SFT micro-batch of b examples: tokens, position_ids, labels, loss_mask, all [b, S] (S: the
+longest example, rounded up).
 """
 
 from __future__ import annotations
@@ -50,39 +56,62 @@ def collate_pairs(
     Args:
         pairs: The k pairs of the micro-batch (``layout.num_pairs``), each encoded with at least
             ``layout.judge_rows_per_pair`` judge sequences.
-        layout: Rows and S. Without judge rows (``[2k, S]``: the labelled ``dpo``/``srlm``
-            modes read no judge while training) the pairs' judge sequences are left out.
-        pad_id: Right-padding id (also the labels' last column).
+        layout: Rows, padding and form (padded rows or one packed row). Without judge rows (the
+            labelled ``dpo``/``srlm`` modes read no judge while training) the pairs' judge
+            sequences are left out.
+        pad_id: Padding id (also the label after each sequence's last token).
     """
-    k, seq_length = layout.num_pairs, layout.seq_length
+    k = layout.num_pairs
     if len(pairs) != k:
         raise ValueError(f"{len(pairs)} pairs for a micro-batch layout of {k} pairs")
-    tokens = np.full((layout.num_rows, seq_length), pad_id, dtype=np.int64)
-    loss_mask = np.zeros(tokens.shape, dtype=np.float32)
+    sequences: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * layout.num_rows
+    spans: dict[int, tuple[int, int]] = {}  # policy row → positions whose label is a response token
     response_lengths = np.zeros(layout.num_policy_rows, dtype=np.int64)
-    verdict_positions = np.zeros(layout.num_judge_rows, dtype=np.int64)
+    verdicts = np.zeros(layout.num_judge_rows, dtype=np.int64)
     for i, pair in enumerate(pairs):
         p = len(pair.prompt)
         for side, response in enumerate(pair.responses):
-            row, end = layout.policy_side_rows(side).start + i, p + len(response)
-            tokens[row, :p] = pair.prompt
-            tokens[row, p:end] = response
-            loss_mask[row, p - 1 : end - 1] = 1.0  # labels[t] = tokens[t+1] is a response token
+            row = layout.policy_side_rows(side).start + i
+            sequences[row] = np.concatenate([pair.prompt, response]).astype(np.int64)
+            spans[row] = (p - 1, p + len(response) - 1)  # labels[t] = tokens[t+1]
             response_lengths[row] = len(response)
         for order, ids in enumerate(pair.judge[: layout.judge_rows_per_pair]):
             row = layout.judge_order_rows(order).start + i
-            tokens[row, : len(ids)] = ids
-            verdict_positions[row - layout.num_policy_rows] = len(ids) - 1
+            sequences[row] = np.asarray(ids, dtype=np.int64)
+            verdicts[row - layout.num_policy_rows] = len(ids) - 1
+    lengths = np.array([len(seq) for seq in sequences], dtype=np.int64)
+    if layout.packed:
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        shape, offsets = (1, layout.padded_length(int(starts[-1]))), starts[:-1]
+    else:
+        shape, offsets = (layout.num_rows, layout.padded_length(int(lengths.max()))), None
+    tokens = np.full(shape, pad_id, dtype=np.int64)
+    labels = np.full(shape, pad_id, dtype=np.int64)
+    loss_mask = np.zeros(shape, dtype=np.float32)
+    position_ids = np.tile(np.arange(shape[1], dtype=np.int64), (shape[0], 1))
+    for row, seq in enumerate(sequences):
+        line, start = (0, int(offsets[row])) if layout.packed else (row, 0)
+        end = start + len(seq)
+        tokens[line, start:end] = seq
+        labels[line, start : end - 1] = seq[1:]
+        position_ids[line, start:end] = np.arange(len(seq))
+        if row in spans:
+            loss_mask[line, start + spans[row][0] : start + spans[row][1]] = 1.0
+    if layout.packed:  # the padding tail counts from 0 too
+        position_ids[0, starts[-1] :] = np.arange(shape[1] - starts[-1])
+        verdicts = verdicts + starts[layout.num_policy_rows : -1]
     batch = {
         "tokens": torch.from_numpy(tokens),
-        "position_ids": torch.arange(seq_length, dtype=torch.int64).expand(len(tokens), -1).clone(),
-        "labels": torch.from_numpy(_next_token_labels(tokens, pad_id)),
+        "position_ids": torch.from_numpy(position_ids),
+        "labels": torch.from_numpy(labels),
         "loss_mask": torch.from_numpy(loss_mask),
-        "verdict_positions": torch.from_numpy(verdict_positions),
+        "verdict_positions": torch.from_numpy(verdicts),
         "response_lengths": torch.from_numpy(response_lengths),
         "pair_labels": torch.tensor([pair.label for pair in pairs], dtype=torch.float32),
         "pair_indices": torch.tensor([pair.index for pair in pairs], dtype=torch.int64),
     }
+    if layout.packed:
+        batch["cu_seqlens"] = torch.from_numpy(starts.astype(np.int32))
     if pairs[0].ref_logps is not None:
         refs = [pair.ref_logps for pair in pairs]
         batch["ref_logps"] = torch.tensor(
@@ -92,13 +121,16 @@ def collate_pairs(
 
 
 def collate_examples(
-    examples: Sequence[EncodedExample], *, seq_length: int, pad_id: int
+    examples: Sequence[EncodedExample], *, pad_multiple: int, pad_id: int
 ) -> dict[str, torch.Tensor]:
-    """Stack b SFT examples: ``tokens``/``position_ids``/``labels``/``loss_mask`` ``[b, S]``.
+    """Stack b SFT examples: ``tokens``/``position_ids``/``labels``/``loss_mask`` ``[b, S]``, S
+    the longest example rounded up to a multiple of ``pad_multiple``.
 
     ``loss_mask`` is 1 where ``labels`` is a target token (the response and its EOS; for judge
     examples the verdict/score token and EOS).
     """
+    longest = max(len(example.ids) for example in examples)
+    seq_length = -(-longest // pad_multiple) * pad_multiple
     tokens = np.full((len(examples), seq_length), pad_id, dtype=np.int64)
     loss_mask = np.zeros(tokens.shape, dtype=np.float32)
     for row, example in enumerate(examples):
@@ -111,3 +143,34 @@ def collate_examples(
         "labels": torch.from_numpy(_next_token_labels(tokens, pad_id)),
         "loss_mask": torch.from_numpy(loss_mask),
     }
+
+
+def pad_to_common_length(
+    batches: Sequence[dict[str, torch.Tensor]],
+) -> list[dict[str, torch.Tensor]]:
+    """The micro-batches of one schedule call, extended to their longest ``S`` (or ``T``).
+
+    Megatron's interleaved pipeline schedule sends every micro-batch's activations with one
+    shape (its shape exchange, ``variable_seq_lengths``, only pairs up under the 1F1B schedule).
+    The extension is padding after every sequence (packed: a longer padding tail), so no real
+    position sees it: the token id there (0) never matters.
+    """
+    length = max(batch["tokens"].size(1) for batch in batches)
+    return [_extend(batch, length) for batch in batches]
+
+
+def _extend(batch: dict[str, torch.Tensor], length: int) -> dict[str, torch.Tensor]:
+    extra = length - batch["tokens"].size(1)
+    if extra == 0:
+        return batch
+    out = dict(batch)
+    for key in ("tokens", "labels", "loss_mask"):
+        out[key] = torch.nn.functional.pad(batch[key], (0, extra))
+    rows = batch["tokens"].size(0)
+    positions = torch.arange(length, dtype=torch.int64).expand(rows, -1).clone()
+    if "cu_seqlens" in batch:  # positions restart in each sequence and in the padding tail
+        end = int(batch["cu_seqlens"][-1])
+        positions[:, :end] = batch["position_ids"][:, :end]
+        positions[:, end:] -= end
+    out["position_ids"] = positions
+    return out

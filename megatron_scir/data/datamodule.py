@@ -27,7 +27,7 @@ from megatron_scir.config import Config
 from megatron_scir.config.choices import LossMode
 from megatron_scir.data.chat import ChatFormat
 from megatron_scir.data.collate import collate_pairs
-from megatron_scir.data.encode import SequenceEncoder
+from megatron_scir.data.encode import EncodedPair, SequenceEncoder
 from megatron_scir.data.encode_pool import encode_records
 from megatron_scir.data.errors import DataError
 from megatron_scir.data.jsonl import ReadReport, read_records
@@ -116,21 +116,24 @@ class MicroBatchDataModule(abc.ABC):
     def train_dataloader(self) -> DataLoader:
         """This rank's micro-batches from ``consumed_samples`` to the end of training."""
         items = self._require(self._train, "fit")
-        return self._loader(items, self._sampler(len(items), self.num_train_steps, shuffle=None))
+        return self._loader(items, self._sampler(items, self.num_train_steps, shuffle=None))
 
     def val_dataloader(self) -> DataLoader | None:
         """One ordered pass over the validation file (whole global batches), or None without one."""
         if self._val is None:
             return None
         steps = len(self._val) // self.global_batch_size
-        return self._loader(self._val, self._sampler(len(self._val), steps, shuffle=False))
+        return self._loader(self._val, self._sampler(self._val, steps, shuffle=False))
 
     def _sampler(
-        self, num_samples: int, num_steps: int, *, shuffle: bool | None
+        self, items: EncodedItems, num_steps: int, *, shuffle: bool | None
     ) -> MicroBatchSampler:
         train = shuffle is None
+        lengths = None
+        if self.cfg.data.group_by_length:
+            lengths = [self._sample_length(item) for item in items.items]
         return MicroBatchSampler(
-            num_samples,
+            len(items),
             micro_batch_size=self.cfg.train.micro_batch_size,
             global_batch_size=self.global_batch_size,
             dp_rank=self.dp_rank,
@@ -139,7 +142,12 @@ class MicroBatchDataModule(abc.ABC):
             shuffle=self.cfg.data.shuffle if train else shuffle,
             num_steps=num_steps,
             consumed_samples=self.consumed_samples if train else 0,
+            lengths=lengths,
         )
+
+    @abc.abstractmethod
+    def _sample_length(self, item: Any) -> int:
+        """The length ``data.group_by_length`` groups by."""
 
     def _loader(self, items: EncodedItems, batch_sampler: Any, **collate_kwargs) -> DataLoader:
         return DataLoader(
@@ -244,13 +252,17 @@ class ScirDataModule(MicroBatchDataModule):
         logger.info("%s", self.summary())
 
     def reference_dataloader(self, *, micro_batches_multiple_of: int = 1) -> DataLoader:
-        """Every pair once, in file order, for the reference pass (SCIR_SPEC §7 step 3).
+        """Every pair once, for the reference pass (SCIR_SPEC §7 step 3), in the micro-batches
+        training will run.
 
-        Micro-batches of ``reference_layout``: the training layout (the same k pairs, rows and S
-        as ``train_dataloader``), with judge rows in ``srlm`` mode too. Micro-batch m goes to DP
-        rank ``m % dp_size``. The last micro-batches are completed with fillers
-        (``pair_indices`` = -1) so that every micro-batch has k pairs and every rank the same
-        number of micro-batches, a multiple of ``micro_batches_multiple_of``.
+        The micro-batches of the first training epoch (the same k pairs together, in
+        ``reference_layout``: the training layout, with judge rows in ``srlm`` mode too), then
+        the pairs that epoch leaves out. A micro-batch's shape and padding depend on the pairs
+        it holds, so this replay is what makes log πθ = log πref bit for bit at the first step
+        (SCIR_SPEC §4). Micro-batch m goes to DP rank ``m % dp_size``. The last micro-batches
+        are completed with fillers (``pair_indices`` = -1) so that every micro-batch has k pairs
+        and every rank the same number of micro-batches, a multiple of
+        ``micro_batches_multiple_of``.
 
         Args:
             micro_batches_multiple_of: each rank's micro-batch count is a multiple of this
@@ -258,14 +270,14 @@ class ScirDataModule(MicroBatchDataModule):
         """
         items = self._require(self._train, "fit")
         k = self.cfg.train.micro_batch_size
+        steps, left_out = self._sampler(items, 1, shuffle=None).epoch_micro_batches(0)
+        filler = -len(items)  # a filler copy of the last pair
+        batches = [mb + [filler] * (k - len(mb)) for mb in steps + left_out]
         per_round = self.dp_size * micro_batches_multiple_of
-        num_micro = -(-len(items) // k)
-        num_micro = -(-num_micro // per_round) * per_round
-        batches = [
-            [i if i < len(items) else -len(items) for i in range(m * k, (m + 1) * k)]
-            for m in range(self.dp_rank, num_micro, self.dp_size)
-        ]
-        return self._loader(items, batches, layout=self.reference_layout)
+        batches += [[filler] * k] * (-len(batches) % per_round)
+        return self._loader(
+            items, batches[self.dp_rank :: self.dp_size], layout=self.reference_layout
+        )
 
     def _read_pairs(self, path: Path) -> list[PairRecord]:
         pairs = self._read(path, "pairs")
@@ -277,6 +289,12 @@ class ScirDataModule(MicroBatchDataModule):
                 "other pairs of the file have them: rerun the reference pass on the whole file"
             )
         return pairs
+
+    def _sample_length(self, pair: EncodedPair) -> int:
+        """Packed: the pair's total tokens; padded: its longest sequence (in ``layout``)."""
+        lengths = [len(pair.prompt) + len(response) for response in pair.responses]
+        lengths += [len(ids) for ids in pair.judge[: self.layout.judge_rows_per_pair]]
+        return sum(lengths) if self.layout.packed else max(lengths)
 
     def _collate_fn(self, **overrides) -> Callable[[list[Any]], dict[str, torch.Tensor]]:
         kwargs = dict(layout=self.layout) | overrides

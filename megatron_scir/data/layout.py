@@ -1,6 +1,6 @@
 """The SCIR micro-batch layout (SCIR_SPEC §9), owned by one object.
 
-A micro-batch of k pairs is one fixed-shape batch of B rows of S tokens:
+A micro-batch of k pairs holds B sequences in this order:
 
     rows [0:k]          policy [x‖y1]
     rows [k:2k]         policy [x‖y2]
@@ -9,7 +9,16 @@ A micro-batch of k pairs is one fixed-shape batch of B rows of S tokens:
                         J(x, y2) for pointwise (r = 2)
 
 B = k · (2 + r). The judge rows per pair r come from the judge format and are 0 when the loss
-mode reads no judge (the labelled ``dpo``/``srlm`` modes). S is the
+mode reads no judge (the labelled ``dpo``/``srlm`` modes). Below, "row" i means sequence i.
+
+Two physical forms (``data.packed_sequences``):
+
+- **padded**: ``[B, S]``, every row right-padded to the micro-batch's own longest sequence,
+  rounded up to ``pad_multiple``; S never exceeds :attr:`MicroBatchLayout.seq_length` rounded up.
+- **packed**: ``[1, T]``, the B sequences back to back (Megatron's THD format, ``cu_seqlens``),
+  T = their total rounded up to ``pad_multiple``; each sequence attends to itself only.
+
+:attr:`MicroBatchLayout.seq_length` is the budget, the longest S a micro-batch can have: the
 policy budget (``data.max_prompt_length + data.max_response_length``) without judge rows, else
 the larger of it and ``data.judge_max_length``. The collate function, the DataModules, the
 forward step and the random test batches all read the layout from here.
@@ -23,12 +32,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from megatron_scir.config import Config
+from megatron_scir.config.choices import TransformerImpl
 from megatron_scir.data.judges import judge_format
 from megatron_scir.losses.modes import loss_mode
 
-__all__ = ["MicroBatchLayout"]
+__all__ = ["MicroBatchLayout", "packs_sequences"]
 
 POLICY_ROWS_PER_PAIR = 2
+
+
+def packs_sequences(cfg: Config) -> bool:
+    """``data.packed_sequences``, resolved: null packs with the sdpa spec only (Megatron's local
+    attention has no packed path; TE's is not tested here, so it is opt-in)."""
+    if cfg.data.packed_sequences is not None:
+        return cfg.data.packed_sequences
+    return cfg.model.transformer_impl == TransformerImpl.SDPA
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,12 +58,16 @@ class MicroBatchLayout:
         judge_rows_per_pair: r, judge sequences per pair; 0 without judge rows.
         policy_seq_length: the policy budget, prompt + response.
         judge_seq_length: the judge budget (``data.judge_max_length``).
+        packed: the packed (THD) form instead of padded rows.
+        pad_multiple: padded rows / the packed row are a multiple of this many tokens.
     """
 
     num_pairs: int
     judge_rows_per_pair: int
     policy_seq_length: int
     judge_seq_length: int
+    packed: bool = False
+    pad_multiple: int = 1
 
     @classmethod
     def from_config(cls, cfg: Config, *, with_judge: bool | None = None) -> MicroBatchLayout:
@@ -59,11 +81,15 @@ class MicroBatchLayout:
         """
         if with_judge is None:
             with_judge = loss_mode(cfg.scir.mode).needs_judge
+        p = cfg.parallel
         return cls(
             num_pairs=cfg.train.micro_batch_size,
             judge_rows_per_pair=judge_format(cfg.judge).rows_per_pair if with_judge else 0,
             policy_seq_length=cfg.data.max_prompt_length + cfg.data.max_response_length,
             judge_seq_length=cfg.data.judge_max_length,
+            packed=packs_sequences(cfg),
+            pad_multiple=cfg.data.pad_to_multiple_of
+            * (p.tensor_model_parallel_size if p.sequence_parallel else 1),
         )
 
     def policy_only(self) -> MicroBatchLayout:
@@ -80,6 +106,10 @@ class MicroBatchLayout:
         if not self.with_judge:
             return self.policy_seq_length
         return max(self.policy_seq_length, self.judge_seq_length)
+
+    def padded_length(self, length: int) -> int:
+        """``length`` rounded up to a multiple of ``pad_multiple``."""
+        return -(-length // self.pad_multiple) * self.pad_multiple
 
     @property
     def rows_per_pair(self) -> int:
@@ -133,7 +163,17 @@ class MicroBatchLayout:
         k, judge_rows = self.num_pairs, self.num_judge_rows
         tokens = batch["tokens"]
         problems = []
-        if tokens.dim() != 2 or tokens.size(0) != self.num_rows:
+        if self.packed:
+            if tokens.dim() != 2 or tokens.size(0) != 1 or "cu_seqlens" not in batch:
+                problems.append(
+                    f"tokens {tuple(tokens.shape)}: expected packed [1, T] + cu_seqlens"
+                )
+            elif batch["cu_seqlens"].numel() != self.num_rows + 1:
+                problems.append(
+                    f"cu_seqlens has {batch['cu_seqlens'].numel()} entries: expected "
+                    f"{self.num_rows + 1} ({self.num_rows} sequences)"
+                )
+        elif tokens.dim() != 2 or tokens.size(0) != self.num_rows:
             problems.append(f"tokens {tuple(tokens.shape)}: expected [{self.num_rows}, S]")
         sizes = {
             "ref_logps": 2 * k,

@@ -21,6 +21,7 @@ import torch
 from megatron_scir.config import Config
 from megatron_scir.data.collate import collate_examples
 from megatron_scir.data.datamodule import STAGES, EncodedItems, MicroBatchDataModule
+from megatron_scir.data.encode import EncodedExample
 from megatron_scir.data.errors import DataError
 from megatron_scir.data.layout import MicroBatchLayout
 from megatron_scir.data.tokenizer import Tokenizer
@@ -73,7 +74,8 @@ class SftDataModule(MicroBatchDataModule):
 
     @property
     def seq_length(self) -> int:
-        """S: the larger of the policy and judge budgets (SCIR_SPEC §9)."""
+        """The longest S: the larger of the policy and judge budgets (SCIR_SPEC §9); each
+        micro-batch is padded to its own longest example."""
         return MicroBatchLayout.from_config(self.cfg, with_judge=True).seq_length
 
     @property
@@ -101,7 +103,11 @@ class SftDataModule(MicroBatchDataModule):
         self._train = EncodedItems(items)
         logger.info("%s", self.summary())
 
+    def _sample_length(self, example: EncodedExample) -> int:
+        return len(example.ids)
+
     def _collate_fn(self, **_unused) -> Callable[[list[Any]], dict[str, torch.Tensor]]:
+        layout = MicroBatchLayout.from_config(self.cfg, with_judge=True)
         return functools.partial(
-            collate_examples, seq_length=self.seq_length, pad_id=self.tokenizer.pad_id
+            collate_examples, pad_multiple=layout.pad_multiple, pad_id=self.tokenizer.pad_id
         )

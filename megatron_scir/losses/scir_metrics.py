@@ -2,7 +2,8 @@
 
 Each value is a float32 ``[2]`` tensor ``(sum, count)`` (Megatron's reporting convention), so
 the mean over the global batch is ``Σ sums / Σ counts`` however the batch was split over
-micro-batches and data-parallel ranks. Keys ending in ``_sqmean`` are second moments from which
+micro-batches and data-parallel ranks. Keys ending in ``_sqmean`` are second moments about ½
+(E[(p − ½)²]; float32 sums of p² would cancel to noise when P sits near ½) from which
 :func:`megatron_scir.parallel.reductions.reduce_metrics` derives the ``_std`` keys.
 """
 
@@ -54,9 +55,9 @@ def selection_metrics(
             "scir/consistency_rate": metric(consistent.sum(), n),
             "scir/ties": metric(selection.ties.sum(), n),
             "scir/p_implicit_mean": metric(_masked_sum(p_implicit, valid), n),
-            "scir/p_implicit_sqmean": metric(_masked_sum(p_implicit.square(), valid), n),
+            "scir/p_implicit_sqmean": metric(_masked_sum((p_implicit - 0.5).square(), valid), n),
             "scir/p_judge_mean": metric(_masked_sum(p_judge, valid), n),
-            "scir/p_judge_sqmean": metric(_masked_sum(p_judge.square(), valid), n),
+            "scir/p_judge_sqmean": metric(_masked_sum((p_judge - 0.5).square(), valid), n),
             "scir/p_abs_diff": metric(_masked_sum(abs_diff, valid), n),
             "reward/margin": metric(_masked_sum(signed, consistent), consistent.sum()),
         }

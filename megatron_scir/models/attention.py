@@ -5,6 +5,10 @@ Megatron's ``SelfAttention``: queries ``[sq, b, np, hn]``, keys/values ``[sk, b,
 groups), output ``[sq, b, np·hn]``. Causality is bottom-right aligned, so a query block shorter
 than the keys (cached decoding: the new tokens come last) sees every cached key; a plain
 ``is_causal=True`` would align it top-left and hide them.
+
+Packed sequences (Megatron's THD format, ``packed_seq_params.qkv_format == "thd"``): queries
+``[t, np, hn]`` hold several sequences back to back (``cu_seqlens_q``); each attends causally to
+itself only, one SDPA call per sequence, so no ``[t, t]`` mask is made and no padding is computed.
 """
 
 from __future__ import annotations
@@ -54,9 +58,12 @@ class SDPAttention(MegatronModule):
         attention_bias: torch.Tensor | None = None,
         packed_seq_params=None,
     ) -> torch.Tensor:
-        """[sq, b, np, hn] × [sk, b, ng, hn]² (+ Megatron mask, True = masked) → [sq, b, np·hn]."""
-        if packed_seq_params is not None or attention_bias is not None:
-            raise ValueError("the sdpa spec supports neither packed sequences nor attention bias")
+        """[sq, b, np, hn] × [sk, b, ng, hn]² (+ Megatron mask, True = masked) → [sq, b, np·hn];
+        packed (THD): [t, np, hn] × [t, ng, hn]² → [t, np·hn]."""
+        if attention_bias is not None:
+            raise ValueError("the sdpa spec does not support attention bias")
+        if packed_seq_params is not None:
+            return self._packed(query, key, value, packed_seq_params)
         sq, b, heads, hn = query.shape
         sk = key.shape[0]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, hn]
@@ -79,6 +86,32 @@ class SDPAttention(MegatronModule):
             enable_gqa=self.groups != heads,
         )
         return out.permute(2, 0, 1, 3).reshape(sq, b, heads * hn)
+
+    def _packed(self, query, key, value, params) -> torch.Tensor:
+        if params.qkv_format != "thd":
+            raise ValueError(f"the sdpa spec packs THD sequences, not {params.qkv_format!r}")
+        bounds = params.cu_seqlens_q.tolist()
+        if bounds[0] != 0 or bounds[-1] != query.size(0):
+            raise ValueError(
+                f"cu_seqlens_q {bounds} do not cover the {query.size(0)} packed tokens"
+            )
+        dropout = self.dropout_p if self.training else 0.0
+        outputs = []
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            if end == start:
+                continue
+            q, k, v = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (query, key, value))
+            out = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                is_causal=True,
+                scale=self.softmax_scale,
+                dropout_p=dropout,
+                enable_gqa=self.groups != self.heads,
+            )
+            outputs.append(out[0].transpose(0, 1))
+        return torch.cat(outputs).flatten(1)
 
 
 def _tp_world_size() -> int:

@@ -115,6 +115,14 @@ def transformer_config(cfg: Config, *, init_weights: bool = True):
         apply_rope_fusion=False,
         bias_dropout_fusion=False,
         batch_p2p_comm=not _gloo(p),
+        # Micro-batches are padded to their own longest row (or packed): under 1F1B the
+        # pipeline stages exchange each activation's shape before it (one 3-element message).
+        # The interleaved schedule's exchanges do not pair up (they deadlock), so there the
+        # callers pad a schedule call's micro-batches to one length (pad_to_common_length).
+        variable_seq_lengths=p.pipeline_model_parallel_size > 1 and not (vpp and vpp > 1),
+        # (no MoE layers; Megatron refuses variable lengths with the default "allgather" MoE
+        # dispatcher even for dense models)
+        moe_token_dispatcher_type="alltoall",
         **fp8,
         **recompute,
     )
@@ -325,18 +333,28 @@ def _pick_from_sequence_shards(
 
 
 def forward_last_stage(
-    model, tokens: torch.Tensor, position_ids: torch.Tensor, head_fn: Callable[[OutputHead], Any]
+    model,
+    tokens: torch.Tensor,
+    position_ids: torch.Tensor,
+    head_fn: Callable[[OutputHead], Any],
+    *,
+    packed_seq_params=None,
 ) -> Any:
     """Run the stage; on the last stage return ``head_fn(OutputHead)``, else the hidden states.
 
     Args:
         model: a stage built by :func:`build_gpt_model` (possibly wrapped by DDP/Float16Module).
-        tokens: ``[b, s]`` token ids (used on the first stage).
+        tokens: ``[b, s]`` token ids (used on the first stage); packed: ``[1, T]``.
         position_ids: ``[b, s]``.
         head_fn: called on the last stage with the stage's :class:`OutputHead`.
+        packed_seq_params: Megatron's ``PackedSeqParams`` (THD) when ``tokens`` is one packed
+            row of several sequences; each attends to itself only, with positions from 0 (the
+            hidden states are then ``[T, 1, h]``: row 0, position = index in the packed row).
     """
 
     def processor(*, hidden_states, output_layer, output_weight, scale_logits, **_):
         return head_fn(OutputHead(hidden_states, output_layer, output_weight, scale_logits))
 
-    return model(tokens, position_ids, None, output_processor=processor)
+    return model(
+        tokens, position_ids, None, packed_seq_params=packed_seq_params, output_processor=processor
+    )

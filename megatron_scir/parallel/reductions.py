@@ -17,6 +17,7 @@ import torch.distributed as dist
 __all__ = ["reduce_metrics"]
 
 _SECOND_MOMENT = "_sqmean"
+SECOND_MOMENT_CENTER = 0.5  # the `_sqmean` metrics are E[(p − ½)²] of probabilities
 
 
 def reduce_metrics(
@@ -39,8 +40,9 @@ def reduce_metrics(
     Returns:
         ``{key: mean}`` as Python floats, identical on every rank of ``dp_group``; a metric
         whose count is 0 over the whole global batch (e.g. ``reward/margin`` when no pair is
-        consistent) is ``nan``: undefined, not zero. A key ``X_sqmean`` (a second moment) is
-        reported as ``X_std`` = sqrt(E[x²] − E[x]²) when ``X_mean`` is present.
+        consistent) is ``nan``: undefined, not zero. A key ``X_sqmean`` (the second moment
+        about ½, E[(x − ½)²], of a probability) is reported as ``X_std`` =
+        sqrt(E[(x − ½)²] − (E[x] − ½)²) when ``X_mean`` is present.
     """
     if not per_microbatch:
         return {}
@@ -68,7 +70,9 @@ def _moments_to_std(means: dict[str, float]) -> dict[str, float]:
     for key, value in means.items():
         base = key[: -len(_SECOND_MOMENT)] if key.endswith(_SECOND_MOMENT) else None
         if base is not None and f"{base}_mean" in means:
-            variance = value - means[f"{base}_mean"] ** 2
+            # second moment about ½ (these metrics are probabilities): well conditioned for
+            # P near ½, where E[x²] − E[x]² in float32 sums would cancel to noise
+            variance = value - (means[f"{base}_mean"] - SECOND_MOMENT_CENTER) ** 2
             # Rounding can leave a tiny negative variance for a constant metric.
             reduced[f"{base}_std"] = math.sqrt(max(variance, 0.0))
         else:

@@ -24,6 +24,7 @@ here reads Megatron's global parallel state.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
@@ -42,14 +43,16 @@ from megatron_scir.parallel.vocab_parallel import (
     chunked_output_log_probs,
     vocab_parallel_candidate_log_probs,
 )
-from megatron_scir.rewards import sequence_logps, verdict_mass
+from megatron_scir.rewards import verdict_mass
 
 __all__ = [
     "policy_sequence_logps",
     "response_token_logps",
     "judge_candidate_logps",
+    "last_stage_outputs",
     "make_forward_step",
     "make_reference_forward_step",
+    "packed_seq_params",
     "step_metrics",
 ]
 
@@ -66,6 +69,7 @@ def policy_sequence_logps(
     tp_group: dist.ProcessGroup | None,
     vocab_size: int,
     chunk_size: int = DEFAULT_LOGPROB_CHUNK,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Response log-probs of the policy rows, from the output layer at response positions only.
 
@@ -77,21 +81,28 @@ def policy_sequence_logps(
 
     Args:
         head: the last stage's ``megatron_scir.models.OutputHead``.
-        rows: the policy rows of the batch.
-        labels: ``[len(rows), s]`` next-token ids.
-        loss_mask: ``[len(rows), s]`` 1.0 on response tokens.
+        rows: the policy rows (sequences) of the batch.
+        labels: next-token ids: ``[len(rows), s]`` (padded), or the packed row ``[1, T]``.
+        loss_mask: 1.0 on response tokens, the shape of ``labels`` (packed: only the policy
+            sequences have any).
         tp_group: the tensor-parallel group the vocabulary is split over (``None``: no TP).
         vocab_size: the tokenizer's vocabulary (padded ids get no probability).
         chunk_size: response positions per output-layer chunk (``train.logprob_chunk_size``).
+        cu_seqlens: the packed form's sequence boundaries ``[B + 1]``; ``None``: padded rows.
 
     Returns:
         ``[len(rows)]`` float32 ``log πθ(y|x)``, identical on every TP rank.
     """
-    token_logps = response_token_logps(
-        head, rows, labels, loss_mask, tp_group=tp_group, vocab_size=vocab_size,
+    return response_token_logps(
+        head,
+        rows,
+        labels,
+        loss_mask,
+        tp_group=tp_group,
+        vocab_size=vocab_size,
         chunk_size=chunk_size,
-    )
-    return sequence_logps(token_logps, loss_mask)
+        cu_seqlens=cu_seqlens,
+    ).sum(dim=-1)
 
 
 def response_token_logps(
@@ -103,22 +114,32 @@ def response_token_logps(
     tp_group: dist.ProcessGroup | None,
     vocab_size: int,
     chunk_size: int = DEFAULT_LOGPROB_CHUNK,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[len(rows), s]`` float32 log-probs of the labels where ``loss_mask`` is set, 0 elsewhere,
     from the output layer at those positions only, ``chunk_size`` at a time (recomputed in
-    backward). Shared by the preference losses and the SFT step."""
-    row_index, positions = (loss_mask > 0).nonzero(as_tuple=True)
-    batch_rows = torch.arange(rows.start, rows.stop, device=loss_mask.device)[row_index]
+    backward). Packed (``cu_seqlens``): ``s`` is the longest of the ``rows`` sequences and column
+    t is position t of each sequence. Shared by the preference losses and the SFT step."""
+    line, positions = (loss_mask > 0).nonzero(as_tuple=True)
+    if cu_seqlens is None:
+        batch_rows, sequence, offset = rows.start + line, line, positions
+        shape = loss_mask.shape
+    else:  # one packed row: a position's sequence is the last boundary at or before it
+        batch_rows = line
+        index = torch.searchsorted(cu_seqlens[1:], positions.to(cu_seqlens.dtype), right=True)
+        sequence, offset = index - rows.start, positions - cu_seqlens[index]
+        lengths = cu_seqlens[rows.start + 1 : rows.stop + 1] - cu_seqlens[rows.start : rows.stop]
+        shape = (rows.stop - rows.start, int(lengths.max()))
     token_logps = chunked_output_log_probs(
         head.hidden_at(batch_rows, positions),
         head.output_weight,
-        labels[row_index, positions],
+        labels[line, positions],
         tp_group=tp_group,
         vocab_size=vocab_size,
         chunk_size=chunk_size,
     )
-    per_position = torch.zeros(loss_mask.shape, dtype=torch.float32, device=loss_mask.device)
-    return per_position.index_put((row_index, positions), token_logps)
+    per_position = torch.zeros(shape, dtype=torch.float32, device=loss_mask.device)
+    return per_position.index_put((sequence, offset), token_logps)
 
 
 def judge_candidate_logps(
@@ -151,7 +172,7 @@ def judge_candidate_logps(
     )
 
 
-def _last_stage_outputs(
+def last_stage_outputs(
     head,
     *,
     batch: Batch,
@@ -163,24 +184,29 @@ def _last_stage_outputs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(policy_logps [2k], candidate_logps [J, K] | None)``: the judge rows are read only
     when ``candidate_ids`` are given (the loss mode reads the judge)."""
-    policy = layout.policy_rows
+    policy, cu_seqlens = layout.policy_rows, batch.get("cu_seqlens")
+    packed = cu_seqlens is not None
     policy_logps = policy_sequence_logps(
         head,
         policy,
-        batch["labels"][policy],
-        batch["loss_mask"][policy],
+        batch["labels"] if packed else batch["labels"][policy],
+        batch["loss_mask"] if packed else batch["loss_mask"][policy],
         tp_group=tp_group,
         vocab_size=vocab_size,
         chunk_size=chunk_size,
+        cu_seqlens=cu_seqlens,
     )
     if candidate_ids is None:
         return policy_logps, None
     device = batch["tokens"].device
-    rows = layout.judge_rows
+    rows, positions = layout.judge_rows, batch["verdict_positions"]
     candidate_logps = judge_candidate_logps(
         head,
-        torch.arange(rows.start, rows.stop, device=device),
-        batch["verdict_positions"],
+        # packed: every judge sequence is in row 0, its verdict position counted in that row
+        torch.zeros_like(positions)
+        if packed
+        else torch.arange(rows.start, rows.stop, device=device),
+        positions,
         candidate_ids if candidate_ids.device == device else candidate_ids.to(device),
         tp_group=tp_group,
         vocab_size=vocab_size,
@@ -193,7 +219,7 @@ def _batch_layout(layouts: Sequence[MicroBatchLayout], batch: Batch) -> MicroBat
 
     The first layout is the loss mode's own and the one a mismatch is reported against.
     """
-    rows = batch["tokens"].size(0)
+    rows = batch["cu_seqlens"].numel() - 1 if "cu_seqlens" in batch else batch["tokens"].size(0)
     layout = next((layout for layout in layouts if layout.num_rows == rows), layouts[0])
     layout.validate(batch)
     return layout
@@ -272,7 +298,7 @@ def make_forward_step(
         layouts.append(MicroBatchLayout.from_config(cfg, with_judge=True))
     candidates = None if judge is None else torch.tensor(list(candidate_ids), dtype=torch.long)
     head_fn = partial(
-        _last_stage_outputs,
+        last_stage_outputs,
         tp_group=tp_group,
         vocab_size=cfg.model.vocab_size,
         chunk_size=cfg.train.logprob_chunk_size,
@@ -281,7 +307,9 @@ def make_forward_step(
     on_device: dict[torch.device, torch.Tensor] = {}  # the candidate ids, copied once
 
     def forward_step(data_iterator: Iterator[Batch], model: torch.nn.Module):
-        batch = _to_model_device(next(data_iterator), model)
+        batch = next(data_iterator)
+        packed = packed_seq_params(batch)  # from the host copy: no device sync
+        batch = _to_model_device(batch, model)
         layout = _batch_layout(layouts, batch)
         device = batch["tokens"].device
         if candidates is not None and device not in on_device:
@@ -291,6 +319,7 @@ def make_forward_step(
             batch["tokens"],
             batch["position_ids"],
             partial(head_fn, batch=batch, layout=layout, candidate_ids=on_device.get(device)),
+            packed_seq_params=_on_device(packed, device),
         )
         return output, partial(_loss_func, mode, options, judge, batch, layout)
 
@@ -307,7 +336,7 @@ def make_reference_forward_step(
     """The training step's forward, read out as non-loss data (the reference pass, SCIR_SPEC §7.3).
 
     For ``get_forward_backward_func(..., forward_only=True, collect_non_loss_data=True)``. The
-    last stage runs exactly what :func:`make_forward_step` runs (:func:`_last_stage_outputs` on
+    last stage runs exactly what :func:`make_forward_step` runs (:func:`last_stage_outputs` on
     the same layout), so at the first training step πθ = πref bit for bit (SCIR_SPEC §4).
 
     Args:
@@ -327,20 +356,23 @@ def make_reference_forward_step(
         None if candidate_ids is None else torch.tensor(list(candidate_ids), dtype=torch.long)
     )
     head_fn = partial(
-        _last_stage_outputs,
+        last_stage_outputs,
         tp_group=tp_group,
         vocab_size=cfg.model.vocab_size,
         chunk_size=cfg.train.logprob_chunk_size,
     )
 
     def forward_step(data_iterator: Iterator[Batch], model: torch.nn.Module):
-        batch = _to_model_device(next(data_iterator), model)
+        batch = next(data_iterator)
+        packed = packed_seq_params(batch)
+        batch = _to_model_device(batch, model)
         layout.validate(batch, require_ref_logps=False)
         output = forward_last_stage(
             model,
             batch["tokens"],
             batch["position_ids"],
             partial(head_fn, batch=batch, layout=layout, candidate_ids=candidates),
+            packed_seq_params=_on_device(packed, batch["tokens"].device),
         )
         return output, partial(_reference_outputs, batch["pair_indices"])
 
@@ -359,6 +391,37 @@ def _reference_outputs(
     if candidate_logps is not None:
         data["candidate_logps"] = candidate_logps
     return data
+
+
+def packed_seq_params(batch: Batch):
+    """Megatron's ``PackedSeqParams`` (THD) of a packed micro-batch, or None for padded rows.
+
+    The boundaries are the batch's ``cu_seqlens`` plus the padding tail as one more sequence (it
+    attends to itself only), so that they cover every token of the packed row.
+    """
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    cu_seqlens = batch.get("cu_seqlens")
+    if cu_seqlens is None:
+        return None
+    total = batch["tokens"].size(1)
+    if int(cu_seqlens[-1]) != total:
+        cu_seqlens = torch.cat([cu_seqlens, cu_seqlens.new_tensor([total])])
+    longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    return PackedSeqParams(
+        qkv_format="thd",
+        cu_seqlens_q=cu_seqlens,
+        cu_seqlens_kv=cu_seqlens,
+        max_seqlen_q=longest,
+        max_seqlen_kv=longest,
+    )
+
+
+def _on_device(params, device: torch.device):
+    if params is None or params.cu_seqlens_q.device == device:
+        return params
+    bounds = params.cu_seqlens_q.to(device, non_blocking=True)
+    return dataclasses.replace(params, cu_seqlens_q=bounds, cu_seqlens_kv=bounds)
 
 
 def _to_model_device(batch: Batch, model: torch.nn.Module) -> Batch:

@@ -7,8 +7,9 @@ schedule with ``forward_only=True, collect_non_loss_data=True``), stores with ea
 for a dropped pair), and summarises the judge at the start of the iteration
 (:class:`ReferenceSummary`): no second pass is needed.
 
-Exact ties at step 0 (SCIR_SPEC §4): the pass runs the *training* micro-batch layout (same k pairs,
-rows and S) through the training forward step's own last-stage computation
+Exact ties at step 0 (SCIR_SPEC §4): the pass replays the *training* micro-batches of the first
+epoch (the same pairs together, hence the same rows, padding or packing) through the training
+forward step's own last-stage computation
 (:func:`~megatron_scir.training.forward_step.make_reference_forward_step`), so that at the first
 step log πθ = log πref bit for bit. ``srlm`` mode reads the judge here with judge rows that its
 training batches do not have: ties do not matter there (its labels do not come from P_I).
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -37,6 +39,7 @@ from megatron_scir.checkpoint.locate import DIST_METADATA, resolve_checkpoint
 from megatron_scir.checkpoint.metadata import METADATA_FILE
 from megatron_scir.config import Config
 from megatron_scir.config.choices import LossMode
+from megatron_scir.data.collate import pad_to_common_length
 from megatron_scir.data.datamodule import ScirDataModule
 from megatron_scir.data.errors import DataError
 from megatron_scir.data.jsonl import write_records
@@ -67,6 +70,8 @@ FORMAT_VERSION = 1
 _DATA_KEYS = (
     *("tokenizer_type", "tokenizer_path", "chat_template", "on_bad_record"),
     *("max_prompt_length", "max_response_length", "judge_max_length"),
+    # which pairs share a micro-batch, and its padding (the first epoch's micro-batches)
+    *("shuffle", "group_by_length", "packed_sequences", "pad_to_multiple_of"),
 )
 _PARALLEL_KEYS = (
     *("tensor_model_parallel_size", "pipeline_model_parallel_size"),
@@ -146,8 +151,10 @@ def reference_inputs(
 
     The pairs file's bytes, the model (``inputs_id``), the tokenizer, and the config keys that
     change the result: the model and judge sections, the data budgets, chat template and
-    bad-record policy, ``scir.mode`` and ``scir.srlm_drop_margin``, the micro-batch size and the
-    TP/PP/SP layout (the micro-batch shape and the layout decide the exact bits, SCIR_SPEC §4).
+    bad-record policy, ``scir.mode`` and ``scir.srlm_drop_margin``, what decides the first
+    epoch's micro-batches (micro and global batch size, seed, shuffle, length grouping, packing,
+    padding) and the TP/PP/SP layout (the micro-batches and the layout decide the exact bits,
+    SCIR_SPEC §4).
     """
     return {
         "format_version": FORMAT_VERSION,
@@ -158,7 +165,10 @@ def reference_inputs(
         "judge": dataclasses.asdict(cfg.judge),
         "data": {key: getattr(cfg.data, key) for key in _DATA_KEYS},
         "scir": {"mode": cfg.scir.mode, "srlm_drop_margin": cfg.scir.srlm_drop_margin},
-        "train": {"micro_batch_size": cfg.train.micro_batch_size},
+        "train": {
+            key: getattr(cfg.train, key)
+            for key in ("micro_batch_size", "global_batch_size", "seed")
+        },
         "parallel": {key: getattr(cfg.parallel, key) for key in _PARALLEL_KEYS},
     }
 
@@ -240,19 +250,26 @@ def _forward(
     loader = dm.reference_dataloader(
         micro_batches_multiple_of=runtime.pp_size if interleaved else 1
     )
-    outputs = get_forward_backward_func()(
-        forward_step_func=make_reference_forward_step(
-            cfg, candidate_ids, layout, tp_group=runtime.tp_group
-        ),
-        # the interleaved schedule reads one iterator per model chunk
-        data_iterator=[iter(loader) for _ in chunks] if interleaved else iter(loader),
-        model=list(chunks),
-        num_microbatches=len(loader),
-        seq_length=layout.seq_length,
-        micro_batch_size=layout.num_rows,
-        forward_only=True,
-        collect_non_loss_data=True,
+    forward_step = make_reference_forward_step(
+        cfg, candidate_ids, layout, tp_group=runtime.tp_group
     )
+    # One schedule call per training step's micro-batches (the loader replays them): under
+    # interleaved PP a call's micro-batches share one length, the same as in training.
+    per_step = cfg.train.global_batch_size // (cfg.train.micro_batch_size * runtime.dp_size)
+    outputs = []
+    for block in itertools.batched(loader, per_step):
+        block = pad_to_common_length(block) if interleaved else list(block)
+        outputs += get_forward_backward_func()(
+            forward_step_func=forward_step,
+            # the interleaved schedule reads one iterator per model chunk
+            data_iterator=[iter(block) for _ in chunks] if interleaved else iter(block),
+            model=list(chunks),
+            num_microbatches=len(block),
+            seq_length=block[0]["tokens"].size(1),  # 1F1B PP exchanges each one's shape
+            micro_batch_size=block[0]["tokens"].size(0),
+            forward_only=True,
+            collect_non_loss_data=True,
+        )
     # Every TP rank of the last stage holds the same values; one of them reports.
     if not runtime.is_last_stage() or runtime.tp_rank != 0:
         return None

@@ -89,14 +89,20 @@ LAYOUTS = [
 
 
 @pytest.mark.parametrize(("overrides", "judge_rows"), LAYOUTS)
-def test_every_micro_batch_has_the_same_fixed_shapes(datamodule, overrides, judge_rows):
+def test_every_micro_batch_is_padded_to_its_own_longest_row(datamodule, overrides, judge_rows):
     dm = datamodule(*overrides)
-    k, s = 2, dm.seq_length
+    k, budget, multiple = 2, dm.seq_length, dm.layout.pad_multiple
     b = k * (2 + judge_rows)
-    assert dm.layout.num_rows == b and s == max(32 + 32, dm.cfg.data.judge_max_length)
+    assert dm.layout.num_rows == b and budget == max(32 + 32, dm.cfg.data.judge_max_length)
+    assert not dm.layout.packed and multiple == 8  # the local spec pads rows
     loaded = batches(dm)
     assert len(loaded) == 4  # 10 pairs, global batch 4: 2 steps × 2 micro-batches
+    shapes = set()
     for batch in loaded:
+        s = batch["tokens"].shape[1]
+        longest = int((batch["tokens"] != dm.tokenizer.pad_id).sum(dim=1).max())
+        assert s % multiple == 0 and longest <= s < longest + multiple and s <= budget
+        shapes.add(s)
         assert batch["tokens"].shape == batch["labels"].shape == batch["loss_mask"].shape == (b, s)
         assert batch["tokens"].dtype == batch["labels"].dtype == torch.int64
         assert batch["loss_mask"].dtype == torch.float32
@@ -106,6 +112,34 @@ def test_every_micro_batch_has_the_same_fixed_shapes(datamodule, overrides, judg
         assert torch.equal(batch["position_ids"], torch.arange(s).expand(b, s))
         assert torch.equal(batch["labels"][:, :-1], batch["tokens"][:, 1:])
         assert (batch["labels"][:, -1] == dm.tokenizer.pad_id).all()
+    assert len(shapes) > 1  # no padding to the budget
+
+
+@pytest.mark.parametrize(("overrides", "judge_rows"), LAYOUTS)
+def test_packed_micro_batches_hold_the_padded_rows_back_to_back(datamodule, overrides, judge_rows):
+    same_order = ("data.group_by_length=false",)
+    padded = batches(datamodule(*overrides, *same_order))
+    dm = datamodule(*overrides, *same_order, "model.transformer_impl=sdpa")
+    assert dm.layout.packed  # the sdpa spec packs by default
+    pad, b = dm.tokenizer.pad_id, dm.layout.num_rows
+    for rows, packed in zip(padded, batches(dm), strict=True):
+        cu = packed["cu_seqlens"].tolist()
+        assert packed["tokens"].shape == (1, packed["tokens"].shape[1]) and len(cu) == b + 1
+        total = packed["tokens"].shape[1]
+        assert total % 8 == 0 and cu[-1] <= total < cu[-1] + 8
+        for row in range(b):
+            start, n = cu[row], cu[row + 1] - cu[row]
+            for key in ("tokens", "labels", "loss_mask"):
+                assert torch.equal(packed[key][0, start : start + n], rows[key][row, :n]), key
+            assert packed["labels"][0, start + n - 1] == pad  # no label across sequences
+            assert torch.equal(packed["position_ids"][0, start : start + n], torch.arange(n))
+        judge_starts = torch.tensor(cu[2 * 2 : b])
+        assert torch.equal(packed["verdict_positions"], judge_starts + rows["verdict_positions"])
+        assert (packed["tokens"][0, cu[-1] :] == pad).all() and not packed["loss_mask"][
+            0, cu[-1] :
+        ].any()
+        for key in ("response_lengths", "pair_labels", "pair_indices"):
+            assert torch.equal(packed[key], rows[key]), key
 
 
 @pytest.mark.parametrize(("overrides", "judge_rows"), LAYOUTS)
@@ -267,10 +301,13 @@ def test_reference_loader_visits_every_pair_once_and_fills_the_last_micro_batche
         loaded = list(dm.reference_dataloader())
         counts.append(len(loaded))
         seen += [i for b in loaded for i in b["pair_indices"].tolist()]
-        # the reference pass runs the training layout (exact ties at step 0, SCIR_SPEC §4)
+        # the reference pass replays the training micro-batches: the same pairs, layout and
+        # padding, so that the first step ties exactly (SCIR_SPEC §4)
         assert dm.reference_layout == dm.layout
-        shape = (dm.layout.num_rows, dm.layout.seq_length)
-        assert all(b["tokens"].shape == shape for b in loaded)
+        trained = batches(dm)[:1]  # epoch 0 has one step of 4: one micro-batch per rank
+        for a, b in zip(trained, loaded, strict=False):
+            assert all(torch.equal(a[key], b[key]) for key in a if key != "ref_logps")
+        assert all(b["tokens"].shape[0] == dm.layout.num_rows for b in loaded)
     assert counts == [2, 2]  # 4 micro-batches of 2 for 7 pairs, same count on both ranks
     assert sorted(i for i in seen if i >= 0) == list(range(7)) and seen.count(-1) == 1
 
@@ -342,14 +379,16 @@ def test_loaders_need_setup_first_and_stages_are_checked(make_cfg, sp_tokenizer,
 
 def test_labelled_modes_train_on_policy_rows_only_identical_to_the_scir_policy_rows(datamodule):
     rows = make_pairs(8, seed=5, refs=True)
-    scir = datamodule(rows=rows)
-    dpo = datamodule("scir.mode=dpo", rows=rows)
+    scir = datamodule("data.group_by_length=false", rows=rows)
+    dpo = datamodule("scir.mode=dpo", "data.group_by_length=false", rows=rows)
     assert dpo.layout.num_rows == 4 and dpo.seq_length == 64 < scir.seq_length
     pad = scir.tokenizer.pad_id
     for full, policy in zip(batches(scir), batches(dpo), strict=True):
-        assert policy["tokens"].shape == (4, 64) and policy["verdict_positions"].numel() == 0
-        assert (full["tokens"][:4, 64:] == pad).all() and not full["loss_mask"][:4, 64:].any()
+        s = policy["tokens"].shape[1]
+        assert policy["tokens"].shape == (4, s) and s <= 64 and s < full["tokens"].shape[1]
+        assert policy["verdict_positions"].numel() == 0
+        assert (full["tokens"][:4, s:] == pad).all() and not full["loss_mask"][:4, s:].any()
         for key in ("tokens", "labels", "loss_mask"):
-            assert torch.equal(policy[key], full[key][:4, :64]), key
+            assert torch.equal(policy[key], full[key][:4, :s]), key
         for key in ("response_lengths", "pair_labels", "pair_indices", "ref_logps"):
             assert torch.equal(policy[key], full[key]), key

@@ -7,7 +7,9 @@ import pytest
 from megatron_scir.data import DataError, MicroBatchSampler
 
 
-def sampler(n=22, *, k=2, g=8, rank=0, dp=2, steps=None, consumed=0, shuffle=True, seed=3):
+def sampler(
+    n=22, *, k=2, g=8, rank=0, dp=2, steps=None, consumed=0, shuffle=True, seed=3, lengths=None
+):
     return MicroBatchSampler(
         n,
         micro_batch_size=k,
@@ -18,6 +20,7 @@ def sampler(n=22, *, k=2, g=8, rank=0, dp=2, steps=None, consumed=0, shuffle=Tru
         shuffle=shuffle,
         num_steps=steps if steps is not None else n // g,
         consumed_samples=consumed,
+        lengths=lengths,
     )
 
 
@@ -37,12 +40,30 @@ def test_each_step_consumes_one_global_batch_split_across_ranks():
     assert sorted(step) == sorted(s0.epoch_order(0)[:8].tolist())
 
 
-def test_global_batches_do_not_depend_on_the_data_parallel_size():
-    one = [i for b in sampler(dp=1) for i in b]
-    two = [[i for b in sampler(rank=r, dp=2) for i in b] for r in range(2)]
-    for step in range(2):
-        rank_slices = two[0][4 * step : 4 * step + 4] + two[1][4 * step : 4 * step + 4]
-        assert rank_slices == one[8 * step : 8 * step + 8]
+@pytest.mark.parametrize("grouped", [False, True])
+def test_micro_batches_do_not_depend_on_the_data_parallel_size(grouped):
+    lengths = [(7 * i) % 11 for i in range(22)] if grouped else None
+    one = list(sampler(dp=1, lengths=lengths))
+    two = [list(sampler(rank=r, dp=2, lengths=lengths)) for r in range(2)]
+    for step in range(2):  # micro-batch m of a step goes to rank m % 2
+        step_one = one[4 * step : 4 * step + 4]
+        assert step_one[0::2] == two[0][2 * step : 2 * step + 2]
+        assert step_one[1::2] == two[1][2 * step : 2 * step + 2]
+    steps, left_out = sampler(dp=1, lengths=lengths).epoch_micro_batches(0)
+    assert steps == one and len(left_out) == 3  # the reference pass replays these
+
+
+def test_length_grouping_puts_similar_lengths_in_a_micro_batch_within_each_global_batch():
+    lengths = [(7 * i) % 11 for i in range(22)]
+    plain, grouped = list(sampler(dp=1)), list(sampler(dp=1, lengths=lengths))
+    for step in range(2):  # the same samples per optimizer step, regrouped
+        assert sorted(sum(plain[4 * step : 4 * step + 4], [])) == sorted(
+            sum(grouped[4 * step : 4 * step + 4], [])
+        )
+        flat = [lengths[i] for mb in grouped[4 * step : 4 * step + 4] for i in mb]
+        assert flat == sorted(flat, reverse=True)
+    full = list(sampler(rank=1, steps=7, lengths=lengths))
+    assert list(sampler(rank=1, steps=7, consumed=24, lengths=lengths)) == full[6:]
 
 
 def test_resuming_from_consumed_samples_yields_exactly_the_remaining_micro_batches():

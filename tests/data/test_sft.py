@@ -65,12 +65,15 @@ def all_rows(dm) -> list[tuple[list[int], list[int]]]:
     return rows
 
 
-def test_sft_batches_are_tokens_positions_labels_and_mask_of_one_fixed_shape(sft):
+def test_sft_batches_are_tokens_positions_labels_and_mask_padded_to_the_longest(sft):
     dm = sft()
     assert dm.num_instruction_examples == 3 and dm.num_judge_examples == 3
     for batch in dm.train_dataloader():
+        s = batch["tokens"].shape[1]
+        longest = int((batch["tokens"] != dm.tokenizer.pad_id).sum(dim=1).max())
+        assert s % 8 == 0 and longest <= s < longest + 8 and s <= dm.seq_length
         for key in ("tokens", "position_ids", "labels", "loss_mask"):
-            assert batch[key].shape == (1, dm.seq_length)
+            assert batch[key].shape == (1, s)
         assert torch.equal(batch["labels"][:, :-1], batch["tokens"][:, 1:])
 
 

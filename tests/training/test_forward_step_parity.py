@@ -6,7 +6,11 @@ Sources of micro-batches (each with its own single-process reference):
 - ``pairwise_one_order``: random batches, ``judge.position_debias=none`` (one judge row a pair);
 - ``pointwise``: random batches, pointwise judge (a score row per response, six score tokens);
 - ``datamodule``: real micro-batches from :class:`~megatron_scir.data.ScirDataModule` (a tiny
-  SentencePiece tokenizer trained here, a pairs JSONL, the default pairwise judge template).
+  SentencePiece tokenizer trained here, a pairs JSONL of short and long pairs, the default
+  pairwise judge template): rows padded to each micro-batch's own longest, so the two
+  micro-batches of the global batch have different lengths;
+- ``packed``: the same pairs with the ``sdpa`` spec, whose micro-batches are packed (one THD row
+  of all the sequences, each attending to itself; totals differ between micro-batches).
 
 The reference is one gloo process (TP=PP=DP=1) running two micro-batches of k=2 pairs through
 Megatron's schedule with the SCIR forward step. It also fixes the reference log-probs once:
@@ -22,6 +26,7 @@ collective).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
@@ -42,20 +47,19 @@ RANDOM_BASE = [*BASE, "model.vocab_size=250"]  # 250 → 256: padded vocabulary
 PAIRWISE_IDS = [17, 200]  # one verdict id on each TP=2 vocabulary shard
 SCORE_IDS = [10, 130, 20, 140, 30, 249]
 # source → (config overrides, candidate ids); the datamodule's ids come from its tokenizer
+DATAMODULE = [
+    *BASE,
+    "data.max_prompt_length=32",
+    "data.max_response_length=32",
+    "data.judge_max_length=256",  # the default pairwise template plus short fields
+    "train.global_batch_size=4",
+]
 SOURCES = {
     "pairwise": (RANDOM_BASE, PAIRWISE_IDS),
     "pairwise_one_order": ([*RANDOM_BASE, "judge.position_debias=none"], PAIRWISE_IDS),
     "pointwise": ([*RANDOM_BASE, "judge.kind=pointwise"], SCORE_IDS),
-    "datamodule": (
-        [
-            *BASE,
-            "data.max_prompt_length=32",
-            "data.max_response_length=32",
-            "data.judge_max_length=256",  # the default pairwise template plus short fields
-            "train.global_batch_size=4",
-        ],
-        None,
-    ),
+    "datamodule": (DATAMODULE, None),
+    "packed": ([*DATAMODULE, "model.transformer_impl=sdpa"], None),
 }
 TP2 = ["parallel.tensor_model_parallel_size=2"]
 SP = ["parallel.sequence_parallel=true"]
@@ -80,6 +84,11 @@ TWO_PROCESS_CASES = [
     ],
     ("datamodule", "tp2"),
     ("datamodule", "tp2_sp"),
+    ("datamodule", "pp2_1f1b"),  # each micro-batch its own length: shapes exchanged
+    ("datamodule", "pp2_interleaved_vpp2"),  # one length per schedule call
+    ("datamodule", "dp2"),
+    *[(source, layout) for source in ("packed",) for layout in ("tp2_sp", "pp2_1f1b", "dp2")],
+    ("packed", "pp2_interleaved_vpp2"),
 ]
 FOUR_PROCESS_CASES = [("pairwise", "tp2_pp2"), ("pairwise", "tp2_sp_pp2")]
 
@@ -116,7 +125,7 @@ def _config(source: str, layout: str | None = None, data_files=None):
     from megatron_scir.config import load_config
 
     overrides = list(SOURCES[source][0])
-    if source == "datamodule":
+    if source in ("datamodule", "packed"):
         overrides.append(f"data.tokenizer_path={data_files[0]}")
     return load_config("tiny", overrides + (LAYOUTS[layout] if layout else []))
 
@@ -133,11 +142,14 @@ def _datamodule_batches(cfg, pairs_path: str):
 def _run_step(cfg, chunks, batches, candidate_ids) -> dict[str, float]:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from megatron_scir.data import pad_to_common_length
     from megatron_scir.parallel import state
     from megatron_scir.parallel.ddp import wrap_with_ddp
     from megatron_scir.training.forward_step import make_forward_step, step_metrics
 
     model = wrap_with_ddp(chunks, cfg)
+    if len(model) > 1:  # as the trainer: one length per interleaved schedule call
+        batches = pad_to_common_length(batches)
     losses = get_forward_backward_func()(
         forward_step_func=make_forward_step(cfg, candidate_ids, tp_group=state.tp_group()),
         # the interleaved schedule reads one iterator per model chunk
@@ -163,31 +175,24 @@ def _set_reference_logps(cfg, model, batch, candidate_ids) -> None:
     from megatron_scir.data.layout import MicroBatchLayout
     from megatron_scir.models import forward_last_stage
     from megatron_scir.rewards import judge_preference
-    from megatron_scir.training.forward_step import judge_candidate_logps, policy_sequence_logps
+    from megatron_scir.training.forward_step import last_stage_outputs, packed_seq_params
 
-    layout, vocab = MicroBatchLayout.from_config(cfg), cfg.model.vocab_size
-    policy_rows, judge_rows = layout.policy_rows, layout.judge_rows
-
-    def head_fn(head):
-        policy = policy_sequence_logps(
-            head,
-            policy_rows,
-            batch["labels"][policy_rows],
-            batch["loss_mask"][policy_rows],
-            tp_group=None,
-            vocab_size=vocab,
-        )
-        candidates = judge_candidate_logps(
-            head,
-            torch.arange(judge_rows.start, judge_rows.stop),
-            batch["verdict_positions"],
-            torch.tensor(candidate_ids),
-            tp_group=None,
-            vocab_size=vocab,
-        )
-        return policy, candidates
-
-    policy, candidates = forward_last_stage(model, batch["tokens"], batch["position_ids"], head_fn)
+    layout = MicroBatchLayout.from_config(cfg)
+    head_fn = functools.partial(
+        last_stage_outputs,
+        batch=batch,
+        layout=layout,
+        candidate_ids=torch.tensor(candidate_ids),
+        tp_group=None,
+        vocab_size=cfg.model.vocab_size,
+    )
+    policy, candidates = forward_last_stage(
+        model,
+        batch["tokens"],
+        batch["position_ids"],
+        head_fn,
+        packed_seq_params=packed_seq_params(batch),
+    )
     k = layout.num_pairs
     log_p_judge, log_q_judge = judge_preference(
         *judge_format(cfg.judge).log_odds(candidates, k),
@@ -206,7 +211,7 @@ def _set_reference_logps(cfg, model, batch, candidate_ids) -> None:
 def _source_batches(source: str, cfg, data_files):
     from megatron_scir.testing.scir_batches import random_scir_batch
 
-    if source == "datamodule":
+    if source in ("datamodule", "packed"):
         return _datamodule_batches(cfg, data_files[1])
     generator = torch.Generator().manual_seed(SEED)
     batches = [
@@ -286,12 +291,23 @@ def test_reference_step_mixes_consistent_and_inconsistent_pairs(reference, sourc
 
 def test_datamodule_source_is_real_scir_micro_batches(reference):
     batches, candidate_ids, _, _ = reference["datamodule"]
-    # k=2 pairs, pairwise judge with both orders: 8 rows at the judge budget of 256 tokens
-    assert [tuple(b["tokens"].shape) for b in batches] == [(8, 256)] * NUM_MICRO
+    # k=2 pairs, pairwise judge with both orders: 8 rows, each micro-batch padded to its own
+    # longest row (a multiple of 8), far below the judge budget of 256 tokens
+    lengths = [b["tokens"].shape[1] for b in batches]
+    assert all(b["tokens"].shape[0] == 8 for b in batches) and len(set(lengths)) == NUM_MICRO
+    assert all(s % 8 == 0 and s < 256 for s in lengths)
     assert len(candidate_ids) == 2 and len(set(candidate_ids)) == 2
     for batch in batches:
         assert (batch["verdict_positions"] > 100).all()  # after the judge template's text
         assert batch["loss_mask"][:4].sum() > 0 and batch["loss_mask"][4:].sum() == 0
+    packed, packed_ids, _, _ = reference["packed"]
+    assert packed_ids == candidate_ids
+    for one in packed:
+        total, cu = one["tokens"].shape[1], one["cu_seqlens"]
+        assert one["tokens"].shape == (1, total) and cu.numel() == 9  # 8 sequences, no row padding
+        assert cu[-1] <= total < cu[-1] + 8 and total < max(lengths) * 8
+    pairs = sorted(i for b in packed for i in b["pair_indices"].tolist())
+    assert pairs == sorted(i for b in batches for i in b["pair_indices"].tolist())
 
 
 @pytest.mark.parametrize("processes", ["two_processes", "four_processes"])
