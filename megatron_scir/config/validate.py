@@ -78,6 +78,14 @@ def _check_generation(cfg: Config) -> None:
         )
 
 
+def packs_sequences(cfg: Config) -> bool:
+    """``data.packed_sequences``, resolved: null packs with the sdpa spec only (Megatron's local
+    attention has no packed path; TE's is not tested here, so it is opt-in)."""
+    if cfg.data.packed_sequences is not None:
+        return cfg.data.packed_sequences
+    return cfg.model.transformer_impl == "sdpa"
+
+
 def _check_training(cfg: Config) -> None:
     d, p = cfg.data, cfg.parallel
     if d.packed_sequences and cfg.model.transformer_impl == "local":

@@ -32,21 +32,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from megatron_scir.config import Config
-from megatron_scir.config.choices import TransformerImpl
+from megatron_scir.config.validate import packs_sequences
 from megatron_scir.data.judges import judge_format
 from megatron_scir.losses.modes import loss_mode
 
 __all__ = ["MicroBatchLayout", "packs_sequences"]
 
 POLICY_ROWS_PER_PAIR = 2
-
-
-def packs_sequences(cfg: Config) -> bool:
-    """``data.packed_sequences``, resolved: null packs with the sdpa spec only (Megatron's local
-    attention has no packed path; TE's is not tested here, so it is opt-in)."""
-    if cfg.data.packed_sequences is not None:
-        return cfg.data.packed_sequences
-    return cfg.model.transformer_impl == TransformerImpl.SDPA
 
 
 @dataclass(frozen=True, kw_only=True)

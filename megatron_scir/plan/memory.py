@@ -113,7 +113,12 @@ from megatron_scir.config.choices import (
     RecomputeMethod,
     TransformerImpl,
 )
-from megatron_scir.config.validate import GENERATION, TRAINING, validate_world
+from megatron_scir.config.validate import (
+    GENERATION,
+    TRAINING,
+    packs_sequences,
+    validate_world,
+)
 from megatron_scir.models.shapes import DTYPE_BYTES, dtype_name, mcore_tensor_shapes
 from megatron_scir.models.shapes import padded_vocab_size as _padded_vocab_size
 
@@ -375,6 +380,7 @@ class _Rows:
     judge_rows_per_pair: int
     seq_length: int
     num_micro_batches: int
+    packed_tokens: int | None = None  # packed (THD): every sequence at its budget, one row
 
     @property
     def policy_rows(self) -> int:
@@ -449,6 +455,8 @@ class MemoryPlan:
         judge_rows_per_pair: r.
         seq_length: S.
         num_micro_batches: Micro-batches per step and DP rank.
+        packed_tokens: packed micro-batches (``data.packed_sequences``): the longest pack,
+            every sequence at its budget; ``None``: rows padded (at most S each).
         training: The first and the last stage (one entry when PP = 1).
         generation: The generation layout's worst stage.
         gpu_memory_gb, headroom, usable_gb: GiB per GPU, the share kept free, what is left.
@@ -483,6 +491,7 @@ class MemoryPlan:
     max_micro_batch_size: int
     suggestions: tuple[str, ...]
     verdict: str
+    packed_tokens: int | None = None
 
     @property
     def training_peak(self) -> StageMemory:
@@ -542,6 +551,12 @@ def _rows(cfg: Config, layout: _Layout) -> _Rows:
         judge_rows_per_pair=r,
         seq_length=max(policy, d.judge_max_length) if r else policy,
         num_micro_batches=t.global_batch_size // (t.micro_batch_size * layout.dp),
+        # the worst packed micro-batch: every sequence at its budget (no row padding)
+        packed_tokens=(
+            t.micro_batch_size * (POLICY_ROWS_PER_PAIR * policy + r * d.judge_max_length)
+            if packs_sequences(cfg)
+            else None
+        ),
     )
 
 
@@ -566,9 +581,7 @@ def _layout(cfg: Config, nodes: int, gpus_per_node: int) -> _Layout:
     )
 
 
-def _state_bytes(
-    cfg: Config, layout: _Layout, params: StageParams, stage: int
-) -> dict[str, float]:
+def _state_bytes(cfg: Config, layout: _Layout, params: StageParams, stage: int) -> dict[str, float]:
     """Weights, gradients, optimizer and FP8 copies of one stage (items 1-4)."""
     m = cfg.model
     dtype = dtype_name(m.params_dtype)
@@ -602,9 +615,7 @@ def _bf16_layers(m: ModelConfig, layout: _Layout, stage: int) -> int:
     return first + (m.num_layers_at_end_in_bf16 if stage == layout.pp - 1 else 0)
 
 
-def logits_bytes(
-    m: ModelConfig, *, policy_positions: int, judge_rows: int, tp: int
-) -> float:
+def logits_bytes(m: ModelConfig, *, policy_positions: int, judge_rows: int, tp: int) -> float:
     """Item 6: the float32 logits of one chunk of policy response positions and of the judge
     rows at their verdict position."""
     vocab_shard = _padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, tp) // tp
@@ -619,7 +630,11 @@ def _training_stage(
         pp=layout.pp, vpp=layout.vpp, num_micro_batches=rows.num_micro_batches, stage=stage
     )
     activations = _stage_activation_bytes(
-        cfg, layout, rows=rows.rows, seq_length=rows.seq_length, in_flight=in_flight
+        cfg,
+        layout,
+        rows=1 if rows.packed_tokens else rows.rows,
+        seq_length=rows.packed_tokens or rows.seq_length,
+        in_flight=in_flight,
     )
     logits = 0.0
     if stage == layout.pp - 1:  # the output layer's stage; one micro-batch in flight there
@@ -894,6 +909,7 @@ def plan_memory(
         judge_rows_per_pair=rows.judge_rows_per_pair,
         seq_length=rows.seq_length,
         num_micro_batches=rows.num_micro_batches,
+        packed_tokens=rows.packed_tokens,
         training=training,
         generation=generation,
         gpu_memory_gb=gpu_memory_gb,
@@ -952,9 +968,14 @@ def format_plan(plan: MemoryPlan) -> str:
         f"distributed optimizer {'on' if plan.distributed_optimizer else 'off'}",
         f"model: {_count(plan.total_params)} parameters (padded vocabulary "
         f"{plan.padded_vocab}), {plan.params_dtype}",
-        f"micro-batch: {plan.micro_batch_size} pair(s) → {plan.rows_per_micro_batch} rows "
-        f"({plan.rows_per_micro_batch - judge} policy + {judge} judge) × S = "
-        f"{plan.seq_length}; {plan.num_micro_batches} micro-batches per step and DP rank",
+        f"micro-batch: {plan.micro_batch_size} pair(s) → {plan.rows_per_micro_batch} "
+        f"sequences ({plan.rows_per_micro_batch - judge} policy + {judge} judge), "
+        + (
+            f"packed into at most {plan.packed_tokens} tokens"
+            if plan.packed_tokens
+            else f"rows padded to at most S = {plan.seq_length}"
+        )
+        + f"; {plan.num_micro_batches} micro-batches per step and DP rank",
         "",
     ]
     columns = [*plan.training, plan.generation]

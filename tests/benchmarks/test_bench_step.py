@@ -26,6 +26,7 @@ def _load_script():
 def test_tiny_step_benchmark_prints_every_mode_and_agrees_with_hf_on_the_loss():
     command = [sys.executable, str(SCRIPT), "--shape", "tiny", "--steps", "1", "--warmup", "0"]
     command += ["--policy-length", "64", "--judge-length", "128", "--judge-overhead", "16"]
+    command += ["--lengths", "uniform"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout
@@ -44,7 +45,7 @@ def test_tiny_step_benchmark_prints_every_mode_and_agrees_with_hf_on_the_loss():
         # the per-kind peer pads each kind to its longest row: fewer tokens than one batch
         assert processed["HF per kind"] <= processed["HF"]
         if mode == "scir":  # packed (sdpa spec): only the pack's rounding is not real
-            assert processed["megatron-scir"] < processed["HF per kind"]
+            assert processed["megatron-scir"] <= processed["HF per kind"] < processed["HF"]
             assert processed["megatron-scir"] < real + 8
     assert "| megatron-scir |" in out.split("**scir ÷ dpo**")[1]
     worst = re.search(r"max abs loss difference .*: (\S+)", out)
