@@ -18,26 +18,33 @@ timing):
   orders), then the same loss (``losses.LOSS_MODES`` with the same ``LossOptions``; for ``sft``
   the per-token mean NLL of ``training/sft_step.py``); ``loss / M`` backward per micro-batch.
 
-Batches (SCIR_SPEC §9): ``scir`` micro-batches come from ``testing.scir_batches.random_scir_batch``
-(k pairs: 2k policy rows and 2k judge rows, all padded to S = max(policy, judge length));
-``dpo`` takes their 2k policy rows cut to the policy length; ``sft`` the same rows as 2k examples
-(their response tokens are the targets). ``ref_logps`` come from a no-grad Megatron forward
-(``make_reference_forward_step``) plus random offsets, so that the pairs are not all ties.
+Batches (SCIR_SPEC §9): ``pairs × micro-batches`` pairs of random token ids whose lengths follow
+``--lengths`` (``synthetic_pairs``: ``uniform`` over the budgets, or ``realistic`` log-normal
+prompts and responses), each with two judge sequences (both orders) holding the template
+(``--judge-overhead`` tokens), the prompt and both responses. Each side gets the batches it would
+build: megatron-scir ``collate_pairs`` with the run's layout (packed with the sdpa spec, rows
+padded to the micro-batch's longest with ``local``), HF the same pairs as rows padded to the
+micro-batch's longest row (the per-kind peer cuts them per kind). ``dpo`` takes the policy
+sequences only; ``sft`` the ``dpo`` rows as padded examples on both sides. ``ref_logps`` come from
+a no-grad Megatron forward (``make_reference_forward_step``) plus random offsets, so that the
+pairs are not all ties.
 
-Reported per mode: median seconds of ``--steps`` timed steps after ``--warmup`` (the two sides
-alternate step by step), tokens/s (B·S tokens of every micro-batch, padding included, as the
-trainer's ``train/tokens_per_s``), peak memory of one more step, the loss of both sides and the
-gradient norm of both. Peak memory = the side's resident tensors (weights; megatron-scir's DDP
-gradient buffer) + the step's peak of newly allocated tensors: on CUDA the allocator's
-``max_memory_allocated`` over ``memory_allocated`` at the start; on CPU the peak sum of live
-tensor storages created during the step, tracked op by op by a ``TorchDispatchMode``
-(allocator-independent; kernels' internal workspaces are not seen). The script exits with status
+Reported per mode: tokens each side runs through the model against the real tokens, median
+seconds of ``--steps`` timed steps after ``--warmup`` (the sides alternate step by step), real
+tokens/s, peak memory of one more step, the peak of the output head alone (``head_peaks``), the
+SCIR ÷ DPO time of each side, the loss of every side and the gradient norm of every side.
+Peak memory = the side's resident tensors (weights; megatron-scir's DDP gradient buffer) + the
+step's peak of newly allocated tensors: on CUDA the allocator's ``max_memory_allocated`` over
+``memory_allocated`` at the start; on CPU the peak sum of live tensor storages created during
+the step, tracked op by op by a ``TorchDispatchMode`` (allocator-independent; kernels' internal
+workspaces are not seen). The script exits with status
 1 when a float32 loss differs by more than 1e-4.
 
     python benchmarks/bench_step.py --shape tiny --steps 1 --warmup 0      # smoke test
-    python benchmarks/bench_step.py --shape small --steps 3 --warmup 1     # docs/performance.md
+    python benchmarks/bench_step.py --shape small --pairs 4 --policy-length 512 \\
+        --judge-length 1024 --steps 2 --modes scir,dpo                     # docs/performance.md
     python benchmarks/bench_step.py --shape medium --dtype bfloat16 --pairs 8 \\
-        --policy-length 512 --judge-length 1024                            # one GPU
+        --policy-length 1024 --judge-length 2048                           # one GPU
 """
 
 from __future__ import annotations
@@ -576,6 +583,66 @@ def _norm(grads) -> float:
     return math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads))
 
 
+def head_peaks(mode: str, cfg, model, hf_model, batches: dict[str, list[Batch]]) -> tuple[int, int]:
+    """Peak bytes newly allocated by the output head alone, forward + backward, on the first
+    micro-batch's final hidden states: megatron-scir's (``forward_step.last_stage_outputs``:
+    response positions in chunks, verdict positions) and HF's (``lm_head`` on every position of
+    every row, float32 log-softmax, then the same loss)."""
+    from megatron_scir.data.layout import MicroBatchLayout
+    from megatron_scir.models.gpt import OutputHead
+    from megatron_scir.training.forward_step import last_stage_outputs, packed_seq_params
+
+    ours_batch, hf_batch = batches["megatron"][0], batches["hf"][0]
+    captured = {}
+
+    def keep(*, hidden_states, output_layer, output_weight, scale_logits, **_):
+        captured.update(layer=output_layer, weight=output_weight, scale=scale_logits)
+        return hidden_states.detach()
+
+    with torch.no_grad():
+        hidden = model[0](
+            ours_batch["tokens"],
+            ours_batch["position_ids"],
+            None,
+            packed_seq_params=packed_seq_params(ours_batch),
+            output_processor=keep,
+        )
+        hf_hidden = hf_model.model(
+            input_ids=hf_batch["tokens"], position_ids=hf_batch["position_ids"]
+        ).last_hidden_state
+    layout = MicroBatchLayout.from_config(cfg)
+    ids = torch.tensor(VERDICT_IDS, device=hidden.device) if mode == "scir" else None
+
+    def ours() -> None:
+        head = OutputHead(
+            hidden.clone().requires_grad_(),
+            captured["layer"],
+            captured["weight"],
+            captured["scale"],
+        )
+        policy, candidates = last_stage_outputs(
+            head,
+            batch=ours_batch,
+            layout=layout,
+            candidate_ids=ids,
+            tp_group=None,
+            vocab_size=cfg.model.vocab_size,
+            chunk_size=cfg.train.logprob_chunk_size,
+        )
+        total = policy.sum() + (candidates.sum() if candidates is not None else 0.0)
+        total.backward()
+
+    def theirs() -> None:
+        logits = hf_model.lm_head(hf_hidden.clone().requires_grad_())
+        loss, _ = hf_pair_loss(cfg, logits.float().log_softmax(dim=-1), hf_batch)
+        loss.backward()
+
+    peaks = peak_step_bytes(ours), peak_step_bytes(theirs)
+    _zero_grad_buffers(model)
+    hf_model.zero_grad(set_to_none=True)
+    return peaks
+
+
 # ---------------------------------------------------------------------------------------------
 # Report
 
@@ -602,7 +669,11 @@ def processed_tokens(cfg, mode: str, batches: dict[str, list[Batch]]) -> dict[st
     }
 
 
-def print_tables(results: dict[str, list[Side]], tokens: dict[str, dict[str, int]]) -> None:
+def print_tables(
+    results: dict[str, list[Side]],
+    tokens: dict[str, dict[str, int]],
+    heads: dict[str, tuple[int, int]],
+) -> None:
     print(
         "| mode | implementation | tokens processed | real tokens | s/step | real tokens/s | "
         "peak memory GiB |"
@@ -623,6 +694,14 @@ def print_tables(results: dict[str, list[Side]], tokens: dict[str, dict[str, int
             print(
                 f"| {mode} | **megatron-scir / {theirs.name}** | | | **{speed:.2f}×** | | "
                 f"**{ours.peak / theirs.peak:.2f}×** |"
+            )
+    if heads:
+        print()
+        print("| mode | head alone: peak GiB megatron-scir | peak GiB HF | **ratio** |")
+        print("|---|---|---|---|")
+        for mode, (ours, theirs) in heads.items():
+            print(
+                f"| {mode} | {ours / 2**30:.3f} | {theirs / 2**30:.3f} | **{ours / theirs:.2f}×** |"
             )
     if "scir" in results and "dpo" in results:
         print()
@@ -669,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
             hf_model = hf_model.to(device).train()
             batches = make_batches(args, cfgs, runtime, model, device)
             _print_header(args, model, hf_model, device)
-            results, tokens = {}, {}
+            results, tokens, heads = {}, {}, {}
             for mode in args.modes:
                 cfg = cfgs["scir" if mode == "scir" else "dpo"]
                 sides = mode_sides(mode, cfg, runtime, model, hf_model, batches[mode])
@@ -679,7 +758,9 @@ def main(argv: list[str] | None = None) -> int:
                 hf_model.zero_grad(set_to_none=True)
                 results[mode] = sides
                 tokens[mode] = processed_tokens(cfg, mode, batches[mode])
-            print_tables(results, tokens)
+                if mode != "sft":
+                    heads[mode] = head_peaks(mode, cfg, model, hf_model, batches[mode])
+            print_tables(results, tokens, heads)
     worst = max(_loss_diff(sides) for sides in results.values())
     checked = f"checked against {LOSS_TOLERANCE}" if args.dtype == Dtype.FLOAT32 else "unchecked"
     print(

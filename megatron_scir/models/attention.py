@@ -96,11 +96,15 @@ class SDPAttention(MegatronModule):
                 f"cu_seqlens_q {bounds} do not cover the {query.size(0)} packed tokens"
             )
         dropout = self.dropout_p if self.training else 0.0
+        lengths = [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+        # torch.split, not per-sequence slicing: its backward is one cat, where each slice's
+        # backward would zero-fill and add a full [t, heads, hn] gradient (measured: 7 % of
+        # a CPU step with 17 sequences)
         outputs = []
-        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-            if end == start:
+        for q, k, v in zip(*(t.split(lengths) for t in (query, key, value)), strict=True):
+            if q.size(0) == 0:
                 continue
-            q, k, v = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (query, key, value))
+            q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
             out = F.scaled_dot_product_attention(
                 q,
                 k,

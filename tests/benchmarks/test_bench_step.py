@@ -48,6 +48,8 @@ def test_tiny_step_benchmark_prints_every_mode_and_agrees_with_hf_on_the_loss():
             assert processed["megatron-scir"] <= processed["HF per kind"] < processed["HF"]
             assert processed["megatron-scir"] < real + 8
     assert "| megatron-scir |" in out.split("**scir ÷ dpo**")[1]
+    heads = re.findall(r"\| (scir|dpo) \| ([\d.]+) \| ([\d.]+) \| \*\*([\d.]+)×\*\* \|", out)
+    assert [mode for mode, *_ in heads] == ["scir", "dpo"], out  # the head-alone table
     worst = re.search(r"max abs loss difference .*: (\S+)", out)
     assert worst is not None, out
     assert float(worst.group(1)) <= 1e-4
