@@ -257,7 +257,8 @@ class ScirDataModule(MicroBatchDataModule):
 
         The micro-batches of the first training epoch (the same k pairs together, in
         ``reference_layout``: the training layout, with judge rows in ``srlm`` mode too), then
-        the pairs that epoch leaves out. A micro-batch's shape and padding depend on the pairs
+        the pairs that epoch leaves out (all of them, in file order, when they do not fill a global
+        batch: an evaluation file). A micro-batch's shape and padding depend on the pairs
         it holds, so this replay is what makes log πθ = log πref bit for bit at the first step
         (SCIR_SPEC §4). Micro-batch m goes to DP rank ``m % dp_size``. The last micro-batches
         are completed with fillers (``pair_indices`` = -1) so that every micro-batch has k pairs
@@ -270,7 +271,13 @@ class ScirDataModule(MicroBatchDataModule):
         """
         items = self._require(self._train, "fit")
         k = self.cfg.train.micro_batch_size
-        steps, left_out = self._sampler(items, 1, shuffle=None).epoch_micro_batches(0)
+        if len(items) >= self.global_batch_size:
+            steps, left_out = self._sampler(items, 1, shuffle=None).epoch_micro_batches(0)
+        else:  # too few pairs to train on (an evaluation file): no step to tie, file order
+            steps, left_out = (
+                [],
+                [list(range(i, min(i + k, len(items)))) for i in range(0, len(items), k)],
+            )
         filler = -len(items)  # a filler copy of the last pair
         batches = [mb + [filler] * (k - len(mb)) for mb in steps + left_out]
         per_round = self.dp_size * micro_batches_multiple_of

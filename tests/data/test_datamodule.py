@@ -310,6 +310,10 @@ def test_reference_loader_visits_every_pair_once_and_fills_the_last_micro_batche
         assert all(b["tokens"].shape[0] == dm.layout.num_rows for b in loaded)
     assert counts == [2, 2]  # 4 micro-batches of 2 for 7 pairs, same count on both ranks
     assert sorted(i for i in seen if i >= 0) == list(range(7)) and seen.count(-1) == 1
+    # fewer pairs than a global batch (an evaluation file): every pair once, in file order
+    few = datamodule(rows=rows[:3])
+    loaded = list(few.reference_dataloader())
+    assert [b["pair_indices"].tolist() for b in loaded] == [[0, 1], [2, -1]]
 
 
 def test_worker_processes_give_identical_batches_and_counts(datamodule):
