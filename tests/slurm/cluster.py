@@ -94,20 +94,32 @@ class LocalCluster:
     _munged: Path | None = None
 
     def run(
-        self, *args: str, check: bool = True, timeout: float = 60, env=None, cwd=None
+        self, *args: str, check: bool = True, timeout: float = 60, env=None, cwd=None,
+        attempts: int = 1,
     ) -> str:
-        """A Slurm command against this cluster (``env`` replaces :attr:`env` when given)."""
-        done = subprocess.run(
-            [_program(args[0]), *args[1:]], env=self.env if env is None else env, cwd=cwd,
-            capture_output=True, text=True, timeout=timeout,
-        )
-        if check and done.returncode != 0:
-            raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr}")
-        return done.stdout
+        """A Slurm command against this cluster (``env`` replaces :attr:`env` when given).
+
+        ``attempts`` > 1 is for read-only queries only: a query that loses its connection to a
+        busy controller (killed by SIGPIPE, or "Socket timed out") is asked again, up to that
+        many times, one second apart. A command that changes state is never repeated.
+        """
+        failures = []
+        for attempt in range(attempts):
+            done = subprocess.run(
+                [_program(args[0]), *args[1:]], env=self.env if env is None else env, cwd=cwd,
+                capture_output=True, text=True, timeout=timeout,
+            )
+            if done.returncode == 0 or not check:
+                return done.stdout
+            failures.append(f"({done.returncode}) {done.stderr.strip()}")
+            if not _transient(done) or attempt + 1 == attempts:
+                break
+            time.sleep(1.0)
+        raise RuntimeError(f"{' '.join(args)} failed: " + "; ".join(failures))
 
     def job(self, job_id: str) -> dict[str, str]:
         """``scontrol show job -o`` as a dict (JobState, Restarts, ExitCode, ...)."""
-        line = self.run("scontrol", "show", "job", "-o", job_id)
+        line = self.run("scontrol", "show", "job", "-o", job_id, attempts=5)
         fields = {}
         for item in line.split():
             key, _, value = item.partition("=")
@@ -137,6 +149,19 @@ class LocalCluster:
             time.sleep(0.1)
         for pid in pids:
             _signal(pid, signal.SIGKILL)
+
+
+TRANSIENT_ERRORS = ("Socket timed out", "Unable to contact slurm controller",
+                    "Zero Bytes were transmitted", "Connection reset")
+
+
+def _transient(done: subprocess.CompletedProcess) -> bool:
+    """A failure that says the controller was busy, not that the query was wrong.
+
+    The 2-core CI machine saw ``scontrol show job`` die of SIGPIPE (return code -13) while
+    slurmctld was requeueing a job: the controller had closed the socket before the reply.
+    """
+    return done.returncode < 0 or any(text in done.stderr for text in TRANSIENT_ERRORS)
 
 
 def _signal(pid: int, sig: int) -> None:
