@@ -303,25 +303,14 @@ def make_batches(args, cfgs, runtime, model, device) -> dict[str, dict[str, list
 
 def _reference_logps(cfg, runtime, model, batches: list[Batch]) -> list[torch.Tensor]:
     """log πθ(y|x) ``[2k]`` of every micro-batch at the current weights (no grad)."""
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
     from megatron_scir.data.layout import MicroBatchLayout
     from megatron_scir.training.forward_step import make_reference_forward_step
+    from megatron_scir.training.schedule import run_schedule
 
     layout = MicroBatchLayout.from_config(cfg)
     step = make_reference_forward_step(cfg, None, layout, tp_group=runtime.tp_group)
-    rows, seq = batches[0]["tokens"].shape
     with torch.no_grad():
-        outputs = get_forward_backward_func()(
-            forward_step_func=step,
-            data_iterator=iter(batches),
-            model=model,
-            num_microbatches=len(batches),
-            seq_length=seq,
-            micro_batch_size=rows,
-            forward_only=True,
-            collect_non_loss_data=True,
-        )
+        outputs = run_schedule(step, model, batches, forward_only=True, collect_non_loss_data=True)
     return [output["policy_logps"].float() for output in outputs]
 
 
@@ -331,20 +320,10 @@ def _reference_logps(cfg, runtime, model, batches: list[Batch]) -> list[torch.Te
 
 def megatron_step(runtime, model, forward_step, batches: list[Batch]) -> dict[str, float]:
     """The trainer's forward + backward over ``batches``; the global-batch metrics."""
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
     from megatron_scir.training.forward_step import step_metrics
+    from megatron_scir.training.schedule import run_schedule
 
-    rows, seq = batches[0]["tokens"].shape
-    losses = get_forward_backward_func()(
-        forward_step_func=forward_step,
-        data_iterator=iter(batches),
-        model=model,
-        num_microbatches=len(batches),
-        seq_length=seq,
-        micro_batch_size=rows,
-        forward_only=False,
-    )
+    losses = run_schedule(forward_step, model, batches, forward_only=False)
     return step_metrics(
         losses, dp_group=runtime.dp_group, pp_group=runtime.pp_group, is_last_stage=True
     )
@@ -418,6 +397,14 @@ def _policy_rows(layout, mode: str, batch: Batch) -> int:
     return batch["tokens"].size(0) if mode == "sft" else layout.num_policy_rows
 
 
+def _hf_log_probs(hf_model, batch: Batch, rows: slice, width: int) -> torch.Tensor:
+    """float32 log-softmax of the HF model over ``rows``, cut to their first ``width`` tokens."""
+    logits = hf_model(
+        input_ids=batch["tokens"][rows, :width], position_ids=batch["position_ids"][rows, :width]
+    ).logits
+    return logits.float().log_softmax(dim=-1)
+
+
 def hf_step_per_kind(hf_model, cfg, mode: str, batches: list[Batch]) -> dict[str, float]:
     """HF with the policy rows and the judge rows as two batches, each padded only to its own
     longest row (the peer a careful user writes without packing)."""
@@ -430,30 +417,14 @@ def hf_step_per_kind(hf_model, cfg, mode: str, batches: list[Batch]) -> dict[str
         policy_rows = _policy_rows(layout, mode, batch)
         policy_len, judge_len = real_lengths(batch, policy_rows)
         width = int(policy_len.max())
-        rows = slice(0, policy_rows)
-        logits = (
-            hf_model(
-                input_ids=batch["tokens"][rows, :width],
-                position_ids=batch["position_ids"][rows, :width],
-            )
-            .logits.float()
-            .log_softmax(dim=-1)
-        )
+        logits = _hf_log_probs(hf_model, batch, slice(0, policy_rows), width)
         if mode == "sft":
             trimmed = {key: batch[key][:, :width] for key in ("labels", "loss_mask")}
             loss, metrics = hf_sft_loss(logits, trimmed)
         else:
             judge = None
             if mode == "scir":
-                jwidth, jrows = int(judge_len.max()), layout.judge_rows
-                judge = (
-                    hf_model(
-                        input_ids=batch["tokens"][jrows, :jwidth],
-                        position_ids=batch["position_ids"][jrows, :jwidth],
-                    )
-                    .logits.float()
-                    .log_softmax(dim=-1)
-                )
+                judge = _hf_log_probs(hf_model, batch, layout.judge_rows, int(judge_len.max()))
             loss, metrics = hf_pair_loss_parts(cfg, logits, judge, batch)
         (loss / len(batches)).backward()
         per_microbatch.append(metrics)

@@ -116,10 +116,9 @@ def _training_step(runtime, chunks, cfg: Config, tokenizer, pairs_path: Path):
     """Every training step of the file's first epoch through the training step, as the trainer
     runs them (one schedule call per optimizer step), without optimizer updates (weights = M_t).
     """
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    from megatron_scir.data import ScirDataModule, pad_to_common_length
+    from megatron_scir.data import ScirDataModule
     from megatron_scir.training.forward_step import make_forward_step, step_metrics
+    from megatron_scir.training.schedule import run_schedule
 
     dm = ScirDataModule(
         cfg, tokenizer, dp_rank=runtime.dp_rank, dp_size=runtime.dp_size, train_path=pairs_path
@@ -144,18 +143,7 @@ def _training_step(runtime, chunks, cfg: Config, tokenizer, pairs_path: Path):
     losses = []
     for start in range(0, len(micro_batches), per_step):
         step_batches = micro_batches[start : start + per_step]
-        if len(chunks) > 1:  # as the trainer: one length per interleaved schedule call
-            step_batches = pad_to_common_length(step_batches)
-        losses += get_forward_backward_func()(
-            forward_step_func=capturing_step,
-            # the interleaved schedule reads one iterator per model chunk
-            data_iterator=[iter(step_batches) for _ in chunks],
-            model=chunks,
-            num_microbatches=len(step_batches),
-            seq_length=step_batches[0]["tokens"].size(1),
-            micro_batch_size=step_batches[0]["tokens"].size(0),
-            forward_only=False,
-        )
+        losses += run_schedule(capturing_step, chunks, step_batches, forward_only=False)
     metrics = step_metrics(
         losses,
         dp_group=runtime.dp_group,

@@ -36,7 +36,7 @@ from megatron_scir.config.validate import packs_sequences
 from megatron_scir.data.judges import judge_format
 from megatron_scir.losses.modes import loss_mode
 
-__all__ = ["MicroBatchLayout", "packs_sequences"]
+__all__ = ["MicroBatchLayout"]
 
 POLICY_ROWS_PER_PAIR = 2
 

@@ -39,7 +39,6 @@ from megatron_scir.checkpoint.locate import DIST_METADATA, resolve_checkpoint
 from megatron_scir.checkpoint.metadata import METADATA_FILE
 from megatron_scir.config import Config
 from megatron_scir.config.choices import LossMode
-from megatron_scir.data.collate import pad_to_common_length
 from megatron_scir.data.datamodule import ScirDataModule
 from megatron_scir.data.errors import DataError
 from megatron_scir.data.jsonl import write_records
@@ -50,6 +49,7 @@ from megatron_scir.data.stream import atomic_open
 from megatron_scir.data.tokenizer import Tokenizer
 from megatron_scir.rewards import judge_preference, srlm_labels, verdict_mass
 from megatron_scir.training.forward_step import make_reference_forward_step
+from megatron_scir.training.schedule import run_schedule
 
 if TYPE_CHECKING:
     from megatron_scir.parallel.runtime import Runtime
@@ -242,8 +242,6 @@ def _forward(
     runtime: Runtime, chunks: Sequence[torch.nn.Module], cfg: Config, dm: ScirDataModule
 ) -> dict[str, torch.Tensor] | None:
     """Run every pair through M_t; per-pair columns on the last stage's TP rank 0, else None."""
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
     layout = dm.reference_layout
     candidate_ids = dm.verdict_token_ids if layout.with_judge else None
     interleaved = len(chunks) > 1
@@ -258,17 +256,8 @@ def _forward(
     per_step = cfg.train.global_batch_size // (cfg.train.micro_batch_size * runtime.dp_size)
     outputs = []
     for block in itertools.batched(loader, per_step):
-        block = pad_to_common_length(block) if interleaved else list(block)
-        outputs += get_forward_backward_func()(
-            forward_step_func=forward_step,
-            # the interleaved schedule reads one iterator per model chunk
-            data_iterator=[iter(block) for _ in chunks] if interleaved else iter(block),
-            model=list(chunks),
-            num_microbatches=len(block),
-            seq_length=block[0]["tokens"].size(1),  # 1F1B PP exchanges each one's shape
-            micro_batch_size=block[0]["tokens"].size(0),
-            forward_only=True,
-            collect_non_loss_data=True,
+        outputs += run_schedule(
+            forward_step, chunks, block, forward_only=True, collect_non_loss_data=True
         )
     # Every TP rank of the last stage holds the same values; one of them reports.
     if not runtime.is_last_stage() or runtime.tp_rank != 0:

@@ -4,7 +4,7 @@ One loop serves every stage (the seed SFT stage and the ``scir`` / ``dpo`` / ``s
 caller passes the DataModule (``ScirDataModule`` or ``SftDataModule``) and the matching forward
 step (``make_forward_step`` or ``make_sft_forward_step``). Per optimizer step, on every rank::
 
-    zero grads → get_forward_backward_func()(forward_step, one iterator per model chunk,
+    zero grads → run_schedule (get_forward_backward_func, one iterator per model chunk,
     G / (k·DP) micro-batches of B rows) → global metrics → grad norm → skip the update if the
     loss or the norm is NaN/inf, else clip + optimizer step + LR step → log → checkpoint
 
@@ -158,27 +158,11 @@ def _run_schedule(
     *,
     forward_only: bool,
 ) -> dict[str, float]:
-    """One ``get_forward_backward_func`` call over the micro-batches; the global metrics."""
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    from megatron_scir.data import pad_to_common_length
+    """One pipeline-schedule call over the micro-batches; the global metrics."""
     from megatron_scir.training.forward_step import step_metrics
+    from megatron_scir.training.schedule import run_schedule
 
-    # Each micro-batch has its own S (padded to its longest row, or one packed row). 1F1B PP
-    # exchanges shapes (variable_seq_lengths); the interleaved schedule needs one S per call.
-    if len(model) > 1:
-        micro_batches = pad_to_common_length(micro_batches)
-    rows, seq = micro_batches[0]["tokens"].shape
-    iterators = [iter(micro_batches) for _ in model]  # one per virtual stage
-    losses = get_forward_backward_func()(
-        forward_step_func=forward_step,
-        data_iterator=iterators if len(iterators) > 1 else iterators[0],
-        model=list(model),
-        num_microbatches=len(micro_batches),
-        seq_length=seq,
-        micro_batch_size=rows,
-        forward_only=forward_only,
-    )
+    losses = run_schedule(forward_step, model, micro_batches, forward_only=forward_only)
     return step_metrics(
         losses,
         dp_group=runtime.dp_group,

@@ -140,26 +140,14 @@ def _datamodule_batches(cfg, pairs_path: str):
 
 
 def _run_step(cfg, chunks, batches, candidate_ids) -> dict[str, float]:
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    from megatron_scir.data import pad_to_common_length
     from megatron_scir.parallel import state
     from megatron_scir.parallel.ddp import wrap_with_ddp
     from megatron_scir.training.forward_step import make_forward_step, step_metrics
+    from megatron_scir.training.schedule import run_schedule
 
     model = wrap_with_ddp(chunks, cfg)
-    if len(model) > 1:  # as the trainer: one length per interleaved schedule call
-        batches = pad_to_common_length(batches)
-    losses = get_forward_backward_func()(
-        forward_step_func=make_forward_step(cfg, candidate_ids, tp_group=state.tp_group()),
-        # the interleaved schedule reads one iterator per model chunk
-        data_iterator=[iter(batches) for _ in model] if len(model) > 1 else iter(batches),
-        model=model,
-        num_microbatches=len(batches),
-        seq_length=batches[0]["tokens"].size(1),
-        micro_batch_size=batches[0]["tokens"].size(0),
-        forward_only=False,
-    )
+    forward_step = make_forward_step(cfg, candidate_ids, tp_group=state.tp_group())
+    losses = run_schedule(forward_step, model, batches, forward_only=False)
     return step_metrics(
         losses,
         dp_group=state.dp_group(),
