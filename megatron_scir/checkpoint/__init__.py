@@ -36,6 +36,7 @@ _EXPORTS = {
     "config_for_checkpoint": "megatron_scir.checkpoint.metadata",
     "read_metadata": "megatron_scir.checkpoint.metadata",
     "tokenizer_config_from_checkpoint": "megatron_scir.checkpoint.metadata",
+    "checkpoint_identity": "megatron_scir.checkpoint.locate",
     "is_complete": "megatron_scir.checkpoint.locate",
     "latest_checkpoint": "megatron_scir.checkpoint.locate",
     "resolve_checkpoint": "megatron_scir.checkpoint.locate",

@@ -213,12 +213,8 @@ def _print_table(runtime, title: str, rows) -> None:
 def _write_results(out: Path, records, methods, seeds, iterations, command, start) -> None:
     """``results.jsonl``, ``results.png`` and ``results.md`` (mean ± std over seeds)."""
     from megatron_scir.data import atomic_open
-    from megatron_scir.iteration.report import (
-        aggregate,
-        markdown_table,
-        plot_iterations,
-        write_jsonl,
-    )
+    from megatron_scir.iteration.report import aggregate, markdown_table, plot_iterations
+    from megatron_scir.training.metrics_log import write_jsonl
 
     write_jsonl(out / "results.jsonl", records)
     plot_iterations(

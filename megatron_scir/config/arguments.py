@@ -39,3 +39,16 @@ def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse
         prog = getattr(args, "prog", None) or "scir"
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+
+
+def log_to_stderr() -> None:
+    """Show megatron-scir's INFO lines (engine choice, checkpoint, stages) on stderr, unless
+    the caller has set up logging."""
+    import logging
+
+    package = logging.getLogger("megatron_scir")
+    if not logging.getLogger().handlers and not package.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)

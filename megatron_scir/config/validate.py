@@ -3,15 +3,17 @@
 :func:`validate` always checks the model against the parallel layout (every command builds or
 reads a model at some layout); the budget checks of a stage run only for the commands that run
 that stage (``uses=``), so ``scir convert`` is never refused for a generation setting it does not
-read. :func:`validate_world` is the one check of a launched world against the layout.
+read. :func:`validate_world` is the one check of a launched world against the layout. Values
+derived from the config (packing, data-parallel size, budgets) live in :mod:`.derived`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
+from megatron_scir.config.derived import data_parallel_size, policy_seq_length
 from megatron_scir.config.errors import ConfigError
-from megatron_scir.config.schema import Config, ParallelConfig
+from megatron_scir.config.schema import Config
 
 GENERATION = "generation"
 TRAINING = "training"
@@ -78,14 +80,6 @@ def _check_generation(cfg: Config) -> None:
         )
 
 
-def packs_sequences(cfg: Config) -> bool:
-    """``data.packed_sequences``, resolved: null packs with the sdpa spec only (Megatron's local
-    attention has no packed path; TE's is not tested here, so it is opt-in)."""
-    if cfg.data.packed_sequences is not None:
-        return cfg.data.packed_sequences
-    return cfg.model.transformer_impl == "sdpa"
-
-
 def _check_training(cfg: Config) -> None:
     d, p = cfg.data, cfg.parallel
     if d.packed_sequences and cfg.model.transformer_impl == "local":
@@ -95,7 +89,7 @@ def _check_training(cfg: Config) -> None:
             "data.packed_sequences=null or false with model.transformer_impl=local"
         )
     tp = p.tensor_model_parallel_size
-    policy_seq = d.max_prompt_length + d.max_response_length
+    policy_seq = policy_seq_length(d)
     seq = max(policy_seq, d.judge_max_length)
     if seq > cfg.model.max_position_embeddings:
         raise ConfigError(
@@ -128,16 +122,3 @@ def validate_world(cfg: Config, world_size: int, *, training: bool = False) -> i
             f"train.micro_batch_size × data-parallel size ({t.micro_batch_size} × {dp})"
         )
     return dp
-
-
-def data_parallel_size(parallel: ParallelConfig, world_size: int) -> int:
-    """``world_size ÷ (TP × PP)``: the one check that a launched world fits the layout."""
-    p = parallel
-    model_parallel = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
-    if world_size % model_parallel:
-        raise ConfigError(
-            f"world size {world_size} is not divisible by tensor × pipeline parallel size "
-            f"({p.tensor_model_parallel_size} × {p.pipeline_model_parallel_size}): launch a "
-            "multiple of it or change parallel.*_model_parallel_size"
-        )
-    return world_size // model_parallel

@@ -10,6 +10,8 @@ from __future__ import annotations
 from megatron_scir._lazy import lazy_exports
 
 _EXPORTS = {
+    "MicroBatch": "batch",
+    "SftBatch": "batch",
     "ChatFormat": "chat",
     "PLAIN_CHAT_TEMPLATE": "chat",
     "collate_examples": "collate",

@@ -8,27 +8,9 @@ in one row ``[1, T]`` (Megatron's THD format), ``cu_seqlens`` ``[B + 1]`` int32 
 the padding tail after ``cu_seqlens[-1]``; positions and labels restart in each sequence and
 ``verdict_positions`` index the packed row.
 
-    rows [0:k]    policy [x‖y1]        rows [k:2k]   policy [x‖y2]
-    rows [2k:3k]  J(x, y1, y2) (pairwise) or J(x, y1) (pointwise)
-    rows [3k:4k]  J(x, y2, y1) (pairwise, position_debias mean_prob/mean_logit) or J(x, y2)
+The tensors, their shapes and meaning: :class:`~megatron_scir.data.batch.MicroBatch`.
 
-    tokens             int64   [B, S]  pad id after each sequence
-    position_ids       int64   [B, S]  0..S-1 (packed: 0.. in each sequence)
-    labels             int64   [B, S]  labels[:, t] = tokens[:, t+1] within the sequence; pad
-                                       id at its last token and on padding
-    loss_mask          float32 [B, S]  1 where labels[:, t] is a response token (EOS included) of
-                                       a policy row; 0 on prompts, padding and judge rows
-    verdict_positions  int64   [R]     per judge row: the position whose logits predict the
-                                       verdict/score (the last token of the judge prompt)
-    response_lengths   int64   [2k]    loss_mask.sum per policy row
-    pair_labels        float32 [k]     1 if y1 ≻ y2, 0 if y2 ≻ y1, -1 unknown
-    pair_indices       int64   [k]     index of each pair in the DataModule's pair list (-1 for
-                                       a filler repeating a pair to fill the last micro-batch)
-    ref_logps          float32 [2k]    log πref(y|x) of the y1 rows then the y2 rows (only when
-                                       the pairs carry them)
-
-SFT micro-batch of b examples: tokens, position_ids, labels, loss_mask, all [b, S] (S: the
-longest example, rounded up).
+SFT micro-batch of b examples: :class:`~megatron_scir.data.batch.SftBatch`.
 """
 
 from __future__ import annotations
@@ -38,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from megatron_scir.data.batch import MicroBatch, SftBatch
 from megatron_scir.data.encode import EncodedExample, EncodedPair
 from megatron_scir.data.layout import MicroBatchLayout
 
@@ -50,7 +33,7 @@ def _next_token_labels(tokens: np.ndarray, pad_id: int) -> np.ndarray:
 
 def collate_pairs(
     pairs: Sequence[EncodedPair], *, layout: MicroBatchLayout, pad_id: int
-) -> dict[str, torch.Tensor]:
+) -> MicroBatch:
     """Stack k encoded pairs into one SCIR micro-batch (layout in the module docstring).
 
     Args:
@@ -100,7 +83,7 @@ def collate_pairs(
     if layout.packed:  # the padding tail counts from 0 too
         position_ids[0, starts[-1] :] = np.arange(shape[1] - starts[-1])
         verdicts = verdicts + starts[layout.num_policy_rows : -1]
-    batch = {
+    batch: MicroBatch = {
         "tokens": torch.from_numpy(tokens),
         "position_ids": torch.from_numpy(position_ids),
         "labels": torch.from_numpy(labels),
@@ -122,7 +105,7 @@ def collate_pairs(
 
 def collate_examples(
     examples: Sequence[EncodedExample], *, pad_multiple: int, pad_id: int
-) -> dict[str, torch.Tensor]:
+) -> SftBatch:
     """Stack b SFT examples: ``tokens``/``position_ids``/``labels``/``loss_mask`` ``[b, S]``, S
     the longest example rounded up to a multiple of ``pad_multiple``.
 
@@ -145,9 +128,7 @@ def collate_examples(
     }
 
 
-def pad_to_common_length(
-    batches: Sequence[dict[str, torch.Tensor]],
-) -> list[dict[str, torch.Tensor]]:
+def pad_to_common_length(batches: Sequence[MicroBatch]) -> list[MicroBatch]:
     """The micro-batches of one schedule call, extended to their longest ``S`` (or ``T``).
 
     Megatron's interleaved pipeline schedule sends every micro-batch's activations with one
@@ -159,7 +140,7 @@ def pad_to_common_length(
     return [_extend(batch, length) for batch in batches]
 
 
-def _extend(batch: dict[str, torch.Tensor], length: int) -> dict[str, torch.Tensor]:
+def _extend(batch: MicroBatch, length: int) -> MicroBatch:
     extra = length - batch["tokens"].size(1)
     if extra == 0:
         return batch

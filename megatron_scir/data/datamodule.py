@@ -24,7 +24,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from megatron_scir.config import Config
-from megatron_scir.config.choices import LossMode
 from megatron_scir.data.chat import ChatFormat
 from megatron_scir.data.collate import collate_pairs
 from megatron_scir.data.encode import EncodedPair, SequenceEncoder
@@ -64,11 +63,12 @@ class MicroBatchDataModule(abc.ABC):
         cfg: Config,
         tokenizer: Tokenizer,
         *,
+        layout: MicroBatchLayout,
         dp_rank: int,
         dp_size: int,
         consumed_samples: int = 0,
     ) -> None:
-        self.cfg, self.tokenizer = cfg, tokenizer
+        self.cfg, self.tokenizer, self.layout = cfg, tokenizer, layout
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.consumed_samples = consumed_samples
         self.chat = ChatFormat(cfg.data.chat_template, tokenizer)
@@ -84,9 +84,9 @@ class MicroBatchDataModule(abc.ABC):
         self._val: EncodedItems | None = None
 
     @property
-    @abc.abstractmethod
     def seq_length(self) -> int:
-        """S, the fixed sequence length of every row of the training micro-batches."""
+        """S, the longest row a training micro-batch can have (``layout.seq_length``)."""
+        return self.layout.seq_length
 
     @property
     def global_batch_size(self) -> int:
@@ -195,8 +195,10 @@ class ScirDataModule(MicroBatchDataModule):
     """SCIR micro-batches of unlabeled (or labeled) pairs for one self-rewarding iteration.
 
     Args:
-        cfg: The run config (uses ``data``, ``judge``, ``train`` and ``scir.mode``).
+        cfg: The run config (uses ``data``, ``judge`` and ``train``).
         tokenizer: The tokenizer (``build_tokenizer(cfg.data)``).
+        layout: The training micro-batches' layout (``MicroBatchLayout.for_training``): their
+            rows and form, and the lengths ``data.group_by_length`` groups by.
         dp_rank: This rank's data-parallel index.
         dp_size: Data-parallel size.
         train_path: The iteration's pairs JSONL.
@@ -209,6 +211,7 @@ class ScirDataModule(MicroBatchDataModule):
         cfg: Config,
         tokenizer: Tokenizer,
         *,
+        layout: MicroBatchLayout,
         dp_rank: int,
         dp_size: int,
         train_path: str | os.PathLike,
@@ -216,29 +219,21 @@ class ScirDataModule(MicroBatchDataModule):
         consumed_samples: int = 0,
     ) -> None:
         super().__init__(
-            cfg, tokenizer, dp_rank=dp_rank, dp_size=dp_size, consumed_samples=consumed_samples
+            cfg,
+            tokenizer,
+            layout=layout,
+            dp_rank=dp_rank,
+            dp_size=dp_size,
+            consumed_samples=consumed_samples,
         )
         self.train_path = Path(train_path)
         self.val_path = None if val_path is None else Path(val_path)
         self.pairs: list[PairRecord] = []
-        # SCIR_SPEC §9. Training batches carry judge rows only when the loss mode reads the
-        # judge (not in the labelled dpo/srlm modes). The reference pass runs the training
-        # layout, so that πθ = πref bit for bit at the first step (SCIR_SPEC §4); srlm fixes its
-        # labels from the M_t judge in that pass (§6), so its reference batches carry judge rows.
-        self.layout = MicroBatchLayout.from_config(cfg)
-        self.reference_layout = MicroBatchLayout.from_config(
-            cfg, with_judge=True if cfg.scir.mode == LossMode.SRLM else None
-        )
 
     @property
     def verdict_token_ids(self) -> tuple[int, ...]:
         """Token ids the judge is read at (verdicts, or scores 0..K), derived in context."""
         return self.encoder.candidate_ids(self.encoder.format)
-
-    @property
-    def seq_length(self) -> int:
-        """S of the training micro-batches (``layout.seq_length``)."""
-        return self.layout.seq_length
 
     def setup(self, stage: str = "fit") -> None:
         """Read, validate and tokenise the pairs: ``fit`` (train + val) or ``validate`` (val)."""
@@ -251,12 +246,15 @@ class ScirDataModule(MicroBatchDataModule):
             self._val = self._encode("pair", self._read_pairs(self.val_path))
         logger.info("%s", self.summary())
 
-    def reference_dataloader(self, *, micro_batches_multiple_of: int = 1) -> DataLoader:
+    def reference_dataloader(
+        self, *, layout: MicroBatchLayout, micro_batches_multiple_of: int = 1
+    ) -> DataLoader:
         """Every pair once, for the reference pass (SCIR_SPEC §7 step 3), in the micro-batches
         training will run.
 
         The micro-batches of the first training epoch (the same k pairs together, in
-        ``reference_layout``: the training layout, with judge rows in ``srlm`` mode too), then
+        ``layout``: the training layout, with judge rows where the reference pass reads M_t's
+        judge and training does not, ``MicroBatchLayout.for_reference``), then
         the pairs that epoch leaves out (all of them, in file order, when they do not fill a global
         batch: an evaluation file). A micro-batch's shape and padding depend on the pairs
         it holds, so this replay is what makes log πθ = log πref bit for bit at the first step
@@ -266,6 +264,7 @@ class ScirDataModule(MicroBatchDataModule):
         ``micro_batches_multiple_of``.
 
         Args:
+            layout: the reference pass's layout (the training rows, and maybe judge rows).
             micro_batches_multiple_of: each rank's micro-batch count is a multiple of this
                 (Megatron's interleaved pipeline schedule needs a multiple of the pipeline size).
         """
@@ -282,9 +281,7 @@ class ScirDataModule(MicroBatchDataModule):
         batches = [mb + [filler] * (k - len(mb)) for mb in steps + left_out]
         per_round = self.dp_size * micro_batches_multiple_of
         batches += [[filler] * k] * (-len(batches) % per_round)
-        return self._loader(
-            items, batches[self.dp_rank :: self.dp_size], layout=self.reference_layout
-        )
+        return self._loader(items, batches[self.dp_rank :: self.dp_size], layout=layout)
 
     def _read_pairs(self, path: Path) -> list[PairRecord]:
         pairs = self._read(path, "pairs")

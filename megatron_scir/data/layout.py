@@ -8,8 +8,11 @@ A micro-batch of k pairs holds B sequences in this order:
                         pairwise with position debiasing (r = 2; without it r = 1), J(x, y1) then
                         J(x, y2) for pointwise (r = 2)
 
-B = k · (2 + r). The judge rows per pair r come from the judge format and are 0 when the loss
-mode reads no judge (the labelled ``dpo``/``srlm`` modes). Below, "row" i means sequence i.
+B = k · (2 + r). r comes from the judge format (``judges/rows.py``) and is 0 when the batches
+carry no judge rows: a loss mode's spec says whether its training batches and its reference pass
+read the judge (``losses/modes.py``), and whoever builds the batches (the recipe) builds the
+layout once and hands it to the DataModule, the forward step, the reference pass and evaluation.
+Below, "row" i means sequence i; the tensors of a micro-batch are :class:`~.batch.MicroBatch`.
 
 Two physical forms (``data.packed_sequences``):
 
@@ -20,21 +23,20 @@ Two physical forms (``data.packed_sequences``):
 
 :attr:`MicroBatchLayout.seq_length` is the budget, the longest S a micro-batch can have: the
 policy budget (``data.max_prompt_length + data.max_response_length``) without judge rows, else
-the larger of it and ``data.judge_max_length``. The collate function, the DataModules, the
-forward step and the random test batches all read the layout from here.
+the larger of it and ``data.judge_max_length``. Torch-free: ``scir plan`` uses the same row
+arithmetic.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from megatron_scir.config import Config
-from megatron_scir.config.validate import packs_sequences
-from megatron_scir.data.judges import judge_format
-from megatron_scir.losses.modes import loss_mode
+from megatron_scir.config.derived import packs_sequences, pad_multiple, policy_seq_length
+from megatron_scir.data.judges.rows import judge_rows_per_pair
+from megatron_scir.losses.modes import LossModeSpec, loss_mode
 
 __all__ = ["MicroBatchLayout"]
 
@@ -62,31 +64,36 @@ class MicroBatchLayout:
     pad_multiple: int = 1
 
     @classmethod
-    def from_config(cls, cfg: Config, *, with_judge: bool | None = None) -> MicroBatchLayout:
-        """The layout of a run's micro-batches.
+    def from_config(cls, cfg: Config, *, with_judge: bool) -> MicroBatchLayout:
+        """The layout of a run's micro-batches, with or without judge rows.
 
         Args:
-            cfg: The run config (``train.micro_batch_size``, the ``data`` budgets, the judge
-                format, ``scir.mode``).
-            with_judge: Whether the batches carry judge rows; ``None``: what the loss mode
-                (``scir.mode``) needs.
+            cfg: The run config (``train.micro_batch_size``, the ``data`` budgets, packing and
+                padding, the judge format).
+            with_judge: Whether the batches carry the judge format's rows.
         """
-        if with_judge is None:
-            with_judge = loss_mode(cfg.scir.mode).needs_judge
-        p = cfg.parallel
         return cls(
             num_pairs=cfg.train.micro_batch_size,
-            judge_rows_per_pair=judge_format(cfg.judge).rows_per_pair if with_judge else 0,
-            policy_seq_length=cfg.data.max_prompt_length + cfg.data.max_response_length,
+            judge_rows_per_pair=judge_rows_per_pair(cfg.judge) if with_judge else 0,
+            policy_seq_length=policy_seq_length(cfg.data),
             judge_seq_length=cfg.data.judge_max_length,
             packed=packs_sequences(cfg),
-            pad_multiple=cfg.data.pad_to_multiple_of
-            * (p.tensor_model_parallel_size if p.sequence_parallel else 1),
+            pad_multiple=pad_multiple(cfg),
         )
 
-    def policy_only(self) -> MicroBatchLayout:
-        """The same pairs without judge rows, at the policy budget (the labelled modes)."""
-        return dataclasses.replace(self, judge_rows_per_pair=0)
+    @classmethod
+    def for_training(cls, cfg: Config, mode: LossModeSpec | None = None) -> MicroBatchLayout:
+        """The training layout of a loss mode (default ``scir.mode``): judge rows when its
+        loss reads the judge."""
+        mode = mode or loss_mode(cfg.scir.mode)
+        return cls.from_config(cfg, with_judge=mode.judge_rows)
+
+    @classmethod
+    def for_reference(cls, cfg: Config, mode: LossModeSpec | None = None) -> MicroBatchLayout:
+        """The reference pass's layout: the training rows, plus judge rows when the mode's
+        reference pass reads M_t's judge (srlm's labels)."""
+        mode = mode or loss_mode(cfg.scir.mode)
+        return cls.from_config(cfg, with_judge=mode.judge_rows or mode.reference_judge)
 
     @property
     def with_judge(self) -> bool:
@@ -120,6 +127,14 @@ class MicroBatchLayout:
     def num_judge_rows(self) -> int:
         """J = k · r (also the length of ``verdict_positions``)."""
         return self.judge_rows_per_pair * self.num_pairs
+
+    @property
+    def max_packed_tokens(self) -> int:
+        """The longest packed row: every sequence of the k pairs at its budget."""
+        return self.num_pairs * (
+            POLICY_ROWS_PER_PAIR * self.policy_seq_length
+            + self.judge_rows_per_pair * self.judge_seq_length
+        )
 
     @property
     def policy_rows(self) -> slice:

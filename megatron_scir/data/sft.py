@@ -32,13 +32,16 @@ logger = logging.getLogger(__name__)
 class SftDataModule(MicroBatchDataModule):
     """SFT micro-batches ``tokens``/``position_ids``/``labels``/``loss_mask`` ``[b, S]``.
 
-    b = ``train.micro_batch_size`` examples, S as for SCIR batches with judge rows (policy and
-    judge examples share it); runs ``train.sft_epochs``
-    epochs over instruction + judge examples shuffled together.
+    b = ``train.micro_batch_size`` examples, each micro-batch padded to its own longest example
+    (at most ``layout.seq_length``, rounded up to ``layout.pad_multiple``); runs
+    ``train.sft_epochs`` epochs over instruction + judge examples shuffled together.
 
     Args:
         cfg: The run config (``data``, ``judge``, ``train``).
         tokenizer: The tokenizer.
+        layout: The budget and padding: a SCIR layout with judge rows
+            (``MicroBatchLayout.from_config(cfg, with_judge=True)``), since instruction and
+            judge examples share the policy and judge budgets.
         dp_rank: This rank's data-parallel index.
         dp_size: Data-parallel size.
         sft_path: Instruction JSONL ({"prompt", "response"}); default ``data.seed_sft``.
@@ -51,6 +54,7 @@ class SftDataModule(MicroBatchDataModule):
         cfg: Config,
         tokenizer: Tokenizer,
         *,
+        layout: MicroBatchLayout,
         dp_rank: int,
         dp_size: int,
         sft_path: str | os.PathLike | None = None,
@@ -58,7 +62,12 @@ class SftDataModule(MicroBatchDataModule):
         consumed_samples: int = 0,
     ) -> None:
         super().__init__(
-            cfg, tokenizer, dp_rank=dp_rank, dp_size=dp_size, consumed_samples=consumed_samples
+            cfg,
+            tokenizer,
+            layout=layout,
+            dp_rank=dp_rank,
+            dp_size=dp_size,
+            consumed_samples=consumed_samples,
         )
         sft_path = sft_path if sft_path is not None else cfg.data.seed_sft
         judge_path = judge_path if judge_path is not None else cfg.data.seed_judge
@@ -71,12 +80,6 @@ class SftDataModule(MicroBatchDataModule):
         self.judge_path = None if judge_path is None else Path(judge_path)
         self.num_instruction_examples = 0
         self.num_judge_examples = 0
-
-    @property
-    def seq_length(self) -> int:
-        """The longest S: the larger of the policy and judge budgets (SCIR_SPEC §9); each
-        micro-batch is padded to its own longest example."""
-        return MicroBatchLayout.from_config(self.cfg, with_judge=True).seq_length
 
     @property
     def num_train_steps(self) -> int:
@@ -107,7 +110,6 @@ class SftDataModule(MicroBatchDataModule):
         return len(example.ids)
 
     def _collate_fn(self, **_unused) -> Callable[[list[Any]], dict[str, torch.Tensor]]:
-        layout = MicroBatchLayout.from_config(self.cfg, with_judge=True)
         return functools.partial(
-            collate_examples, pad_multiple=layout.pad_multiple, pad_id=self.tokenizer.pad_id
+            collate_examples, pad_multiple=self.layout.pad_multiple, pad_id=self.tokenizer.pad_id
         )

@@ -32,6 +32,7 @@ import dataclasses
 import gc
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,9 +40,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from megatron_scir.checkpoint import latest_checkpoint, resolve_checkpoint, save_checkpoint
 from megatron_scir.config import Config, ConfigError
-from megatron_scir.config.choices import LossMode, PromptSlices
-from megatron_scir.data import DataError, read_records
+from megatron_scir.config.choices import PromptSlices
+from megatron_scir.convert import export_to_hf
+from megatron_scir.data import DataError, build_pairs, read_records, write_records
+from megatron_scir.generation import generate, generation_layout
+from megatron_scir.iteration.evaluate import (
+    grade,
+    grade_answers,
+    greedy_answers,
+    load_grader,
+    reward_accuracy,
+)
+from megatron_scir.iteration.report import format_table, plot_iterations
 from megatron_scir.iteration.stages import (
     STAGE_ORDER,
     StageResult,
@@ -54,7 +66,16 @@ from megatron_scir.iteration.stages import (
     stage_dir,
     write_marker,
 )
+from megatron_scir.losses import LossModeSpec, PairLabels, loss_mode
 from megatron_scir.parallel.runtime import Runtime
+from megatron_scir.recipe.model import CHECKPOINT, ModelSource, load_model
+from megatron_scir.recipe.stages import consistency_rate, reference_stage, train_stage
+from megatron_scir.training.metrics_log import (
+    CONSISTENCY_RATE,
+    LOSS_PREFIX,
+    read_jsonl,
+    write_jsonl,
+)
 from megatron_scir.training.signals import StopRequest
 
 logger = logging.getLogger(__name__)
@@ -95,14 +116,14 @@ class IterationRun:
     cfg: Config
     tokenizer: Any
     run_dir: Path
-    source: str
-    hf_dir: str | None
+    source: ModelSource
+    """M_0: ``checkpoint.load``, an HF folder, or a random init."""
     progress: bool | None
     stop: StopRequest
 
     @property
-    def mode(self) -> LossMode:
-        return LossMode(self.cfg.scir.mode)
+    def mode(self) -> LossModeSpec:
+        return loss_mode(self.cfg.scir.mode)
 
     def run_stage(self, t: int, name: str, body: Callable[[Path], StageResult]) -> StageResult:
         """Run stage ``name`` of iteration ``t`` unless its marker says it is done."""
@@ -129,8 +150,10 @@ class IterationRun:
         return self.stop.signal_name or "a signal on another rank"
 
     def fingerprint(self, stage: str, t: int) -> dict[str, Any]:
-        grader_used = stage == "pairs" and self.mode == LossMode.DPO
-        return fingerprint(self.cfg, stage, t, source=self.source, grader_used=grader_used)
+        grader_used = stage == "pairs" and self.mode.labels == PairLabels.GIVEN
+        return fingerprint(
+            self.cfg, stage, t, source=self.source.identity, grader_used=grader_used
+        )
 
 
 def run_iterations(
@@ -163,10 +186,10 @@ def run_iterations(
         ConfigError: the run directory holds stages finished with other settings.
     """
     run_dir = Path(cfg.iteration.run_dir)
-    source = f"hf:{hf_dir}" if hf_dir else (cfg.checkpoint.load or f"random-init:{cfg.train.seed}")
+    source = ModelSource.of(cfg, hf_dir=hf_dir)
     runtime.on_rank_zero(lambda: clear_preempted(run_dir))
     with StopRequest() as stop:
-        run = IterationRun(runtime, cfg, tokenizer, run_dir, source, hf_dir, progress, stop)
+        run = IterationRun(runtime, cfg, tokenizer, run_dir, source, progress, stop)
         try:
             return _run_iterations(run, report=report, evaluate_start=evaluate_start)
         except Preempted as stopped:
@@ -222,19 +245,10 @@ def _run_iterations(run: IterationRun, *, report: bool, evaluate_start: bool) ->
 def init_model(run: IterationRun, out: Path) -> StageResult:
     """M_0 as a checkpoint: ``checkpoint.load`` as it is, else an HF folder or a random init
     saved under ``out/model``."""
-    from megatron_scir.checkpoint import resolve_checkpoint, save_checkpoint
-    from megatron_scir.models import build_model_chunks
-
-    cfg = run.cfg
-    if run.hf_dir is None and cfg.checkpoint.load:
-        return StageResult(outputs={"checkpoint": str(resolve_checkpoint(cfg.checkpoint.load))})
-    if run.hf_dir is not None:
-        from megatron_scir.convert import load_hf_into_model
-
-        chunks = build_model_chunks(cfg, init_weights=False)
-        load_hf_into_model(chunks, run.hf_dir, cfg)
-    else:
-        chunks = build_model_chunks(cfg)
+    cfg, source = run.cfg, run.source
+    if source.kind == CHECKPOINT:
+        return StageResult(outputs={"checkpoint": str(resolve_checkpoint(source.path))})
+    chunks = load_model(cfg, source)
     path = save_checkpoint(
         out / "model", chunks, cfg, iteration=0, step=0, assets=_tokenizer_assets(cfg),
         overwrite=True,
@@ -244,28 +258,19 @@ def init_model(run: IterationRun, out: Path) -> StageResult:
 
 def seed_sft(run: IterationRun, out: Path, model: str) -> StageResult:
     """SRLM's IFT + EFT on ``data.seed_sft`` / ``data.seed_judge``: M_0 → M_1."""
-    from megatron_scir.data import SftDataModule
-    from megatron_scir.training.sft_step import make_sft_forward_step, sft_stage_config
-
-    runtime, cfg = run.runtime, sft_stage_config(run.cfg)
-    data = SftDataModule(cfg, run.tokenizer, dp_rank=runtime.dp_rank, dp_size=runtime.dp_size)
-    data.setup("fit")
-    step = make_sft_forward_step(cfg, tp_group=runtime.tp_group)
-    return _train(run, cfg, out, 0, model, data, step)
+    return _train(run, out, 0, model, pairs=None)
 
 
 def generate_responses(
     run: IterationRun, out: Path, t: int, model: str, prompts: list
 ) -> StageResult:
     """``generation.num_responses`` samples per prompt of the slice with M_t (resumable)."""
-    from megatron_scir.generation import generate, generation_layout
-
     cfg = run.cfg
     generation = dataclasses.replace(cfg.generation, seed=cfg.generation.seed + t)
     gen_cfg = dataclasses.replace(
         cfg, generation=generation, parallel=generation_layout(cfg.parallel)
     )
-    chunks = _load(gen_cfg, model)
+    chunks = load_model(gen_cfg, ModelSource.checkpoint(model))
     path = out / "generations.jsonl"
     stats = generate(
         run.runtime, chunks, run.tokenizer, prompts, path, gen_cfg, progress=run.progress,
@@ -294,8 +299,6 @@ def generate_responses(
 def build_iteration_pairs(run: IterationRun, out: Path, t: int, generations: str) -> StageResult:
     """Unlabeled pairs from the generations (SCIR_SPEC §7.2); in ``dpo`` mode each pair is
     labelled by ``iteration.grader`` (the oracle) and pairs it grades equal are dropped."""
-    from megatron_scir.data import build_pairs, write_records
-
     cfg = run.cfg
 
     def build() -> StageResult:
@@ -307,7 +310,7 @@ def build_iteration_pairs(run: IterationRun, out: Path, t: int, generations: str
             seed=cfg.train.seed + t,
         )
         built = len(pairs)
-        if run.mode == LossMode.DPO:
+        if run.mode.labels == PairLabels.GIVEN:
             pairs = _oracle_labels(cfg, pairs)
         if not pairs:
             raise DataError(
@@ -332,18 +335,10 @@ def build_iteration_pairs(run: IterationRun, out: Path, t: int, generations: str
 
 def reference_pass(run: IterationRun, out: Path, model: str, pairs: str) -> StageResult:
     """log πref with M_t and M_t's judge on every pair (srlm: its fixed labels)."""
-    from megatron_scir.training.reference import checkpoint_identity, run_reference_pass
-
-    chunks = _load(run.cfg, model)
     path = out / "pairs.ref.jsonl"
-    summary = run_reference_pass(
-        run.runtime,
-        chunks,
-        run.cfg,
-        run.tokenizer,
-        pairs,
-        path,
-        inputs_id=checkpoint_identity(model),
+    summary = reference_stage(
+        run.runtime, run.cfg, run.tokenizer, model=ModelSource.checkpoint(model), pairs=pairs,
+        out=path,
     )
     return StageResult(outputs={"pairs": str(path)}, metrics=summary.metrics())
 
@@ -351,22 +346,12 @@ def reference_pass(run: IterationRun, out: Path, model: str, pairs: str) -> Stag
 def train_policy(run: IterationRun, out: Path, t: int, model: str, pairs: str) -> StageResult:
     """Train M_t on the pairs with ``scir.mode`` (πref = M_t) → M_{t+1}; then the consistency
     rate of the trained model on the same pairs (forward only)."""
-    from megatron_scir.data import ScirDataModule
-    from megatron_scir.iteration.report import read_jsonl
-    from megatron_scir.training.forward_step import make_forward_step
-
-    runtime, cfg = run.runtime, run.cfg
-    data = ScirDataModule(
-        cfg, run.tokenizer, dp_rank=runtime.dp_rank, dp_size=runtime.dp_size, train_path=pairs
-    )
-    data.setup("fit")
-    step = make_forward_step(cfg, data.verdict_token_ids, tp_group=runtime.tp_group)
-    result = _train(run, cfg, out, t, model, data, step, end_of_training=pairs)
+    result, data = _train(run, out, t, model, pairs=pairs, with_data=True)
     num_pairs = len(data.pairs)
-    if run.mode == LossMode.SCIR:  # the mean consistent (= selected) share of the steps
+    if run.mode.selects_pairs:  # the mean consistent (= selected) share of the steps
         log = out / "logs" / "metrics.jsonl"
-        steps = runtime.on_rank_zero(lambda: read_jsonl(log) if log.is_file() else [])
-        selected = [s["scir/consistency_rate"] for s in steps if "scir/consistency_rate" in s]
+        steps = run.runtime.on_rank_zero(lambda: read_jsonl(log) if log.is_file() else [])
+        selected = [s[CONSISTENCY_RATE] for s in steps if CONSISTENCY_RATE in s]
         fraction = sum(selected) / len(selected) if selected else math.nan
     else:  # every labelled pair is trained on (srlm drops the judge's unsure ones as -1 labels)
         fraction = sum(p.label is not None for p in data.pairs) / max(num_pairs, 1)
@@ -377,8 +362,6 @@ def train_policy(run: IterationRun, out: Path, t: int, model: str, pairs: str) -
 
 def export_model(run: IterationRun, out: Path, model: str) -> StageResult:
     """M_{t+1} as a Hugging Face folder (``checkpoint.export_hf``)."""
-    from megatron_scir.convert import export_to_hf
-
     def export() -> StageResult:
         path = export_to_hf(model, out / "hf", progress=False)
         return StageResult(outputs={"hf": str(path)})
@@ -391,8 +374,6 @@ def _evaluate(
 ) -> StageResult:
     """Held-out scores of ``model`` (implicit reward against ``reference``); at iteration 0 also
     the oracle accuracy of M_0 (``first``), when seed SFT produced a different model."""
-    from megatron_scir.iteration.evaluate import grade_answers, greedy_answers, reward_accuracy
-
     cfg = run.cfg.iteration
     if cfg.eval_pairs is None and not (cfg.eval_prompts and cfg.grader):
         return StageResult()
@@ -400,8 +381,8 @@ def _evaluate(
     def oracle(ckpt: str, answers: Path) -> float:
         """Greedy answers of ``ckpt`` to the evaluation prompts, graded."""
         greedy_answers(
-            run.runtime, run.cfg, run.tokenizer, cfg.eval_prompts, answers, ckpt=ckpt,
-            progress=run.progress,
+            run.runtime, run.cfg, run.tokenizer, cfg.eval_prompts, answers,
+            model=ModelSource.checkpoint(ckpt), progress=run.progress,
         )
         score = run.runtime.on_rank_zero(lambda: grade_answers(answers, cfg.grader))
         return score.oracle_accuracy
@@ -411,7 +392,9 @@ def _evaluate(
         if cfg.eval_pairs is not None:
             scores = reward_accuracy(
                 runtime, run.cfg, run.tokenizer, cfg.eval_pairs,
-                policy_ckpt=model, ref_ckpt=reference, work_dir=out,
+                policy=ModelSource.checkpoint(model),
+                reference=None if reference is None else ModelSource.checkpoint(reference),
+                work_dir=out,
             )
             metrics.update(scores.metrics())
         if cfg.eval_prompts and cfg.grader:
@@ -427,70 +410,42 @@ def _evaluate(
 
 
 def _train(
-    run: IterationRun, cfg: Config, out: Path, t: int, model: str, data, step, *,
-    end_of_training: str | None = None,
-) -> StageResult:
-    """Train the chunks loaded from ``model`` under ``out/checkpoints`` (resuming there)."""
-    from megatron_scir.checkpoint import latest_checkpoint
-    from megatron_scir.training.trainer import train
-
-    runtime = run.runtime
+    run: IterationRun, out: Path, t: int, model: str, *, pairs: str | None, with_data=False
+):
+    """Train the chunks loaded from ``model`` under ``out/checkpoints`` (resuming there): seed
+    SFT (``pairs=None``) or ``scir.mode`` on ``pairs``, then (on pairs) the trained model's
+    consistency rate on them. The stage's result, and with ``with_data`` the DataModule."""
     save_dir = out / "checkpoints"
-    chunks = _load(cfg, model)
-    result = train(
-        runtime,
-        cfg,
+    chunks = load_model(run.cfg, ModelSource.checkpoint(model))
+    trained = train_stage(
+        run.runtime,
+        run.cfg,
+        run.tokenizer,
         chunks,
-        data,
-        step,
+        pairs=pairs,
         save_dir=save_dir,
         log_dir=out / "logs",
         iteration=t,
         resume=True,
         progress=run.progress,
     )
+    result = trained.result
     if result.preempted:
         raise Preempted(
             f"iteration {t}: training stopped by {run.signal_name} at step {result.state.step}"
         )
     checkpoint = result.checkpoint or latest_checkpoint(save_dir)
-    metrics = {k.replace("/", "_"): v for k, v in result.metrics.items() if k.startswith("loss/")}
+    metrics = {
+        k.replace("/", "_"): v for k, v in result.metrics.items() if k.startswith(LOSS_PREFIX)
+    }
     metrics["steps"] = float(result.state.step)
     metrics["skipped_steps"] = float(result.state.skipped_steps)
-    if end_of_training is not None:
-        metrics["consistency_train_end"] = _consistency(run, chunks, end_of_training)
-    return StageResult(outputs={"checkpoint": str(checkpoint)}, metrics=metrics)
-
-
-def _consistency(run: IterationRun, chunks, pairs: str) -> float:
-    """SCIR's consistency rate of the trained chunks on ``pairs`` (forward only, every whole
-    global batch), whatever the training mode."""
-    from megatron_scir.data import ScirDataModule
-    from megatron_scir.training.forward_step import make_forward_step
-    from megatron_scir.training.trainer import evaluate
-
-    runtime, cfg = run.runtime, run.cfg
-    scir_cfg = dataclasses.replace(cfg, scir=dataclasses.replace(cfg.scir, mode=LossMode.SCIR))
-    data = ScirDataModule(
-        scir_cfg, run.tokenizer, dp_rank=runtime.dp_rank, dp_size=runtime.dp_size,
-        train_path=pairs, val_path=pairs,
-    )
-    data.setup("validate")
-    loader = data.val_dataloader()
-    if len(loader) == 0:
-        return math.nan
-    step = make_forward_step(scir_cfg, data.verdict_token_ids, tp_group=runtime.tp_group)
-    return evaluate(runtime, chunks, list(loader), step)["scir/consistency_rate"]
-
-
-def _load(cfg: Config, ckpt: str) -> list:
-    """This rank's chunks for ``cfg.parallel`` with the weights of ``ckpt``."""
-    from megatron_scir.checkpoint import load_checkpoint
-    from megatron_scir.models import build_model_chunks
-
-    chunks = build_model_chunks(cfg, init_weights=False)
-    load_checkpoint(ckpt, chunks, cfg)
-    return chunks
+    if pairs is not None:
+        metrics["consistency_train_end"] = consistency_rate(
+            run.runtime, run.cfg, run.tokenizer, trained.chunks, pairs
+        )
+    stage = StageResult(outputs={"checkpoint": str(checkpoint)}, metrics=metrics)
+    return (stage, trained.data) if with_data else stage
 
 
 def _tokenizer_assets(cfg: Config) -> list[str]:
@@ -521,9 +476,8 @@ def _iteration_prompts(pool: list, cfg: Config, t: int) -> list:
 
 
 def _oracle_labels(cfg: Config, pairs: list) -> list:
-    """``dpo`` pairs labelled by the grader: the better-graded response is chosen."""
-    from megatron_scir.iteration.evaluate import grade, load_grader
-
+    """Pairs labelled by the grader (modes trained on given labels, ``dpo``): the
+    better-graded response is chosen."""
     if cfg.iteration.grader is None:
         raise ConfigError(
             "scir.mode=dpo in scir iterate trains on labelled pairs: set iteration.grader="
@@ -556,8 +510,6 @@ def _report(run: IterationRun, records: Sequence[dict[str, Any]], enabled: bool)
         return
 
     def write() -> None:
-        from megatron_scir.iteration.report import format_table, plot_iterations, write_jsonl
-
         write_jsonl(run.run_dir / "metrics.jsonl", records)
         if run.cfg.logging.tensorboard:
             _tensorboard(run.run_dir / "tb", records)
@@ -574,9 +526,7 @@ def _report(run: IterationRun, records: Sequence[dict[str, Any]], enabled: bool)
 
 def _tensorboard(path: Path, records: Sequence[dict[str, Any]]) -> None:
     """The iteration curves as TensorBoard scalars (rewritten whole: reruns never duplicate)."""
-    import shutil
-
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # lazy: TensorBoard only when enabled
 
     shutil.rmtree(path, ignore_errors=True)
     writer = SummaryWriter(log_dir=str(path))

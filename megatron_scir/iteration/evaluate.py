@@ -37,9 +37,15 @@ from pathlib import Path
 import torch
 
 from megatron_scir.config import Config, ConfigError
-from megatron_scir.config.choices import LossMode
 from megatron_scir.data import DataError, read_records
+from megatron_scir.data.layout import MicroBatchLayout
+from megatron_scir.generation import generate, generation_layout
+from megatron_scir.losses.bernoulli import Bernoulli
+from megatron_scir.losses.selection import select_consistent
 from megatron_scir.parallel.runtime import Runtime
+from megatron_scir.recipe import ModelSource, load_model
+from megatron_scir.rewards import implicit_log_odds, implicit_preference, judge_preference
+from megatron_scir.training.reference import run_reference_pass
 
 logger = logging.getLogger(__name__)
 
@@ -103,14 +109,14 @@ def reward_accuracy(
     tokenizer,
     pairs_path: str | os.PathLike,
     *,
-    policy_ckpt: str | os.PathLike,
-    ref_ckpt: str | os.PathLike | None,
+    policy: ModelSource,
+    reference: ModelSource | None,
     work_dir: str | os.PathLike,
 ) -> RewardAccuracy:
-    """Accuracy of the judge and implicit reward of ``policy_ckpt`` on labelled pairs.
+    """Accuracy of the judge and implicit reward of ``policy`` on labelled pairs.
 
     Collective (every rank of the world). Runs the policy with the judge, then the reference
-    model without it (when ``ref_ckpt`` is given), each through the reference pass into
+    model without it (when ``reference`` is given), each through the reference pass into
     ``work_dir``, and scores on global rank 0.
 
     Raises:
@@ -121,26 +127,24 @@ def reward_accuracy(
     unlabeled = next((p for p in pairs if p.label is None), None)
     if unlabeled is not None:
         raise DataError(f"{unlabeled.where}: pair {unlabeled.pair_id!r} has no label (1 or 2)")
-    policy_file = _log_probs(runtime, cfg, tokenizer, pairs_path, policy_ckpt, work, judge=True)
+    policy_file = _log_probs(runtime, cfg, tokenizer, pairs_path, policy, work, judge=True)
     ref_file = None
-    if ref_ckpt is not None:
-        ref_file = _log_probs(runtime, cfg, tokenizer, pairs_path, ref_ckpt, work, judge=False)
+    if reference is not None:
+        ref_file = _log_probs(runtime, cfg, tokenizer, pairs_path, reference, work, judge=False)
     return runtime.on_rank_zero(lambda: _score(cfg, pairs, policy_file, ref_file))
 
 
-def _log_probs(runtime, cfg, tokenizer, pairs_path, ckpt, work: Path, *, judge: bool) -> Path:
-    """The reference pass of ``ckpt`` over the pairs (policy rows; judge rows with ``judge``)."""
-    from megatron_scir.checkpoint import load_checkpoint
-    from megatron_scir.models import build_model_chunks
-    from megatron_scir.training.reference import checkpoint_identity, run_reference_pass
-
-    mode = LossMode.SCIR if judge else LossMode.DPO
-    run_cfg = dataclasses.replace(cfg, scir=dataclasses.replace(cfg.scir, mode=mode))
+def _log_probs(
+    runtime, cfg, tokenizer, pairs_path, model: ModelSource, work: Path, *, judge: bool
+) -> Path:
+    """The reference pass of ``model`` over the pairs: policy rows, and judge rows with
+    ``judge``, in one layout for grouping and reading (no labels are fixed)."""
+    layout = MicroBatchLayout.from_config(cfg, with_judge=judge)
     out = work / ("policy.jsonl" if judge else "reference.jsonl")
-    chunks = build_model_chunks(run_cfg, init_weights=False)
-    load_checkpoint(ckpt, chunks, run_cfg)
+    chunks = load_model(cfg, model)
     run_reference_pass(
-        runtime, chunks, run_cfg, tokenizer, pairs_path, out, inputs_id=checkpoint_identity(ckpt)
+        runtime, chunks, cfg, tokenizer, pairs_path, out, inputs_id=model.identity,
+        layout=layout, reference_layout=layout,
     )
     del chunks
     gc.collect()
@@ -148,10 +152,6 @@ def _log_probs(runtime, cfg, tokenizer, pairs_path, ckpt, work: Path, *, judge: 
 
 
 def _score(cfg: Config, pairs, policy_file: Path, ref_file: Path | None) -> RewardAccuracy:
-    from megatron_scir.losses.bernoulli import Bernoulli
-    from megatron_scir.losses.selection import select_consistent
-    from megatron_scir.rewards import implicit_log_odds, implicit_preference, judge_preference
-
     policy, _ = read_records(policy_file, "pairs")
     first_better = torch.tensor([p.label == 1 for p in pairs])
     column = lambda records, name: torch.tensor(  # noqa: E731
@@ -209,22 +209,17 @@ def greedy_answers(
     prompts_path: str | os.PathLike,
     out_path: str | os.PathLike,
     *,
-    ckpt: str | os.PathLike,
+    model: ModelSource,
     progress: bool | None = None,
 ) -> Path:
-    """One greedy answer per prompt of ``prompts_path`` from ``ckpt`` into ``out_path``
-    (the generations format, resumable). Collective."""
-    from megatron_scir.checkpoint import load_checkpoint
-    from megatron_scir.generation import generate, generation_layout
-    from megatron_scir.models import build_model_chunks
-
+    """One greedy answer per prompt of ``prompts_path`` from ``model`` into ``out_path``
+    (the generations format, resumable), in the generation layout. Collective."""
     greedy = dataclasses.replace(
         cfg.generation, temperature=0.0, top_k=0, top_p=1.0, num_responses=1
     )
     run_cfg = dataclasses.replace(cfg, generation=greedy, parallel=generation_layout(cfg.parallel))
     prompts, _ = read_records(prompts_path, "prompts", on_bad_record=cfg.data.on_bad_record)
-    chunks = build_model_chunks(run_cfg, init_weights=False)
-    load_checkpoint(ckpt, chunks, run_cfg)
+    chunks = load_model(run_cfg, model)
     generate(runtime, chunks, tokenizer, prompts, out_path, run_cfg, progress=progress)
     del chunks
     gc.collect()

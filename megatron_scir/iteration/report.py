@@ -1,4 +1,4 @@
-"""Reporting for the self-rewarding iteration driver: metric records to tables, logs and plots.
+"""Reporting for the self-rewarding iteration driver: metric records to tables and plots.
 
 A *metric record* is a flat mapping written once per (method, seed, iteration), e.g.::
 
@@ -13,7 +13,9 @@ as missing.
 - :func:`aggregate`: mean / sample std / min / max per group (across seeds, by default).
 - :func:`markdown_table`: a GitHub Markdown table, optionally ``mean ± std`` cells.
 - :func:`plot_iterations`: one subplot per metric against the iteration, written as a PNG.
-- :func:`append_jsonl` / :func:`read_jsonl`: the crash-tolerant JSONL metric log.
+
+Records go to and come from JSONL files through :mod:`megatron_scir.training.metrics_log`
+(:func:`~megatron_scir.training.metrics_log.write_jsonl`, ``read_jsonl``).
 
 Pure Python; matplotlib is imported inside :func:`plot_iterations` only, so importing this module
 stays cheap (no matplotlib, no torch).
@@ -21,8 +23,6 @@ stays cheap (no matplotlib, no torch).
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import numbers
 import os
@@ -33,14 +33,10 @@ from typing import Any
 
 __all__ = [
     "aggregate",
-    "append_jsonl",
     "format_table",
     "markdown_table",
     "plot_iterations",
-    "read_jsonl",
 ]
-
-logger = logging.getLogger(__name__)
 
 Column = str | tuple[str, str]
 """A column: a record key, or ``(key, header)``."""
@@ -395,123 +391,3 @@ def plot_iterations(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-# --------------------------------------------------------------------------------------------
-# JSONL log
-
-
-def _jsonable(value: Any) -> Any:
-    """``json.dumps``'s ``default``: numpy/torch scalars through ``.item()``, paths as text."""
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    item = getattr(value, "item", None)
-    if callable(item):
-        return item()
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-def _line(record: Mapping[str, Any]) -> str:
-    return json.dumps(dict(record), sort_keys=True, allow_nan=True, default=_jsonable) + "\n"
-
-
-def write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> None:
-    """Write ``records`` as a whole new JSONL file, atomically (the lines of :func:`append_jsonl`;
-    a rerun rewrites the file instead of appending duplicates)."""
-    from megatron_scir.data import atomic_open
-
-    with atomic_open(path) as fh:
-        for record in records:
-            fh.write(_line(record).encode("utf-8"))
-
-
-def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
-    """Append one record as a line of JSON, then flush and fsync.
-
-    The line is ``json.dumps(record, sort_keys=True, allow_nan=True)`` (NaN as ``NaN``; a numpy or
-    torch scalar through ``.item()``). If the file ends in a torn line (a crash mid-write), that
-    fragment is cut off first, so the log stays readable; a complete last line that only lacks its
-    newline keeps it and gets the newline.
-
-    Args:
-        path: the log (created, with its directory, if needed).
-        record: the record.
-    """
-    line = _line(record)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
-        size = fh.seek(0, os.SEEK_END)
-        if size:
-            fh.seek(max(0, size - 1))
-            if fh.read(1) != b"\n":
-                _repair_tail(fh, path, size)
-        fh.write(line.encode("utf-8"))
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _repair_tail(fh: Any, path: Path, size: int) -> None:
-    """Before an append: end a complete last line with ``\\n``, or cut a torn one off."""
-    start = size
-    chunk = 1 << 16
-    tail = b""
-    while start > 0:  # find the start of the last line
-        step = min(chunk, start)
-        fh.seek(start - step)
-        tail = fh.read(step) + tail
-        start -= step
-        cut = tail.rfind(b"\n")
-        if cut >= 0:
-            start += cut + 1
-            tail = tail[cut + 1 :]
-            break
-    if _parse_line(tail) is not None:
-        fh.write(b"\n")
-        return
-    logger.warning("%s: cutting off a torn last line of %d bytes before appending", path, len(tail))
-    fh.truncate(start)
-
-
-def _parse_line(raw: bytes) -> dict[str, Any] | None:
-    """A line as a JSON object, or ``None`` if it is not one."""
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a JSONL metric log written by :func:`append_jsonl`.
-
-    Blank lines are skipped. A last line that is not a JSON object is a write torn by a crash:
-    it is skipped with a warning.
-
-    Args:
-        path: the log.
-
-    Returns:
-        The records, in file order.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: a line other than the last is not a JSON object; the message names
-            ``file:line``.
-    """
-    path = Path(path)
-    lines = path.read_bytes().split(b"\n")
-    last = max((i for i, raw in enumerate(lines) if raw.strip()), default=-1)
-    out = []
-    for index, raw in enumerate(lines):
-        if not raw.strip():
-            continue
-        record = _parse_line(raw)
-        if record is None:
-            if index == last:
-                logger.warning("%s:%d: skipping a torn last line", path, index + 1)
-                break
-            preview = raw[:80].decode("utf-8", errors="replace")
-            raise ValueError(f"{path}:{index + 1}: not a JSON object: {preview!r}")
-        out.append(record)
-    return out

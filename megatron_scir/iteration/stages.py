@@ -12,16 +12,16 @@ start over (their files are written to a temporary name and renamed). Nothing of
 trusted before its marker exists.
 
 ``config`` is the stage's config fingerprint (:func:`fingerprint`): every key that can change
-what a stage produces (its own keys and those of the stages that feed it). Rerunning with a
-config that differs from a finished stage's fingerprint is refused with the keys that differ
-(:func:`check_unchanged`), because the finished stage's outputs would silently belong to
-another experiment. Keys that only change speed, logging or
-how far the run goes (``iteration.num_iterations``) are not part of it.
+what a stage produces (its own keys and those of the stages that feed it, as declared in
+:mod:`megatron_scir.config.outputs`). Rerunning with a config that differs from a finished
+stage's fingerprint is refused with the keys that differ (:func:`check_unchanged`), because the
+finished stage's outputs would silently belong to another experiment. Keys that only change
+speed, logging, the layout or how far the run goes (``iteration.num_iterations``) are not part
+of it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -31,41 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from megatron_scir.config import Config, ConfigError
+from megatron_scir.config.outputs import SOURCE, flat_config, select, stage_keys
+from megatron_scir.config.outputs import STAGE_ORDER as STAGE_ORDER  # the driver's, declared there
 from megatron_scir.data import atomic_open
 
 MARKER = "stage.json"
-
-# Keys (or sections, as "section.") that never change a stage's outputs: speed, logging, where
-# things go, how many iterations the run has, the layout (any layout loads any checkpoint).
-_NEUTRAL = (
-    "logging.",
-    "parallel.",
-    "iteration.run_dir",
-    "iteration.num_iterations",
-    "checkpoint.save",
-    "checkpoint.save_interval",
-    "checkpoint.keep_last",
-    "checkpoint.export_hf",
-    "generation.max_batch_size",
-    "generation.chunk_size",
-    "generation.engine",
-    "data.num_workers",
-)
-# The stages in the order their outputs feed each other, and the keys each one reads itself
-# ("section." = the whole section). A stage depends on its own keys and those of every stage
-# before it; from iteration 2 on, M_t carries every earlier choice, so every key counts.
-STAGE_ORDER = ("init", "sft", "generate", "pairs", "reference", "train", "export", "evaluate")
-_OWN_KEYS = {
-    "init": ("source", "model.", "checkpoint.load", "train.seed"),
-    "sft": ("iteration.seed_sft", "data.", "judge.", "train."),
-    "generate": ("generation.", "iteration.prompts_per_iteration", "iteration.prompt_slices"),
-    "pairs": ("scir.mode",),
-    "reference": ("scir.srlm_drop_margin",),
-    "train": ("scir.",),
-    "export": (),
-    "evaluate": ("iteration.eval_pairs", "iteration.eval_prompts", "iteration.grader"),
-}
-_EVALUATION = _OWN_KEYS["evaluate"]
 
 
 @dataclass
@@ -96,32 +66,10 @@ def fingerprint(
         source: What M_0 is (a checkpoint, an HF folder, a random init): a key of its own.
         grader_used: The stage reads ``iteration.grader`` (dpo pairs are labelled by it).
     """
-    flat = {"source": source}
-    for section, values in dataclasses.asdict(cfg).items():
-        for key, value in values.items():
-            flat[f"{section}.{key}"] = value
-    if iteration >= 2:  # everything before reached M_t
-        upstream = STAGE_ORDER[: STAGE_ORDER.index("export")]
-        wanted = tuple(k for name in upstream for k in _OWN_KEYS[name])
-    elif iteration == 0:  # M_0 and the seed SFT (and the evaluation of M_1)
-        wanted = _OWN_KEYS["init"] + (_OWN_KEYS["sft"] if stage != "init" else ())
-    else:
-        upstream = STAGE_ORDER[: STAGE_ORDER.index(stage) + 1]
-        wanted = tuple(k for name in upstream if name != "evaluate" for k in _OWN_KEYS[name])
-    if stage == "evaluate":  # greedy answers: their length budget
-        wanted += (*_EVALUATION, "generation.max_new_tokens", "generation.stop_strings")
-        wanted += ("scir.beta", "scir.margin", "scir.tie_eps")  # how the accuracies are read
+    wanted = stage_keys(stage, iteration)
     if grader_used:
         wanted += ("iteration.grader",)
-    return {
-        name: value
-        for name, value in flat.items()
-        if _matches(name, wanted) and not _matches(name, _NEUTRAL)
-    }
-
-
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(name == p or (p.endswith(".") and name.startswith(p)) for p in patterns)
+    return select({SOURCE: source, **flat_config(cfg)}, wanted)
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:

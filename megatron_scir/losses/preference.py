@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_scir.config.choices import PrefLoss, PrefNormalization
+from megatron_scir.losses.keys import LOSS_TOTAL
 from megatron_scir.losses.options import LossOptions
 from megatron_scir.rewards.implicit import implicit_log_odds
 
@@ -204,5 +205,5 @@ def labelled_pair_loss(
         )
         metrics["loss/sft"] = metric(sft, 1)
         loss = loss + options.sft_weight * sft
-    metrics["loss/total"] = metric(loss, 1)
+    metrics[LOSS_TOTAL] = metric(loss, 1)
     return loss, metrics

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from megatron_scir.losses.bernoulli import Bernoulli, probability_difference
+from megatron_scir.losses.keys import CONSISTENCY_RATE
 from megatron_scir.losses.preference import metric
 from megatron_scir.losses.selection import Selection
 
@@ -52,7 +53,7 @@ def selection_metrics(
         abs_diff = probability_difference(judge, implicit).abs()
         signed = torch.where(selection.first_chosen, delta, -delta)
         metrics = {
-            "scir/consistency_rate": metric(consistent.sum(), n),
+            CONSISTENCY_RATE: metric(consistent.sum(), n),
             "scir/ties": metric(selection.ties.sum(), n),
             "scir/p_implicit_mean": metric(_masked_sum(p_implicit, valid), n),
             "scir/p_implicit_sqmean": metric(_masked_sum((p_implicit - 0.5).square(), valid), n),

@@ -4,6 +4,12 @@ Megatron's ``get_forward_backward_func`` returns, on the last pipeline stage, th
 metric dicts the loss function produced, one per micro-batch. Every value here is a float32
 ``[2]`` tensor ``(sum, count)``; the global-batch mean of a metric is
 ``Σ_microbatches,dp sum / Σ_microbatches,dp count``, exact for any split.
+
+- :func:`reduce_metrics`: the global means, on the ranks of the last pipeline stage.
+- :func:`step_metrics`: the same, then broadcast over the pipeline group: one step's metrics
+  on every rank.
+
+torch.distributed only; nothing here imports Megatron-Core.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-__all__ = ["reduce_metrics"]
+__all__ = ["reduce_metrics", "step_metrics"]
 
 _SECOND_MOMENT = "_sqmean"
 SECOND_MOMENT_CENTER = 0.5  # the `_sqmean` metrics are E[(p − ½)²] of probabilities
@@ -63,6 +69,36 @@ def reduce_metrics(
     means = torch.where(counts > 0, sums / counts.clamp(min=1), math.nan)
     # the step's one device → host copy (no .item() per key)
     return _moments_to_std(dict(zip(keys, means.tolist(), strict=True)))
+
+
+def step_metrics(
+    losses_reduced: Sequence[dict[str, torch.Tensor]],
+    *,
+    dp_group: dist.ProcessGroup | None,
+    pp_group: dist.ProcessGroup | None,
+    is_last_stage: bool,
+) -> dict[str, float]:
+    """Global-batch metrics of one optimizer step, on every rank.
+
+    Call on every rank after ``get_forward_backward_func()(...)``: the last pipeline stage
+    reduces its per-micro-batch ``(sum, count)`` dicts over micro-batches and data-parallel
+    ranks (:func:`reduce_metrics`), then broadcasts the result over the pipeline group so that
+    any rank (e.g. global rank 0, a first stage) can log it.
+
+    Args:
+        losses_reduced: what the schedule returned on this rank (empty on other stages).
+        dp_group: the data-parallel group (``None``: no data parallelism).
+        pp_group: the pipeline-parallel group (``None``: no pipeline parallelism).
+        is_last_stage: whether this rank is on the last pipeline stage (holds the metrics).
+
+    Returns:
+        ``{key: global-batch mean}``, identical on every rank.
+    """
+    reduced = [reduce_metrics(losses_reduced, dp_group=dp_group) if is_last_stage else None]
+    if pp_group is not None and dist.get_world_size(group=pp_group) > 1:
+        last = dist.get_global_rank(pp_group, dist.get_world_size(group=pp_group) - 1)
+        dist.broadcast_object_list(reduced, src=last, group=pp_group)
+    return reduced[0]
 
 
 def _moments_to_std(means: dict[str, float]) -> dict[str, float]:

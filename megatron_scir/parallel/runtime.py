@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import torch.distributed as dist
 
 from megatron_scir.config import ConfigError, ParallelConfig
-from megatron_scir.config.validate import data_parallel_size
+from megatron_scir.config.derived import data_parallel_size
 from megatron_scir.parallel import state
 
 logger = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ DP = world / (t · p), k pairs per micro-batch (``train.micro_batch_size``), r j
 pair, b = k · (2 + r) rows per micro-batch, S the padded sequence length, m micro-batches per
 step and DP rank = global_batch_size / (k · DP).
 
-Rows (SCIR_SPEC §9; re-derived from :class:`megatron_scir.data.layout.MicroBatchLayout`, which
-imports torch through the judge formats): 2 policy rows per pair; r = 2 for a pairwise judge with
+Rows (SCIR_SPEC §9): the training layout itself, :class:`megatron_scir.data.layout.MicroBatchLayout`
+(torch-free), as the DataModule builds it: 2 policy rows per pair; r = 2 for a pairwise judge with
 position debiasing (J(x,y1,y2), J(x,y2,y1)), 1 with ``judge.position_debias=none``, 2 for
 pointwise (J(x,y1), J(x,y2)); r = 0 for the labelled modes ``dpo``/``srlm``, which read no judge.
 S = prompt + response budget without judge rows, else max(that, ``data.judge_max_length``).
@@ -106,19 +106,13 @@ from dataclasses import dataclass
 from megatron_scir.config import Config, ConfigError, ModelConfig, validate
 from megatron_scir.config.choices import (
     Dtype,
-    JudgeKind,
-    LossMode,
-    PositionDebias,
     RecomputeGranularity,
     RecomputeMethod,
     TransformerImpl,
 )
-from megatron_scir.config.validate import (
-    GENERATION,
-    TRAINING,
-    packs_sequences,
-    validate_world,
-)
+from megatron_scir.config.derived import micro_batches_per_step
+from megatron_scir.config.validate import GENERATION, TRAINING, validate_world
+from megatron_scir.data.layout import MicroBatchLayout
 from megatron_scir.models.shapes import DTYPE_BYTES, dtype_name, mcore_tensor_shapes
 from megatron_scir.models.shapes import padded_vocab_size as _padded_vocab_size
 
@@ -130,7 +124,6 @@ __all__ = [
     "StageParams",
     "format_plan",
     "in_flight_micro_batches",
-    "judge_rows_per_pair",
     "korthikanti_layer_tensors",
     "kv_cache_bytes",
     "layer_activation_bytes",
@@ -149,7 +142,6 @@ DEFAULT_OVERHEAD_GB = 3.0
 FP32_BYTES = 4
 FP8_WEIGHT_COPY_BYTES = 2  # FP8 data + its transpose
 LOGITS_BUFFERS = 2  # float32 logits + the (log-)softmax buffer of the same size
-POLICY_ROWS_PER_PAIR = 2  # data/layout.py POLICY_ROWS_PER_PAIR
 
 
 # --- parameters -------------------------------------------------------------------------------
@@ -374,25 +366,15 @@ class _Layout:
 
 @dataclass(frozen=True)
 class _Rows:
-    """The SCIR micro-batch (SCIR_SPEC §9; data/layout.py)."""
+    """The training micro-batch (SCIR_SPEC §9): the DataModule's own layout, and how many."""
 
-    pairs: int
-    judge_rows_per_pair: int
-    seq_length: int
+    batch: MicroBatchLayout
     num_micro_batches: int
-    packed_tokens: int | None = None  # packed (THD): every sequence at its budget, one row
 
     @property
-    def policy_rows(self) -> int:
-        return POLICY_ROWS_PER_PAIR * self.pairs
-
-    @property
-    def judge_rows(self) -> int:
-        return self.judge_rows_per_pair * self.pairs
-
-    @property
-    def rows(self) -> int:
-        return self.policy_rows + self.judge_rows
+    def packed_tokens(self) -> int | None:
+        """Packed (THD): the worst pack, every sequence at its budget; None for padded rows."""
+        return self.batch.max_packed_tokens if self.batch.packed else None
 
 
 COMPONENTS = (
@@ -533,30 +515,10 @@ class MemoryPlan:
         return out
 
 
-def judge_rows_per_pair(cfg: Config) -> int:
-    """r: judge rows per pair (SCIR_SPEC §9; data/judges/*.rows_per_pair, losses/modes.py)."""
-    if cfg.scir.mode != LossMode.SCIR:  # dpo / srlm read no judge rows
-        return 0
-    if cfg.judge.kind == JudgeKind.POINTWISE:
-        return 2
-    return 1 if cfg.judge.position_debias == PositionDebias.NONE else 2
-
-
 def _rows(cfg: Config, layout: _Layout) -> _Rows:
-    d, t = cfg.data, cfg.train
-    r = judge_rows_per_pair(cfg)
-    policy = d.max_prompt_length + d.max_response_length
+    """The training micro-batch of ``scir.mode``, from the layout the DataModule builds."""
     return _Rows(
-        pairs=t.micro_batch_size,
-        judge_rows_per_pair=r,
-        seq_length=max(policy, d.judge_max_length) if r else policy,
-        num_micro_batches=t.global_batch_size // (t.micro_batch_size * layout.dp),
-        # the worst packed micro-batch: every sequence at its budget (no row padding)
-        packed_tokens=(
-            t.micro_batch_size * (POLICY_ROWS_PER_PAIR * policy + r * d.judge_max_length)
-            if packs_sequences(cfg)
-            else None
-        ),
+        MicroBatchLayout.for_training(cfg), micro_batches_per_step(cfg.train, layout.dp)
     )
 
 
@@ -632,17 +594,17 @@ def _training_stage(
     activations = _stage_activation_bytes(
         cfg,
         layout,
-        rows=1 if rows.packed_tokens else rows.rows,
-        seq_length=rows.packed_tokens or rows.seq_length,
+        rows=1 if rows.packed_tokens else rows.batch.num_rows,
+        seq_length=rows.packed_tokens or rows.batch.seq_length,
         in_flight=in_flight,
     )
     logits = 0.0
     if stage == layout.pp - 1:  # the output layer's stage; one micro-batch in flight there
-        responses = rows.policy_rows * cfg.data.max_response_length
+        responses = rows.batch.num_policy_rows * cfg.data.max_response_length
         logits = logits_bytes(
             cfg.model,
             policy_positions=min(cfg.train.logprob_chunk_size, responses),
-            judge_rows=rows.judge_rows,
+            judge_rows=rows.batch.num_judge_rows,
             tp=layout.tp,
         )
     return StageMemory(
@@ -904,10 +866,10 @@ def plan_memory(
         padded_vocab=_padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, layout.tp),
         params_dtype=dtype_name(m.params_dtype).value,
         grad_dtype=_grad_dtype(cfg).value,
-        micro_batch_size=rows.pairs,
-        rows_per_micro_batch=rows.rows,
-        judge_rows_per_pair=rows.judge_rows_per_pair,
-        seq_length=rows.seq_length,
+        micro_batch_size=rows.batch.num_pairs,
+        rows_per_micro_batch=rows.batch.num_rows,
+        judge_rows_per_pair=rows.batch.judge_rows_per_pair,
+        seq_length=rows.batch.seq_length,
         num_micro_batches=rows.num_micro_batches,
         packed_tokens=rows.packed_tokens,
         training=training,

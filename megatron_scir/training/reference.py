@@ -2,17 +2,20 @@
 
 One forward-only pass of M_t over an iteration's pairs, on every TP/PP/DP rank (Megatron's
 schedule with ``forward_only=True, collect_non_loss_data=True``), stores with each pair
-``ref_logps_1/2`` (SCIR_SPEC §1), the judge's log-odds ``ref_judge_logits_12/21`` (§2; not in
-``dpo`` mode; ``_21`` only with two judge orders) and, in ``srlm`` mode, SRLM's ``label`` (§6; none
-for a dropped pair), and summarises the judge at the start of the iteration
+``ref_logps_1/2`` (SCIR_SPEC §1), the judge's log-odds ``ref_judge_logits_12/21`` (§2; when its
+layout has judge rows, which the loss mode's spec decides: ``reference_judge``; ``_21`` only with
+two judge orders) and, where the mode's labels come from M_t's judge (``srlm``), SRLM's ``label``
+(§6; none for a dropped pair), and summarises the judge at the start of the iteration
 (:class:`ReferenceSummary`): no second pass is needed.
 
 Exact ties at step 0 (SCIR_SPEC §4): the pass replays the *training* micro-batches of the first
 epoch (the same pairs together, hence the same rows, padding or packing) through the training
 forward step's own last-stage computation
 (:func:`~megatron_scir.training.forward_step.make_reference_forward_step`), so that at the first
-step log πθ = log πref bit for bit. ``srlm`` mode reads the judge here with judge rows that its
-training batches do not have: ties do not matter there (its labels do not come from P_I).
+step log πθ = log πref bit for bit. The caller hands in both layouts: the training layout (which
+pairs share a micro-batch) and the pass's own (the training rows, plus judge rows where the pass
+reads a judge that training does not: ``srlm``, whose ties do not matter, its labels do not come
+from P_I).
 
 Global rank 0 writes the file atomically, then ``<file>.inputs.json`` with the SHA-256 of the
 inputs (:func:`reference_inputs`) and of the file; a pass whose sidecar matches both is skipped,
@@ -35,10 +38,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from megatron_scir.checkpoint.locate import DIST_METADATA, resolve_checkpoint
-from megatron_scir.checkpoint.metadata import METADATA_FILE
 from megatron_scir.config import Config
-from megatron_scir.config.choices import LossMode
+from megatron_scir.config.derived import micro_batches_per_step
+from megatron_scir.config.outputs import reference_config_inputs
 from megatron_scir.data.datamodule import ScirDataModule
 from megatron_scir.data.errors import DataError
 from megatron_scir.data.jsonl import write_records
@@ -47,7 +49,8 @@ from megatron_scir.data.layout import MicroBatchLayout
 from megatron_scir.data.records import PairRecord
 from megatron_scir.data.stream import atomic_open
 from megatron_scir.data.tokenizer import Tokenizer
-from megatron_scir.rewards import judge_preference, srlm_labels, verdict_mass
+from megatron_scir.rewards import judge_preference, verdict_mass
+from megatron_scir.rewards import srlm_labels as fix_srlm_labels
 from megatron_scir.training.forward_step import make_reference_forward_step
 from megatron_scir.training.schedule import run_schedule
 
@@ -56,7 +59,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ReferenceSummary",
-    "checkpoint_identity",
     "reference_inputs",
     "run_reference_pass",
     "sidecar_path",
@@ -65,18 +67,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT = "megatron-scir/reference-pass"
-FORMAT_VERSION = 1
-# Config keys of these sections that change the file (besides the model and judge sections).
-_DATA_KEYS = (
-    *("tokenizer_type", "tokenizer_path", "chat_template", "on_bad_record"),
-    *("max_prompt_length", "max_response_length", "judge_max_length"),
-    # which pairs share a micro-batch, and its padding (the first epoch's micro-batches)
-    *("shuffle", "group_by_length", "packed_sequences", "pad_to_multiple_of"),
-)
-_PARALLEL_KEYS = (
-    *("tensor_model_parallel_size", "pipeline_model_parallel_size"),
-    *("virtual_pipeline_model_parallel_size", "sequence_parallel"),
-)
+FORMAT_VERSION = 2  # 2: the config keys flat, as declared in config/outputs.py; the layouts
 _QUANTILES = {"p10": 0.1, "p50": 0.5, "p90": 0.9}
 
 
@@ -129,47 +120,33 @@ def sidecar_path(out_path: str | os.PathLike) -> Path:
     return out_path.with_name(out_path.name + ".inputs.json")
 
 
-def checkpoint_identity(ckpt_dir: str | os.PathLike) -> str:
-    """An ``inputs_id`` for a model loaded from a checkpoint, without reading its weights.
-
-    The resolved checkpoint path, the SHA-256 of its ``scir_checkpoint.json`` (for Megatron-LM
-    and NeMo checkpoints: the torch_dist ``metadata.json``) and that file's modification time,
-    which also tells apart a checkpoint rewritten in place at the same iteration and step.
-    """
-    path = resolve_checkpoint(ckpt_dir).resolve()
-    meta = path / METADATA_FILE
-    if not meta.is_file():
-        meta = path / DIST_METADATA
-    digest = hashlib.sha256(meta.read_bytes()).hexdigest()
-    return f"{path}|{meta.name}:{digest}|mtime_ns:{meta.stat().st_mtime_ns}"
-
-
 def reference_inputs(
-    cfg: Config, tokenizer: Tokenizer, pairs_path: str | os.PathLike, *, inputs_id: str
+    cfg: Config,
+    tokenizer: Tokenizer,
+    pairs_path: str | os.PathLike,
+    *,
+    inputs_id: str,
+    layout: MicroBatchLayout,
+    reference_layout: MicroBatchLayout,
+    srlm_labels: bool,
 ) -> dict[str, Any]:
     """Everything the reference file depends on, as JSON (its SHA-256 keys the file).
 
-    The pairs file's bytes, the model (``inputs_id``), the tokenizer, and the config keys that
-    change the result: the model and judge sections, the data budgets, chat template and
-    bad-record policy, ``scir.mode`` and ``scir.srlm_drop_margin``, what decides the first
-    epoch's micro-batches (micro and global batch size, seed, shuffle, length grouping, packing,
-    padding) and the TP/PP/SP layout (the micro-batches and the layout decide the exact bits,
-    SCIR_SPEC §4).
+    The pairs file's bytes, the model (``inputs_id``), the tokenizer, the config keys the
+    reference stage reads (declared once in :mod:`megatron_scir.config.outputs`: the model and
+    judge sections, the data budgets, chat template and bad-record policy, what decides the first
+    epoch's micro-batches, and the TP/PP/SP layout, since micro-batches and layout decide the exact
+    bits, SCIR_SPEC §4), and what the pass reads and writes: both layouts and the SRLM labels.
     """
     return {
         "format_version": FORMAT_VERSION,
         "pairs_sha256": _file_sha256(pairs_path),
         "model_id": inputs_id,
         "tokenizer": {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
-        "model": dataclasses.asdict(cfg.model),
-        "judge": dataclasses.asdict(cfg.judge),
-        "data": {key: getattr(cfg.data, key) for key in _DATA_KEYS},
-        "scir": {"mode": cfg.scir.mode, "srlm_drop_margin": cfg.scir.srlm_drop_margin},
-        "train": {
-            key: getattr(cfg.train, key)
-            for key in ("micro_batch_size", "global_batch_size", "seed")
-        },
-        "parallel": {key: getattr(cfg.parallel, key) for key in _PARALLEL_KEYS},
+        "config": reference_config_inputs(cfg),
+        "layout": dataclasses.asdict(layout),
+        "reference_layout": dataclasses.asdict(reference_layout),
+        "srlm_labels": srlm_labels,
     }
 
 
@@ -182,6 +159,9 @@ def run_reference_pass(
     out_path: str | os.PathLike,
     *,
     inputs_id: str,
+    layout: MicroBatchLayout,
+    reference_layout: MicroBatchLayout,
+    srlm_labels: bool = False,
 ) -> ReferenceSummary:
     """Write ``out_path``: the pairs with log πref and M_t's judge (see the module docstring).
 
@@ -196,8 +176,11 @@ def run_reference_pass(
         tokenizer: the run's tokenizer.
         pairs_path: the iteration's pairs JSONL.
         out_path: where the pairs with reference fields go (not ``pairs_path``).
-        inputs_id: the model's identity, e.g. :func:`checkpoint_identity` of the checkpoint
-            M_t was loaded from.
+        inputs_id: the model's identity (``ModelSource.identity`` of what M_t was loaded from).
+        layout: the training layout: which pairs share a micro-batch (length grouping).
+        reference_layout: this pass's layout: the training rows, judge rows where it reads
+            M_t's judge (``MicroBatchLayout.for_reference``).
+        srlm_labels: fix SRLM's labels from M_t's judge (needs judge rows).
 
     Returns:
         The :class:`ReferenceSummary`, identical on every rank.
@@ -209,8 +192,14 @@ def run_reference_pass(
             f"the reference pass writes a new file: choose an out_path other than {pairs_path}"
         )
 
+    if srlm_labels and not reference_layout.with_judge:
+        raise ValueError("SRLM labels come from M_t's judge: the reference layout needs judge rows")
+
     def check_existing() -> tuple[dict[str, Any], ReferenceSummary | None]:
-        inputs = reference_inputs(cfg, tokenizer, pairs_path, inputs_id=inputs_id)
+        inputs = reference_inputs(
+            cfg, tokenizer, pairs_path, inputs_id=inputs_id, layout=layout,
+            reference_layout=reference_layout, srlm_labels=srlm_labels,
+        )
         return inputs, _recorded_summary(out_path, inputs)
 
     inputs, recorded = runtime.on_rank_zero(check_existing)
@@ -218,18 +207,21 @@ def run_reference_pass(
         return recorded
 
     dm = ScirDataModule(
-        cfg, tokenizer, dp_rank=runtime.dp_rank, dp_size=runtime.dp_size, train_path=pairs_path
+        cfg, tokenizer, layout=layout, dp_rank=runtime.dp_rank, dp_size=runtime.dp_size,
+        train_path=pairs_path,
     )
     dm.setup("fit")
     if not dm.pairs:
         raise DataError(f"{pairs_path}: no pairs to run the reference pass on")
-    local = _forward(runtime, model_chunks, cfg, dm)
+    local = _forward(runtime, model_chunks, cfg, dm, reference_layout)
     gathered = [None] * runtime.world_size if runtime.is_rank_zero else None
     dist.gather_object(local, gathered, dst=0)
 
     def write() -> ReferenceSummary:
         columns = _assemble(gathered, len(dm.pairs))
-        records, summary = _records_and_summary(cfg, dm.pairs, columns, dm.reference_layout)
+        records, summary = _records_and_summary(
+            cfg, dm.pairs, columns, reference_layout, srlm_labels=srlm_labels
+        )
         _write(out_path, records, inputs, summary)
         logger.info("reference pass: wrote %s; %s", out_path, summary)
         return summary
@@ -239,21 +231,25 @@ def run_reference_pass(
 
 @torch.no_grad()
 def _forward(
-    runtime: Runtime, chunks: Sequence[torch.nn.Module], cfg: Config, dm: ScirDataModule
+    runtime: Runtime,
+    chunks: Sequence[torch.nn.Module],
+    cfg: Config,
+    dm: ScirDataModule,
+    layout: MicroBatchLayout,
 ) -> dict[str, torch.Tensor] | None:
-    """Run every pair through M_t; per-pair columns on the last stage's TP rank 0, else None."""
-    layout = dm.reference_layout
+    """Run every pair through M_t in ``layout``; per-pair columns on the last stage's TP rank 0,
+    else None."""
     candidate_ids = dm.verdict_token_ids if layout.with_judge else None
     interleaved = len(chunks) > 1
     loader = dm.reference_dataloader(
-        micro_batches_multiple_of=runtime.pp_size if interleaved else 1
+        layout=layout, micro_batches_multiple_of=runtime.pp_size if interleaved else 1
     )
     forward_step = make_reference_forward_step(
-        cfg, candidate_ids, layout, tp_group=runtime.tp_group
+        cfg, layout, candidate_ids, tp_group=runtime.tp_group
     )
     # One schedule call per training step's micro-batches (the loader replays them): under
     # interleaved PP a call's micro-batches share one length, the same as in training.
-    per_step = cfg.train.global_batch_size // (cfg.train.micro_batch_size * runtime.dp_size)
+    per_step = micro_batches_per_step(cfg.train, runtime.dp_size)
     outputs = []
     for block in itertools.batched(loader, per_step):
         outputs += run_schedule(
@@ -306,15 +302,19 @@ def _assemble(gathered: list[Any], num_pairs: int) -> dict[str, torch.Tensor]:
 
 
 def _records_and_summary(
-    cfg: Config, pairs: list[PairRecord], columns: dict[str, torch.Tensor], layout: MicroBatchLayout
+    cfg: Config,
+    pairs: list[PairRecord],
+    columns: dict[str, torch.Tensor],
+    layout: MicroBatchLayout,
+    *,
+    srlm_labels: bool,
 ) -> tuple[list[PairRecord], ReferenceSummary]:
     """The output records and the summary, from the per-pair columns in pair order."""
     judge_read = layout.with_judge
     judge_12, judge_21 = columns.get("judge_12"), columns.get("judge_21")
-    srlm = cfg.scir.mode == LossMode.SRLM
     labels = None
-    if srlm:
-        labels = srlm_labels(
+    if srlm_labels:
+        labels = fix_srlm_labels(
             judge_12,
             judge_21,
             position_debias=cfg.judge.position_debias,

@@ -19,8 +19,9 @@ import torch
 import torch.distributed as dist
 
 from megatron_scir.config import Config
+from megatron_scir.losses.keys import LOSS_TOTAL
 from megatron_scir.losses.preference import metric
-from megatron_scir.training.forward_step import response_token_logps
+from megatron_scir.training.logprob_heads import response_token_logps
 
 Batch = dict[str, torch.Tensor]
 
@@ -30,7 +31,7 @@ def _loss_func(batch: Batch, token_logps: torch.Tensor):
     nll = torch.where(mask, -token_logps.float(), 0.0).sum()
     num_tokens = mask.sum()
     loss = nll / num_tokens.clamp(min=1)
-    return loss, {"loss/sft": metric(nll, num_tokens), "loss/total": metric(loss, 1)}
+    return loss, {"loss/sft": metric(nll, num_tokens), LOSS_TOTAL: metric(loss, 1)}
 
 
 def make_sft_forward_step(

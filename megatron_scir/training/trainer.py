@@ -28,10 +28,29 @@ from pathlib import Path
 
 import torch
 
+from megatron_scir.checkpoint import (
+    is_complete,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from megatron_scir.config import Config
 from megatron_scir.config.errors import UserError
+from megatron_scir.parallel.ddp import wrap_with_ddp
+from megatron_scir.parallel.reductions import step_metrics
 from megatron_scir.parallel.runtime import Runtime
-from megatron_scir.training.metrics_log import MetricsLog
+from megatron_scir.training.metrics_log import (
+    GRAD_NORM,
+    LOSS_PREFIX,
+    LR,
+    SKIPPED_STEPS,
+    STEP_SECONDS,
+    TOKENS_PER_S,
+    MetricsLog,
+)
+from megatron_scir.training.optimizer import build_optimizer, build_scheduler
+from megatron_scir.training.rng import capture_rng_state, restore_rng_state
+from megatron_scir.training.schedule import run_schedule
 from megatron_scir.training.signals import StopRequest
 
 logger = logging.getLogger(__name__)
@@ -104,9 +123,6 @@ def train(
     Raises:
         TrainingDiverged: too many consecutive NaN/inf steps.
     """
-    from megatron_scir.parallel.ddp import wrap_with_ddp
-    from megatron_scir.training.optimizer import build_optimizer, build_scheduler
-
     model = wrap_with_ddp(list(chunks), cfg)
     optimizer = build_optimizer(cfg, model)
     num_steps = data.num_train_steps
@@ -159,9 +175,6 @@ def _run_schedule(
     forward_only: bool,
 ) -> dict[str, float]:
     """One pipeline-schedule call over the micro-batches; the global metrics."""
-    from megatron_scir.training.forward_step import step_metrics
-    from megatron_scir.training.schedule import run_schedule
-
     losses = run_schedule(forward_step, model, micro_batches, forward_only=forward_only)
     return step_metrics(
         losses,
@@ -183,7 +196,8 @@ def _train_step(
     found_inf = optimizer.prepare_grads()  # fp16 loss-scale overflow
     grad_norm = float(optimizer.get_grad_norm())
     finite = not found_inf and math.isfinite(grad_norm)
-    finite = finite and all(math.isfinite(v) for k, v in metrics.items() if k.startswith("loss/"))
+    loss_terms = [v for k, v in metrics.items() if k.startswith(LOSS_PREFIX)]
+    finite = finite and all(math.isfinite(v) for v in loss_terms)
     if finite:
         if cfg.train.clip_grad > 0:
             optimizer.clip_grad_norm(cfg.train.clip_grad)
@@ -198,11 +212,11 @@ def _train_step(
     tokens = sum(batch["tokens"].numel() for batch in micro_batches) * runtime.dp_size
     return {
         **metrics,
-        "train/grad_norm": grad_norm,
-        "train/lr": float(optimizer.param_groups[0]["lr"]),
-        "train/skipped_steps": state.skipped_steps,
-        "train/tokens_per_s": tokens / seconds,
-        "train/step_seconds": seconds,
+        GRAD_NORM: grad_norm,
+        LR: float(optimizer.param_groups[0]["lr"]),
+        SKIPPED_STEPS: state.skipped_steps,
+        TOKENS_PER_S: tokens / seconds,
+        STEP_SECONDS: seconds,
     }
 
 
@@ -222,9 +236,6 @@ def _save_due(step: int, num_steps: int, cfg: Config) -> bool:
 
 
 def _save(save_dir, runtime, cfg, model, optimizer, scheduler, state, iteration) -> Path:
-    from megatron_scir.checkpoint import save_checkpoint
-    from megatron_scir.training.rng import capture_rng_state
-
     path = save_dir / f"{CHECKPOINT_PREFIX}{state.step:07d}"
     save_checkpoint(
         path,
@@ -250,8 +261,6 @@ def _remove_old(save_dir: Path, keep_last: int) -> None:
     the middle of a deletion leaves a hidden ``.step_*.removing`` directory, swept next time,
     never a half-deleted ``step_*`` that no longer counts as complete and is never removed.
     """
-    from megatron_scir.checkpoint import is_complete
-
     for leftover in save_dir.glob(f".{CHECKPOINT_PREFIX}*.removing"):
         shutil.rmtree(leftover, ignore_errors=True)
     done = sorted(p for p in save_dir.glob(f"{CHECKPOINT_PREFIX}*") if is_complete(p))
@@ -263,9 +272,6 @@ def _remove_old(save_dir: Path, keep_last: int) -> None:
 
 def _resume(save_dir, model, optimizer, scheduler, data, cfg) -> TrainState:
     """Load the newest complete checkpoint under ``save_dir``; a fresh state without one."""
-    from megatron_scir.checkpoint import latest_checkpoint, load_checkpoint
-    from megatron_scir.training.rng import restore_rng_state
-
     latest = latest_checkpoint(save_dir)
     if latest is None:
         logger.info("no checkpoint under %s: starting from step 0", save_dir)

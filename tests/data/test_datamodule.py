@@ -12,6 +12,7 @@ import torch
 from megatron_scir.config import ConfigError
 from megatron_scir.data import DataError, RecordError, ScirDataModule
 from megatron_scir.data.judges import judge_format
+from megatron_scir.data.layout import MicroBatchLayout
 
 WORDS = (
     "the sea is wide and blue answer question python sort list capital of France Paris "
@@ -50,9 +51,11 @@ def make_pairs(n: int, *, seed: int = 0, refs: bool = False, long_every: int = 0
 def datamodule(make_cfg, sp_tokenizer, write_jsonl):
     def build(*overrides: str, rows=None, dp_rank=0, dp_size=1, consumed=0, tokenizer=None):
         path = write_jsonl("pairs.jsonl", rows if rows is not None else make_pairs(10))
+        cfg = make_cfg(*overrides)
         dm = ScirDataModule(
-            make_cfg(*overrides),
+            cfg,
             tokenizer or sp_tokenizer,
+            layout=MicroBatchLayout.for_training(cfg),
             dp_rank=dp_rank,
             dp_size=dp_size,
             train_path=path,
@@ -241,7 +244,8 @@ def test_a_response_merging_with_the_prompts_last_token_is_encoded_apart_and_cou
     # (the verdict would merge with that space too: a newline prefix keeps it one token)
     cfg.judge = dataclasses.replace(cfg.judge, verdict_prefix="\n")
     dm = ScirDataModule(
-        cfg, sp_tokenizer, dp_rank=0, dp_size=1, train_path=write_jsonl("pairs.jsonl", rows)
+        cfg, sp_tokenizer, layout=MicroBatchLayout.for_training(cfg), dp_rank=0, dp_size=1,
+        train_path=write_jsonl("pairs.jsonl", rows),
     )
     dm.setup("fit")
     assert dm.encoder.stats.num_boundary_merges > 0  # "A: " + "the" would become "▁the"
@@ -298,12 +302,12 @@ def test_reference_loader_visits_every_pair_once_and_fills_the_last_micro_batche
     seen, counts = [], []
     for rank in range(2):
         dm = datamodule(rows=rows, dp_rank=rank, dp_size=2)
-        loaded = list(dm.reference_dataloader())
+        loaded = list(dm.reference_dataloader(layout=MicroBatchLayout.for_reference(dm.cfg)))
         counts.append(len(loaded))
         seen += [i for b in loaded for i in b["pair_indices"].tolist()]
         # the reference pass replays the training micro-batches: the same pairs, layout and
         # padding, so that the first step ties exactly (SCIR_SPEC §4)
-        assert dm.reference_layout == dm.layout
+        assert MicroBatchLayout.for_reference(dm.cfg) == dm.layout
         trained = batches(dm)[:1]  # epoch 0 has one step of 4: one micro-batch per rank
         for a, b in zip(trained, loaded, strict=False):
             assert all(torch.equal(a[key], b[key]) for key in a if key != "ref_logps")
@@ -312,7 +316,7 @@ def test_reference_loader_visits_every_pair_once_and_fills_the_last_micro_batche
     assert sorted(i for i in seen if i >= 0) == list(range(7)) and seen.count(-1) == 1
     # fewer pairs than a global batch (an evaluation file): every pair once, in file order
     few = datamodule(rows=rows[:3])
-    loaded = list(few.reference_dataloader())
+    loaded = list(few.reference_dataloader(layout=few.layout))
     assert [b["pair_indices"].tolist() for b in loaded] == [[0, 1], [2, -1]]
 
 
@@ -373,7 +377,11 @@ def test_summary_reports_the_epoch_remainder_left_out(datamodule):
 
 def test_loaders_need_setup_first_and_stages_are_checked(make_cfg, sp_tokenizer, write_jsonl):
     path = write_jsonl("pairs.jsonl", make_pairs(4))
-    dm = ScirDataModule(make_cfg(), sp_tokenizer, dp_rank=0, dp_size=1, train_path=path)
+    cfg = make_cfg()
+    dm = ScirDataModule(
+        cfg, sp_tokenizer, layout=MicroBatchLayout.for_training(cfg), dp_rank=0, dp_size=1,
+        train_path=path,
+    )
     with pytest.raises(DataError, match=r"call setup\('fit'\)"):
         dm.train_dataloader()
     with pytest.raises(DataError, match="unknown stage 'train'"):

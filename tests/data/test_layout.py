@@ -18,9 +18,10 @@ BUDGETS = [
 
 
 def layout(*overrides: str, with_judge: bool | None = None) -> MicroBatchLayout:
-    return MicroBatchLayout.from_config(
-        load_config("tiny", [*BUDGETS, *overrides]), with_judge=with_judge
-    )
+    cfg = load_config("tiny", [*BUDGETS, *overrides])
+    if with_judge is None:  # the loss mode's training layout
+        return MicroBatchLayout.for_training(cfg)
+    return MicroBatchLayout.from_config(cfg, with_judge=with_judge)
 
 
 @pytest.mark.parametrize(
@@ -48,11 +49,31 @@ def test_with_judge_overrides_what_the_loss_mode_needs():
     assert layout(with_judge=False).judge_rows_per_pair == 0
 
 
+@pytest.mark.parametrize(("mode", "training", "reference"), [
+    ("scir", 2, 2), ("srlm", 0, 2), ("dpo", 0, 0),
+])
+def test_the_mode_spec_decides_the_training_and_reference_judge_rows(mode, training, reference):
+    cfg = load_config("tiny", [*BUDGETS, f"scir.mode={mode}"])
+    assert MicroBatchLayout.for_training(cfg).judge_rows_per_pair == training
+    assert MicroBatchLayout.for_reference(cfg).judge_rows_per_pair == reference
+
+
+def test_the_layout_is_torch_free_as_scir_plan_reads_it():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import megatron_scir.data.layout, megatron_scir.losses.modes; "
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_seq_length_is_the_policy_budget_alone_without_judge_rows_else_the_larger_budget():
     assert layout("data.judge_max_length=64").seq_length == 32 + 48  # policy budget is larger
     full = layout()
     assert full.seq_length == 256
-    reference = full.policy_only()
+    reference = layout(with_judge=False)
     assert reference.judge_rows_per_pair == 0 and reference.seq_length == 80
     assert reference.num_rows == 6 and reference.num_pairs == 3
 
@@ -90,6 +111,6 @@ def test_validate_accepts_the_layout_and_names_every_mismatch():
     assert "tokens (11, 16): expected [12, S]" in message
     assert "verdict_positions has 5 entries: expected 6" in message
     assert "ref_logps missing: run the reference pass first" in message
-    got.policy_only().validate(
+    layout(with_judge=False).validate(
         {k: v for k, v in _batch(6, 3, 0).items() if k != "ref_logps"}, require_ref_logps=False
     )

@@ -12,6 +12,7 @@ from megatron_scir.data import (
     build_pairs,
     write_records,
 )
+from megatron_scir.data.layout import MicroBatchLayout
 from megatron_scir.generation import PromptEncoder
 
 LONG = "Please explain, step by step and with care, why the sea is salty and the sky is blue. " * 4
@@ -37,7 +38,10 @@ def test_a_long_prompt_is_trained_on_the_prompt_ids_generation_conditioned_on(
     assert len(pairs) == 2  # one micro-batch of k=2
     pairs_path = tmp_path / "pairs.jsonl"
     write_records(pairs_path, pairs)
-    data = ScirDataModule(cfg, sp_tokenizer, dp_rank=0, dp_size=1, train_path=pairs_path)
+    layout = MicroBatchLayout.for_training(cfg)
+    data = ScirDataModule(
+        cfg, sp_tokenizer, layout=layout, dp_rank=0, dp_size=1, train_path=pairs_path
+    )
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
 

@@ -9,6 +9,7 @@ import torch
 
 from megatron_scir.data import DataError, SftDataModule
 from megatron_scir.data.judges import PairwiseJudge, PointwiseJudge
+from megatron_scir.data.layout import MicroBatchLayout
 
 INSTRUCTIONS = [
     {"prompt": "What is the capital of France?", "response": "The capital of France is Paris."},
@@ -42,6 +43,7 @@ def sft(make_cfg, sp_tokenizer, write_jsonl):
         dm = SftDataModule(
             cfg,
             sp_tokenizer,
+            layout=MicroBatchLayout.from_config(cfg, with_judge=True),
             dp_rank=dp_rank,
             dp_size=dp_size,
             sft_path=write_jsonl("sft.jsonl", instructions) if instructions else None,
@@ -115,4 +117,8 @@ def test_sft_runs_sft_epochs_and_shards_over_data_parallel_ranks(sft):
 
 def test_sft_without_any_data_is_refused_with_the_settings_to_set(make_cfg, sp_tokenizer):
     with pytest.raises(DataError, match="set data.seed_sft and/or data.seed_judge"):
-        SftDataModule(make_cfg(), sp_tokenizer, dp_rank=0, dp_size=1)
+        cfg = make_cfg()
+        SftDataModule(
+            cfg, sp_tokenizer, layout=MicroBatchLayout.from_config(cfg, with_judge=True),
+            dp_rank=0, dp_size=1,
+        )

@@ -32,12 +32,16 @@ def _train_step(runtime, cfg, model) -> float:
     """One SCIR forward/backward of a random micro-batch; returns the global gradient norm²."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from megatron_scir.data.layout import MicroBatchLayout
+    from megatron_scir.parallel.reductions import step_metrics
     from megatron_scir.testing.scir_batches import random_scir_batch
-    from megatron_scir.training.forward_step import make_forward_step, step_metrics
+    from megatron_scir.training.forward_step import make_forward_step
 
     batch = random_scir_batch(cfg, seq_length=SEQ, generator=torch.Generator().manual_seed(3))
     losses = get_forward_backward_func()(
-        forward_step_func=make_forward_step(cfg, [17, 40], tp_group=runtime.tp_group),
+        forward_step_func=make_forward_step(
+            cfg, MicroBatchLayout.for_training(cfg), [17, 40], tp_group=runtime.tp_group
+        ),
         data_iterator=iter([batch]),
         model=model,
         num_microbatches=1,

@@ -55,9 +55,12 @@ def _evaluate(rank, world_size, overrides, root, pairs):
             chunks = build_model_chunks(cfg)
             asset = [cfg.data.tokenizer_path]
             save_checkpoint(root / f"m{seed}", chunks, cfg, iteration=0, step=0, assets=asset)
+        from megatron_scir.recipe import ModelSource
+
         return reward_accuracy(
             runtime, cfg, build_tokenizer(cfg.data), pairs,
-            policy_ckpt=root / "m1", ref_ckpt=root / "m2", work_dir=root / "work",
+            policy=ModelSource.checkpoint(root / "m1"),
+            reference=ModelSource.checkpoint(root / "m2"), work_dir=root / "work",
         )
 
 

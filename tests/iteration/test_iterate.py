@@ -210,7 +210,7 @@ def _fields(record) -> tuple:
 
 
 def _iterate_rank(rank, world_size, args):
-    from megatron_scir.cli.iterate import iterate
+    from megatron_scir.iteration.job import iterate
 
     return iterate("tiny", args, progress=False)
 

@@ -1,8 +1,7 @@
-"""The iteration reports: text and Markdown tables, aggregation, the PNG plot, the JSONL log."""
+"""The iteration reports: text and Markdown tables, aggregation, the PNG plot."""
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import subprocess
@@ -13,11 +12,9 @@ import pytest
 
 from megatron_scir.iteration.report import (
     aggregate,
-    append_jsonl,
     format_table,
     markdown_table,
     plot_iterations,
-    read_jsonl,
 )
 
 NAN = float("nan")
@@ -266,58 +263,3 @@ def test_importing_the_module_is_cheap():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-# --------------------------------------------------------------------------------------------
-# JSONL
-
-
-def test_jsonl_roundtrip(tmp_path):
-    log = tmp_path / "run" / "metrics.jsonl"
-    records = _records()[:3]
-    for record in records:
-        append_jsonl(log, record)
-    lines = log.read_text().splitlines()
-    assert lines[0] == json.dumps(records[0], sort_keys=True, allow_nan=True)
-    back = read_jsonl(log)
-    assert len(back) == 3
-    assert back[0] == records[0]
-    assert back[2]["implicit_accuracy"] == pytest.approx(0.56)
-    nan_log = tmp_path / "nan.jsonl"
-    append_jsonl(nan_log, {"a": NAN})
-    assert "NaN" in nan_log.read_text() and math.isnan(read_jsonl(nan_log)[0]["a"])
-
-
-def test_jsonl_skips_a_torn_last_line(tmp_path, caplog):
-    log = tmp_path / "m.jsonl"
-    append_jsonl(log, {"iteration": 0})
-    append_jsonl(log, {"iteration": 1})
-    with open(log, "a") as fh:
-        fh.write('{"iteration": 2, "oracle_acc')  # a crash mid-write
-    with caplog.at_level("WARNING"):
-        assert read_jsonl(log) == [{"iteration": 0}, {"iteration": 1}]
-    assert "torn" in caplog.text
-    # appending after the crash cuts the fragment off: the log stays readable
-    append_jsonl(log, {"iteration": 2})
-    assert read_jsonl(log) == [{"iteration": 0}, {"iteration": 1}, {"iteration": 2}]
-    assert log.read_text().count("\n") == 3
-
-
-def test_jsonl_complete_line_without_newline_is_kept(tmp_path):
-    log = tmp_path / "m.jsonl"
-    log.write_text('{"a": 1}\n\n{"a": 2}')
-    assert read_jsonl(log) == [{"a": 1}, {"a": 2}]
-    append_jsonl(log, {"a": 3})
-    assert read_jsonl(log) == [{"a": 1}, {"a": 2}, {"a": 3}]
-
-
-def test_jsonl_bad_line_in_the_middle_names_file_and_line(tmp_path):
-    log = tmp_path / "m.jsonl"
-    log.write_text('{"a": 1}\n{"a": 2\n{"a": 3}\n')
-    with pytest.raises(ValueError, match=rf"{log}:2"):
-        read_jsonl(log)
-    log.write_text('{"a": 1}\n[1, 2]\n{"a": 3}\n')  # valid JSON but not an object
-    with pytest.raises(ValueError, match=rf"{log}:2"):
-        read_jsonl(log)
-    with pytest.raises(FileNotFoundError):
-        read_jsonl(tmp_path / "absent.jsonl")

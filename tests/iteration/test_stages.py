@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from megatron_scir.config import ConfigError, load_config
+from megatron_scir.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    GenerationConfig,
+    JudgeConfig,
+    ModelConfig,
+    TrainConfig,
+    load_config,
+)
+from megatron_scir.config.outputs import reference_config_inputs
 from megatron_scir.iteration.stages import (
     StageResult,
     check_unchanged,
@@ -61,6 +73,57 @@ def test_a_stage_depends_on_its_own_keys_and_those_upstream_and_never_on_neutral
     assert beta("train", 1) != before("train", 1)
     assert beta("generate", 2) != before("generate", 2)  # M_2 was trained with beta
     assert "model.num_layers" in before("init", 0) and "train.lr" not in before("init", 0)
+
+
+def _section(name, cls):
+    return {f"{name}.{f.name}" for f in dataclasses.fields(cls)}
+
+
+# M_1: M_0 (source, model, checkpoint.load, seed) and the seed SFT (data, judge, train)
+_M1 = (
+    {"source", "checkpoint.load", "iteration.seed_sft"}
+    | _section("model", ModelConfig)
+    | _section("data", DataConfig) - {"data.num_workers"}
+    | _section("judge", JudgeConfig)
+    | _section("train", TrainConfig)
+)
+_GENERATION = _section("generation", GenerationConfig) - {
+    *("generation.max_batch_size", "generation.chunk_size", "generation.engine")
+}
+
+
+def test_the_fingerprints_hold_exactly_the_keys_that_reach_a_stage():
+    cfg = load_config("tiny")
+    of = _fingerprints(cfg)
+    init = {"source", "checkpoint.load", "train.seed"} | _section("model", ModelConfig)
+    assert set(of("init", 0)) == init and of("init", 0)["source"] == "random-init:1234"
+    assert set(of("sft", 0)) == _M1
+    generate = of("generate", 1)
+    assert set(generate) == _M1 | _GENERATION | {
+        *("iteration.prompts_per_iteration", "iteration.prompt_slices")
+    }
+    assert "generation.temperature" in generate and "data.max_prompt_length" in generate
+    assert not [k for k in generate if k.startswith(("parallel.", "logging.", "scir."))]
+    assert set(of("pairs", 1)) == set(generate) | {"scir.mode"}
+    # the reference stage's own keys are M_1's and its layout, which a rerun may change
+    assert set(of("reference", 1)) == set(of("pairs", 1)) | {"scir.srlm_drop_margin"}
+    assert "parallel.sequence_parallel" in reference_config_inputs(cfg)
+    every = set(of("reference", 1)) | {f"scir.{f.name}" for f in dataclasses.fields(cfg.scir)}
+    assert set(of("train", 1)) == set(of("export", 1)) == every
+    assert all(
+        set(of(stage, t)) == every for stage in ("init", "generate", "train") for t in (2, 3)
+    )
+    evaluation = {"iteration.eval_pairs", "iteration.eval_prompts", "iteration.grader"}
+    evaluation |= {"generation.max_new_tokens", "generation.stop_strings"}
+    evaluation |= {"scir.beta", "scir.margin", "scir.tie_eps"}
+    assert set(of("evaluate", 0)) == _M1 | evaluation
+    assert set(of("evaluate", 2)) == every | evaluation
+    graded = fingerprint(cfg, "pairs", 1, source="random-init:1234", grader_used=True)
+    assert set(graded) == set(of("pairs", 1)) | {"iteration.grader"}
+    assert of("evaluate", 2)["model.hidden_size"] == cfg.model.hidden_size
+    assert of("evaluate", 2)["judge.verdict_texts"] == cfg.judge.verdict_texts
+    sections = {f.name for f in dataclasses.fields(Config)}
+    assert {k.split(".")[0] for k in every - {"source"}} == sections - {"parallel", "logging"}
 
 
 def test_a_changed_key_that_invalidates_a_finished_stage_is_refused_with_the_keys(tmp_path):

@@ -65,7 +65,7 @@ def test_option_strings_become_enum_members_and_unknown_values_are_refused_once(
 
 def test_every_loss_mode_is_registered_and_only_scir_reads_the_judge():
     assert set(LOSS_MODES) == set(LossMode)
-    assert {mode for mode, spec in LOSS_MODES.items() if spec.needs_judge} == {LossMode.SCIR}
+    assert {mode for mode, spec in LOSS_MODES.items() if spec.judge_rows} == {LossMode.SCIR}
     assert loss_mode("dpo") is LOSS_MODES[LossMode.DPO]
 
 

@@ -1,4 +1,5 @@
-"""reduce_metrics: exact global means from (sum, count) metrics of unequal denominators."""
+"""reduce_metrics: exact global means from (sum, count) metrics of unequal denominators;
+step_metrics: the same on every pipeline stage."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import pytest
 import torch
 
-from megatron_scir.parallel.reductions import reduce_metrics
+from megatron_scir.parallel.reductions import reduce_metrics, step_metrics
 
 
 def _m(total: float, count: float) -> torch.Tensor:
@@ -39,3 +40,26 @@ def test_a_metric_with_no_count_in_the_whole_batch_is_nan_not_zero():
 def test_micro_batches_reporting_different_keys_are_refused():
     with pytest.raises(ValueError, match="same keys"):
         reduce_metrics([{"a/b": _m(1, 1)}, {"a/c": _m(1, 1)}])
+
+
+def test_step_metrics_without_groups_are_the_reduced_metrics():
+    per_microbatch = [{"loss/total": _m(1.0, 1)}, {"loss/total": _m(2.0, 1)}]
+    kwargs = {"dp_group": None, "pp_group": None}
+    assert step_metrics(per_microbatch, is_last_stage=True, **kwargs) == {"loss/total": 1.5}
+    assert step_metrics([], is_last_stage=False, **kwargs) is None  # a stage with no metrics
+
+
+def _two_stages(rank: int, world_size: int) -> dict[str, float]:
+    import torch.distributed as dist
+
+    pp_group = dist.new_group(list(range(world_size)))
+    last = rank == world_size - 1
+    per_microbatch = [{"loss/total": _m(3.0, 2)}, {"loss/total": _m(1.0, 2)}] if last else []
+    return step_metrics(per_microbatch, dp_group=None, pp_group=pp_group, is_last_stage=last)
+
+
+@pytest.mark.dist
+def test_step_metrics_reach_every_pipeline_stage():
+    from megatron_scir.testing.distributed import run_distributed
+
+    assert run_distributed(_two_stages, world_size=2, timeout=120) == [{"loss/total": 1.0}] * 2

@@ -17,7 +17,6 @@ from megatron_scir.plan.memory import (
     GIB,
     format_plan,
     in_flight_micro_batches,
-    judge_rows_per_pair,
     korthikanti_layer_tensors,
     layer_activation_bytes,
     llama_layer_tensors,
@@ -224,12 +223,13 @@ def test_pipeline_stages_hold_megatrons_in_flight_micro_batches():
     ],
 )
 def test_judge_rows_per_pair_follow_the_micro_batch_layout(overrides, rows):
+    from megatron_scir.data.layout import MicroBatchLayout  # torch-free, as the planner
+
     cfg = load_config("tiny", overrides)
-    assert judge_rows_per_pair(cfg) == rows
-    torch_layout = pytest.importorskip("megatron_scir.data.layout")  # imports torch
-    layout = torch_layout.MicroBatchLayout.from_config(cfg)
+    layout = MicroBatchLayout.for_training(cfg)
     assert layout.judge_rows_per_pair == rows
     plan = plan_memory(cfg, nodes=1, gpus_per_node=1)
+    assert plan.judge_rows_per_pair == rows
     assert (plan.rows_per_micro_batch, plan.seq_length) == (layout.num_rows, layout.seq_length)
 
 

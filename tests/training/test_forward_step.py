@@ -92,11 +92,15 @@ def _grads(model) -> dict[str, torch.Tensor]:
 
 
 def _step_vs_dense(cfg, candidate_ids, model, batch):
+    from megatron_scir.data.layout import MicroBatchLayout
     from megatron_scir.models import forward_last_stage
     from megatron_scir.parallel import state
     from megatron_scir.training.forward_step import make_forward_step
 
-    forward_step = make_forward_step(cfg, candidate_ids, tp_group=state.tp_group())
+    # the layout of the batch handed in: a labelled mode also takes batches with judge rows
+    with_judge = batch["verdict_positions"].numel() > 0
+    layout = MicroBatchLayout.from_config(cfg, with_judge=with_judge)
+    forward_step = make_forward_step(cfg, layout, candidate_ids, tp_group=state.tp_group())
     output, loss_func = forward_step(iter([batch]), model)
     loss, metrics = loss_func(output)
     loss.backward()
@@ -115,7 +119,7 @@ def _judge_allocations(cfg, model, batch):
     """Largest allocation of the verdict-position judge and of a full-logits judge."""
     from megatron_scir.models import forward_last_stage
     from megatron_scir.parallel.vocab_parallel import vocab_parallel_candidate_log_probs
-    from megatron_scir.training.forward_step import judge_candidate_logps
+    from megatron_scir.training.logprob_heads import judge_candidate_logps
 
     k = cfg.train.micro_batch_size
     rows = torch.arange(2 * k, batch["tokens"].size(0))
@@ -147,7 +151,7 @@ def _policy_allocations(cfg, model, batch):
     from megatron_scir.models import forward_last_stage
     from megatron_scir.parallel.vocab_parallel import vocab_parallel_log_probs
     from megatron_scir.rewards import sequence_logps
-    from megatron_scir.training.forward_step import policy_sequence_logps
+    from megatron_scir.training.logprob_heads import policy_sequence_logps
 
     policy = slice(0, 2 * cfg.train.micro_batch_size)
     labels, mask = batch["labels"][policy], batch["loss_mask"][policy]

@@ -132,21 +132,28 @@ def _config(source: str, layout: str | None = None, data_files=None):
 
 def _datamodule_batches(cfg, pairs_path: str):
     from megatron_scir.data import ScirDataModule, build_tokenizer
+    from megatron_scir.data.layout import MicroBatchLayout
 
-    dm = ScirDataModule(cfg, build_tokenizer(cfg.data), dp_rank=0, dp_size=1, train_path=pairs_path)
+    dm = ScirDataModule(
+        cfg, build_tokenizer(cfg.data), layout=MicroBatchLayout.for_training(cfg), dp_rank=0,
+        dp_size=1, train_path=pairs_path,
+    )
     dm.setup("fit")
     batches = list(dm.train_dataloader())[:NUM_MICRO]
     return batches, list(dm.verdict_token_ids)
 
 
 def _run_step(cfg, chunks, batches, candidate_ids) -> dict[str, float]:
+    from megatron_scir.data.layout import MicroBatchLayout
     from megatron_scir.parallel import state
     from megatron_scir.parallel.ddp import wrap_with_ddp
-    from megatron_scir.training.forward_step import make_forward_step, step_metrics
+    from megatron_scir.parallel.reductions import step_metrics
+    from megatron_scir.training.forward_step import make_forward_step
     from megatron_scir.training.schedule import run_schedule
 
     model = wrap_with_ddp(chunks, cfg)
-    forward_step = make_forward_step(cfg, candidate_ids, tp_group=state.tp_group())
+    layout = MicroBatchLayout.for_training(cfg)
+    forward_step = make_forward_step(cfg, layout, candidate_ids, tp_group=state.tp_group())
     losses = run_schedule(forward_step, model, batches, forward_only=False)
     return step_metrics(
         losses,
@@ -163,9 +170,10 @@ def _set_reference_logps(cfg, model, batch, candidate_ids) -> None:
     from megatron_scir.data.layout import MicroBatchLayout
     from megatron_scir.models import forward_last_stage
     from megatron_scir.rewards import judge_preference
-    from megatron_scir.training.forward_step import last_stage_outputs, packed_seq_params
+    from megatron_scir.training.forward_step import packed_seq_params
+    from megatron_scir.training.logprob_heads import last_stage_outputs
 
-    layout = MicroBatchLayout.from_config(cfg)
+    layout = MicroBatchLayout.for_training(cfg)
     head_fn = functools.partial(
         last_stage_outputs,
         batch=batch,

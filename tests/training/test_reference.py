@@ -101,6 +101,7 @@ def _srlm(check, tokenizer_path, pairs_path, workdir: Path, judged: Path) -> dic
 def _skip_and_recompute(check, tokenizer_path, pairs_path: Path, workdir: Path) -> dict:
     """Run, rerun, tamper, delete and change inputs; record what each run did."""
     from megatron_scir.data import build_tokenizer
+    from megatron_scir.data.layout import MicroBatchLayout
     from megatron_scir.models import build_model_chunks
     from megatron_scir.parallel.runtime import parallel_world
     from megatron_scir.training.reference import run_reference_pass, sidecar_path
@@ -119,7 +120,9 @@ def _skip_and_recompute(check, tokenizer_path, pairs_path: Path, workdir: Path) 
         def run(name: str, run_cfg=cfg, inputs_id: str = "m0") -> None:
             calls.clear()
             summary = run_reference_pass(
-                runtime, chunks, run_cfg, tokenizer, own_pairs, out, inputs_id=inputs_id
+                runtime, chunks, run_cfg, tokenizer, own_pairs, out, inputs_id=inputs_id,
+                layout=MicroBatchLayout.for_training(run_cfg),
+                reference_layout=MicroBatchLayout.for_reference(run_cfg),
             )
             seen[name] = {
                 "summary": summary,
@@ -284,21 +287,24 @@ def test_a_changed_model_config_or_pairs_file_recomputes(single_process):
 
 def test_the_reference_loader_serves_the_training_layout_with_fillers(inputs):
     from megatron_scir.data import ScirDataModule, build_tokenizer
+    from megatron_scir.data.layout import MicroBatchLayout
 
     tokenizer_path, pairs_path, _ = inputs
     check = _script()
     for mode, judge_rows in (("scir", 2), ("srlm", 2), ("dpo", 0)):
         cfg = check.tie_config(tokenizer_path, [f"scir.mode={mode}"])
+        layout, reference = MicroBatchLayout.for_training(cfg), MicroBatchLayout.for_reference(cfg)
         dm = ScirDataModule(
-            cfg, build_tokenizer(cfg.data), dp_rank=0, dp_size=1, train_path=pairs_path
+            cfg, build_tokenizer(cfg.data), layout=layout, dp_rank=0, dp_size=1,
+            train_path=pairs_path,
         )
         dm.setup("fit")
-        assert dm.reference_layout.judge_rows_per_pair == judge_rows
+        assert reference.judge_rows_per_pair == judge_rows
         if mode != "srlm":  # srlm reads the judge in the reference pass only
-            assert dm.reference_layout == dm.layout
-        loaded = list(dm.reference_dataloader(micro_batches_multiple_of=4))
+            assert reference == layout
+        loaded = list(dm.reference_dataloader(layout=reference, micro_batches_multiple_of=4))
         assert len(loaded) == 8  # 13 pairs → 7 micro-batches of 2 → a multiple of 4
-        rows, budget = dm.reference_layout.num_rows, dm.reference_layout.seq_length
+        rows, budget = reference.num_rows, reference.seq_length
         assert all(b["tokens"].shape[0] == rows and b["tokens"].shape[1] <= budget for b in loaded)
         indices = [i for batch in loaded for i in batch["pair_indices"].tolist()]
         # the first epoch's micro-batches (the sampler's order), then the pair left out of it
@@ -328,7 +334,7 @@ def test_judge_log_odds_fields_are_validated(tmp_path):
 def test_checkpoint_identity_changes_when_the_checkpoint_is_rewritten(tmp_path):
     import os
 
-    from megatron_scir.training.reference import checkpoint_identity
+    from megatron_scir.checkpoint import checkpoint_identity
 
     ckpt = tmp_path / "iter_0000001"
     ckpt.mkdir()

@@ -80,18 +80,23 @@ def inputs(tmp_path_factory):
 
 def _train(cfg, runtime, chunks, pairs, out: Path, forward_step=None):
     from megatron_scir.data import ScirDataModule, build_tokenizer
+    from megatron_scir.data.layout import MicroBatchLayout
     from megatron_scir.training.forward_step import make_forward_step
     from megatron_scir.training.trainer import train
 
+    layout = MicroBatchLayout.for_training(cfg)
     data = ScirDataModule(
         cfg,
         build_tokenizer(cfg.data),
+        layout=layout,
         dp_rank=runtime.dp_rank,
         dp_size=runtime.dp_size,
         train_path=pairs,
     )
     data.setup("fit")
-    step = forward_step or make_forward_step(cfg, data.verdict_token_ids, tp_group=runtime.tp_group)
+    step = forward_step or make_forward_step(
+        cfg, layout, data.verdict_token_ids, tp_group=runtime.tp_group
+    )
     return train(runtime, cfg, chunks, data, step, save_dir=None, log_dir=out)
 
 
@@ -164,6 +169,7 @@ def test_five_steps_under_layout_end_with_the_single_process_weights(reference, 
 
 def _nan_run(rank, world_size, sp_path, pairs, out, nan_steps):
     from megatron_scir.config import load_config
+    from megatron_scir.data.layout import MicroBatchLayout
     from megatron_scir.models import build_model_chunks
     from megatron_scir.parallel.runtime import parallel_world
     from megatron_scir.training.forward_step import make_forward_step
@@ -174,7 +180,8 @@ def _nan_run(rank, world_size, sp_path, pairs, out, nan_steps):
     )
     with parallel_world(cfg.parallel, seed=cfg.train.seed) as runtime:
         calls = {"n": 0}
-        inner = make_forward_step(cfg, [17, 40], tp_group=runtime.tp_group)
+        layout = MicroBatchLayout.for_training(cfg)
+        inner = make_forward_step(cfg, layout, [17, 40], tp_group=runtime.tp_group)
 
         def forward_step(data_iterator, model):
             output, loss_func = inner(data_iterator, model)

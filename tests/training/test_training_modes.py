@@ -73,10 +73,12 @@ def task(tmp_path_factory):
 
 def _sft_batches(cfg, runtime, path):
     from megatron_scir.data import SftDataModule, build_tokenizer
+    from megatron_scir.data.layout import MicroBatchLayout
 
     data = SftDataModule(
         cfg,
         build_tokenizer(cfg.data),
+        layout=MicroBatchLayout.from_config(cfg, with_judge=True),
         dp_rank=runtime.dp_rank,
         dp_size=runtime.dp_size,
         sft_path=path,
@@ -127,10 +129,12 @@ def test_a_bf16_run_with_fp32_master_weights_tracks_the_fp32_loss(task):
 def _dpo(rank, world_size, task):
     from megatron_scir.config import load_config
     from megatron_scir.data import ScirDataModule, build_tokenizer
+    from megatron_scir.data.layout import MicroBatchLayout
     from megatron_scir.models import build_model_chunks
     from megatron_scir.parallel.runtime import parallel_world
+    from megatron_scir.recipe import ModelSource
+    from megatron_scir.recipe.stages import reference_stage
     from megatron_scir.training.forward_step import make_forward_step
-    from megatron_scir.training.reference import run_reference_pass
     from megatron_scir.training.trainer import evaluate, train
 
     overrides = [f"data.tokenizer_path={task['sp']}", "scir.mode=dpo", "train.epochs=3"]
@@ -142,16 +146,18 @@ def _dpo(rank, world_size, task):
         refs = {}
         for name in ("pairs", "pairs_held_out"):
             refs[name] = root / f"{name}.ref.jsonl"
-            run_reference_pass(
-                runtime, chunks, cfg, tokenizer, task[name], refs[name], inputs_id="m1"
+            reference_stage(
+                runtime, cfg, tokenizer, model=ModelSource("random-init", seed=cfg.train.seed),
+                pairs=task[name], out=refs[name], chunks=chunks,
             )
-        ranks = dict(dp_rank=runtime.dp_rank, dp_size=runtime.dp_size)
+        layout = MicroBatchLayout.for_training(cfg)
+        ranks = dict(layout=layout, dp_rank=runtime.dp_rank, dp_size=runtime.dp_size)
         data = ScirDataModule(cfg, tokenizer, train_path=refs["pairs"], **ranks)
         data.setup("fit")
         held = ScirDataModule(cfg, tokenizer, train_path=refs["pairs_held_out"], **ranks)
         held.setup("fit")
         held_out = list(held.train_dataloader())
-        step = make_forward_step(cfg, None, tp_group=runtime.tp_group)
+        step = make_forward_step(cfg, layout, None, tp_group=runtime.tp_group)
         before = evaluate(runtime, chunks, held_out, step)["reward/accuracy"]
         train(runtime, cfg, chunks, data, step, save_dir=None, log_dir=root / "dpo")
         after = evaluate(runtime, chunks, held_out, step)["reward/accuracy"]

@@ -2,25 +2,23 @@
 
 ``JUDGE_FORMATS`` maps each :class:`~megatron_scir.config.choices.JudgeKind` to its class;
 :func:`judge_format` builds the configured one. A new kind is a module here with a
-:class:`JudgeFormat` subclass, its ``JudgeKind`` member and its entry below.
+:class:`JudgeFormat` subclass, its ``JudgeKind`` member, its entry in ``registry.py`` and its
+rows per pair in ``rows.py`` (torch-free, read by the layout and ``scir plan``). Names are
+imported on first use (PEP 562), so ``judges.rows`` imports no torch.
 """
 
 from __future__ import annotations
 
-from megatron_scir.config import JudgeConfig
-from megatron_scir.config.choices import JudgeKind
-from megatron_scir.data.judges.base import JudgeFormat
-from megatron_scir.data.judges.pairwise import PairwiseJudge
-from megatron_scir.data.judges.pointwise import PointwiseJudge
+from megatron_scir._lazy import lazy_exports
 
-__all__ = ["JUDGE_FORMATS", "JudgeFormat", "PairwiseJudge", "PointwiseJudge", "judge_format"]
-
-JUDGE_FORMATS: dict[JudgeKind, type[JudgeFormat]] = {
-    JudgeKind.PAIRWISE: PairwiseJudge,
-    JudgeKind.POINTWISE: PointwiseJudge,
+_EXPORTS = {
+    "JUDGE_FORMATS": "registry",
+    "judge_format": "registry",
+    "JudgeFormat": "base",
+    "PairwiseJudge": "pairwise",
+    "PointwiseJudge": "pointwise",
+    "judge_rows_per_pair": "rows",
 }
+__all__ = sorted(_EXPORTS)
 
-
-def judge_format(judge: JudgeConfig) -> JudgeFormat:
-    """The judge format of ``judge.kind``, configured by the ``judge`` section."""
-    return JUDGE_FORMATS[JudgeKind(judge.kind)](judge)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -23,6 +23,7 @@ from megatron_scir.data.judges.render import (
     in_context_token_ids,
     render_template,
 )
+from megatron_scir.data.judges.rows import judge_rows_per_pair
 
 __all__ = ["JudgeFormat"]
 
@@ -98,9 +99,9 @@ class JudgeFormat(abc.ABC):
         return tuple(in_context_token_ids(chat, self.probe_text(chat), self.candidate_texts))
 
     @property
-    @abc.abstractmethod
     def rows_per_pair(self) -> int:
-        """Judge sequences (micro-batch rows) per pair (SCIR_SPEC §9)."""
+        """Judge sequences (micro-batch rows) per pair (SCIR_SPEC §9; ``judges/rows.py``)."""
+        return judge_rows_per_pair(self.judge)
 
     @abc.abstractmethod
     def pair_fields(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from megatron_scir.config.choices import JudgeKind, PositionDebias
+from megatron_scir.config.choices import JudgeKind
 from megatron_scir.data.judges.base import JudgeFormat
 from megatron_scir.data.records import PairwiseJudgeRecord
 from megatron_scir.rewards.judge import pairwise_log_odds
@@ -28,11 +28,6 @@ class PairwiseJudge(JudgeFormat):
     template_key = "pairwise_template"
     candidate_texts_key = "verdict_texts"
     record_type = PairwiseJudgeRecord
-
-    @property
-    def rows_per_pair(self) -> int:
-        """2 (both orders), or 1 with ``judge.position_debias=none`` (SCIR_SPEC §9)."""
-        return 1 if self.judge.position_debias == PositionDebias.NONE else 2
 
     def pair_fields(
         self, prompt: str, response_1: str, response_2: str

@@ -27,11 +27,6 @@ class PointwiseJudge(JudgeFormat):
     candidate_texts_key = "score_texts"
     record_type = PointwiseJudgeRecord
 
-    @property
-    def rows_per_pair(self) -> int:
-        """2: one judge sequence per response (SCIR_SPEC §9)."""
-        return 2
-
     def pair_fields(
         self, prompt: str, response_1: str, response_2: str
     ) -> tuple[tuple[str, ...], ...]:

@@ -1,0 +1,157 @@
+"""``scir sft`` / ``scir train`` and ``scir generate``: config → world → model → stage.
+
+Inputs are validated before any process group or model exists (a bad prompt file fails in a
+second, not after loading 70B weights). Each job enters the parallel world
+(:func:`~megatron_scir.parallel.runtime.parallel_world`: torchrun/Slurm env vars or a world of
+one; a world the caller set up is kept) for its duration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from megatron_scir.checkpoint import latest_checkpoint
+from megatron_scir.config import Config, ConfigError, validate
+from megatron_scir.config.validate import GENERATION, TRAINING
+from megatron_scir.data import (
+    Tokenizer,
+    build_tokenizer,
+    check_tokenizer_fits_model,
+    read_records,
+)
+from megatron_scir.generation import (
+    GenerationStats,
+    PromptEncoder,
+    SamplingSettings,
+    generate,
+    generation_layout,
+)
+from megatron_scir.generation.mcore_inference import select_engine
+from megatron_scir.parallel.runtime import parallel_world
+from megatron_scir.recipe.model import RANDOM_INIT, ModelSource, load_model, load_run_config
+from megatron_scir.recipe.stages import pairs_have_ref_logps, reference_stage, train_stage
+from megatron_scir.training.trainer import TrainResult
+
+__all__ = ["SFT", "TRAIN", "generate_job", "train_job"]
+
+SFT, TRAIN = "sft", "train"
+
+
+def train_job(
+    stage: str,
+    config: str | None,
+    overrides: Sequence[str],
+    *,
+    pairs: str | os.PathLike | None = None,
+    ckpt: str | None = None,
+    hf_dir: str | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> TrainResult:
+    """``scir sft`` (``stage="sft"``) or ``scir train``: one training job, top to bottom.
+
+    ``scir train`` on pairs without reference log-probs first runs the reference pass with the
+    starting weights M_t into ``<checkpoint.save>/pairs.ref.jsonl`` (skipped when valid for the
+    same inputs) and trains on that file. Rank 0 prints the summary line.
+    """
+    cfg = load_run_config(config, overrides, ckpt=ckpt, hf_dir=hf_dir, uses=(TRAINING,))
+    if cfg.checkpoint.save is None:
+        raise ConfigError("training needs checkpoint.save=DIR (checkpoints and --resume)")
+    save_dir = Path(cfg.checkpoint.save)
+    log_dir = Path(cfg.logging.log_dir or save_dir / "logs")
+    tokenizer = _tokenizer(cfg)
+    source = ModelSource.of(cfg, ckpt=ckpt, hf_dir=hf_dir)
+    with parallel_world(cfg.parallel, seed=cfg.train.seed) as runtime:
+        resuming = resume and latest_checkpoint(save_dir) is not None
+        # a resumed run loads its own checkpoint in the trainer: start from a random init
+        start = ModelSource(RANDOM_INIT, seed=cfg.train.seed) if resuming else source
+        chunks = load_model(cfg, start)
+        if stage == TRAIN and not pairs_have_ref_logps(pairs):
+            pairs = _reference_pairs(runtime, cfg, tokenizer, chunks, pairs, save_dir, resuming,
+                                     source=source)
+        trained = train_stage(
+            runtime,
+            cfg,
+            tokenizer,
+            chunks,
+            pairs=pairs if stage == TRAIN else None,
+            save_dir=save_dir,
+            log_dir=log_dir,
+            resume=resume,
+            progress=progress,
+        )
+        if runtime.is_rank_zero:
+            print(_summary(stage, trained.result), flush=True)
+        return trained.result
+
+
+def _reference_pairs(runtime, cfg, tokenizer, chunks, pairs, save_dir, resuming, *, source):
+    """The reference pass's file of ``pairs`` with M_t (``chunks``, loaded from ``source``)."""
+    out = save_dir / "pairs.ref.jsonl"
+    if resuming:  # the weights are no longer M_t: the file must be the one written at the start
+        if not out.is_file():
+            raise ConfigError(
+                f"resuming on pairs without reference log-probs needs {out}, written before the "
+                "first step: rerun without --resume (or from the M_t checkpoint)"
+            )
+        return out
+    summary = reference_stage(
+        runtime, cfg, tokenizer, model=source, pairs=pairs, out=out, chunks=chunks
+    )
+    if runtime.is_rank_zero:
+        print(f"reference pass: {summary.num_pairs} pairs -> {out}", flush=True)
+    return out
+
+
+def _summary(stage: str, result: TrainResult) -> str:
+    """The final line: steps, skips, the last loss, where the weights are."""
+    from megatron_scir.training.metrics_log import LOSS_TOTAL
+
+    s = result.state
+    loss = result.metrics.get(LOSS_TOTAL, float("nan"))
+    how = "stopped by a signal at" if result.preempted else "finished"
+    return (
+        f"scir {stage}: {how} step {s.step} ({s.skipped_steps} skipped), last {LOSS_TOTAL} "
+        f"{loss:.4f}, checkpoint {result.checkpoint}"
+    )
+
+
+def generate_job(
+    config: str | None,
+    overrides: Sequence[str],
+    *,
+    prompts_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    ckpt: str | None = None,
+    hf_dir: str | None = None,
+    progress: bool | None = None,
+) -> GenerationStats | None:
+    """``scir generate``: ``generation.num_responses`` responses per prompt into ``out_path``
+    (resumed when it exists), from ``ckpt`` / ``checkpoint.load`` or ``hf_dir``, in the
+    generation layout (one chunk per pipeline rank, SP off). The counts on global rank 0, None
+    on the other ranks."""
+    cfg = load_run_config(config, overrides, ckpt=ckpt, hf_dir=hf_dir)
+    cfg = dataclasses.replace(cfg, parallel=generation_layout(cfg.parallel))
+    validate(cfg, uses=(GENERATION,))
+    source = ModelSource.of(cfg, ckpt=ckpt, hf_dir=hf_dir)
+    if source.kind == RANDOM_INIT:
+        raise ConfigError("nothing to sample from: pass --ckpt DIR (or checkpoint.load=DIR)")
+    prompts, _ = read_records(prompts_path, "prompts", on_bad_record=cfg.data.on_bad_record)
+    tokenizer = _tokenizer(cfg)
+    # sampling, prompt-budget and engine settings fail before the model is loaded
+    SamplingSettings.from_config(cfg.generation)
+    PromptEncoder.from_config(cfg, tokenizer)
+    select_engine(cfg.generation.engine)
+    with parallel_world(cfg.parallel, seed=cfg.train.seed) as runtime:
+        chunks = load_model(cfg, source, log=runtime.is_rank_zero)
+        stats = generate(runtime, chunks, tokenizer, prompts, out_path, cfg, progress=progress)
+        return stats if runtime.is_rank_zero else None
+
+
+def _tokenizer(cfg: Config) -> Tokenizer:
+    tokenizer = build_tokenizer(cfg.data)
+    check_tokenizer_fits_model(tokenizer, cfg.model)
+    return tokenizer

@@ -1,0 +1,130 @@
+"""Where a job's model comes from, what it is called, and the one loader.
+
+A :class:`ModelSource` is a megatron-scir / Megatron-LM / NeMo checkpoint, a Hugging Face folder
+(converted on load) or a random init. Its :attr:`~ModelSource.identity` is the one string the
+run knows the starting weights by: the stage fingerprints of ``scir iterate`` and the reference
+pass's input hash both use it. :func:`load_run_config` resolves a job's config from the source
+(the model section from the checkpoint's metadata or the folder's ``config.json``, the tokenizer
+they carry), and :func:`load_model` builds this rank's chunks of a layout and loads the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from megatron_scir.checkpoint import (
+    checkpoint_identity,
+    config_for_checkpoint,
+    load_checkpoint,
+    tokenizer_config_from_checkpoint,
+)
+from megatron_scir.config import Config, ConfigError, load_config, validate
+from megatron_scir.convert import config_from_hf, load_hf_into_model
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT, HF, RANDOM_INIT = "checkpoint", "hf", "random-init"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The weights a job starts from.
+
+    Attributes:
+        kind: ``checkpoint``, ``hf`` or ``random-init``.
+        path: the checkpoint directory or Hugging Face folder (None for a random init).
+        seed: the init seed (``train.seed``) of a random init.
+    """
+
+    kind: str
+    path: str | None = None
+    seed: int | None = None
+
+    @classmethod
+    def of(
+        cls, cfg: Config, *, ckpt: str | os.PathLike | None = None, hf_dir: str | None = None
+    ) -> ModelSource:
+        """``hf_dir``, else ``ckpt`` or ``checkpoint.load``, else a random init (``train.seed``)."""
+        if hf_dir is not None:
+            return cls(HF, str(hf_dir))
+        if ckpt or cfg.checkpoint.load:
+            return cls(CHECKPOINT, str(ckpt or cfg.checkpoint.load))
+        return cls(RANDOM_INIT, seed=cfg.train.seed)
+
+    @classmethod
+    def checkpoint(cls, path: str | os.PathLike) -> ModelSource:
+        return cls(CHECKPOINT, str(path))
+
+    @property
+    def identity(self) -> str:
+        """The one identity string: ``random-init:seed=N``, ``hf:<resolved folder>``, or for a
+        checkpoint its resolved path with the SHA-256 and mtime of its metadata file
+        (:func:`~megatron_scir.checkpoint.checkpoint_identity`: a checkpoint rewritten in place
+        is another model)."""
+        if self.kind == RANDOM_INIT:
+            return f"{RANDOM_INIT}:seed={self.seed}"
+        if self.kind == HF:
+            return f"{HF}:{Path(self.path).resolve()}"
+        return f"{CHECKPOINT}:{checkpoint_identity(self.path)}"
+
+
+def load_run_config(
+    config: str | None,
+    overrides: Sequence[str],
+    *,
+    ckpt: str | None = None,
+    hf_dir: str | None = None,
+    uses: Collection[str] = (),
+) -> Config:
+    """A job's validated config: ``config`` + ``overrides`` with the model section of the model
+    it starts from (``hf_dir``'s ``config.json``, or the metadata of ``ckpt`` /
+    ``checkpoint.load``), and that model's tokenizer unless ``data.tokenizer_path`` is set; then
+    ``validate(cfg, uses=uses)``. The shape never has to be repeated on the command line."""
+    if hf_dir is not None:
+        cfg = config_from_hf(hf_dir, config, overrides)
+        if cfg.data.tokenizer_path is None:
+            data = dataclasses.replace(cfg.data, tokenizer_type="hf", tokenizer_path=str(hf_dir))
+            cfg = dataclasses.replace(cfg, data=data)
+    else:
+        cfg = load_config(config, overrides)
+        ckpt = ckpt or cfg.checkpoint.load
+        if ckpt:
+            cfg = tokenizer_config_from_checkpoint(
+                config_for_checkpoint(ckpt, config, overrides), ckpt
+            )
+    validate(cfg, uses=uses)
+    return cfg
+
+
+def load_model(
+    cfg: Config, source: ModelSource, *, log: bool = False
+) -> list[torch.nn.Module]:
+    """This rank's model chunks for ``cfg.parallel`` with the weights of ``source``.
+
+    Collective; the parallel world of ``cfg.parallel`` must be entered. A random init draws the
+    weights with ``train.seed``; a checkpoint or HF folder loads every weight (nothing is
+    initialised first).
+    """
+    from megatron_scir.models import build_model_chunks  # lazy: builds on Megatron-Core
+
+    if source.kind == RANDOM_INIT:
+        return build_model_chunks(cfg)
+    chunks = build_model_chunks(cfg, init_weights=False)
+    if source.kind == HF:
+        load_hf_into_model(chunks, source.path, cfg)
+    elif source.kind == CHECKPOINT:
+        loaded = load_checkpoint(source.path, chunks, cfg)
+        if log:
+            logger.info(
+                "loaded %s (iteration %d, step %d)", loaded.path, loaded.iteration, loaded.step
+            )
+    else:
+        raise ConfigError(f"unknown model source {source.kind!r}")
+    return chunks
