@@ -26,6 +26,7 @@ from pathlib import Path
 
 from megatron_scir.config import load_config
 from megatron_scir.data import ScirDataModule, build_tokenizer
+from megatron_scir.data.layout import MicroBatchLayout
 from megatron_scir.testing.tokenizers import train_tiny_sentencepiece
 
 WORDS = (
@@ -72,7 +73,14 @@ def run(pairs_path: Path, tokenizer_path: Path, tokenizer_type: str, workers: in
         ],
     )
     tokenizer = build_tokenizer(cfg.data)
-    dm = ScirDataModule(cfg, tokenizer, dp_rank=0, dp_size=1, train_path=pairs_path)
+    dm = ScirDataModule(
+        cfg,
+        tokenizer,
+        layout=MicroBatchLayout.for_training(cfg),
+        dp_rank=0,
+        dp_size=1,
+        train_path=pairs_path,
+    )
     start = time.perf_counter()
     dm.setup("fit")
     setup_s = time.perf_counter() - start

@@ -84,19 +84,19 @@ optimizer = get_megatron_optimizer(
 
 # 3. Micro-batches of this DP rank (every TP rank and PP stage of the replica sees the same).
 from megatron_scir.data.layout import MicroBatchLayout  # noqa: E402
+from megatron_scir.parallel.reductions import step_metrics  # noqa: E402
 from megatron_scir.testing.scir_batches import random_scir_batch  # noqa: E402
-from megatron_scir.training.forward_step import (  # noqa: E402
-    make_forward_step,
-    policy_sequence_logps,
-    step_metrics,
-)
+from megatron_scir.training.forward_step import make_forward_step  # noqa: E402
+from megatron_scir.training.logprob_heads import policy_sequence_logps  # noqa: E402
 
 generator = torch.Generator().manual_seed(cfg.train.seed + runtime.dp_rank)
 batches = [
     random_scir_batch(cfg, seq_length=SEQ_LENGTH, generator=generator)
     for _ in range(NUM_MICROBATCHES)
 ]
-layout = MicroBatchLayout.from_config(cfg)  # rows of a micro-batch (SCIR_SPEC §9)
+# Rows of a micro-batch (SCIR_SPEC §9), built once and handed to the step: random_scir_batch
+# always adds the judge rows (a mode that reads no judge, scir.mode=dpo, leaves them unread).
+layout = MicroBatchLayout.from_config(cfg, with_judge=True)
 device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 forward_backward = get_forward_backward_func()
 
@@ -144,7 +144,7 @@ for chunk in model:
     chunk.zero_grad_buffer()
 optimizer.zero_grad()
 losses_reduced = forward_backward(
-    forward_step_func=make_forward_step(cfg, VERDICT_IDS, tp_group=runtime.tp_group),
+    forward_step_func=make_forward_step(cfg, layout, VERDICT_IDS, tp_group=runtime.tp_group),
     data_iterator=iter(batches) if len(model) == 1 else [iter(batches) for _ in model],
     model=model,
     num_microbatches=NUM_MICROBATCHES,

@@ -8,10 +8,13 @@ bfloat16 kernels are the ones that would break it, so this script checks it ther
 1. train a tiny SentencePiece tokenizer and write a pairs JSONL of short real texts;
 2. build the ``tiny`` model with random weights (``model.params_dtype=bfloat16``, one run per
    ``model.transformer_impl`` given) and wrap it in Megatron DDP as training does;
-3. ``run_reference_pass`` writes the pairs with ``ref_logps`` and the judge's log-odds;
+3. the recipe's reference stage (``recipe.reference_stage``: ``run_reference_pass`` in the
+   mode's training and reference layouts) writes the pairs with ``ref_logps`` and the judge's
+   log-odds;
 4. the training step (``make_forward_step`` in Megatron's schedule, forward and backward, one
    schedule call per optimizer step but no optimizer update) over every micro-batch of
-   ``ScirDataModule.train_dataloader()`` on that file;
+   ``ScirDataModule.train_dataloader()`` on that file, in the training layout
+   (``MicroBatchLayout.for_training``);
 5. assert: the step's policy log-probs equal the stored ``ref_logps``, and its judge log-odds
    the stored ``ref_judge_logits``, bit for bit for every pair; ``scir/ties == 1`` and
    ``scir/consistency_rate == 0``.
@@ -38,6 +41,7 @@ from typing import Any
 import torch
 
 from megatron_scir.config import Config, load_config
+from megatron_scir.training.metrics_log import CONSISTENCY_RATE
 
 SEED = 1234
 # The default pairwise judge template takes ~180 tokens with the tiny 256-piece tokenizer.
@@ -100,13 +104,19 @@ def check_ties(runtime, cfg: Config, pairs_path: Path, out_path: Path) -> dict[s
     from megatron_scir.data import build_tokenizer
     from megatron_scir.models import build_model_chunks
     from megatron_scir.parallel.ddp import wrap_with_ddp
-    from megatron_scir.training.reference import run_reference_pass
+    from megatron_scir.recipe import ModelSource, reference_stage
 
     tokenizer = build_tokenizer(cfg.data)
     torch.manual_seed(SEED)
     chunks = wrap_with_ddp(build_model_chunks(cfg), cfg)
-    summary = run_reference_pass(
-        runtime, chunks, cfg, tokenizer, pairs_path, out_path, inputs_id="random-init"
+    summary = reference_stage(
+        runtime,
+        cfg,
+        tokenizer,
+        model=ModelSource("random-init", seed=SEED),
+        pairs=pairs_path,
+        out=out_path,
+        chunks=chunks,
     )
     metrics, captured, pairs = _training_step(runtime, chunks, cfg, tokenizer, out_path)
     return {"summary": summary, "metrics": metrics, **_compare(cfg, captured, pairs)}
@@ -117,15 +127,23 @@ def _training_step(runtime, chunks, cfg: Config, tokenizer, pairs_path: Path):
     runs them (one schedule call per optimizer step), without optimizer updates (weights = M_t).
     """
     from megatron_scir.data import ScirDataModule
-    from megatron_scir.training.forward_step import make_forward_step, step_metrics
+    from megatron_scir.data.layout import MicroBatchLayout
+    from megatron_scir.parallel.reductions import step_metrics
+    from megatron_scir.training.forward_step import make_forward_step
     from megatron_scir.training.schedule import run_schedule
 
+    layout = MicroBatchLayout.for_training(cfg)
     dm = ScirDataModule(
-        cfg, tokenizer, dp_rank=runtime.dp_rank, dp_size=runtime.dp_size, train_path=pairs_path
+        cfg,
+        tokenizer,
+        layout=layout,
+        dp_rank=runtime.dp_rank,
+        dp_size=runtime.dp_size,
+        train_path=pairs_path,
     )
     dm.setup("fit")
-    candidate_ids = dm.verdict_token_ids if dm.layout.with_judge else None
-    forward_step = make_forward_step(cfg, candidate_ids, tp_group=runtime.tp_group)
+    candidate_ids = dm.verdict_token_ids if layout.with_judge else None
+    forward_step = make_forward_step(cfg, layout, candidate_ids, tp_group=runtime.tp_group)
     captured: list[tuple[dict, tuple]] = []
 
     def capturing_step(data_iterator, model):
@@ -188,8 +206,8 @@ def tie_failures(result: dict[str, Any], *, is_last_stage: bool) -> list[str]:
     metrics = result["metrics"]
     if metrics.get("scir/ties") != 1.0:
         failures.append(f"scir/ties = {metrics.get('scir/ties')}, expected 1")
-    if metrics.get("scir/consistency_rate") != 0.0:
-        failures.append(f"scir/consistency_rate = {metrics.get('scir/consistency_rate')}")
+    if metrics.get(CONSISTENCY_RATE) != 0.0:
+        failures.append(f"{CONSISTENCY_RATE} = {metrics.get(CONSISTENCY_RATE)}")
     if is_last_stage:
         if result["pairs_checked"] == 0:
             failures.append("the training step checked no pair")

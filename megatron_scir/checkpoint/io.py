@@ -27,9 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from megatron_scir.checkpoint.atomic import commit, fresh_staging, staging_path
 from megatron_scir.checkpoint.errors import CheckpointError
+from megatron_scir.checkpoint.layout import (
+    check_model_shapes,
+    inspect_checkpoint,
+    retarget_for_load,
+)
 from megatron_scir.checkpoint.locate import resolve_checkpoint
 from megatron_scir.checkpoint.metadata import (
     ASSETS_DIR,
@@ -41,6 +47,7 @@ from megatron_scir.checkpoint.metadata import (
     write_metadata,
 )
 from megatron_scir.config import Config
+from megatron_scir.models import padded_vocab_size
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ RANK_STATE = "rank_state"
 def _model_state(chunks: Sequence[torch.nn.Module]) -> dict[str, dict]:
     """The chunks' sharded state dicts, unwrapped from DDP/Float16Module (whose sharded keys
     would otherwise start with ``module.``, as NeMo 2's do)."""
-    from megatron.core.utils import unwrap_model
+    from megatron.core.utils import unwrap_model  # lazy: Megatron-Core
 
     models = unwrap_model(list(chunks))
     if len(models) == 1:
@@ -106,8 +113,7 @@ def save_checkpoint(
     Returns:
         ``ckpt_dir``, complete on every rank when this returns.
     """
-    import torch.distributed as dist
-    from megatron.core import dist_checkpointing
+    from megatron.core import dist_checkpointing  # lazy: Megatron-Core
 
     final = Path(ckpt_dir)
     staging = _staging_on_all_ranks(final, overwrite=overwrite)
@@ -140,8 +146,6 @@ def save_checkpoint(
 
 def _staging_on_all_ranks(final: Path, *, overwrite: bool) -> Path:
     """An empty ``<final>.incomplete`` (made by rank 0; every rank waits for it)."""
-    import torch.distributed as dist
-
     if final.exists() and not overwrite:
         raise CheckpointError(
             f"checkpoint {final} already exists; pass overwrite=True to replace it"
@@ -157,14 +161,10 @@ def _padded_rows(model_state: dict[str, dict], cfg: Config) -> int:
         for key in ("embedding.word_embeddings.weight", "output_layer.weight"):
             if key in sd:
                 return int(sd[key].global_shape[0])
-    from megatron_scir.models import padded_vocab_size
-
     return padded_vocab_size(cfg)
 
 
 def _layout(cfg: Config) -> dict[str, int | None]:
-    import torch.distributed as dist
-
     p = cfg.parallel
     return {
         "tensor_model_parallel_size": p.tensor_model_parallel_size,
@@ -187,8 +187,6 @@ def _copy_assets(assets: Sequence[str | Path], dest: Path) -> list[str]:
 
 
 def _check_optimizer_state(metadata: CheckpointMetadata | None, path: Path, cfg: Config) -> None:
-    from megatron_scir.models import padded_vocab_size
-
     if metadata is None or "optimizer" not in metadata.contents:
         raise CheckpointError(f"checkpoint {path} holds no optimizer state to load")
     if metadata.padded_vocab_size != padded_vocab_size(cfg):
@@ -219,14 +217,8 @@ def load_checkpoint(
         CheckpointError: incomplete or missing checkpoint, another model, a missing tensor or a
             wrong shape (naming the tensor, expected and found shape).
     """
-    from megatron.core import dist_checkpointing
-    from megatron.core.utils import unwrap_model
-
-    from megatron_scir.checkpoint.layout import (
-        check_model_shapes,
-        inspect_checkpoint,
-        retarget_for_load,
-    )
+    from megatron.core import dist_checkpointing  # lazy: Megatron-Core
+    from megatron.core.utils import unwrap_model  # lazy: Megatron-Core
 
     path = resolve_checkpoint(ckpt_dir)
     metadata = read_metadata(path) if (path / METADATA_FILE).is_file() else None
@@ -263,8 +255,7 @@ def load_checkpoint(
 
 def _rank_state_entry(data: Any):
     """This rank's slot of the per-rank object ``rank_state`` (one element per global rank)."""
-    import torch.distributed as dist
-    from megatron.core.dist_checkpointing.mapping import ShardedObject
+    from megatron.core.dist_checkpointing.mapping import ShardedObject  # lazy: Megatron-Core
 
     world, rank = dist.get_world_size(), dist.get_rank()
     return ShardedObject(RANK_STATE, data, (world,), (rank,), replica_id=0)
@@ -289,7 +280,9 @@ def _start_writer_queue() -> None:
     defers them for the few milliseconds of the start (they are delivered after, not lost).
     Later calls find the queue started and return it at once.
     """
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
+    from megatron.core.dist_checkpointing.strategies import (  # lazy: Megatron-Core
+        filesystem_async,
+    )
 
     stop_signals = {signal.SIGTERM, signal.SIGUSR1}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)

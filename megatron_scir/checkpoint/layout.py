@@ -17,11 +17,13 @@ the expected and the found shape. Megatron-Core is imported inside the functions
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner, LoadPlan
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
@@ -49,8 +51,10 @@ class CheckpointContents:
 
 def inspect_checkpoint(path: str | Path) -> CheckpointContents:
     """Read the tensor and object metadata of the torch_dist checkpoint at ``path``."""
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor
-    from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor  # lazy: Megatron-Core
+    from megatron.core.dist_checkpointing.serialization import (  # lazy: Megatron-Core
+        load_sharded_metadata,
+    )
 
     meta = load_sharded_metadata(str(path))
     keys = {v.key for v in meta.values()}
@@ -103,8 +107,10 @@ def _describe(m: ModelConfig) -> str:
 
 def retarget_for_load(sharded_sd: dict[str, Any], contents: CheckpointContents) -> None:
     """Point a model's sharded state dict (in place) at the keys and rows of ``contents``."""
-    from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
-    from megatron.core.dist_checkpointing.mapping import (
+    from megatron.core.dist_checkpointing.dict_utils import (  # lazy: Megatron-Core
+        dict_list_map_inplace,
+    )
+    from megatron.core.dist_checkpointing.mapping import (  # lazy: Megatron-Core
         LocalNonpersistentObject,
         ShardedObject,
         ShardedTensor,
@@ -144,7 +150,10 @@ def _check_tensor(entry, contents: CheckpointContents) -> None:
 
 def _vocab_rows_factory(entry, ckpt_key: str, ckpt_rows: int):
     """Read the whole ``[ckpt_rows, h]`` tensor, keep this rank's rows of the reader's padding."""
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+    from megatron.core.dist_checkpointing.mapping import (  # lazy: Megatron-Core
+        ShardedTensor,
+        ShardedTensorFactory,
+    )
 
     start, local_rows = entry.global_offset[0], entry.local_shape[0]
     own = entry.replica_id if isinstance(entry.replica_id, tuple) else (entry.replica_id,)
@@ -175,10 +184,6 @@ def load_global_tensors(
     whole. Reads with torch.distributed.checkpoint directly, in this process alone: no collectives
     and no process group (Megatron's own loader assumes each rank holds one shard of a full grid).
     """
-    import warnings
-
-    import torch.distributed.checkpoint as dcp
-
     request, offsets = {}, {}
     for key in keys:
         shape, dtype = contents.tensors[key]

@@ -23,6 +23,7 @@ import logging
 import sys
 import warnings
 
+from megatron_scir.config import config_to_yaml, list_presets, load_config
 from megatron_scir.config.arguments import add_config_arguments, run_command
 
 # subcommands registered by their own packages: module with register(subparsers)
@@ -37,8 +38,6 @@ COMMAND_MODULES = (
 
 
 def _run_config(args: argparse.Namespace) -> int:
-    from megatron_scir.config import config_to_yaml, list_presets, load_config
-
     if args.list_presets:
         print("\n".join(list_presets()))
         return 0

@@ -14,7 +14,9 @@ inside :func:`run`.
 from __future__ import annotations
 
 import argparse
+import os
 
+from megatron_scir.config import load_config
 from megatron_scir.config.arguments import add_config_arguments
 from megatron_scir.config.choices import DTYPE_ALIASES
 
@@ -63,14 +65,14 @@ def register(subparsers) -> None:
 
 
 def _hf_to_mcore(args: argparse.Namespace) -> None:
-    from megatron_scir.convert.hf_config import config_from_hf
-    from megatron_scir.convert.hf_to_mcore import (
+    from megatron_scir.convert.hf_config import config_from_hf  # lazy: keeps `scir --help` instant
+    from megatron_scir.convert.hf_to_mcore import (  # lazy: as above
         check_hf_model,
         conversion_layout,
         convert_hf_to_mcore,
     )
-    from megatron_scir.parallel.runtime import parallel_world
-    from megatron_scir.parallel.state import launched_world_size
+    from megatron_scir.parallel.runtime import parallel_world  # lazy: as above
+    from megatron_scir.parallel.state import launched_world_size  # lazy: as above
 
     overrides = list(args.overrides)
     if args.tp is not None:
@@ -93,11 +95,8 @@ def _hf_to_mcore(args: argparse.Namespace) -> None:
 
 
 def _mcore_to_hf(args: argparse.Namespace) -> None:
-    import os
-
-    from megatron_scir.config import load_config
-    from megatron_scir.convert.errors import ConversionError
-    from megatron_scir.convert.mcore_to_hf import export_to_hf
+    from megatron_scir.convert.errors import ConversionError  # lazy: keeps `scir --help` instant
+    from megatron_scir.convert.mcore_to_hf import export_to_hf  # lazy: as above
 
     if int(os.environ.get("WORLD_SIZE", "1")) != 1:
         raise ConversionError(

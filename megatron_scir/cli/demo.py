@@ -27,11 +27,15 @@ directory (``<out>/seed<s>/<method>``): rerunning the demo continues where it st
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
 from functools import partial
 from pathlib import Path
+
+from megatron_scir.config import load_config, validate
+from megatron_scir.config.validate import GENERATION, TRAINING
 
 HELP = "the CPU study: seed SFT, then SCIR vs SRLM (vs oracle DPO) iterations on a graded task"
 
@@ -131,13 +135,14 @@ def run_study(
     command: str = "scir demo",
 ) -> list[dict]:
     """The study, in one process and one parallel world; returns every record."""
-    from megatron_scir.config import load_config, validate
-    from megatron_scir.config.validate import GENERATION, TRAINING
-    from megatron_scir.data import build_tokenizer
-    from megatron_scir.iteration import run_iterations
-    from megatron_scir.iteration.stages import read_marker, stage_dir
-    from megatron_scir.parallel.runtime import parallel_world
-    from megatron_scir.tasks.arithmetic import PAIRWISE_JUDGE_TEMPLATE, write_task_files
+    from megatron_scir.data import build_tokenizer  # lazy: keeps `scir --help` instant
+    from megatron_scir.iteration import run_iterations  # lazy: as above
+    from megatron_scir.iteration.stages import read_marker, stage_dir  # lazy: as above
+    from megatron_scir.parallel.runtime import parallel_world  # lazy: as above
+    from megatron_scir.tasks.arithmetic import (  # lazy: as above
+        PAIRWISE_JUDGE_TEMPLATE,
+        write_task_files,
+    )
 
     start = time.perf_counter()
     records: list[dict] = []
@@ -204,7 +209,7 @@ def run_study(
 
 
 def _print_table(runtime, title: str, rows) -> None:
-    from megatron_scir.iteration.report import format_table
+    from megatron_scir.iteration.report import format_table  # lazy: keeps `scir --help` instant
 
     if runtime.is_rank_zero:
         print("\n" + format_table(rows, TABLE, title=title) + "\n", flush=True)
@@ -212,9 +217,13 @@ def _print_table(runtime, title: str, rows) -> None:
 
 def _write_results(out: Path, records, methods, seeds, iterations, command, start) -> None:
     """``results.jsonl``, ``results.png`` and ``results.md`` (mean ± std over seeds)."""
-    from megatron_scir.data import atomic_open
-    from megatron_scir.iteration.report import aggregate, markdown_table, plot_iterations
-    from megatron_scir.training.metrics_log import write_jsonl
+    from megatron_scir.data import atomic_open  # lazy: keeps `scir --help` instant
+    from megatron_scir.iteration.report import (  # lazy: as above
+        aggregate,
+        markdown_table,
+        plot_iterations,
+    )
+    from megatron_scir.training.metrics_log import write_jsonl  # lazy: as above
 
     write_jsonl(out / "results.jsonl", records)
     plot_iterations(
@@ -239,6 +248,4 @@ def _write_results(out: Path, records, methods, seeds, iterations, command, star
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

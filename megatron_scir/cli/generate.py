@@ -47,7 +47,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``generate``; prints the summary line on global rank 0."""
-    from megatron_scir.recipe.jobs import generate_job
+    from megatron_scir.recipe.jobs import generate_job  # lazy: keeps `scir --help` instant
 
     log_to_stderr()
     stats = generate_job(

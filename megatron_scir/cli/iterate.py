@@ -45,9 +45,9 @@ def register(subparsers) -> None:
 
 def run_iterate(args: argparse.Namespace) -> int:
     """0 when every iteration is done, 75 when training was stopped by a signal."""
-    from megatron_scir.iteration import Preempted
-    from megatron_scir.iteration.job import iterate
-    from megatron_scir.training.signals import EXIT_PREEMPTED
+    from megatron_scir.iteration import Preempted  # lazy: keeps `scir --help` instant
+    from megatron_scir.iteration.job import iterate  # lazy: as above
+    from megatron_scir.training.signals import EXIT_PREEMPTED  # lazy: as above
 
     log_to_stderr()  # the stage lines: "iteration 1: generate", ...
     try:
@@ -59,7 +59,7 @@ def run_iterate(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from megatron_scir.iteration.job import evaluate_job
+    from megatron_scir.iteration.job import evaluate_job  # lazy: keeps `scir --help` instant
 
     evaluate_job(
         args.config,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from megatron_scir.config import load_config
 from megatron_scir.config.arguments import add_config_arguments
 
 HELP = "per-GPU memory of training and generation for a config on N nodes (no GPU needed)"
@@ -47,8 +48,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Plan ``args.config`` + overrides on the given cluster and print it (0 either way)."""
-    from megatron_scir.config import load_config
-    from megatron_scir.plan import format_plan, plan_memory
+    from megatron_scir.plan import format_plan, plan_memory  # lazy: keeps `scir --help` instant
 
     cfg = load_config(args.config, args.overrides)
     plan = plan_memory(

@@ -45,8 +45,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``sft`` or ``train``; 0 when done, ``EXIT_PREEMPTED`` when stopped by a signal."""
-    from megatron_scir.recipe.jobs import train_job
-    from megatron_scir.training.signals import EXIT_PREEMPTED
+    from megatron_scir.recipe.jobs import train_job  # lazy: keeps `scir --help` instant
+    from megatron_scir.training.signals import EXIT_PREEMPTED  # lazy: as above
 
     result = train_job(
         args.stage,

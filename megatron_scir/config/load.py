@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from megatron_scir.config.errors import ConfigError
 from megatron_scir.config.schema import Config
+from megatron_scir.config.validate import validate
 
 PRESET_DIR = "presets"
 
@@ -206,8 +207,6 @@ def _build(tree: dict[str, Any]) -> Config:
         cfg = OmegaConf.to_object(schema)
     except OmegaConfBaseException as err:
         raise ConfigError(str(err).splitlines()[0]) from None
-    from megatron_scir.config.validate import validate
-
     validate(cfg)
     return cfg
 

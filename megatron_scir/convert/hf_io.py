@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from megatron_scir.checkpoint.atomic import fresh_staging
 from megatron_scir.convert.errors import ConversionError
@@ -53,8 +55,6 @@ class SafetensorsReader:
             )
 
     def _open(self, file: str):
-        from safetensors import safe_open
-
         if file not in self._handles:
             path = self.hf_dir / file
             if not path.is_file():
@@ -105,8 +105,6 @@ class SafetensorsWriter:
         self.total_bytes += size
 
     def _flush(self) -> None:
-        from safetensors.torch import save_file
-
         path = self.out_dir / f"shard-{len(self._shards) + 1:05d}.partial"
         save_file(self._buffer, str(path), metadata={"format": "pt"})
         self._shards.append((path, list(self._buffer)))

@@ -15,12 +15,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
+from megatron_scir.checkpoint import save_checkpoint
 from megatron_scir.config import Config, ModelConfig, ParallelConfig
 from megatron_scir.convert.errors import ConversionError
 from megatron_scir.convert.hf_config import is_tied, model_fields_from_hf, read_hf_config
 from megatron_scir.convert.hf_io import SafetensorsReader, asset_files
 from megatron_scir.convert.keymap import BY_MCORE_KEY, to_mcore
+from megatron_scir.models import build_model_chunks
 from megatron_scir.models.shapes import hf_tensor_shapes
 from megatron_scir.parallel.runtime import Runtime
 
@@ -69,9 +72,12 @@ def check_hf_model(hf_dir: str | Path, m: ModelConfig) -> None:
 
 def local_shards(chunks: Sequence[torch.nn.Module]) -> Iterator:
     """Every ``ShardedTensor`` of this rank's chunks; their ``data`` are the parameters (views)."""
-    from megatron.core.dist_checkpointing.dict_utils import nested_values
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
-    from megatron.core.utils import unwrap_model
+    from megatron.core.dist_checkpointing.dict_utils import nested_values  # lazy: Megatron-Core
+    from megatron.core.dist_checkpointing.mapping import (  # lazy: Megatron-Core
+        ShardedTensor,
+        apply_factories,
+    )
+    from megatron.core.utils import unwrap_model  # lazy: Megatron-Core
 
     for model in unwrap_model(list(chunks)):
         sharded = model.sharded_state_dict()
@@ -98,8 +104,7 @@ def load_hf_into_model(
 
     Vocabulary rows beyond the tokenizer's (Megatron's padding) are set to zero.
     """
-    import torch.distributed as dist
-    from tqdm import tqdm
+    from tqdm import tqdm  # lazy: tqdm costs ~45 ms, only while loading
 
     check_hf_model(hf_dir, cfg.model)
     tied = is_tied(read_hf_config(hf_dir))
@@ -157,9 +162,6 @@ def convert_hf_to_mcore(
     neither creates nor destroys parallel state. The folder's config.json and tokenizer files go
     into the checkpoint's ``hf/``.
     """
-    from megatron_scir.checkpoint import save_checkpoint
-    from megatron_scir.models import build_model_chunks
-
     check_hf_model(hf_dir, cfg.model)
     if Path(out_dir).exists():
         raise ConversionError(f"{out_dir} already exists: choose another --out")

@@ -9,10 +9,13 @@ and attention is causal, so the pad id's value does not matter to the math.
 from __future__ import annotations
 
 import abc
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import sentencepiece
 
 from megatron_scir.config.choices import TokenizerType
 from megatron_scir.data.errors import DataError, SingleTokenError
@@ -110,8 +113,6 @@ class SentencePieceTokenizer(Tokenizer):
     """A SentencePiece ``.model`` file (e.g. Mistral's or Llama-2's ``tokenizer.model``)."""
 
     def __init__(self, model_path: str | os.PathLike) -> None:
-        import sentencepiece
-
         path = Path(model_path)
         if not path.is_file():
             raise DataError(f"SentencePiece model {path} does not exist (data.tokenizer_path)")
@@ -154,7 +155,7 @@ class HFTokenizer(Tokenizer):
 
     def __init__(self, path: str | os.PathLike) -> None:
         try:
-            from transformers import AutoTokenizer
+            from transformers import AutoTokenizer  # lazy: transformers is the optional [hf] extra
         except ImportError:
             raise DataError(
                 "data.tokenizer_type=hf needs the transformers package: pip install "
@@ -237,10 +238,6 @@ def train_sentencepiece_bpe(corpus: Sequence[str], vocab_size: int, **options) -
     store inside the model, making it path-dependent). ``options`` add or override trainer
     arguments (``byte_fallback``, ``split_digits``, ``required_chars``, ...).
     """
-    import io
-
-    import sentencepiece
-
     model = io.BytesIO()
     arguments = {
         "model_type": "bpe",

@@ -126,11 +126,11 @@ class _StopWatch:
 
 @functools.cache
 def _controller_class():
-    from megatron.core.inference.text_generation_controllers.text_generation_controller import (
-        TextGenerationController,
+    from megatron.core.inference.text_generation_controllers import (  # lazy: Megatron-Core
+        text_generation_controller,
     )
 
-    class ScirTextGenerationController(TextGenerationController):
+    class ScirTextGenerationController(text_generation_controller.TextGenerationController):
         """Megatron's controller with padded-vocabulary masking and stop strings."""
 
         num_real_tokens: int = 0
@@ -167,7 +167,7 @@ def _controller_class():
 
 
 def _sampling_params(settings: SamplingSettings, eos_id: int):
-    from megatron.core.inference.sampling_params import SamplingParams
+    from megatron.core.inference.sampling_params import SamplingParams  # lazy: Megatron-Core
 
     if settings.greedy:
         temperature, top_k, top_p = 1.0, 1, 0.0
@@ -219,12 +219,15 @@ class StaticEngineBackend:
         max_new_tokens: int,
         decode: Callable[[Sequence[int]], str],
     ) -> None:
-        from megatron.core.inference.contexts import StaticInferenceContext
-        from megatron.core.inference.engines import StaticInferenceEngine, static_engine
-        from megatron.core.inference.model_inference_wrappers.gpt.gpt_inference_wrapper import (
-            GPTInferenceWrapper,
+        from megatron.core.inference.contexts import StaticInferenceContext  # lazy: Megatron-Core
+        from megatron.core.inference.engines import (  # lazy: Megatron-Core
+            StaticInferenceEngine,
+            static_engine,
         )
-        from tqdm import tqdm
+        from megatron.core.inference.model_inference_wrappers.gpt import (  # lazy: Megatron-Core
+            gpt_inference_wrapper,
+        )
+        from tqdm import tqdm  # lazy: tqdm costs ~45 ms, only needed once a backend is built
 
         if isinstance(model, (list, tuple)):
             raise ValueError("Megatron-Core inference takes one model chunk (no interleaved PP)")
@@ -233,7 +236,7 @@ class StaticEngineBackend:
         self.max_new_tokens = max_new_tokens
         self._was_training = model.training
         self._context = StaticInferenceContext(max_batch_size, max_prompt_length + max_new_tokens)
-        wrapper = GPTInferenceWrapper(model, self._context)
+        wrapper = gpt_inference_wrapper.GPTInferenceWrapper(model, self._context)
         tokenizer = _TokenizerView(eos_id=eos_id, bos_id=bos_id, decode=decode)
         self._controller = _controller_class()(wrapper, tokenizer)
         self._controller.num_real_tokens = num_real_tokens
@@ -250,7 +253,9 @@ class StaticEngineBackend:
         self, prompts: Sequence[Sequence[int]], settings: SamplingSettings, *, seed: int
     ) -> list[Completion]:
         """Sample one completion per prompt in one static batch (see ``GenerationBackend``)."""
-        from megatron.core.inference.inference_request import InferenceRequest
+        from megatron.core.inference.inference_request import (  # lazy: Megatron-Core
+            InferenceRequest,
+        )
 
         self._check(prompts, settings)
         params = _sampling_params(settings, self.eos_id)
@@ -301,7 +306,7 @@ class StaticEngineBackend:
 
     def close(self) -> None:
         """Free the KV cache, end Megatron's process-wide inference mode, restore train mode."""
-        from megatron.core.inference.utils import InferenceMode
+        from megatron.core.inference.utils import InferenceMode  # lazy: Megatron-Core
 
         self._context.key_value_memory_dict.clear()
         InferenceMode.unset_active()

@@ -43,6 +43,7 @@ from megatron_scir.data import (
     record_to_json,
 )
 from megatron_scir.generation.backend import Completion, GenerationBackend, finish_response
+from megatron_scir.generation.mcore_inference import build_backend
 from megatron_scir.generation.prompts import EncodedPrompt, PromptEncoder
 from megatron_scir.generation.settings import SamplingSettings
 from megatron_scir.generation.stats import GenerationProgress, GenerationStats
@@ -94,9 +95,7 @@ def generate(
         The run's counts: complete on global rank 0 (see :func:`generate_responses`);
         ``stopped`` when ``should_stop`` ended it before the last chunk.
     """
-    from megatron.core.utils import unwrap_model
-
-    from megatron_scir.generation.mcore_inference import build_backend
+    from megatron.core.utils import unwrap_model  # lazy: Megatron-Core
 
     if len(chunks) != 1:
         raise ValueError(

@@ -73,6 +73,7 @@ from megatron_scir.recipe.stages import consistency_rate, reference_stage, train
 from megatron_scir.training.metrics_log import (
     CONSISTENCY_RATE,
     LOSS_PREFIX,
+    METRICS_FILE,
     read_jsonl,
     write_jsonl,
 )
@@ -349,7 +350,7 @@ def train_policy(run: IterationRun, out: Path, t: int, model: str, pairs: str) -
     result, data = _train(run, out, t, model, pairs=pairs, with_data=True)
     num_pairs = len(data.pairs)
     if run.mode.selects_pairs:  # the mean consistent (= selected) share of the steps
-        log = out / "logs" / "metrics.jsonl"
+        log = out / "logs" / METRICS_FILE
         steps = run.runtime.on_rank_zero(lambda: read_jsonl(log) if log.is_file() else [])
         selected = [s[CONSISTENCY_RATE] for s in steps if CONSISTENCY_RATE in s]
         fraction = sum(selected) / len(selected) if selected else math.nan

@@ -16,6 +16,7 @@ import torch
 
 from megatron_scir.config.choices import ConsistencyGrad
 from megatron_scir.losses.bernoulli import Bernoulli, divergence, entropy
+from megatron_scir.losses.keys import LOSS_TOTAL
 from megatron_scir.losses.options import LossOptions
 from megatron_scir.losses.preference import (
     metric,
@@ -180,7 +181,7 @@ def scir_loss(
         "loss/sft": options.sft_weight,
     }
     loss = sum(weights[key] * value for key, value in terms.items())
-    terms["loss/total"] = loss
+    terms[LOSS_TOTAL] = loss
 
     metrics = {key: metric(value, 1) for key, value in terms.items()}
     metrics.update(selection_metrics(implicit, judge, delta, selection, judge_teaches))

@@ -16,13 +16,15 @@ import torch.nn.functional as F
 from megatron_scir.config import Config, ConfigError
 from megatron_scir.config.choices import Backend, TransformerImpl
 from megatron_scir.models import shapes
+from megatron_scir.models.norm import RMSNorm
+from megatron_scir.parallel import state
 
 
 def te_available() -> bool:
     """True when Transformer Engine imports (CUDA machines with TE installed)."""
     try:
-        import transformer_engine  # noqa: F401
-        import transformer_engine.pytorch  # noqa: F401
+        import transformer_engine  # noqa: F401  # lazy: Transformer Engine, optional and CUDA-only
+        import transformer_engine.pytorch  # noqa: F401  # lazy: Transformer Engine
     except Exception:  # noqa: BLE001 — any import failure means "not usable here"
         return False
     return True
@@ -45,9 +47,7 @@ def _gloo(parallel) -> bool:
     proven by tests/training/test_trainer.py pp2_vpp2). The unbatched path orders the sends and
     receives by even/odd rank and pairs them correctly. NCCL keeps the batched path.
     """
-    from megatron_scir.parallel.state import resolve_backend
-
-    return resolve_backend(parallel.distributed_backend) == Backend.GLOO
+    return state.resolve_backend(parallel.distributed_backend) == Backend.GLOO
 
 
 def transformer_config(cfg: Config, *, init_weights: bool = True):
@@ -59,7 +59,9 @@ def transformer_config(cfg: Config, *, init_weights: bool = True):
     Raises:
         AssertionError: the config would fuse the weight-gradient accumulation (see below).
     """
-    from megatron.core.transformer.transformer_config import TransformerConfig
+    from megatron.core.transformer.transformer_config import (  # lazy: Megatron-Core
+        TransformerConfig,
+    )
 
     m, p = cfg.model, cfg.parallel
     dtype = shapes.torch_dtype(m.params_dtype)
@@ -141,9 +143,9 @@ def transformer_config(cfg: Config, *, init_weights: bool = True):
 
 def layer_spec(cfg: Config):
     """The transformer-layer ``ModuleSpec`` named by ``model.transformer_impl``."""
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-
-    from megatron_scir.models.norm import RMSNorm
+    from megatron.core.models.gpt.gpt_layer_specs import (  # lazy: Megatron-Core
+        get_gpt_layer_local_spec,
+    )
 
     impl = cfg.model.transformer_impl
     if impl == TransformerImpl.TE or cfg.model.fp8 is not None:
@@ -154,7 +156,7 @@ def layer_spec(cfg: Config):
                 "'megatron-scir[fp8]' on a GPU node). Use model.transformer_impl=sdpa and "
                 "model.fp8=null without it."
             )
-        from megatron.core.models.gpt.gpt_layer_specs import (
+        from megatron.core.models.gpt.gpt_layer_specs import (  # lazy: Megatron-Core
             get_gpt_layer_with_transformer_engine_spec,
         )
 
@@ -163,7 +165,7 @@ def layer_spec(cfg: Config):
     spec.submodules.input_layernorm = RMSNorm
     spec.submodules.pre_mlp_layernorm = RMSNorm
     if impl == TransformerImpl.SDPA:
-        from megatron_scir.models.attention import SDPAttention
+        from megatron_scir.models.attention import SDPAttention  # lazy: imports Megatron-Core
 
         spec.submodules.self_attention.submodules.core_attention = SDPAttention
     return spec
@@ -184,9 +186,7 @@ def build_gpt_model(
     slice); pipeline stages draw only their own layers, so PP layouts do not: load weights
     (a checkpoint, an HF model, or ``testing.weights.load_master_weights``) to compare them.
     """
-    from megatron.core.models.gpt import GPTModel
-
-    from megatron_scir.parallel import state
+    from megatron.core.models.gpt import GPTModel  # lazy: Megatron-Core
 
     if pre_process is None:
         pre_process = state.is_first_stage(vp_stage)
@@ -219,12 +219,10 @@ def _block_spec(cfg: Config, config, vp_stage: int | None):
     spec = layer_spec(cfg)
     if cfg.model.transformer_impl == TransformerImpl.TE:
         return spec
-    from megatron.core.transformer.transformer_block import (
+    from megatron.core.transformer.transformer_block import (  # lazy: Megatron-Core
         TransformerBlockSubmodules,
         get_num_layers_to_build,
     )
-
-    from megatron_scir.models.norm import RMSNorm
 
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
     return TransformerBlockSubmodules(layer_specs=[spec] * num_layers, layer_norm=RMSNorm)
@@ -297,7 +295,7 @@ class OutputHead:
     def hidden_at(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The final hidden states at (row, position) pairs, ``[n, h]``, the same on every TP
         rank; their gradient is summed over the TP ranks (each holds one vocabulary shard)."""
-        from megatron.core import tensor_parallel
+        from megatron.core import tensor_parallel  # lazy: Megatron-Core
 
         group = self._layer.tp_group
         if self.sequence_parallel:
@@ -319,7 +317,7 @@ def _pick_from_sequence_shards(
     Backward: every rank's gradient of the result is partial (its vocabulary shard), so it is
     all-reduced, and each rank keeps the part at the positions it holds.
     """
-    from megatron.core import tensor_parallel
+    from megatron.core import tensor_parallel  # lazy: Megatron-Core
 
     local = hidden.shape[0]
     start = torch.distributed.get_rank(group) * local

@@ -44,7 +44,7 @@ def dtype_name(name: str) -> Dtype:
 
 def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype of ``name`` (a :class:`Dtype` value or an alias); imports torch."""
-    import torch
+    import torch  # lazy: models.shapes stays torch-free (scir plan reads it)
 
     return getattr(torch, dtype_name(name).value)
 

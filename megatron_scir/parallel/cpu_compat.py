@@ -116,7 +116,7 @@ class _CpuStream:
 
 
 def _install_rng_tracker() -> None:
-    from megatron.core.tensor_parallel import random as mrandom
+    from megatron.core.tensor_parallel import random as mrandom  # lazy: Megatron-Core
 
     class CpuRNGStatesTracker(mrandom.CudaRNGStatesTracker):
         """The Megatron RNG tracker over CPU generator states (dropout inside TP regions)."""
@@ -149,7 +149,7 @@ def _install_rng_tracker() -> None:
 
 def seed_rng_tracker(seed: int, *, tp_rank: int, pp_rank: int, ep_rank: int = 0) -> None:
     """The CPU counterpart of ``model_parallel_cuda_manual_seed`` (same seed offsets)."""
-    from megatron.core.tensor_parallel import random as mrandom
+    from megatron.core.tensor_parallel import random as mrandom  # lazy: Megatron-Core
 
     tracker = mrandom._CUDA_RNG_STATE_TRACKER
     tracker.reset()
@@ -192,14 +192,14 @@ def enable() -> None:
 
 
 def _patch_inference_comm() -> None:
-    from megatron.core.inference import communication_utils
+    from megatron.core.inference import communication_utils  # lazy: Megatron-Core
 
     if hasattr(communication_utils, "_is_cuda"):
         communication_utils._is_cuda = lambda tensor: None
 
 
 def _patch_grad_clipping() -> None:
-    from megatron.core.optimizer import optimizer as moptimizer
+    from megatron.core.optimizer import optimizer as moptimizer  # lazy: Megatron-Core
 
     def clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad=False):
         attr = "decoupled_grad" if use_decoupled_grad else "grad"

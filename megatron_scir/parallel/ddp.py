@@ -12,7 +12,7 @@ from megatron_scir.config import Config
 
 def wrap_with_ddp(chunks: list, cfg: Config) -> list:
     """Return ``chunks`` wrapped in DDP with the schedule's grad-finalisation hook installed."""
-    from megatron.core.distributed import (
+    from megatron.core.distributed import (  # lazy: Megatron-Core
         DistributedDataParallel,
         DistributedDataParallelConfig,
         finalize_model_grads,

@@ -112,7 +112,9 @@ class Runtime:
     @classmethod
     def current(cls, parallel: ParallelConfig) -> Runtime:
         """The runtime of the initialised world and model-parallel state."""
-        from megatron.core.process_groups_config import ProcessGroupCollection
+        from megatron.core.process_groups_config import (  # lazy: Megatron-Core
+            ProcessGroupCollection,
+        )
 
         return cls(
             parallel=parallel,

@@ -9,9 +9,12 @@ rest of the package takes explicitly. Math functions take explicit groups (``tp_
 from __future__ import annotations
 
 import os
+import random
+import socket
 from collections.abc import Mapping
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -41,7 +44,7 @@ def init_distributed(backend: str = "auto", *, timeout_s: int = 1800) -> dict[st
         return {}
     backend = resolve_backend(backend)
     if backend == Backend.GLOO and not torch.cuda.is_available():
-        from megatron_scir.parallel import cpu_compat
+        from megatron_scir.parallel import cpu_compat  # lazy: GPU runs never import the CPU layer
 
         cpu_compat.enable()
     exported = launcher_env(os.environ)
@@ -74,8 +77,6 @@ def launcher_env(environ: Mapping[str, str]) -> dict[str, str]:
             "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
             "MASTER_PORT": environ.get("MASTER_PORT", "29500"),
         }
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -101,7 +102,7 @@ def initialize_model_parallel(parallel: ParallelConfig, *, seed: int = 1234) -> 
     (so a random initialisation is the same on every run and every DP replica), and Megatron's
     model-parallel RNG tracker its TP/PP offsets of ``seed``.
     """
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # lazy: Megatron-Core
 
     vpp = parallel.virtual_pipeline_model_parallel_size
     parallel_state.initialize_model_parallel(
@@ -120,10 +121,7 @@ def seed_generators(seed: int) -> None:
     stage, so a stage gives the same bits whether it runs after another one in the same process
     or first in a rerun.
     """
-    import random
-
-    import numpy as np
-    from megatron.core import parallel_state, tensor_parallel
+    from megatron.core import parallel_state, tensor_parallel  # lazy: Megatron-Core
 
     stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
     random.seed(stage_seed)
@@ -132,7 +130,7 @@ def seed_generators(seed: int) -> None:
     if torch.cuda.is_available():
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
     else:
-        from megatron_scir.parallel import cpu_compat
+        from megatron_scir.parallel import cpu_compat  # lazy: GPU runs never import the CPU layer
 
         cpu_compat.seed_rng_tracker(
             seed,
@@ -142,73 +140,73 @@ def seed_generators(seed: int) -> None:
 
 
 def model_parallel_is_initialized() -> bool:
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # lazy: Megatron-Core
 
     return parallel_state.model_parallel_is_initialized()
 
 
 def destroy_model_parallel() -> None:
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # lazy: Megatron-Core
 
     parallel_state.destroy_model_parallel()
 
 
 def tp_group():
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # lazy: Megatron-Core
 
     return parallel_state.get_tensor_model_parallel_group()
 
 
 def dp_group():
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # lazy: Megatron-Core
 
     return parallel_state.get_data_parallel_group()
 
 
 def pp_group():
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # lazy: Megatron-Core
 
     return parallel_state.get_pipeline_model_parallel_group()
 
 
 def tp_rank() -> int:
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # lazy: Megatron-Core
 
     return parallel_state.get_tensor_model_parallel_rank()
 
 
 def tp_size() -> int:
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # lazy: Megatron-Core
 
     return parallel_state.get_tensor_model_parallel_world_size()
 
 
 def pp_rank() -> int:
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # lazy: Megatron-Core
 
     return parallel_state.get_pipeline_model_parallel_rank()
 
 
 def pp_size() -> int:
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # lazy: Megatron-Core
 
     return parallel_state.get_pipeline_model_parallel_world_size()
 
 
 def dp_rank() -> int:
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # lazy: Megatron-Core
 
     return parallel_state.get_data_parallel_rank()
 
 
 def dp_size() -> int:
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # lazy: Megatron-Core
 
     return parallel_state.get_data_parallel_world_size()
 
 
 def is_first_stage(vp_stage: int | None = None) -> bool:
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # lazy: Megatron-Core
 
     return parallel_state.is_pipeline_first_stage(
         ignore_virtual=vp_stage is None, vp_stage=vp_stage
@@ -216,6 +214,6 @@ def is_first_stage(vp_stage: int | None = None) -> bool:
 
 
 def is_last_stage(vp_stage: int | None = None) -> bool:
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # lazy: Megatron-Core
 
     return parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)

@@ -19,14 +19,18 @@ strided view fails the test with an error naming the collective, as it would fai
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
+import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
@@ -50,11 +54,6 @@ def _child(
     env: dict[str, str],
     strict_collectives: bool,
 ) -> None:
-    import logging
-    import warnings
-
-    import torch.distributed as dist
-
     os.environ.update(env)
     # Megatron warns about missing apex/TE and its deprecations once per process; keep the
     # children's output to what a failing test needs
@@ -71,7 +70,7 @@ def _child(
     out = os.path.join(result_dir, f"rank{rank}.pt")
     try:
         if not torch.cuda.is_available():
-            from megatron_scir.parallel import cpu_compat
+            from megatron_scir.parallel import cpu_compat  # lazy: GPU runs never import it
 
             cpu_compat.enable()
             if strict_collectives:
@@ -85,7 +84,7 @@ def _child(
     finally:
         if dist.is_initialized():
             try:
-                from megatron.core import parallel_state
+                from megatron.core import parallel_state  # lazy: Megatron-Core
 
                 parallel_state.destroy_model_parallel()
             except Exception:  # noqa: BLE001 — teardown must not hide the result
@@ -146,8 +145,6 @@ def run_distributed(
 
 
 def _join(procs: list, timeout: float) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     for p in procs:
         p.join(max(0.0, deadline - time.monotonic()))

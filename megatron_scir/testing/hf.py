@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from megatron_scir.testing.tokenizers import build_tiny_hf_tokenizer
+
 
 def _randomize(model: torch.nn.Module, *, seed: int, weight_std: float) -> None:
     g = torch.Generator().manual_seed(seed)
@@ -26,7 +28,7 @@ def _randomize(model: torch.nn.Module, *, seed: int, weight_std: float) -> None:
 
 
 def _build(config, out_dir, *, seed, weight_std, max_shard_size, tokenizer):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # lazy: transformers is the optional [hf] extra
 
     model = AutoModelForCausalLM.from_config(config, dtype=config.dtype or torch.float32)
     _randomize(model, seed=seed, weight_std=weight_std)
@@ -34,8 +36,6 @@ def _build(config, out_dir, *, seed, weight_std, max_shard_size, tokenizer):
     if out_dir is not None:
         model.save_pretrained(str(out_dir), max_shard_size=max_shard_size or "5GB")
         if tokenizer:
-            from megatron_scir.testing.tokenizers import build_tiny_hf_tokenizer
-
             build_tiny_hf_tokenizer(out_dir, vocab_size=min(config.vocab_size, 256))
     return model
 
@@ -113,7 +113,7 @@ def tiny_hf_llama(
     Returns:
         The model in eval mode.
     """
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # lazy: transformers is the optional [hf] extra
 
     rope = {"rope_theta": rope_theta, "rope_type": "default"}
     if llama3_rope_scaling is not None:
@@ -159,7 +159,7 @@ def tiny_hf_mistral(
     tokenizer: bool = False,
 ):
     """A random ``MistralForCausalLM`` shaped like Mistral-7B-v0.3 (no sliding window)."""
-    from transformers import MistralConfig
+    from transformers import MistralConfig  # lazy: transformers is the optional [hf] extra
 
     config = MistralConfig(
         vocab_size=vocab_size,
@@ -184,7 +184,7 @@ def tiny_hf_mistral(
 def hf_logits(model_or_dir, tokens: torch.Tensor) -> torch.Tensor:
     """Logits ``[b, s, V]`` of an HF model (or folder, loaded in float32) for ``tokens [b, s]``."""
     if isinstance(model_or_dir, (str, Path)):
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM  # lazy: the optional [hf] extra
 
         model_or_dir = AutoModelForCausalLM.from_pretrained(str(model_or_dir), dtype=torch.float32)
     with torch.no_grad():
@@ -198,8 +198,10 @@ def mcore_logits(chunks: Sequence[torch.nn.Module], tokens: torch.Tensor) -> tor
     every TP/PP layout. Returns the logits (gathered over TP) on the last pipeline stage's ranks
     and None on the others.
     """
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+    from megatron.core.pipeline_parallel import get_forward_backward_func  # lazy: Megatron-Core
+    from megatron.core.tensor_parallel import (  # lazy: Megatron-Core
+        gather_from_tensor_model_parallel_region,
+    )
 
     b, s = tokens.shape
     position_ids = torch.arange(s).expand(b, s)

@@ -21,6 +21,7 @@ import string
 from pathlib import Path
 
 from megatron_scir.config.schema import PAIRWISE_TEMPLATE, POINTWISE_TEMPLATE
+from megatron_scir.data.tokenizer import train_sentencepiece_bpe
 
 # Text the tiny models are trained on: chat turns, the default judge templates (so judge prompts
 # stay short in tokens) and every printable ASCII character (so any ASCII text encodes).
@@ -59,8 +60,6 @@ def train_tiny_sentencepiece(
         byte_fallback: Encode characters outside the vocabulary as UTF-8 byte pieces
             (needs ``vocab_size >= 512``).
     """
-    from megatron_scir.data.tokenizer import train_sentencepiece_bpe
-
     if byte_fallback and vocab_size < 512:
         raise ValueError(f"byte_fallback needs vocab_size >= 512 (got {vocab_size})")
     out = Path(out_dir)
@@ -75,8 +74,8 @@ def train_tiny_sentencepiece(
 
 def build_tiny_hf_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 256) -> Path:
     """Train and save a tiny Hugging Face tokenizer with a chat template; returns the directory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # lazy: [hf] extra
+    from transformers import PreTrainedTokenizerFast  # lazy: the optional [hf] extra
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")

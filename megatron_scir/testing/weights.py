@@ -8,10 +8,16 @@ its slice of the master model.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import torch
 import torch.distributed as dist
+
+from megatron_scir.config import ParallelConfig
+from megatron_scir.models import build_gpt_model, build_model_chunks, padded_vocab_size
+from megatron_scir.parallel import state
+from megatron_scir.parallel.state import destroy_model_parallel, initialize_model_parallel
 
 _LAYER = re.compile(r"^(.*?decoder\.layers\.)(\d+)(\..*)$")
 
@@ -35,8 +41,6 @@ def _shard(full: torch.Tensor, param: torch.Tensor, tp_rank: int, tp_size: int) 
 
 def load_master_weights(chunks: list[torch.nn.Module], master: dict[str, torch.Tensor]) -> None:
     """Copy this rank's slices of the PP=1/TP=1 ``master`` parameters into ``chunks``."""
-    from megatron_scir.parallel import state
-
     rank, size = state.tp_rank(), state.tp_size()
     with torch.no_grad():
         for chunk in chunks:
@@ -49,8 +53,6 @@ def gather_master(chunks: list[torch.nn.Module], *, grads: bool) -> dict[str, to
 
     Collective over the whole world: every rank returns the full dict.
     """
-    from megatron_scir.parallel import state
-
     tp_group, tp = state.tp_group(), state.tp_size()
     local: dict[str, torch.Tensor] = {}
     for chunk in chunks:
@@ -87,12 +89,6 @@ def build_with_master_weights(cfg, *, seed: int = 0):
     Returns:
         (chunks, master): this rank's model chunks and the master parameters by PP=1 name.
     """
-    import dataclasses
-
-    from megatron_scir.config import ParallelConfig
-    from megatron_scir.models import build_gpt_model, build_model_chunks, padded_vocab_size
-    from megatron_scir.parallel.state import destroy_model_parallel, initialize_model_parallel
-
     ref_cfg = dataclasses.replace(cfg, parallel=ParallelConfig())
     if padded_vocab_size(ref_cfg) != padded_vocab_size(cfg):
         raise ValueError("the layout pads the vocabulary differently from TP=1; adjust the test")

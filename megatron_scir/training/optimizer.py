@@ -20,7 +20,10 @@ from megatron_scir.config.choices import Dtype
 
 def build_optimizer(cfg: Config, model: Sequence[torch.nn.Module]):
     """The Megatron optimizer over the DDP-wrapped ``model`` chunks."""
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer import (  # lazy: Megatron-Core
+        OptimizerConfig,
+        get_megatron_optimizer,
+    )
 
     t, dtype = cfg.train, cfg.model.params_dtype
     config = OptimizerConfig(
@@ -44,7 +47,9 @@ def build_optimizer(cfg: Config, model: Sequence[torch.nn.Module]):
 def build_scheduler(cfg: Config, optimizer, num_steps: int):
     """Megatron's ``OptimizerParamScheduler``: warm-up then ``train.lr_decay_style`` decay over
     the run's ``num_steps`` optimizer steps (constant weight decay)."""
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+    from megatron.core.optimizer_param_scheduler import (  # lazy: Megatron-Core
+        OptimizerParamScheduler,
+    )
 
     t = cfg.train
     warmup = min(t.lr_warmup_iters, max(num_steps - 1, 0))

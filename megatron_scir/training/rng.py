@@ -17,7 +17,7 @@ import torch
 
 def capture_rng_state() -> dict[str, Any]:
     """This rank's generators' states (plain Python objects and CPU tensors)."""
-    from megatron.core import tensor_parallel
+    from megatron.core import tensor_parallel  # lazy: Megatron-Core
 
     state = {
         "python": random.getstate(),
@@ -32,7 +32,7 @@ def capture_rng_state() -> dict[str, Any]:
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Put back what :func:`capture_rng_state` captured on this rank."""
-    from megatron.core import tensor_parallel
+    from megatron.core import tensor_parallel  # lazy: Megatron-Core
 
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])

@@ -40,7 +40,7 @@ def run_schedule(
         forward_only: no backward (evaluation, the reference pass).
         collect_non_loss_data: return the forward step's non-loss data instead of losses.
     """
-    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.pipeline_parallel import get_forward_backward_func  # lazy: Megatron-Core
 
     interleaved = len(model) > 1
     batches = pad_to_common_length(micro_batches) if interleaved else list(micro_batches)

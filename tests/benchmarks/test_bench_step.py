@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import re
 import subprocess
@@ -12,14 +11,6 @@ import pytest
 import torch
 
 SCRIPT = pathlib.Path(__file__).parents[2] / "benchmarks" / "bench_step.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # dataclasses resolve annotations through it
-    spec.loader.exec_module(sys.modules[spec.name])
-    return sys.modules[spec.name]
 
 
 @pytest.mark.dist
@@ -56,9 +47,10 @@ def test_tiny_step_benchmark_prints_every_mode_and_agrees_with_hf_on_the_loss():
 
 
 def test_cpu_peak_tracker_counts_new_storages_once_and_releases_freed_ones():
-    tracker_class = _load_script()._NewTensorBytes
+    from megatron_scir.testing.step_bench import NewTensorBytes
+
     weight = torch.zeros(1000, 250)  # 1 MB that existed before: never counted
-    tracker = tracker_class()
+    tracker = NewTensorBytes()
     with tracker:
         x = torch.ones(1000, 250)  # +1 MB
         view = x.t()  # a view: same storage

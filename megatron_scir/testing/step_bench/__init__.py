@@ -15,8 +15,9 @@ timing):
   (``parallel.ddp.wrap_with_ddp``) inside ``parallel_world`` (a world of one; gloo + the CPU
   compatibility layer without CUDA), ``get_forward_backward_func`` with the real forward step
   (``training.forward_step.make_forward_step`` in the mode's training layout,
-  ``MicroBatchLayout.for_training``, for ``scir``/``dpo``; ``training.sft_step.make_sft_forward_step``
-  for ``sft``), then ``parallel.reductions.step_metrics``.
+  ``MicroBatchLayout.for_training``, for ``scir``/``dpo``;
+  ``training.sft_step.make_sft_forward_step`` for ``sft``), then
+  ``parallel.reductions.step_metrics``.
 - **HF**: ``LlamaForCausalLM`` on the whole micro-batch: full logits ``[B, S, V]`` for every row
   (judge rows included), float32 log-softmax, the labels' log-probs gathered and summed over the
   response tokens, the verdict log-probs read at the verdict positions of the judge rows (both
