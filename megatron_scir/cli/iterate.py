@@ -61,17 +61,10 @@ def run_iterate(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from megatron_scir.iteration.job import evaluate_job  # lazy: keeps `scir --help` instant
 
+    files = {k: getattr(args, k) for k in ("ckpt", "ref_ckpt", "pairs", "out_dir", "prompts")}
     evaluate_job(
-        args.config,
-        args.overrides,
-        ckpt=args.ckpt,
-        ref_ckpt=args.ref_ckpt,
-        pairs=args.pairs,
-        out_dir=args.out_dir,
-        prompts=args.prompts,
-        out=args.out,
-        grader=args.grader,
-        progress=_progress(args),
+        args.config, args.overrides, out=args.out, grader=args.grader,
+        progress=_progress(args), **files,
     )
     return 0
 
