@@ -35,6 +35,7 @@ from megatron_scir.checkpoint import (
     save_checkpoint,
 )
 from megatron_scir.config import Config
+from megatron_scir.config.derived import micro_batches_per_step
 from megatron_scir.config.errors import UserError
 from megatron_scir.parallel.ddp import wrap_with_ddp
 from megatron_scir.parallel.reductions import step_metrics
@@ -130,7 +131,7 @@ def train(
     state = TrainState()
     if resume and save_dir is not None:
         state = _resume(Path(save_dir), model, optimizer, scheduler, data, cfg)
-    num_micro = cfg.train.global_batch_size // (cfg.train.micro_batch_size * runtime.dp_size)
+    num_micro = micro_batches_per_step(cfg.train, runtime.dp_size)
     batches = iter(data.train_dataloader())
     show = cfg.logging.progress if progress is None else progress
     log = MetricsLog(
