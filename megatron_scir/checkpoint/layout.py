@@ -12,7 +12,10 @@ modules:
 - ``_extra_state`` objects the checkpoint lacks keep the model's own (empty) value.
 
 Everything else must match exactly; a mismatch raises :class:`CheckpointError` naming the tensor,
-the expected and the found shape. Megatron-Core is imported inside the functions.
+the expected and the found shape. A tied model (``model.share_embeddings_and_output_weights``)
+has no ``output_layer.weight`` (the last stage's copy is saved under the embeddings' key), so a
+tied config and an untied checkpoint, or the reverse, are refused with the value to set.
+Megatron-Core is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ def check_model_shapes(contents: CheckpointContents, m: ModelConfig) -> None:
         CheckpointError: naming the missing or mismatched tensor, expected and found shape.
     """
     expected = mcore_tensor_shapes(m, padded_vocab=m.vocab_size)
+    _check_tied(contents, m)
     for key, shape in expected.items():
         if key not in contents.tensors:
             raise CheckpointError(
@@ -94,6 +98,18 @@ def check_model_shapes(contents: CheckpointContents, m: ModelConfig) -> None:
                 f"{contents.path}: tensor {contents.prefix}{key}: expected shape {want} for "
                 f"{_describe(m)}, found {list(found)}: the checkpoint holds another model shape"
             )
+
+
+def _check_tied(contents: CheckpointContents, m: ModelConfig) -> None:
+    """A tied model's checkpoint has no ``output_layer.weight``; an untied one's has it."""
+    tied, has_output = m.share_embeddings_and_output_weights, VOCAB_KEYS[1] in contents.tensors
+    if tied == has_output and VOCAB_KEYS[0] in contents.tensors:
+        what = "its own output layer" if has_output else "no output layer (tied embeddings)"
+        raise CheckpointError(
+            f"{contents.path}: the checkpoint holds {what}, the config has "
+            f"model.share_embeddings_and_output_weights={str(tied).lower()}: set it to "
+            f"{str(not tied).lower()}"
+        )
 
 
 def _describe(m: ModelConfig) -> str:

@@ -37,6 +37,7 @@ MODEL_FIELDS = (
     "rotary_base",
     "rope_scaling",
     "layernorm_epsilon",
+    "share_embeddings_and_output_weights",
 )
 
 

@@ -57,7 +57,7 @@ def _positive(section: str, key: str, value, *, allow_zero: bool = False) -> Non
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    """Llama/Mistral-family decoder (RMSNorm, SwiGLU, GQA, RoPE, untied embeddings)."""
+    """Llama/Mistral-family decoder (RMSNorm, SwiGLU, GQA, RoPE; tied or untied embeddings)."""
 
     num_layers: int = 2
     """Number of transformer layers."""
@@ -77,6 +77,10 @@ class ModelConfig:
     """Megatron pads the vocabulary to a multiple of this times the TP size."""
     max_position_embeddings: int = 4096
     """Longest sequence the RoPE tables are built for."""
+    share_embeddings_and_output_weights: bool = False
+    """Tie the output layer to the input embeddings (Megatron-Core's option; HF's
+    tie_word_embeddings, set from config.json on import: SmolLM2, Llama-3.2-1B/3B). With PP > 1
+    the last stage holds a copy, kept equal by Megatron's all-reduce of the two gradients."""
     rotary_base: float = 10000.0
     """RoPE base (theta): 1e6 for Mistral-7B-v0.3, 5e5 for Llama-3.x."""
     rope_scaling: bool = False

@@ -28,6 +28,10 @@ _LLAMA3_ROPE = {
 }
 
 
+# model fields the exported config.json takes from the checkpoint, not from the stored template
+_EXPORT_DECIDES = ("params_dtype", "share_embeddings_and_output_weights")
+
+
 def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
     """The parsed ``config.json`` of a Hugging Face model folder."""
     path = Path(hf_dir) / "config.json"
@@ -37,7 +41,8 @@ def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
 
 
 def is_tied(hf: dict[str, Any]) -> bool:
-    """Whether the model shares its input embeddings with ``lm_head`` (transformers' default)."""
+    """Whether the model shares its input embeddings with ``lm_head`` (absent: untied, as
+    ``LlamaConfig`` and ``MistralConfig`` default)."""
     return bool(hf.get("tie_word_embeddings", False))
 
 
@@ -81,7 +86,8 @@ def _rope_fields(hf: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def model_fields_from_hf(hf: dict[str, Any], *, source: str = "config.json") -> dict[str, Any]:
-    """The :class:`ModelConfig` fields a Hugging Face config fixes (shape, RoPE, eps, dtype).
+    """The :class:`ModelConfig` fields a Hugging Face config fixes (shape, tied embeddings, RoPE,
+    eps, dtype).
 
     Raises:
         ConversionError: unsupported architecture or feature, or a missing field; the message
@@ -119,6 +125,7 @@ def model_fields_from_hf(hf: dict[str, Any], *, source: str = "config.json") -> 
         "num_query_groups": int(hf.get("num_key_value_heads") or heads),
         "kv_channels": int(hf.get("head_dim") or hidden // heads),
         "vocab_size": int(_field(hf, "vocab_size", source)),
+        "share_embeddings_and_output_weights": is_tied(hf),
         "max_position_embeddings": max_pos,
         "layernorm_epsilon": float(_field(hf, "rms_norm_eps", source)),
         "params_dtype": dtype,
@@ -162,12 +169,15 @@ def hf_config_dict(
     """The ``config.json`` of an exported model in ``dtype``.
 
     With ``template`` (the config.json stored at import) every field is kept, after checking that
-    its model fields equal ``m``; the dtype is updated and embeddings are written untied.
+    its model fields equal ``m``; the dtype and ``tie_word_embeddings`` are ``m``'s (a tied model
+    imported before the weights could stay tied was trained untied: it exports untied).
     """
     if template is not None:
         stored = model_fields_from_hf(template, source="the checkpoint's hf/config.json")
         for name, value in stored.items():
-            if name != "params_dtype" and getattr(m, name) != value:
+            if name in _EXPORT_DECIDES:
+                continue
+            if getattr(m, name) != value:
                 raise ConversionError(
                     f"the checkpoint's hf/config.json disagrees with its model config: "
                     f"model.{name} expected {getattr(m, name)!r}, found {value!r}"
@@ -175,7 +185,7 @@ def hf_config_dict(
         out = dict(template)
         keys = [k for k in ("dtype", "torch_dtype") if k in template] or ["dtype"]
         out.update(dict.fromkeys(keys, dtype))
-        out["tie_word_embeddings"] = False
+        out["tie_word_embeddings"] = m.share_embeddings_and_output_weights
         return out
     rope_scaling = None
     if m.rope_scaling:
@@ -198,6 +208,6 @@ def hf_config_dict(
         "hidden_act": "silu",
         "attention_bias": False,
         "mlp_bias": False,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": m.share_embeddings_and_output_weights,
         "torch_dtype": dtype,
     }

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from megatron_scir.checkpoint import save_checkpoint
 from megatron_scir.config import Config, ModelConfig, ParallelConfig
 from megatron_scir.convert.errors import ConversionError
-from megatron_scir.convert.hf_config import is_tied, model_fields_from_hf, read_hf_config
+from megatron_scir.convert.hf_config import model_fields_from_hf, read_hf_config
 from megatron_scir.convert.hf_io import SafetensorsReader, asset_files
 from megatron_scir.convert.keymap import BY_MCORE_KEY, to_mcore
 from megatron_scir.models import build_model_chunks
@@ -45,7 +45,7 @@ def check_hf_model(hf_dir: str | Path, m: ModelConfig) -> None:
                 f"{source} gives model.{name}={value!r}, the config has {getattr(m, name)!r}: "
                 "build the config with config_from_hf"
             )
-    expected = hf_tensor_shapes(m, tied=is_tied(hf))
+    expected = hf_tensor_shapes(m)
     with SafetensorsReader(hf_dir) as reader:
         present = set(reader.names())
         for name, shape in expected.items():
@@ -59,8 +59,8 @@ def check_hf_model(hf_dir: str | Path, m: ModelConfig) -> None:
                     f"{hf_dir}: tensor {name}: expected shape {list(shape)}, found {list(found)}"
                 )
         ignored = {n for n in present if n.endswith(IGNORED_HF_SUFFIXES)}
-        if is_tied(hf):
-            ignored.add("lm_head.weight")
+        if m.share_embeddings_and_output_weights:
+            ignored.add("lm_head.weight")  # some exporters write the shared tensor twice
         unexpected = sorted(present - set(expected) - ignored)
         if unexpected:
             raise ConversionError(
@@ -102,12 +102,13 @@ def load_hf_into_model(
             (see :func:`megatron_scir.convert.hf_config.config_from_hf`).
         progress: a progress bar over this rank's tensors (rank 0 only).
 
-    Vocabulary rows beyond the tokenizer's (Megatron's padding) are set to zero.
+    Vocabulary rows beyond the tokenizer's (Megatron's padding) are set to zero. A tied model's
+    last pipeline stage (PP > 1) saves its output-layer copy under the word embeddings' key, so
+    it is filled from ``model.embed_tokens.weight`` like the first stage's embedding.
     """
     from tqdm import tqdm  # lazy: tqdm costs ~45 ms, only while loading
 
     check_hf_model(hf_dir, cfg.model)
-    tied = is_tied(read_hf_config(hf_dir))
     shards = list(local_shards(chunks))
     show = progress and (not dist.is_initialized() or dist.get_rank() == 0)
     cached: tuple[tuple[str, int | None], torch.Tensor] | None = None
@@ -117,8 +118,6 @@ def load_hf_into_model(
             layer = shard.global_offset[0] if entry.per_layer else None
             if cached is None or cached[0] != (shard.key, layer):
                 names = entry.hf_names(layer)
-                if tied and names == ("lm_head.weight",):
-                    names = ("model.embed_tokens.weight",)
                 padded = shard.global_shape[0]
                 full = to_mcore(
                     entry, [reader.get(n) for n in names], cfg.model, padded_vocab=padded

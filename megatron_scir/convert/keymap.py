@@ -13,7 +13,8 @@ sharded state dict. A key's global tensor is the TP=1 tensor:
 - ``linear_fc1``: ``[gate; up]`` (Megatron shards gate and up separately: rank r holds
   ``[gate_r; up_r]``);
 - word embeddings and output layer: the vocabulary, padded with zero rows to Megatron's padded
-  size (a multiple of ``make_vocab_size_divisible_by × TP``).
+  size (a multiple of ``make_vocab_size_divisible_by × TP``); a tied model has the embeddings
+  alone (``lm_head.weight`` and ``output_layer.weight`` absent, :func:`iter_tensor_maps`).
 
 The global shape of every key (and of every Hugging Face tensor) is in
 :mod:`megatron_scir.models.shapes`.
@@ -85,6 +86,8 @@ LLAMA_KEYMAP: tuple[TensorMap, ...] = (
 """Every tensor of a Llama/Mistral model, in Hugging Face order (embeddings, layers, norm, head)."""
 
 BY_MCORE_KEY: dict[str, TensorMap] = {entry.mcore: entry for entry in LLAMA_KEYMAP}
+TIED_KEY = "output_layer.weight"
+"""The tensor a tied model shares with ``embedding.word_embeddings.weight`` (absent there)."""
 
 # Module parameter names that differ from the checkpoint key (besides the layer index): the local
 # spec keeps separate norm modules, Transformer Engine's names equal the keys.
@@ -111,10 +114,17 @@ def parameter_name(key: str, spec: str, layer: int | None = None) -> str:
 
 
 def iter_tensor_maps(m: ModelConfig) -> Iterator[tuple[TensorMap, int | None]]:
-    """``(entry, layer)`` for every tensor of the model, in Hugging Face order."""
-    first = [e for e in LLAMA_KEYMAP if e.mcore.startswith("embedding.")]
-    layered = [e for e in LLAMA_KEYMAP if e.per_layer]
-    last = [e for e in LLAMA_KEYMAP if not e.per_layer and e not in first]
+    """``(entry, layer)`` for every tensor of the model, in Hugging Face order.
+
+    A tied model (``share_embeddings_and_output_weights``) has no output layer of its own: no
+    ``output_layer.weight`` in the checkpoint, no ``lm_head.weight`` in the HF folder.
+    """
+    keymap = [
+        e for e in LLAMA_KEYMAP if e.mcore != TIED_KEY or not m.share_embeddings_and_output_weights
+    ]
+    first = [e for e in keymap if e.mcore.startswith("embedding.")]
+    layered = [e for e in keymap if e.per_layer]
+    last = [e for e in keymap if not e.per_layer and e not in first]
     yield from ((entry, None) for entry in first)
     for layer in range(m.num_layers):
         yield from ((entry, layer) for entry in layered)

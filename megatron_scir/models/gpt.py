@@ -202,7 +202,10 @@ def build_gpt_model(
         pre_process=pre_process,
         post_process=post_process,
         parallel_output=True,
-        share_embeddings_and_output_weights=False,
+        # tied: on one stage the output layer has no weight (Megatron passes the embedding's to
+        # forward's output_processor, see OutputHead); with PP > 1 the last stage holds a copy,
+        # synchronised at build time and by finalize_model_grads over the embedding group
+        share_embeddings_and_output_weights=m.share_embeddings_and_output_weights,
         position_embedding_type="rope",
         rotary_base=m.rotary_base,
         rope_scaling=m.rope_scaling,
@@ -264,15 +267,17 @@ class OutputHead:
     def __init__(self, hidden: torch.Tensor, output_layer, output_weight, scale_logits) -> None:
         self.hidden = hidden
         self._layer = output_layer
+        # Megatron passes the output weight when the embeddings are tied (the embedding's on a
+        # single stage, whose output layer holds none; the last stage's copy under PP), else None
         self._weight = output_weight if output_weight is not None else output_layer.weight
         self._scale = scale_logits
 
     @property
     def output_weight(self) -> torch.Tensor:
-        """This rank's output-layer weight shard ``[V/tp, h]``, for heads that apply it in
-        chunks (``parallel.vocab_parallel.chunked_output_log_probs``). Their logits are the
-        plain ``hidden @ weight.T``: ``scale_logits`` only scales under MuP, which
-        :func:`transformer_config` never turns on."""
+        """This rank's output-layer weight shard ``[V/tp, h]`` (the word embeddings' when tied),
+        for heads that apply it in chunks (``parallel.vocab_parallel.chunked_output_log_probs``).
+        Their logits are the plain ``hidden @ weight.T``: ``scale_logits`` only scales under
+        MuP, which :func:`transformer_config` never turns on."""
         return self._weight
 
     @property

@@ -69,11 +69,12 @@ def mcore_tensor_shapes(m: ModelConfig, *, padded_vocab: int) -> dict[str, tuple
 
     Per-layer keys are stacked over layers: ``[L, ...]``. ``linear_qkv`` is ``[(H + 2G)·d, h]``
     per layer, ``linear_fc1`` ``[2f, h]`` (gate and up); the word embeddings and output layer
-    ``[padded_vocab, h]``.
+    ``[padded_vocab, h]``. A tied model (``share_embeddings_and_output_weights``) has no
+    ``output_layer.weight``: Megatron saves the last stage's copy under the embeddings' key.
     """
     heads, groups, d = m.num_attention_heads, m.num_query_groups, m.head_dim
     h, f, layers = m.hidden_size, m.ffn_hidden_size, m.num_layers
-    return {
+    shapes = {
         "embedding.word_embeddings.weight": (padded_vocab, h),
         "decoder.layers.self_attention.linear_qkv.layer_norm_weight": (layers, h),
         "decoder.layers.self_attention.linear_qkv.weight": (layers, (heads + 2 * groups) * d, h),
@@ -82,15 +83,17 @@ def mcore_tensor_shapes(m: ModelConfig, *, padded_vocab: int) -> dict[str, tuple
         "decoder.layers.mlp.linear_fc1.weight": (layers, 2 * f, h),
         "decoder.layers.mlp.linear_fc2.weight": (layers, h, f),
         "decoder.final_layernorm.weight": (h,),
-        "output_layer.weight": (padded_vocab, h),
     }
+    if not m.share_embeddings_and_output_weights:
+        shapes["output_layer.weight"] = (padded_vocab, h)
+    return shapes
 
 
-def hf_tensor_shapes(m: ModelConfig, *, tied: bool = False) -> dict[str, tuple[int, ...]]:
+def hf_tensor_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor of the Hugging Face Llama/Mistral model and its shape, in HF order.
 
-    The vocabulary is unpadded (``[V, h]``); ``lm_head.weight`` is absent when ``tied`` (the
-    output layer shares the input embeddings).
+    The vocabulary is unpadded (``[V, h]``); ``lm_head.weight`` is absent when the embeddings
+    are tied (``share_embeddings_and_output_weights``, HF's ``tie_word_embeddings``).
     """
     heads, groups, d = m.num_attention_heads, m.num_query_groups, m.head_dim
     h, f = m.hidden_size, m.ffn_hidden_size
@@ -109,6 +112,6 @@ def hf_tensor_shapes(m: ModelConfig, *, tied: bool = False) -> dict[str, tuple[i
     for layer in range(m.num_layers):
         shapes.update({name.format(i=layer): shape for name, shape in per_layer.items()})
     shapes["model.norm.weight"] = (h,)
-    if not tied:
+    if not m.share_embeddings_and_output_weights:
         shapes["lm_head.weight"] = (m.vocab_size, h)
     return shapes

@@ -26,9 +26,12 @@ Training, per pipeline stage (the table shows the first and the last; the worst 
    ``linear_fc2`` [h, f]) and the vocab-parallel embedding and output layer [V', h] are split
    over t; the RMSNorm weights [h] are whole on every TP rank. A stage holds L/p layers (with
    interleaving too: v chunks of L/(p·v)); the embedding sits on the first stage, the output
-   layer and final norm on the last (both on one stage when p = 1). With FP8 (Transformer
-   Engine) Megatron keeps the weights in ``params_dtype``; ``model.fp8_param`` stores the linears
-   as FP8 data plus its transpose (≈ 2 bytes), so β stands for it too.
+   layer and final norm on the last (both on one stage when p = 1). Tied embeddings
+   (``model.share_embeddings_and_output_weights``) have no output layer: counted once when
+   p = 1; with p > 1 the last stage holds a copy of the embedding (with its own gradient and
+   optimizer state), counted in that stage. With FP8 (Transformer Engine) Megatron keeps the
+   weights in ``params_dtype``; ``model.fp8_param`` stores the linears as FP8 data plus its
+   transpose (≈ 2 bytes), so β stands for it too.
 2. **Gradients** = params × 4: Megatron DDP accumulates fp32 ``main_grad`` buffers
    (``parallel.grad_reduce_in_fp32=true``, the default), whatever the parameter dtype; with
    ``parallel.grad_reduce_in_fp32=false`` the buffers are in the parameter dtype (β bytes). The
@@ -171,7 +174,8 @@ def _is_norm(name: str) -> bool:
 
 
 def total_params(m: ModelConfig, *, tp: int) -> int:
-    """All parameters of the model, with the vocabulary padded for ``tp`` ranks."""
+    """All parameters of the model, with the vocabulary padded for ``tp`` ranks (tied
+    embeddings once, as ``num_parameters()`` of transformers counts them)."""
     vocab = _padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, tp)
     return sum(math.prod(shape) for shape in mcore_tensor_shapes(m, padded_vocab=vocab).values())
 
@@ -181,12 +185,14 @@ def stage_params(m: ModelConfig, *, tp: int, pp: int, stage: int) -> StageParams
     shapes = mcore_tensor_shapes(
         m, padded_vocab=_padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, tp)
     )
+    # tied under PP: the last stage's output layer is a copy of the embedding (Megatron's)
+    tied_copy = m.share_embeddings_and_output_weights and stage == pp - 1
     sharded = replicated = linear = 0
     for name, shape in shapes.items():
         numel = math.prod(shape)
         if name.startswith("decoder.layers."):
             numel = numel // m.num_layers * (m.num_layers // pp)  # [L, ...] stacked per layer
-        elif name.startswith("embedding.") and stage != 0:
+        elif name.startswith("embedding.") and stage != 0 and not tied_copy:
             continue
         elif not name.startswith(("embedding.", "decoder.layers.")) and stage != pp - 1:
             continue  # output layer and final norm: last stage

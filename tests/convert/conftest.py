@@ -47,9 +47,10 @@ def hf_mistral_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def hf_tied_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Llama-3.2-1B-like: input embeddings shared with the output layer (no lm_head tensor)."""
+    """Llama-3.2-1B-like: input embeddings shared with the output layer (no lm_head tensor);
+    the vocabulary (300) is padded as ``hf_llama_dir``'s."""
     out = tmp_path_factory.mktemp("hf") / "tied"
-    tiny_hf_llama(out, tie_word_embeddings=True, seed=2)
+    tiny_hf_llama(out, vocab_size=LLAMA_VOCAB, tie_word_embeddings=True, seed=2, tokenizer=True)
     return out
 
 

@@ -3,6 +3,7 @@ and refusals that name the field, the expected and the found value."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -109,3 +110,20 @@ def test_stored_config_json_is_kept_with_the_export_dtype_and_must_match_the_mod
     other = type(other)(**{**other.__dict__, "num_layers": 3})
     with pytest.raises(ConversionError, match="model.num_layers expected 3, found 2"):
         hf_config_dict(other, dtype="float32", template=template)
+
+
+def test_tie_word_embeddings_ties_the_model_and_is_written_back(llama31_dir, tmp_path):
+    tiny_hf_llama(tmp_path, tie_word_embeddings=True)
+    template = read_hf_config(tmp_path)
+    m = config_from_hf(tmp_path).model
+    assert m.share_embeddings_and_output_weights
+    assert not config_from_hf(llama31_dir).model.share_embeddings_and_output_weights
+    assert hf_config_dict(m, dtype="float32")["tie_word_embeddings"] is True
+    assert hf_config_dict(m, dtype="float32", template=template) == template
+    with pytest.raises(ConversionError, match="share_embeddings_and_output_weights comes from"):
+        config_from_hf(tmp_path, overrides=["model.share_embeddings_and_output_weights=false"])
+    # imported before the weights could stay tied, the checkpoint holds its own output layer
+    untied = dataclasses.replace(m, share_embeddings_and_output_weights=False)
+    assert (
+        hf_config_dict(untied, dtype="float32", template=template)["tie_word_embeddings"] is False
+    )

@@ -5,6 +5,8 @@ The shape tables the map is checked against are tested in tests/models/test_shap
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -24,7 +26,7 @@ from megatron_scir.convert.keymap import (
     to_hf,
     to_mcore,
 )
-from megatron_scir.models.shapes import mcore_tensor_shapes
+from megatron_scir.models.shapes import hf_tensor_shapes, mcore_tensor_shapes
 from megatron_scir.testing.hf import tiny_hf_llama
 
 
@@ -82,6 +84,15 @@ def test_keymap_names_every_tensor_of_a_real_llama_once(llama):
     model, m = llama
     names = [name for entry, layer in iter_tensor_maps(m) for name in entry.hf_names(layer)]
     assert sorted(names) == sorted(model.state_dict()) and len(set(names)) == len(names)
+
+
+def test_a_tied_model_maps_the_embeddings_alone_in_both_tables(llama):
+    _, m = llama
+    tied = dataclasses.replace(m, share_embeddings_and_output_weights=True)
+    pairs = list(iter_tensor_maps(tied))
+    assert {entry.mcore for entry, _ in pairs} == set(mcore_tensor_shapes(tied, padded_vocab=384))
+    names = [name for entry, layer in pairs for name in entry.hf_names(layer)]
+    assert names == list(hf_tensor_shapes(tied)) and "lm_head.weight" not in names
 
 
 def test_hf_to_mcore_and_back_reproduces_every_tensor_bit_for_bit(llama):

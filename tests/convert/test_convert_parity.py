@@ -1,9 +1,11 @@
 """HF → Megatron-Core gives the HF logits at TP=1, TP=2 and PP=2; a checkpoint written at TP=2
-loads at TP=1 and PP=2 with the same weights; HF → Megatron (TP=2) → HF is bit-exact.
+loads at TP=1 and PP=2 with the same weights; HF → Megatron (TP=2) → HF is bit-exact. A model with
+tied embeddings stays tied: HF → Megatron (TP=2 and PP=2) → HF is bit-exact, without ``lm_head``.
 
-Three gloo runs serve every test here (module fixtures): TP=2 (convert at the target layout,
-import straight into the model, reload the written checkpoint), TP=1 (Llama and Mistral logits,
-the negative controls, the TP=2 checkpoint at TP=1) and PP=2 (import, and the TP=2 checkpoint).
+Three gloo runs serve every test here (module fixtures): TP=2 (convert the untied and the tied
+model at the target layout, import straight into the model, reload the written checkpoint), TP=1
+(Llama, Mistral and tied logits, the negative controls, the TP=2 checkpoint at TP=1) and PP=2
+(import, the TP=2 checkpoints, and converting the tied model at PP=2).
 """
 
 from __future__ import annotations
@@ -59,17 +61,29 @@ def _from_checkpoint(ckpt: str, cfg, tokens: torch.Tensor):
     return mcore_logits(chunks, tokens), gather_master(chunks, grads=False)
 
 
-def _tp2_run(rank, world_size, hf_dir, ckpt, tokens):
+def _convert(hf_dir: str, ckpt: str, overrides: list[str]) -> None:
+    """``convert_hf_to_mcore`` in the harness's world, at the target layout."""
     from megatron_scir.convert import config_from_hf, convert_hf_to_mcore
     from megatron_scir.parallel.runtime import parallel_world
+
+    target = config_from_hf(hf_dir, "tiny", overrides)
+    with parallel_world(target.parallel) as runtime:
+        convert_hf_to_mcore(runtime, hf_dir, ckpt, target, progress=False)
+
+
+def _tp2_run(rank, world_size, hf_dir, tied_dir, ckpt, tied_ckpt, tokens):
+    from megatron_scir.parallel.state import destroy_model_parallel
     from megatron_scir.testing.weights import gather_master
 
-    target = config_from_hf(hf_dir, "tiny", [TP2])
-    with parallel_world(target.parallel) as runtime:  # 2 processes: the TP=2 target layout
-        convert_hf_to_mcore(runtime, hf_dir, ckpt, target, progress=False)
+    _convert(hf_dir, ckpt, [TP2])  # 2 processes: the TP=2 target layout
+    _convert(tied_dir, tied_ckpt, [TP2])
     cfg, chunks, logits = _import(hf_dir, [TP2], tokens)
     _, reloaded = _from_checkpoint(ckpt, cfg, tokens)
-    return {"logits": logits, "weights": gather_master(chunks, grads=False), "reloaded": reloaded}
+    out = {"logits": logits, "weights": gather_master(chunks, grads=False), "reloaded": reloaded}
+    destroy_model_parallel()
+    _, chunks, out["tied_logits"] = _import(tied_dir, [TP2], tokens)
+    out["tied_weights"] = gather_master(chunks, grads=False)
+    return out
 
 
 def _tp1_run(rank, world_size, llama, mistral, tied, ckpt, tokens):
@@ -91,10 +105,17 @@ def _tp1_run(rank, world_size, llama, mistral, tied, ckpt, tokens):
     return out
 
 
-def _pp2_run(rank, world_size, hf_dir, ckpt, tokens):
+def _pp2_run(rank, world_size, hf_dir, tied_dir, ckpt, tied_ckpt, tied_pp2_ckpt, tokens):
+    from megatron_scir.parallel.state import destroy_model_parallel
+
     cfg, _, logits = _import(hf_dir, [PP2], tokens)
     ckpt_logits, ckpt_weights = _from_checkpoint(ckpt, cfg, tokens)
-    return {"logits": logits, "ckpt_logits": ckpt_logits, "ckpt_weights": ckpt_weights}
+    out = {"logits": logits, "ckpt_logits": ckpt_logits, "ckpt_weights": ckpt_weights}
+    destroy_model_parallel()
+    _convert(tied_dir, tied_pp2_ckpt, [PP2])  # the last stage saves its copy of the embeddings
+    cfg, _, out["tied_logits"] = _import(tied_dir, [PP2], tokens)
+    out["tied_ckpt_logits"], out["tied_ckpt_weights"] = _from_checkpoint(tied_ckpt, cfg, tokens)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +127,17 @@ def hf_reference(hf_llama_dir, hf_mistral_dir, hf_tied_dir, tokens):
 
 
 @pytest.fixture(scope="module")
-def tp2(hf_llama_dir, tokens, tmp_path_factory):
+def tied_ckpts(tmp_path_factory) -> dict[str, Path]:
+    """Where the tied model is converted: at TP=2 (by ``tp2``) and at PP=2 (by ``pp2``)."""
+    root = tmp_path_factory.mktemp("tied_ckpt")
+    return {"tp2": root / "tied_tp2", "pp2": root / "tied_pp2"}
+
+
+@pytest.fixture(scope="module")
+def tp2(hf_llama_dir, hf_tied_dir, tied_ckpts, tokens, tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("ckpt") / "llama_tp2"
-    return ckpt, run_distributed(_tp2_run, 2, args=(str(hf_llama_dir), str(ckpt), tokens))
+    args = (str(hf_llama_dir), str(hf_tied_dir), str(ckpt), str(tied_ckpts["tp2"]), tokens)
+    return ckpt, run_distributed(_tp2_run, 2, args=args)
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +148,12 @@ def tp1(hf_llama_dir, hf_mistral_dir, hf_tied_dir, tokens, tp2):
 
 
 @pytest.fixture(scope="module")
-def pp2(hf_llama_dir, tokens, tp2):
+def pp2(hf_llama_dir, hf_tied_dir, tied_ckpts, tokens, tp2):
     ckpt, _ = tp2
-    results = run_distributed(_pp2_run, 2, args=(str(hf_llama_dir), str(ckpt), tokens))
+    ckpts = (str(ckpt), str(tied_ckpts["tp2"]), str(tied_ckpts["pp2"]))
+    results = run_distributed(
+        _pp2_run, 2, args=(str(hf_llama_dir), str(hf_tied_dir), *ckpts, tokens)
+    )
     return results[1]  # the last stage holds the logits
 
 
@@ -156,10 +188,30 @@ def test_mistral_with_one_kv_head_gives_hf_logits_at_tp1(tp1, hf_reference):
     assert _max_diff(tp1["mistral"], hf_reference["mistral"]) < ATOL
 
 
-def test_tied_embeddings_model_gives_hf_logits_with_the_embeddings_as_output_layer(
-    tp1, hf_reference
+def test_tied_embeddings_model_gives_hf_logits_at_tp1_tp2_and_pp2(tp1, tp2, pp2, hf_reference):
+    _, results = tp2
+    found = [tp1["tied"], *(rank["tied_logits"] for rank in results), pp2["tied_logits"]]
+    for logits in found:
+        assert _max_diff(logits, hf_reference["tied"]) < ATOL
+
+
+def test_tied_model_has_no_output_layer_of_its_own(tp2):
+    _, results = tp2
+    weights = results[0]["tied_weights"]  # one stage: the output layer uses the embeddings
+    assert "output_layer.weight" not in weights and "embedding.word_embeddings.weight" in weights
+
+
+def test_tied_tp2_checkpoint_loads_at_pp2_with_the_last_stage_holding_the_embeddings(
+    tp2, pp2, hf_reference
 ):
-    assert _max_diff(tp1["tied"], hf_reference["tied"]) < ATOL
+    _, results = tp2
+    loaded = dict(pp2["tied_ckpt_weights"])
+    embedding = loaded.pop("embedding.word_embeddings.weight")
+    assert torch.equal(loaded.pop("output_layer.weight"), embedding)  # the last stage's copy
+    _assert_same_weights(
+        {**loaded, "embedding.word_embeddings.weight": embedding}, results[0]["tied_weights"]
+    )
+    assert _max_diff(pp2["tied_ckpt_logits"], hf_reference["tied"]) < ATOL
 
 
 def test_llama_gives_hf_logits_at_tp2(tp2, hf_reference):
@@ -279,3 +331,42 @@ def test_export_with_the_config_of_another_model_is_refused_and_writes_nothing(
     assert main(["convert", *argv]) == 2
     assert "model.hidden_size is 64 there, 96 in the config" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "hf.incomplete").exists()
+
+
+@pytest.mark.parametrize("written_at", ["tp2", "pp2"])
+def test_tied_hf_to_mcore_to_hf_is_bit_exact_and_stays_tied(
+    tp2, pp2, tied_ckpts, written_at, hf_tied_dir, tokens, hf_reference, tmp_path
+):
+    from megatron_scir.checkpoint.layout import inspect_checkpoint
+    from megatron_scir.convert import export_to_hf
+    from megatron_scir.testing.hf import hf_logits
+
+    ckpt = tied_ckpts[written_at]
+    assert "output_layer.weight" not in inspect_checkpoint(ckpt).tensors
+    out = export_to_hf(ckpt, tmp_path / "exported", progress=False)
+    original, exported = _hf_tensors(hf_tied_dir), _hf_tensors(out)
+    assert "lm_head.weight" not in exported and exported.keys() == original.keys()
+    for name, tensor in original.items():
+        assert exported[name].dtype == tensor.dtype and torch.equal(exported[name], tensor), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["tie_word_embeddings"] is True
+    assert config == json.loads((hf_tied_dir / "config.json").read_text())
+    torch.testing.assert_close(hf_logits(out, tokens), hf_reference["tied"], atol=0, rtol=0)
+
+
+def test_a_tied_checkpoint_is_refused_for_an_untied_config_and_the_reverse(tp2, tied_ckpts):
+    import dataclasses
+
+    from megatron_scir.checkpoint import CheckpointError, read_metadata
+    from megatron_scir.checkpoint.layout import check_model_shapes, inspect_checkpoint
+
+    ckpt, _ = tp2
+    for path, set_to in ((tied_ckpts["tp2"], "true"), (ckpt, "false")):
+        m = read_metadata(path).config.model
+        wrong = dataclasses.replace(
+            m, share_embeddings_and_output_weights=not m.share_embeddings_and_output_weights
+        )
+        with pytest.raises(
+            CheckpointError, match=f"share_embeddings_and_output_weights=.*{set_to}$"
+        ):
+            check_model_shapes(inspect_checkpoint(path), wrong)

@@ -55,7 +55,7 @@ def test_config_padding_is_the_shape_tables_and_nonpositive_sizes_are_refused():
         padded_vocab_size(300, 0, 1)
 
 
-def _global_shapes(rank, world_size):
+def _global_shapes(rank, world_size, overrides):
     """Global shape of every sharded tensor of this rank's model, by checkpoint key."""
     from megatron.core.dist_checkpointing.dict_utils import nested_values
     from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
@@ -63,7 +63,7 @@ def _global_shapes(rank, world_size):
     from megatron_scir.models import build_gpt_model
     from megatron_scir.parallel.state import initialize_model_parallel
 
-    cfg = load_config("tiny", [*OVERRIDES, "parallel.tensor_model_parallel_size=2"])
+    cfg = load_config("tiny", overrides)
     initialize_model_parallel(cfg.parallel)
     sharded = build_gpt_model(cfg).sharded_state_dict()
     apply_factories(sharded)
@@ -75,11 +75,27 @@ def _global_shapes(rank, world_size):
 
 
 @pytest.mark.dist
-def test_mcore_table_is_the_global_shapes_of_a_tp2_models_sharded_state_dict():
-    cfg = load_config("tiny", [*OVERRIDES, "parallel.tensor_model_parallel_size=2"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ["parallel.tensor_model_parallel_size=2"],
+        # the last stage's output layer is a copy of the embeddings, saved under their key
+        [
+            "parallel.pipeline_model_parallel_size=2",
+            "model.share_embeddings_and_output_weights=true",
+        ],
+    ],
+    ids=["tp2", "tied_pp2"],
+)
+def test_mcore_table_is_the_global_shapes_of_a_models_sharded_state_dict(layout):
+    cfg = load_config("tiny", [*OVERRIDES, *layout])
     expected = mcore_tensor_shapes(cfg.model, padded_vocab=config_padded_vocab_size(cfg))
-    for shapes in run_distributed(_global_shapes, 2):
-        assert shapes == {key: {shape} for key, shape in expected.items()}
+    assert ("output_layer.weight" in expected) != cfg.model.share_embeddings_and_output_weights
+    merged: dict[str, set[tuple[int, ...]]] = {}
+    for shapes in run_distributed(_global_shapes, 2, args=([*OVERRIDES, *layout],)):
+        for key, found in shapes.items():
+            merged.setdefault(key, set()).update(found)
+    assert merged == {key: {shape} for key, shape in expected.items()}
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
@@ -92,7 +108,9 @@ def test_hf_table_is_the_state_dict_of_a_transformers_llama(tmp_path, tied):
     state = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if tied:  # transformers lists the shared weight under both names
         assert state.pop("lm_head.weight") == state["model.embed_tokens.weight"]
-    assert hf_tensor_shapes(config_from_hf(tmp_path).model, tied=tied) == state
+    m = config_from_hf(tmp_path).model
+    assert m.share_embeddings_and_output_weights == tied
+    assert hf_tensor_shapes(m) == state
 
 
 def test_every_dtype_name_and_alias_resolves_to_its_torch_dtype_and_size():

@@ -1,8 +1,10 @@
 """``scir plan``: the parameter count, Megatron's bytes-per-parameter table, Korthikanti's
-activation formulas, public 70B layouts, and the command — all without torch."""
+activation formulas, public 70B layouts, and the command — all without torch (but one count
+compared with a transformers model)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -79,6 +81,31 @@ def test_stage_parameters_summed_over_tp_and_pp_are_the_model(preset, tp, pp):
 )
 def test_the_presets_have_their_published_parameter_counts(preset, published):
     assert total_params(load_config(preset).model, tp=1) == pytest.approx(published, rel=5e-3)
+
+
+def test_a_tied_model_counts_its_embeddings_once_as_transformers_does(tmp_path):
+    pytest.importorskip("transformers")
+    from megatron_scir.convert import config_from_hf
+    from megatron_scir.testing.hf import tiny_hf_llama
+
+    hf = tiny_hf_llama(tmp_path, vocab_size=256, head_dim=32, tie_word_embeddings=True)
+    m = config_from_hf(tmp_path).model  # 256 rows: padded to itself at TP=1
+    assert m.share_embeddings_and_output_weights
+    assert total_params(m, tp=1) == hf.num_parameters()
+    untied = dataclasses.replace(m, share_embeddings_and_output_weights=False)
+    assert total_params(untied, tp=1) - total_params(m, tp=1) == 256 * m.hidden_size
+
+
+def test_a_tied_model_under_pp_holds_a_copy_of_the_embeddings_on_the_last_stage():
+    m = dataclasses.replace(
+        load_config("llama3_8b").model, share_embeddings_and_output_weights=True
+    )
+    embedding = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, 4) * 4096 // 4
+    first, middle, last = (stage_params(m, tp=4, pp=4, stage=s) for s in (0, 1, 3))
+    assert first.sharded - middle.sharded == embedding
+    assert last.sharded - middle.sharded == embedding  # the output layer's copy
+    single = stage_params(m, tp=4, pp=1, stage=0)
+    assert single.sharded * 4 + single.replicated == total_params(m, tp=4)  # once at PP=1
 
 
 def test_the_first_stage_holds_the_embedding_and_the_last_the_output_layer():
