@@ -27,7 +27,15 @@ setup(
     extras_require={
         "hf": ["transformers>=4.51"],
         "fp8": ["transformer-engine[pytorch]"],
-        "test": ["pytest>=8", "pytest-timeout", "ruff", "import-linter>=2.1"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout",
+            "ruff",
+            "import-linter>=2.1",
+            # the real-model tier (tests/real_models): transformers' GGUF loader
+            "gguf>=0.10",
+            "accelerate>=1.0",
+        ],
     },
     entry_points={"console_scripts": ["scir=megatron_scir.cli:main"]},
 )
