@@ -2,14 +2,21 @@
 
 Both backends give ids without special tokens; BOS is added only when asked (the chat format
 decides, see :mod:`megatron_scir.data.chat`). Padding uses the tokenizer's pad id, or EOS when
-the model defines none (Llama/Mistral SentencePiece models): padded positions never carry loss
-and attention is causal, so the pad id's value does not matter to the math.
+the model defines none (Llama/Mistral SentencePiece models): padded positions never carry loss,
+attention is causal, and no code finds where a sequence ends by looking for the pad id (lengths
+are explicit in collation; generation stops on sampled ids only), so the pad id's value does not
+matter to the math, even when it is EOS or another stop id.
+
+A tokenizer's ``stop_ids`` are the ids that end a response in generation (:func:`hf_stop_ids`
+states the rule for Hugging Face folders; SentencePiece models stop on EOS).
 """
 
 from __future__ import annotations
 
 import abc
 import io
+import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +30,8 @@ from megatron_scir.data.errors import DataError, SingleTokenError
 if TYPE_CHECKING:
     from megatron_scir.config import DataConfig, ModelConfig
 
+logger = logging.getLogger(__name__)
+
 
 class Tokenizer(abc.ABC):
     """What the data pipeline needs from a tokenizer.
@@ -31,7 +40,8 @@ class Tokenizer(abc.ABC):
         name: Where the tokenizer came from (for messages).
         vocab_size: Number of token ids (before Megatron's padding for tensor parallelism).
         bos_id: Beginning-of-sequence id, or None when the tokenizer has none.
-        eos_id: End-of-sequence id (ends every complete response).
+        eos_id: End-of-sequence id (ends every complete response; appended after training
+            responses).
         pad_id: Id used for right-padding (EOS when the tokenizer defines no pad).
         unk_id: Unknown-token id, or None (byte-level tokenizers have none).
         bos_text: How BOS is spelled inside chat-template text (None without BOS).
@@ -56,6 +66,11 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def pieces(self, ids: Sequence[int]) -> list[str]:
         """The vocabulary strings of ``ids`` (for error messages)."""
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """Ids that end a response in generation: EOS, plus a model's other end-of-turn ids."""
+        return frozenset({self.eos_id})
 
     def decode_continuation(self, prefix_ids: Sequence[int], ids: Sequence[int]) -> str:
         """The text ``ids`` add after ``prefix_ids``, decoded in context.
@@ -178,6 +193,11 @@ class HFTokenizer(Tokenizer):
         self.unk_id = tok.unk_token_id
         self.bos_text = tok.bos_token
         self._strip = {i for i in (self.bos_id, self.eos_id, self.pad_id) if i is not None}
+        self._stop_ids = hf_stop_ids(tok, Path(path))
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        return self._stop_ids
 
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
         ids = self._tok.encode(text, add_special_tokens=False)
@@ -205,6 +225,91 @@ class HFTokenizer(Tokenizer):
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["name"])
+
+
+_PROBE = "scir-end-of-turn-probe"
+"""The assistant message rendered to find a chat template's end-of-turn token."""
+
+
+def hf_stop_ids(tok, folder: Path) -> frozenset[int]:
+    """The ids that end a response of the model whose tokenizer folder this is.
+
+    The union of
+
+    1. the tokenizer's EOS;
+    2. ``eos_token_id`` (an int or a list) of the folder's ``generation_config.json``, or of its
+       ``config.json`` when there is no generation config: what transformers' ``generate`` stops
+       on (Llama-3 lists ``<|end_of_text|>``, ``<|eom_id|>`` and ``<|eot_id|>``);
+    3. the chat template's end-of-turn token: a conversation of one user and one assistant
+       message is rendered with the tokenizer's template, and when the text right after the
+       assistant's message starts with a special token (an added token flagged special, or one
+       of the tokenizer's special tokens; the longest when several match), that token's id
+       (ChatML ``<|im_end|>``, Llama-3 ``<|eot_id|>``; ``</s>`` for Zephyr or Mistral, which is
+       EOS). Text that is not a special token (a plain newline) adds nothing.
+
+    Args:
+        tok: The loaded ``transformers`` tokenizer.
+        folder: Its directory (where ``generation_config.json`` lives).
+
+    Raises:
+        DataError: ``eos_token_id`` is not an int or a list of ints within the vocabulary.
+    """
+    ids = {tok.eos_token_id, *_configured_eos_ids(folder, len(tok))}
+    end_of_turn = _template_end_of_turn_id(tok)
+    if end_of_turn is not None:
+        ids.add(end_of_turn)
+    return frozenset(ids)
+
+
+def _configured_eos_ids(folder: Path, vocab_size: int) -> list[int]:
+    """``eos_token_id`` of ``generation_config.json`` (else ``config.json``), as a list."""
+    for name in ("generation_config.json", "config.json"):
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DataError(f"{file} is not readable JSON: {err}") from None
+        value = config.get("eos_token_id") if isinstance(config, dict) else None
+        ids = [] if value is None else value if isinstance(value, list) else [value]
+        bad = [i for i in ids if not isinstance(i, int) or isinstance(i, bool)]
+        bad += [i for i in ids if isinstance(i, int) and not 0 <= i < vocab_size]
+        if bad:
+            raise DataError(
+                f"{file}: eos_token_id {value!r} must be a token id or a list of token ids in "
+                f"[0, {vocab_size}) (the tokenizer's vocabulary); {bad} are not: fix the file "
+                "or remove the entries"
+            )
+        return ids
+    return []
+
+
+def _template_end_of_turn_id(tok) -> int | None:
+    """The special token right after an assistant message in the rendered chat template."""
+    from jinja2 import TemplateError  # lazy: comes with transformers, like the template
+
+    if not tok.chat_template:
+        return None
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        rendered = tok.apply_chat_template(messages, tokenize=False)
+    except (TemplateError, TypeError, ValueError, KeyError) as err:  # raise_exception(...) too
+        logger.warning(
+            "tokenizer %s: the chat template cannot render a user and an assistant message "
+            "(%s), so its end-of-turn token is not a stop id; EOS and generation_config.json's "
+            "eos_token_id still are",
+            tok.name_or_path,
+            err,
+        )
+        return None
+    if not isinstance(rendered, str) or _PROBE not in rendered:
+        return None
+    after = rendered[rendered.index(_PROBE) + len(_PROBE) :]
+    special = {t.content: i for i, t in tok.added_tokens_decoder.items() if t.special}
+    special |= dict(zip(tok.all_special_tokens, tok.all_special_ids, strict=True))
+    matches = [text for text in special if text and after.startswith(text)]
+    return special[max(matches, key=len)] if matches else None
 
 
 def build_tokenizer(data: DataConfig) -> Tokenizer:

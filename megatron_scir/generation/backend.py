@@ -21,8 +21,10 @@ class Completion:
     """The sampled continuation of one prompt.
 
     Attributes:
-        token_ids: New tokens, EOS excluded (with ``ignore_eos`` every sampled token is kept).
-        hit_eos: Whether the response ended with EOS within ``max_new_tokens``.
+        token_ids: New tokens, the stop id excluded (with ``ignore_eos`` every sampled token is
+            kept).
+        hit_eos: Whether the response ended with a stop id (EOS or another of the tokenizer's
+            ``stop_ids``) within ``max_new_tokens``.
     """
 
     token_ids: tuple[int, ...]
@@ -63,7 +65,8 @@ class Response:
 
     Attributes:
         text: The decoded response, cut before the first stop string.
-        truncated: Cut by ``max_new_tokens``: neither EOS nor a stop string ended it.
+        truncated: Cut by ``max_new_tokens``: neither a stop id (EOS, end-of-turn) nor a stop
+            string ended it.
         num_tokens: Tokens sampled for it (up to and including the stop string).
     """
 
@@ -78,8 +81,9 @@ def finish_response(
     """Decode a completion and cut it at the first stop string.
 
     Stop strings are matched on the decoded text (a stop string may span tokens); the response
-    ends right before the earliest match. A response with a stop string or EOS is complete; any
-    other response was cut by the token budget.
+    ends right before the earliest match. A response with a stop string or a stop id (EOS or
+    another of the tokenizer's ``stop_ids``) is complete; any other response was cut by the token
+    budget.
     """
     text = decode(completion.token_ids)
     cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=-1)

@@ -8,9 +8,11 @@ Megatron-Core's inference API changes between minor releases (0.16: ``InferenceW
   CPU (gloo, with :mod:`megatron_scir.parallel.cpu_compat`) and on GPU without flash-attn.
 - :func:`select_engine`: the ``generation.engine`` decision with a logged reason.
 
-The controller is subclassed in two small ways: logits of the vocabulary padding (rows added
-for tensor parallelism, never produced by the tokenizer) are masked before sampling, and a
-response whose text reached a stop string stops early (the static engine checks only EOS).
+The controller is subclassed in three small ways: logits of the vocabulary padding (rows added
+for tensor parallelism, never produced by the tokenizer) are masked before sampling, a response
+ends at the first of the tokenizer's stop ids (Megatron's static batch loop ends a row on one id,
+the tokenizer's ``eod``; real chat models end a turn with several), and a response whose text
+reached a stop string stops early.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import functools
 import importlib.metadata
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import torch
 
@@ -131,9 +133,10 @@ def _controller_class():
     )
 
     class ScirTextGenerationController(text_generation_controller.TextGenerationController):
-        """Megatron's controller with padded-vocabulary masking and stop strings."""
+        """Megatron's controller with padded-vocabulary masking, stop ids and stop strings."""
 
         num_real_tokens: int = 0
+        stop_ids: tuple[int, ...] = ()
         stop_watch: _StopWatch | None = None
 
         def sample_from_logits(self, last_token_logits, sampling_params=None, *args, **kwargs):
@@ -147,15 +150,25 @@ def _controller_class():
             updated_prompts_tokens,
             generation_started,
             current_context_end_position,
-            *args,
-            **kwargs,
+            is_generation_done_tensor,
+            generated_sequence_lengths,
+            termination_id=None,
         ):
+            # Megatron compares the latest token with one termination id (-1: no early
+            # termination). A row whose latest token is any stop id is marked done *before*
+            # Megatron counts it, so like EOS the stop id is not part of the generated tokens.
+            if termination_id != -1 and self.stop_ids:
+                latest = updated_prompts_tokens[:, current_context_end_position]
+                stop_ids = torch.tensor(self.stop_ids, device=latest.device, dtype=latest.dtype)
+                hit = torch.isin(latest, stop_ids) & generation_started
+                is_generation_done_tensor = is_generation_done_tensor | hit
             done, lengths = super().update_generation_status(
                 updated_prompts_tokens,
                 generation_started,
                 current_context_end_position,
-                *args,
-                **kwargs,
+                is_generation_done_tensor,
+                generated_sequence_lengths,
+                termination_id,
             )
             if self.stop_watch is not None:
                 self.stop_watch.update(
@@ -195,8 +208,10 @@ class StaticEngineBackend:
 
     Args:
         model: This rank's stage (a single chunk: Megatron inference has no interleaved PP).
-        eos_id: End-of-sequence id (ends a response).
+        eos_id: End-of-sequence id (ends a response; Megatron's ``eod``, also its prompt pad).
         bos_id: Beginning-of-sequence id, or None.
+        stop_ids: Further ids that end a response like EOS (a tokenizer's ``stop_ids``:
+            end-of-turn tokens); the first of them or EOS ends it and is not part of it.
         num_real_tokens: Logit columns that may be sampled (the tokenizer's vocabulary); the
             padding up to Megatron's padded vocabulary is masked.
         max_batch_size: Prompts decoded together at most.
@@ -213,6 +228,7 @@ class StaticEngineBackend:
         *,
         eos_id: int,
         bos_id: int | None,
+        stop_ids: Collection[int] = (),
         num_real_tokens: int,
         max_batch_size: int,
         max_prompt_length: int,
@@ -240,6 +256,7 @@ class StaticEngineBackend:
         tokenizer = _TokenizerView(eos_id=eos_id, bos_id=bos_id, decode=decode)
         self._controller = _controller_class()(wrapper, tokenizer)
         self._controller.num_real_tokens = num_real_tokens
+        self._controller.stop_ids = tuple(sorted({eos_id, *map(int, stop_ids)}))
         # run_engine draws a tqdm bar per static batch on every rank; the generation loop has
         # its own rank-0 bar
         static_engine.tqdm = functools.partial(tqdm, disable=True)
@@ -283,6 +300,7 @@ class StaticEngineBackend:
         return [
             Completion(
                 token_ids=tuple(r.generated_tokens.tolist()),
+                # generated_length excludes the stop id, so a stop at the last step counts
                 hit_eos=not settings.ignore_eos
                 and r.generated_length < settings.max_new_tokens
                 and row not in stopped,
@@ -325,7 +343,7 @@ def build_backend(model: torch.nn.Module, cfg, tokenizer) -> StaticEngineBackend
     Args:
         model: This rank's stage (one chunk).
         cfg: The run config (``generation`` section; ``model.vocab_size``).
-        tokenizer: The model's tokenizer (EOS/BOS ids, vocabulary size, decoding).
+        tokenizer: The model's tokenizer (EOS/BOS and stop ids, vocabulary size, decoding).
     """
     name, reason = select_engine(cfg.generation.engine)
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
@@ -335,6 +353,7 @@ def build_backend(model: torch.nn.Module, cfg, tokenizer) -> StaticEngineBackend
         model,
         eos_id=tokenizer.eos_id,
         bos_id=tokenizer.bos_id,
+        stop_ids=tokenizer.stop_ids,
         num_real_tokens=min(tokenizer.vocab_size, cfg.model.vocab_size),
         max_batch_size=gen.max_batch_size,
         max_prompt_length=cfg.data.max_prompt_length,

@@ -20,9 +20,10 @@ class SamplingSettings:
         temperature: Softmax temperature; 0 means greedy (argmax).
         top_p: Nucleus threshold; 0 or 1 turn it off.
         top_k: Keep the k most likely tokens; 0 turns it off, 1 is greedy.
-        max_new_tokens: Tokens sampled per response at most (EOS included).
+        max_new_tokens: Tokens sampled per response at most (the stop id included).
         stop_strings: A response ends at the first of these texts (the text is cut before it).
-        ignore_eos: Keep sampling after EOS (benchmarks and parity tests: fixed-length output).
+        ignore_eos: Keep sampling after EOS and every other stop id (benchmarks and parity
+            tests: fixed-length output).
     """
 
     temperature: float = 1.0
