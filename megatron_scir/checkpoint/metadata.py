@@ -33,6 +33,8 @@ MODEL_FIELDS = (
     "num_attention_heads",
     "num_query_groups",
     "head_dim",
+    "add_qkv_bias",
+    "qk_layernorm",
     "vocab_size",
     "rotary_base",
     "rope_scaling",

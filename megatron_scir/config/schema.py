@@ -71,6 +71,14 @@ class ModelConfig:
     """Key/value heads (GQA groups). Equal to num_attention_heads for plain MHA."""
     kv_channels: int | None = None
     """Head dimension; null means hidden_size // num_attention_heads."""
+    add_qkv_bias: bool = False
+    """Bias on the query/key/value projections (Megatron-Core's option; Qwen2/Qwen2.5, set from
+    config.json on import). The fused linear_qkv bias is interleaved per query group like its
+    weight rows; the output projection and the MLP stay without bias."""
+    qk_layernorm: bool = False
+    """RMSNorm over the head dimension of every query and key head, before RoPE (Megatron-Core's
+    option; Qwen3's q_norm/k_norm, set from config.json on import). One [head_dim] weight each per
+    layer, replicated over TP; Megatron all-reduces their gradients over the TP group."""
     vocab_size: int = 256
     """Tokenizer vocabulary size (before padding for tensor parallelism)."""
     make_vocab_size_divisible_by: int = 128

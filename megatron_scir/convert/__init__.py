@@ -1,4 +1,4 @@
-"""Hugging Face ↔ Megatron-Core checkpoint conversion for Llama/Mistral models.
+"""Hugging Face ↔ Megatron-Core checkpoint conversion for Llama/Mistral/Qwen2/Qwen3 models.
 
 Public API (imported on first use, so ``import megatron_scir.convert`` imports neither
 Megatron-Core nor transformers):

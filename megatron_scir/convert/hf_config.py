@@ -1,10 +1,14 @@
-"""Hugging Face ``config.json`` ↔ :class:`ModelConfig` for Llama and Mistral.
+"""Hugging Face ``config.json`` ↔ :class:`ModelConfig` for Llama, Mistral, Qwen2/Qwen2.5 and Qwen3.
 
-Reads both spellings of RoPE: transformers 4.x (``rope_theta`` + ``rope_scaling``) and 5.x
-(``rope_parameters``); writes the 4.x spelling, which both versions read. Anything the Megatron
-model would compute differently is refused with the field, the expected and the found value:
-another architecture, biases, an activation other than SiLU, a sliding window shorter than the
-context (Mistral-7B-v0.1), RoPE scaling other than Llama-3.1's.
+Each supported architecture (:data:`ARCHITECTURES`) is the Llama decoder plus Megatron-Core
+options: Qwen2 adds a bias to the q/k/v projections (``add_qkv_bias``), Qwen3 RMSNorms every query
+and key head (``qk_layernorm``). Reads both spellings of RoPE: transformers 4.x (``rope_theta`` +
+``rope_scaling``) and 5.x (``rope_parameters``); writes the 4.x spelling, which both versions
+read. Anything the Megatron model would compute differently is refused with the field, the
+expected and the found value: another architecture (MoE, Gemma, ...), biases the architecture does
+not have (``attention_bias``, ``mlp_bias``), an activation other than SiLU, a sliding window
+(Qwen's ``use_sliding_window``, ``layer_types`` other than full attention, a Mistral
+``sliding_window`` shorter than the context), RoPE scaling other than Llama-3.1's.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,38 @@ from megatron_scir.config import Config, ModelConfig, load_config, validate
 from megatron_scir.config.choices import Dtype, choices
 from megatron_scir.convert.errors import ConversionError
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+
+@dataclass(frozen=True)
+class Architecture:
+    """One Hugging Face architecture in :class:`ModelConfig` terms."""
+
+    model_type: str
+    """config.json's ``model_type``."""
+    add_qkv_bias: bool = False
+    """Its q/k/v projections have a bias (and nothing else has)."""
+    qk_layernorm: bool = False
+    """It RMSNorms every query and key head (``q_norm`` / ``k_norm``)."""
+    fixed: tuple[tuple[str, Any], ...] = ()
+    """config.json fields that must have one value, also their default when absent: (field,
+    value)."""
+    window_flag: bool = False
+    """``sliding_window`` applies only under ``use_sliding_window`` (Qwen); otherwise whenever
+    it is shorter than the context (Mistral)."""
+
+
+_NO_BIAS = (("attention_bias", False), ("mlp_bias", False))
+ARCHITECTURES: dict[str, Architecture] = {
+    "LlamaForCausalLM": Architecture("llama", fixed=_NO_BIAS),
+    "MistralForCausalLM": Architecture("mistral", fixed=_NO_BIAS),
+    # Qwen2's q/k/v biases are not a config field: every Qwen2 model has them
+    "Qwen2ForCausalLM": Architecture("qwen2", add_qkv_bias=True, window_flag=True),
+    # attention_bias would add the o_proj bias too, which Megatron's add_qkv_bias does not
+    "Qwen3ForCausalLM": Architecture(
+        "qwen3", qk_layernorm=True, fixed=(("attention_bias", False),), window_flag=True
+    ),
+}
+"""The architectures the converter reads, by ``architectures[0]`` of config.json."""
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 _LLAMA3_ROPE = {
     "factor": "rope_scaling_factor",
     "low_freq_factor": "rope_low_freq_factor",
@@ -42,7 +78,7 @@ def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
 
 def is_tied(hf: dict[str, Any]) -> bool:
     """Whether the model shares its input embeddings with ``lm_head`` (absent: untied, as
-    ``LlamaConfig`` and ``MistralConfig`` default)."""
+    ``LlamaConfig``, ``MistralConfig``, ``Qwen2Config`` and ``Qwen3Config`` default)."""
     return bool(hf.get("tie_word_embeddings", False))
 
 
@@ -55,10 +91,31 @@ def _field(hf: dict[str, Any], key: str, source: str) -> Any:
 def _expect(hf: dict[str, Any], key: str, expected: Any, default: Any, source: str) -> None:
     found = hf.get(key, default)
     if found != expected:
+        arch = (hf.get("architectures") or ["this architecture"])[0]
         raise ConversionError(
-            f"{source}: field {key}: expected {expected!r}, found {found!r} (not supported by the "
-            "Llama/Mistral converter)"
+            f"{source}: field {key}: expected {expected!r}, found {found!r} (not supported for "
+            f"{arch} by the converter)"
         )
+
+
+def _check_full_attention(hf: dict[str, Any], arch: Architecture, source: str) -> int:
+    """Refuse any sliding-window attention; returns ``max_position_embeddings``."""
+    max_pos = int(_field(hf, "max_position_embeddings", source))
+    _expect(hf, "use_sliding_window", False, False, source)
+    other = sorted(set(hf.get("layer_types") or ()) - {"full_attention"})
+    if other:
+        raise ConversionError(
+            f"{source}: field layer_types: expected only 'full_attention', found {other}: "
+            "Megatron's local attention has no sliding window"
+        )
+    window = None if arch.window_flag else hf.get("sliding_window")
+    if window is not None and window < max_pos:
+        raise ConversionError(
+            f"{source}: field sliding_window: expected null (or >= max_position_embeddings "
+            f"{max_pos}), found {window}: Megatron's local attention has no sliding window "
+            "(Mistral-7B-v0.1 has one; v0.3 does not)"
+        )
+    return max_pos
 
 
 def _rope_fields(hf: dict[str, Any], source: str) -> dict[str, Any]:
@@ -75,7 +132,7 @@ def _rope_fields(hf: dict[str, Any], source: str) -> dict[str, Any]:
     if kind != "llama3":
         raise ConversionError(
             f"{source}: field rope_scaling.rope_type: expected 'default' or 'llama3', found "
-            f"{kind!r} (not supported by the Llama/Mistral converter)"
+            f"{kind!r} (not supported by the converter)"
         )
     for hf_key, ours in _LLAMA3_ROPE.items():
         value = kind_source.get(hf_key)
@@ -86,30 +143,24 @@ def _rope_fields(hf: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def model_fields_from_hf(hf: dict[str, Any], *, source: str = "config.json") -> dict[str, Any]:
-    """The :class:`ModelConfig` fields a Hugging Face config fixes (shape, tied embeddings, RoPE,
-    eps, dtype).
+    """The :class:`ModelConfig` fields a Hugging Face config fixes (shape, qkv bias, QK-norm,
+    tied embeddings, RoPE, eps, dtype).
 
     Raises:
         ConversionError: unsupported architecture or feature, or a missing field; the message
             names the field, the expected and the found value.
     """
     archs = hf.get("architectures") or []
-    if len(archs) != 1 or archs[0] not in SUPPORTED_ARCHITECTURES:
+    if len(archs) != 1 or archs[0] not in ARCHITECTURES:
         raise ConversionError(
             f"{source}: field architectures: expected one of "
             f"{', '.join(SUPPORTED_ARCHITECTURES)}, found {archs!r}"
         )
+    arch = ARCHITECTURES[archs[0]]
     _expect(hf, "hidden_act", "silu", "silu", source)
-    _expect(hf, "attention_bias", False, False, source)
-    _expect(hf, "mlp_bias", False, False, source)
-    max_pos = int(_field(hf, "max_position_embeddings", source))
-    window = hf.get("sliding_window")
-    if window is not None and window < max_pos:
-        raise ConversionError(
-            f"{source}: field sliding_window: expected null (or >= max_position_embeddings "
-            f"{max_pos}), found {window}: Megatron's local attention has no sliding window "
-            "(Mistral-7B-v0.1 has one; v0.3 does not)"
-        )
+    for key, value in arch.fixed:
+        _expect(hf, key, value, value, source)
+    max_pos = _check_full_attention(hf, arch, source)
     heads = int(_field(hf, "num_attention_heads", source))
     hidden = int(_field(hf, "hidden_size", source))
     dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
@@ -124,6 +175,8 @@ def model_fields_from_hf(hf: dict[str, Any], *, source: str = "config.json") -> 
         "num_attention_heads": heads,
         "num_query_groups": int(hf.get("num_key_value_heads") or heads),
         "kv_channels": int(hf.get("head_dim") or hidden // heads),
+        "add_qkv_bias": arch.add_qkv_bias,
+        "qk_layernorm": arch.qk_layernorm,
         "vocab_size": int(_field(hf, "vocab_size", source)),
         "share_embeddings_and_output_weights": is_tied(hf),
         "max_position_embeddings": max_pos,
@@ -170,7 +223,8 @@ def hf_config_dict(
 
     With ``template`` (the config.json stored at import) every field is kept, after checking that
     its model fields equal ``m``; the dtype and ``tie_word_embeddings`` are ``m``'s (a tied model
-    imported before the weights could stay tied was trained untied: it exports untied).
+    imported before the weights could stay tied was trained untied: it exports untied). Without
+    it, the architecture is the one :func:`export_architecture` names for ``m``.
     """
     if template is not None:
         stored = model_fields_from_hf(template, source="the checkpoint's hf/config.json")
@@ -191,9 +245,12 @@ def hf_config_dict(
     if m.rope_scaling:
         rope_scaling = {hf_key: getattr(m, ours) for hf_key, ours in _LLAMA3_ROPE.items()}
         rope_scaling["rope_type"] = "llama3"
+    name = export_architecture(m)
+    arch = ARCHITECTURES[name]
+    window = {"use_sliding_window": False, "sliding_window": None} if arch.window_flag else {}
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [name],
+        "model_type": arch.model_type,
         "hidden_size": m.hidden_size,
         "intermediate_size": m.ffn_hidden_size,
         "num_hidden_layers": m.num_layers,
@@ -206,8 +263,26 @@ def hf_config_dict(
         "rope_theta": m.rotary_base,
         "rope_scaling": rope_scaling,
         "hidden_act": "silu",
-        "attention_bias": False,
-        "mlp_bias": False,
+        **dict(arch.fixed),
+        **window,
         "tie_word_embeddings": m.share_embeddings_and_output_weights,
         "torch_dtype": dtype,
     }
+
+
+def export_architecture(m: ModelConfig) -> str:
+    """The Hugging Face architecture a model without a stored config.json exports as: Qwen3 with
+    ``qk_layernorm``, Qwen2 with ``add_qkv_bias``, Llama otherwise.
+
+    Raises:
+        ConversionError: both flags (Qwen3's ``attention_bias`` would add an o_proj bias too).
+    """
+    if m.qk_layernorm and m.add_qkv_bias:
+        raise ConversionError(
+            "model.add_qkv_bias=true with model.qk_layernorm=true has no Hugging Face "
+            "architecture (Qwen3's attention_bias also adds an o_proj bias): export a model "
+            "with one of them"
+        )
+    if m.qk_layernorm:
+        return "Qwen3ForCausalLM"
+    return "Qwen2ForCausalLM" if m.add_qkv_bias else "LlamaForCausalLM"

@@ -1,4 +1,4 @@
-"""Hugging Face Llama/Mistral folder → this rank's Megatron model chunks → a dist checkpoint.
+"""Hugging Face Llama/Mistral/Qwen folder → this rank's Megatron model chunks → a dist checkpoint.
 
 The model's own sharded state dict says, for each local tensor, its checkpoint key, its layer and
 which slice of the global tensor this rank holds (TP offsets, the ``[gate_r; up_r]`` halves of
@@ -65,7 +65,7 @@ def check_hf_model(hf_dir: str | Path, m: ModelConfig) -> None:
         if unexpected:
             raise ConversionError(
                 f"{hf_dir}: unexpected tensor {unexpected[0]} (shape "
-                f"{list(reader.shape(unexpected[0]))}) for a {m.num_layers}-layer Llama model"
+                f"{list(reader.shape(unexpected[0]))}) for the {m.num_layers}-layer model"
                 + (f", and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
             )
 
@@ -97,7 +97,7 @@ def load_hf_into_model(
 
     Args:
         chunks: this rank's chunks, built for ``cfg`` (e.g. ``build_model_chunks(cfg)``).
-        hf_dir: a Llama/Mistral folder with ``config.json`` and safetensors weights.
+        hf_dir: a Llama/Mistral/Qwen2/Qwen3 folder with ``config.json`` and safetensors weights.
         cfg: the config the chunks were built with; its model must equal the folder's
             (see :func:`megatron_scir.convert.hf_config.config_from_hf`).
         progress: a progress bar over this rank's tensors (rank 0 only).

@@ -1,4 +1,4 @@
-"""Hugging Face Llama/Mistral ↔ Megatron-Core: the declarative key map and its tensor helpers.
+"""Hugging Face Llama/Mistral/Qwen2/Qwen3 ↔ Megatron-Core: the declarative key map and its helpers.
 
 The Megatron side of the map is the **checkpoint key** of ``GPTModel.sharded_state_dict()``, not a
 module name: one key per tensor for every TP/PP layout, with the layers stacked on a leading axis
@@ -9,7 +9,9 @@ spec maps its ``input_layernorm`` / ``pre_mlp_layernorm`` onto those names when 
 sharded state dict. A key's global tensor is the TP=1 tensor:
 
 - ``linear_qkv``: per query group g, ``[the H/G query heads of g; k_g; v_g]``, so a TP split by
-  rows hands each rank whole groups;
+  rows hands each rank whole groups; Qwen2's bias (``add_qkv_bias``) is interleaved the same way;
+- Qwen3's QK-norm (``qk_layernorm``): ``q_layernorm`` / ``k_layernorm`` ``[d]`` are HF's
+  ``q_norm`` / ``k_norm``, one weight shared by every head, replicated over TP;
 - ``linear_fc1``: ``[gate; up]`` (Megatron shards gate and up separately: rank r holds
   ``[gate_r; up_r]``);
 - word embeddings and output layer: the vocabulary, padded with zero rows to Megatron's padded
@@ -44,6 +46,8 @@ class TensorMap:
     """Hugging Face names; ``{i}`` stands for the layer index."""
     kind: str
     """copy, qkv (GQA-interleaved q/k/v), fc1 ([gate; up]) or vocab (rows padded)."""
+    needs: str | None = None
+    """The :class:`ModelConfig` flag the tensor exists under (None: every model has it)."""
 
     @property
     def per_layer(self) -> bool:
@@ -67,6 +71,24 @@ LLAMA_KEYMAP: tuple[TensorMap, ...] = (
         "qkv",
     ),
     TensorMap(
+        "decoder.layers.self_attention.linear_qkv.bias",
+        (HF_ATTN + "q_proj.bias", HF_ATTN + "k_proj.bias", HF_ATTN + "v_proj.bias"),
+        "qkv",
+        needs="add_qkv_bias",
+    ),
+    TensorMap(
+        "decoder.layers.self_attention.q_layernorm.weight",
+        (HF_ATTN + "q_norm.weight",),
+        "copy",
+        needs="qk_layernorm",
+    ),
+    TensorMap(
+        "decoder.layers.self_attention.k_layernorm.weight",
+        (HF_ATTN + "k_norm.weight",),
+        "copy",
+        needs="qk_layernorm",
+    ),
+    TensorMap(
         "decoder.layers.self_attention.linear_proj.weight", (HF_ATTN + "o_proj.weight",), "copy"
     ),
     TensorMap(
@@ -83,7 +105,8 @@ LLAMA_KEYMAP: tuple[TensorMap, ...] = (
     TensorMap("decoder.final_layernorm.weight", ("model.norm.weight",), "copy"),
     TensorMap("output_layer.weight", ("lm_head.weight",), "vocab"),
 )
-"""Every tensor of a Llama/Mistral model, in Hugging Face order (embeddings, layers, norm, head)."""
+"""Every tensor a model of the Llama family may have, in Hugging Face order (embeddings, layers,
+norm, head); :func:`iter_tensor_maps` gives those of one model."""
 
 BY_MCORE_KEY: dict[str, TensorMap] = {entry.mcore: entry for entry in LLAMA_KEYMAP}
 TIED_KEY = "output_layer.weight"
@@ -117,10 +140,14 @@ def iter_tensor_maps(m: ModelConfig) -> Iterator[tuple[TensorMap, int | None]]:
     """``(entry, layer)`` for every tensor of the model, in Hugging Face order.
 
     A tied model (``share_embeddings_and_output_weights``) has no output layer of its own: no
-    ``output_layer.weight`` in the checkpoint, no ``lm_head.weight`` in the HF folder.
+    ``output_layer.weight`` in the checkpoint, no ``lm_head.weight`` in the HF folder. The qkv
+    bias and the q/k norms exist only under their flags (``add_qkv_bias``, ``qk_layernorm``).
     """
     keymap = [
-        e for e in LLAMA_KEYMAP if e.mcore != TIED_KEY or not m.share_embeddings_and_output_weights
+        e
+        for e in LLAMA_KEYMAP
+        if (e.needs is None or getattr(m, e.needs))
+        and (e.mcore != TIED_KEY or not m.share_embeddings_and_output_weights)
     ]
     first = [e for e in keymap if e.mcore.startswith("embedding.")]
     layered = [e for e in keymap if e.per_layer]
@@ -134,36 +161,38 @@ def iter_tensor_maps(m: ModelConfig) -> Iterator[tuple[TensorMap, int | None]]:
 def merge_qkv(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, num_query_groups: int, head_dim: int
 ) -> torch.Tensor:
-    """Hugging Face q/k/v projections → Megatron's GQA-interleaved ``linear_qkv`` weight.
+    """Hugging Face q/k/v projections → Megatron's GQA-interleaved ``linear_qkv`` weight or bias.
 
     Args:
-        q: ``[H·d, h]``.
-        k: ``[G·d, h]``.
-        v: ``[G·d, h]``.
+        q: ``[H·d, h]`` (a bias: ``[H·d]``).
+        k: ``[G·d, h]`` (``[G·d]``).
+        v: ``[G·d, h]`` (``[G·d]``).
         num_query_groups: G.
         head_dim: d.
 
     Returns:
-        ``[(H + 2G)·d, h]``: for each group g, its H/G query heads, then k_g, then v_g.
+        ``[(H + 2G)·d, h]`` (``[(H + 2G)·d]``): for each group g, its H/G query heads, then k_g,
+        then v_g; a bias row goes where its weight row goes.
     """
-    groups, hidden = num_query_groups, q.shape[-1]
+    groups, trailing = num_query_groups, q.shape[1:]
     parts = (
-        q.reshape(groups, -1, hidden),
-        k.reshape(groups, head_dim, hidden),
-        v.reshape(groups, head_dim, hidden),
+        q.reshape(groups, -1, *trailing),
+        k.reshape(groups, head_dim, *trailing),
+        v.reshape(groups, head_dim, *trailing),
     )
-    return torch.cat(parts, dim=1).reshape(-1, hidden)
+    return torch.cat(parts, dim=1).reshape(-1, *trailing)
 
 
 def split_qkv(
     qkv: torch.Tensor, *, num_attention_heads: int, num_query_groups: int, head_dim: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inverse of :func:`merge_qkv`: ``[(H + 2G)·d, h]`` → q ``[H·d, h]``, k, v ``[G·d, h]``."""
-    groups, hidden = num_query_groups, qkv.shape[-1]
+    """Inverse of :func:`merge_qkv`: ``[(H + 2G)·d, h]`` → q ``[H·d, h]``, k, v ``[G·d, h]``
+    (a bias: ``[(H + 2G)·d]`` → ``[H·d]``, ``[G·d]``, ``[G·d]``)."""
+    groups, trailing = num_query_groups, qkv.shape[1:]
     q_rows = num_attention_heads // groups * head_dim
-    grouped = qkv.reshape(groups, q_rows + 2 * head_dim, hidden)
+    grouped = qkv.reshape(groups, q_rows + 2 * head_dim, *trailing)
     q, k, v = grouped.split([q_rows, head_dim, head_dim], dim=1)
-    return q.reshape(-1, hidden), k.reshape(-1, hidden), v.reshape(-1, hidden)
+    return q.reshape(-1, *trailing), k.reshape(-1, *trailing), v.reshape(-1, *trailing)
 
 
 def merge_fc1(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

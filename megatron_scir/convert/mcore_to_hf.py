@@ -1,4 +1,4 @@
-"""A Megatron dist checkpoint → a Hugging Face Llama/Mistral folder, one layer in memory at a time.
+"""A Megatron dist checkpoint → a Hugging Face Llama-family folder, one layer in memory at a time.
 
 No model is built: each layer's tensors are read straight from the checkpoint (only that layer's
 slice of the layer-stacked tensors), converted with :mod:`megatron_scir.convert.keymap`, cast and

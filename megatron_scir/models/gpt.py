@@ -1,4 +1,5 @@
-"""Build the Llama/Mistral-family Megatron-Core model for one (virtual) pipeline stage.
+"""Build the Llama-family Megatron-Core model (Llama, Mistral, Qwen2, Qwen3) for one (virtual)
+pipeline stage.
 
 The only module that knows the Megatron model class (``GPTModel`` in megatron-core 0.19, deprecated
 in favour of ``HybridModel``): everything else goes through :func:`build_gpt_model`,
@@ -51,7 +52,8 @@ def _gloo(parallel) -> bool:
 
 
 def transformer_config(cfg: Config, *, init_weights: bool = True):
-    """Megatron ``TransformerConfig`` for the Llama family (RMSNorm, SwiGLU, GQA, no biases).
+    """Megatron ``TransformerConfig`` for the Llama family (RMSNorm, SwiGLU, GQA; a bias on the
+    q/k/v projections only with ``model.add_qkv_bias``, Qwen3's QK-norm with ``qk_layernorm``).
 
     ``init_weights=False`` skips the random initialisation (minutes at 70B) when the weights are
     loaded right after (a checkpoint or an HF model).
@@ -96,7 +98,10 @@ def transformer_config(cfg: Config, *, init_weights: bool = True):
         gated_linear_unit=True,
         activation_func=F.silu,
         add_bias_linear=False,
-        add_qkv_bias=False,
+        add_qkv_bias=m.add_qkv_bias,
+        # Megatron all-reduces the q/k norm gradients over TP by their module names (every TP
+        # rank normalises its own heads with the one shared [head_dim] weight)
+        qk_layernorm=m.qk_layernorm,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=m.init_method_std,
@@ -160,10 +165,15 @@ def layer_spec(cfg: Config):
             get_gpt_layer_with_transformer_engine_spec,
         )
 
-        return get_gpt_layer_with_transformer_engine_spec()
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=cfg.model.qk_layernorm)
     spec = get_gpt_layer_local_spec(normalization="RMSNorm")
     spec.submodules.input_layernorm = RMSNorm
     spec.submodules.pre_mlp_layernorm = RMSNorm
+    if cfg.model.qk_layernorm:
+        # Megatron builds them with hidden_size=head_dim and applies them to [s, b, heads, d]
+        attention = spec.submodules.self_attention.submodules
+        attention.q_layernorm = RMSNorm
+        attention.k_layernorm = RMSNorm
     if impl == TransformerImpl.SDPA:
         from megatron_scir.models.attention import SDPAttention  # lazy: imports Megatron-Core
 

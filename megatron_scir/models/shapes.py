@@ -1,4 +1,5 @@
-"""Tensor shapes and dtypes of a Llama-family model, from its config alone (no torch, no Megatron).
+"""Tensor shapes and dtypes of a Llama-family model (Llama, Mistral, Qwen2, Qwen3), from its
+config alone (no torch, no Megatron).
 
 One table each for the global tensors of a Megatron checkpoint (:func:`mcore_tensor_shapes`) and
 of a Hugging Face folder (:func:`hf_tensor_shapes`), Megatron's vocabulary padding
@@ -71,14 +72,24 @@ def mcore_tensor_shapes(m: ModelConfig, *, padded_vocab: int) -> dict[str, tuple
     per layer, ``linear_fc1`` ``[2f, h]`` (gate and up); the word embeddings and output layer
     ``[padded_vocab, h]``. A tied model (``share_embeddings_and_output_weights``) has no
     ``output_layer.weight``: Megatron saves the last stage's copy under the embeddings' key.
+    ``add_qkv_bias`` adds ``linear_qkv.bias`` ``[(H + 2G)·d]`` per layer, ``qk_layernorm``
+    ``q_layernorm.weight`` and ``k_layernorm.weight`` ``[d]`` per layer.
     """
     heads, groups, d = m.num_attention_heads, m.num_query_groups, m.head_dim
     h, f, layers = m.hidden_size, m.ffn_hidden_size, m.num_layers
+    attn = "decoder.layers.self_attention."
     shapes = {
         "embedding.word_embeddings.weight": (padded_vocab, h),
-        "decoder.layers.self_attention.linear_qkv.layer_norm_weight": (layers, h),
-        "decoder.layers.self_attention.linear_qkv.weight": (layers, (heads + 2 * groups) * d, h),
-        "decoder.layers.self_attention.linear_proj.weight": (layers, h, heads * d),
+        attn + "linear_qkv.layer_norm_weight": (layers, h),
+        attn + "linear_qkv.weight": (layers, (heads + 2 * groups) * d, h),
+    }
+    if m.add_qkv_bias:
+        shapes[attn + "linear_qkv.bias"] = (layers, (heads + 2 * groups) * d)
+    if m.qk_layernorm:
+        shapes[attn + "q_layernorm.weight"] = (layers, d)
+        shapes[attn + "k_layernorm.weight"] = (layers, d)
+    shapes |= {
+        attn + "linear_proj.weight": (layers, h, heads * d),
         "decoder.layers.mlp.linear_fc1.layer_norm_weight": (layers, h),
         "decoder.layers.mlp.linear_fc1.weight": (layers, 2 * f, h),
         "decoder.layers.mlp.linear_fc2.weight": (layers, h, f),
@@ -90,10 +101,13 @@ def mcore_tensor_shapes(m: ModelConfig, *, padded_vocab: int) -> dict[str, tuple
 
 
 def hf_tensor_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor of the Hugging Face Llama/Mistral model and its shape, in HF order.
+    """Every tensor of the Hugging Face Llama/Mistral/Qwen2/Qwen3 model and its shape, in the
+    order of the conversion key map.
 
     The vocabulary is unpadded (``[V, h]``); ``lm_head.weight`` is absent when the embeddings
-    are tied (``share_embeddings_and_output_weights``, HF's ``tie_word_embeddings``).
+    are tied (``share_embeddings_and_output_weights``, HF's ``tie_word_embeddings``). Qwen2's
+    ``add_qkv_bias`` adds ``q_proj.bias`` ``[H·d]``, ``k_proj.bias`` and ``v_proj.bias``
+    ``[G·d]``; Qwen3's ``qk_layernorm`` adds ``q_norm.weight`` and ``k_norm.weight`` ``[d]``.
     """
     heads, groups, d = m.num_attention_heads, m.num_query_groups, m.head_dim
     h, f = m.hidden_size, m.ffn_hidden_size
@@ -102,6 +116,15 @@ def hf_tensor_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
         HF_ATTN + "q_proj.weight": (heads * d, h),
         HF_ATTN + "k_proj.weight": (groups * d, h),
         HF_ATTN + "v_proj.weight": (groups * d, h),
+    }
+    if m.add_qkv_bias:
+        per_layer[HF_ATTN + "q_proj.bias"] = (heads * d,)
+        per_layer[HF_ATTN + "k_proj.bias"] = (groups * d,)
+        per_layer[HF_ATTN + "v_proj.bias"] = (groups * d,)
+    if m.qk_layernorm:
+        per_layer[HF_ATTN + "q_norm.weight"] = (d,)
+        per_layer[HF_ATTN + "k_norm.weight"] = (d,)
+    per_layer |= {
         HF_ATTN + "o_proj.weight": (h, heads * d),
         HF_LAYER + "post_attention_layernorm.weight": (h,),
         HF_MLP + "gate_proj.weight": (f, h),

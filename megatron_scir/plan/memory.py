@@ -24,7 +24,8 @@ Training, per pipeline stage (the table shows the first and the last; the worst 
 1. **Weights** = params on the rank × β. Params from ``mcore_tensor_shapes``: the linears
    (``linear_qkv`` [(H+2G)·d, h], ``linear_proj`` [h, H·d], ``linear_fc1`` [2f, h],
    ``linear_fc2`` [h, f]) and the vocab-parallel embedding and output layer [V', h] are split
-   over t; the RMSNorm weights [h] are whole on every TP rank. A stage holds L/p layers (with
+   over t, as is Qwen2's ``linear_qkv`` bias [(H+2G)·d]; the RMSNorm weights [h] (and Qwen3's
+   q/k norms [d]) are whole on every TP rank. A stage holds L/p layers (with
    interleaving too: v chunks of L/(p·v)); the embedding sits on the first stage, the output
    layer and final norm on the last (both on one stage when p = 1). Tied embeddings
    (``model.share_embeddings_and_output_weights``) have no output layer: counted once when
@@ -170,7 +171,8 @@ class StageParams:
 
 
 def _is_norm(name: str) -> bool:
-    return name.endswith("layer_norm_weight") or name.startswith("decoder.final_layernorm")
+    # the input/pre-MLP norms (fused names), Qwen3's q/k norms and the final norm: whole per rank
+    return name.endswith(("layer_norm_weight", "layernorm.weight"))
 
 
 def total_params(m: ModelConfig, *, tp: int) -> int:
@@ -200,8 +202,8 @@ def stage_params(m: ModelConfig, *, tp: int, pp: int, stage: int) -> StageParams
             replicated += numel
         else:
             sharded += numel // tp
-            if name.startswith("decoder.layers."):
-                linear += numel // tp
+            if name.startswith("decoder.layers.") and name.endswith(".weight"):
+                linear += numel // tp  # GEMM weights (FP8 casts them), not the qkv bias
     return StageParams(sharded=sharded, replicated=replicated, linear=linear)
 
 

@@ -1,6 +1,8 @@
-"""Tiny random Hugging Face Llama/Mistral models built from a config (no downloads), for tests.
+"""Tiny random Hugging Face Llama/Mistral/Qwen2/Qwen3 models built from a config (no downloads),
+for tests.
 
     model = tiny_hf_llama(tmp_path / "llama", vocab_size=300, head_dim=32)   # saved there too
+    model = tiny_hf_qwen3(tmp_path / "qwen3", head_dim=32)                   # QK-norm
 
 Every tensor is random, norms included (``1 + 0.1·N(0, 1)``; transformers initialises them to one,
 which would hide a swapped norm), with ``weight_std`` large enough that a wrong mapping moves the
@@ -175,6 +177,119 @@ def tiny_hf_mistral(
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
         dtype=dtype,
+    )
+    return _build(
+        config, out_dir, seed=seed, weight_std=weight_std, max_shard_size=None, tokenizer=tokenizer
+    )
+
+
+def _qwen_config_kwargs(
+    *,
+    vocab_size: int,
+    hidden_size: int,
+    intermediate_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    max_position_embeddings: int,
+    rope_theta: float,
+    tie_word_embeddings: bool,
+    dtype: torch.dtype,
+) -> dict:
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        rope_parameters={"rope_theta": rope_theta, "rope_type": "default"},
+        use_sliding_window=False,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tie_word_embeddings,
+        dtype=dtype,
+    )
+
+
+def tiny_hf_qwen2(
+    out_dir: str | Path | None = None,
+    *,
+    vocab_size: int = 256,
+    hidden_size: int = 64,
+    intermediate_size: int = 160,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    max_position_embeddings: int = 2048,
+    rope_theta: float = 1_000_000.0,
+    tie_word_embeddings: bool = True,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    weight_std: float = 0.1,
+    tokenizer: bool = False,
+):
+    """A random ``Qwen2ForCausalLM`` shaped like Qwen2.5-0.5B: biases on q/k/v (random like the
+    weights), tied embeddings, no sliding window. Saved to ``out_dir`` when given."""
+    from transformers import Qwen2Config  # lazy: transformers is the optional [hf] extra
+
+    config = Qwen2Config(
+        **_qwen_config_kwargs(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            max_position_embeddings=max_position_embeddings,
+            rope_theta=rope_theta,
+            tie_word_embeddings=tie_word_embeddings,
+            dtype=dtype,
+        )
+    )
+    return _build(
+        config, out_dir, seed=seed, weight_std=weight_std, max_shard_size=None, tokenizer=tokenizer
+    )
+
+
+def tiny_hf_qwen3(
+    out_dir: str | Path | None = None,
+    *,
+    vocab_size: int = 256,
+    hidden_size: int = 64,
+    intermediate_size: int = 160,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    head_dim: int = 32,
+    max_position_embeddings: int = 2048,
+    rope_theta: float = 1_000_000.0,
+    tie_word_embeddings: bool = False,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    weight_std: float = 0.1,
+    tokenizer: bool = False,
+):
+    """A random ``Qwen3ForCausalLM``: QK-norm (``q_norm`` / ``k_norm`` over ``head_dim``, random
+    like every norm), its own ``head_dim`` (Qwen3's 128 ≠ hidden/heads), no biases, no sliding
+    window. Saved to ``out_dir`` when given."""
+    from transformers import Qwen3Config  # lazy: transformers is the optional [hf] extra
+
+    config = Qwen3Config(
+        **_qwen_config_kwargs(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            max_position_embeddings=max_position_embeddings,
+            rope_theta=rope_theta,
+            tie_word_embeddings=tie_word_embeddings,
+            dtype=dtype,
+        ),
+        head_dim=head_dim,
+        attention_bias=False,
     )
     return _build(
         config, out_dir, seed=seed, weight_std=weight_std, max_shard_size=None, tokenizer=tokenizer

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_scir.testing.hf import tiny_hf_llama, tiny_hf_mistral
+from megatron_scir.testing.hf import tiny_hf_llama, tiny_hf_mistral, tiny_hf_qwen2, tiny_hf_qwen3
 
 LLAMA_VOCAB = 300
 LLAMA3_ROPE = {
@@ -51,6 +51,22 @@ def hf_tied_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     the vocabulary (300) is padded as ``hf_llama_dir``'s."""
     out = tmp_path_factory.mktemp("hf") / "tied"
     tiny_hf_llama(out, vocab_size=LLAMA_VOCAB, tie_word_embeddings=True, seed=2, tokenizer=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def hf_qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen2.5-0.5B-like: q/k/v biases, tied embeddings, GQA (4 heads / 2 groups), vocab 300."""
+    out = tmp_path_factory.mktemp("hf") / "qwen2"
+    tiny_hf_qwen2(out, vocab_size=LLAMA_VOCAB, seed=3, tokenizer=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def hf_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen3-like: QK-norm, head dim 32 ≠ 64/4, untied, GQA (4 heads / 2 groups), vocabulary 300."""
+    out = tmp_path_factory.mktemp("hf") / "qwen3"
+    tiny_hf_qwen3(out, vocab_size=LLAMA_VOCAB, head_dim=32, seed=4, tokenizer=True)
     return out
 
 

@@ -1,5 +1,6 @@
-"""HF config.json ↔ ModelConfig: Llama-3.1 RoPE scaling, Mistral-v0.3, both transformers spellings,
-and refusals that name the field, the expected and the found value."""
+"""HF config.json ↔ ModelConfig: Llama-3.1 RoPE scaling, Mistral-v0.3, Qwen2 (qkv bias) and Qwen3
+(QK-norm), both transformers spellings, and refusals that name the field, the expected and the
+found value."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from megatron_scir.convert.hf_config import (
     model_fields_from_hf,
     read_hf_config,
 )
-from megatron_scir.testing.hf import tiny_hf_llama, tiny_hf_mistral
+from megatron_scir.testing.hf import tiny_hf_llama, tiny_hf_mistral, tiny_hf_qwen2, tiny_hf_qwen3
 
 LLAMA31_ROPE = {
     "factor": 8.0,
@@ -127,3 +128,85 @@ def test_tie_word_embeddings_ties_the_model_and_is_written_back(llama31_dir, tmp
     assert (
         hf_config_dict(untied, dtype="float32", template=template)["tie_word_embeddings"] is False
     )
+
+
+@pytest.fixture(scope="module")
+def qwen_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    tiny_hf_qwen2(root / "qwen2")
+    tiny_hf_qwen3(root / "qwen3", head_dim=32)
+    return {"qwen2": root / "qwen2", "qwen3": root / "qwen3"}
+
+
+def test_qwen2_has_qkv_bias_and_tied_embeddings_and_qwen3_qk_norm_and_its_head_dim(qwen_dirs):
+    qwen2, qwen3 = (config_from_hf(qwen_dirs[name]).model for name in ("qwen2", "qwen3"))
+    assert (qwen2.add_qkv_bias, qwen2.qk_layernorm, qwen2.head_dim) == (True, False, 16)
+    assert qwen2.share_embeddings_and_output_weights and qwen2.rotary_base == 1e6
+    assert (qwen3.add_qkv_bias, qwen3.qk_layernorm, qwen3.head_dim) == (False, True, 32)
+    assert not qwen3.share_embeddings_and_output_weights and qwen3.layernorm_epsilon == 1e-6
+    with pytest.raises(ConversionError, match=r"model.qk_layernorm comes from .* \(True\)"):
+        config_from_hf(qwen_dirs["qwen3"], overrides=["model.qk_layernorm=false"])
+
+
+def test_a_qwen_sliding_window_is_ignored_while_use_sliding_window_is_off(qwen_dirs):
+    hf = read_hf_config(qwen_dirs["qwen2"])
+    hub = {**hf, "sliding_window": 1024, "max_window_layers": 21}  # as Qwen2.5 configs ship
+    assert model_fields_from_hf(hub) == model_fields_from_hf(hf)
+
+
+@pytest.mark.parametrize(
+    ("model", "change", "message"),
+    [
+        ("qwen2", {"use_sliding_window": True}, r"use_sliding_window: expected False, found True"),
+        (
+            "qwen2",
+            {"layer_types": ["full_attention", "sliding_attention"]},
+            r"layer_types: expected only 'full_attention', found \['sliding_attention'\]",
+        ),
+        ("qwen3", {"attention_bias": True}, r"attention_bias: expected False, found True"),
+        (
+            "qwen2",
+            {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}},
+            r"rope_type: expected 'default' or 'llama3', found 'yarn'",
+        ),
+        (
+            "qwen3",
+            {"architectures": ["Qwen3MoeForCausalLM"], "num_experts": 8},
+            r"architectures: expected one of .*Qwen3ForCausalLM, found \['Qwen3MoeForCausalLM'\]",
+        ),
+        (
+            "qwen2",
+            {"architectures": ["Gemma2ForCausalLM"]},
+            r"architectures: expected one of .* found \['Gemma2ForCausalLM'\]",
+        ),
+    ],
+    ids=["sliding_window", "layer_types", "qwen3_attention_bias", "yarn_rope", "moe", "gemma"],
+)
+def test_unsupported_qwen_config_is_refused_naming_the_field(qwen_dirs, model, change, message):
+    hf = {**read_hf_config(qwen_dirs[model]), **change}
+    with pytest.raises(ConversionError, match=message):
+        model_fields_from_hf(hf)
+
+
+@pytest.mark.parametrize("name", ["qwen2", "qwen3"])
+def test_a_qwen_model_without_a_stored_config_exports_a_config_transformers_reads_back(
+    qwen_dirs, name, tmp_path
+):
+    from transformers import AutoConfig
+
+    m = config_from_hf(qwen_dirs[name]).model
+    hf = hf_config_dict(m, dtype="float32")
+    assert hf["architectures"] == [f"{name.capitalize()}ForCausalLM"]
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.model_type == name and loaded.use_sliding_window is False
+    fields = {**loaded.to_dict(), "architectures": hf["architectures"], "dtype": "float32"}
+    assert model_fields_from_hf(fields) == model_fields_from_hf(hf)
+    assert model_fields_from_hf(hf) == model_fields_from_hf(read_hf_config(qwen_dirs[name]))
+
+
+def test_qkv_bias_with_qk_norm_has_no_architecture_to_export_to(qwen_dirs):
+    m = config_from_hf(qwen_dirs["qwen3"]).model
+    both = dataclasses.replace(m, add_qkv_bias=True)
+    with pytest.raises(ConversionError, match="model.add_qkv_bias=true with model.qk_layernorm"):
+        hf_config_dict(both, dtype="float32")

@@ -27,7 +27,7 @@ from megatron_scir.convert.keymap import (
     to_mcore,
 )
 from megatron_scir.models.shapes import hf_tensor_shapes, mcore_tensor_shapes
-from megatron_scir.testing.hf import tiny_hf_llama
+from megatron_scir.testing.hf import tiny_hf_llama, tiny_hf_qwen2, tiny_hf_qwen3
 
 
 def _labelled(rows: int, start: int, hidden: int = 3) -> torch.Tensor:
@@ -57,6 +57,20 @@ def test_split_qkv_inverts_merge_qkv(groups):
         assert torch.equal(got, want)
 
 
+def test_qkv_bias_rows_follow_their_weight_rows_through_merge_and_split():
+    heads, groups, d, hidden = 4, 2, 8, 16
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(rows * d, hidden, generator=g) for rows in (heads, groups, groups)]
+    biases = [torch.randn(rows * d, generator=g) for rows in (heads, groups, groups)]
+    # a bias is one more column of its weight: merged, it must sit in that column's rows
+    augmented = [torch.cat([w, b[:, None]], dim=1) for w, b in zip(weights, biases, strict=True)]
+    merged = merge_qkv(*augmented, num_query_groups=groups, head_dim=d)
+    bias = merge_qkv(*biases, num_query_groups=groups, head_dim=d)
+    assert torch.equal(bias, merged[:, -1])
+    back = split_qkv(bias, num_attention_heads=heads, num_query_groups=groups, head_dim=d)
+    assert all(torch.equal(a, b) for a, b in zip(back, biases, strict=True))
+
+
 def test_fc1_is_gate_then_up_and_splits_back():
     gate, up = _labelled(4, 0), _labelled(4, 10)
     fc1 = merge_fc1(gate, up)
@@ -80,10 +94,31 @@ def llama(tmp_path_factory):
     return model, config_from_hf(out).model
 
 
-def test_keymap_names_every_tensor_of_a_real_llama_once(llama):
-    model, m = llama
+BUILDERS = {
+    "llama": lambda out: tiny_hf_llama(out, vocab_size=300, head_dim=32, num_layers=3),
+    "qwen2": lambda out: tiny_hf_qwen2(out, vocab_size=300, num_layers=3),  # tied, qkv bias
+    "qwen3": lambda out: tiny_hf_qwen3(out, vocab_size=300, head_dim=32, num_layers=3),
+}
+
+
+@pytest.fixture(scope="module", params=list(BUILDERS))
+def real_model(request, tmp_path_factory):
+    """A transformers model of each supported family and its ModelConfig."""
+    out = tmp_path_factory.mktemp("hf") / request.param
+    model = BUILDERS[request.param](out)
+    return model, config_from_hf(out).model
+
+
+def test_keymap_names_every_tensor_of_a_real_model_once_in_the_shape_tables_order(real_model):
+    model, m = real_model
     names = [name for entry, layer in iter_tensor_maps(m) for name in entry.hf_names(layer)]
-    assert sorted(names) == sorted(model.state_dict()) and len(set(names)) == len(names)
+    state = set(model.state_dict())
+    if m.share_embeddings_and_output_weights:  # transformers lists the shared weight twice
+        state.remove("lm_head.weight")
+    assert sorted(names) == sorted(state) and len(set(names)) == len(names)
+    assert names == list(hf_tensor_shapes(m))
+    mcore = {entry.mcore for entry, _ in iter_tensor_maps(m)}
+    assert mcore == set(mcore_tensor_shapes(m, padded_vocab=384))
 
 
 def test_a_tied_model_maps_the_embeddings_alone_in_both_tables(llama):
@@ -95,8 +130,8 @@ def test_a_tied_model_maps_the_embeddings_alone_in_both_tables(llama):
     assert names == list(hf_tensor_shapes(tied)) and "lm_head.weight" not in names
 
 
-def test_hf_to_mcore_and_back_reproduces_every_tensor_bit_for_bit(llama):
-    model, m = llama
+def test_hf_to_mcore_and_back_reproduces_every_tensor_bit_for_bit(real_model):
+    model, m = real_model
     state = model.state_dict()
     shapes = mcore_tensor_shapes(m, padded_vocab=384)
     for entry, layer in iter_tensor_maps(m):
@@ -118,4 +153,7 @@ def test_local_spec_names_its_norm_modules_and_te_names_them_after_the_fused_key
     qkv = "decoder.layers.self_attention.linear_qkv.weight"
     assert parameter_name(qkv, "local", 1) == parameter_name(qkv, "te", 1)
     assert parameter_name("output_layer.weight", "te") == "output_layer.weight"
-    assert set(BY_MCORE_KEY) == {e.mcore for e in LLAMA_KEYMAP} and len(LLAMA_KEYMAP) == 9
+    assert set(BY_MCORE_KEY) == {e.mcore for e in LLAMA_KEYMAP} and len(LLAMA_KEYMAP) == 12
+    for key in ("linear_qkv.bias", "q_layernorm.weight", "k_layernorm.weight"):
+        name = "decoder.layers.self_attention." + key  # the same in both specs
+        assert parameter_name(name, "local", 2) == parameter_name(name, "te", 2)

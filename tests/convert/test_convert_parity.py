@@ -157,13 +157,15 @@ def pp2(hf_llama_dir, hf_tied_dir, tied_ckpts, tokens, tp2):
     return results[1]  # the last stage holds the logits
 
 
-def test_local_spec_parameters_are_saved_under_the_keymaps_checkpoint_keys(tp1):
-    from megatron_scir.convert.keymap import BY_MCORE_KEY, parameter_name
+def test_local_spec_parameters_are_saved_under_the_keymaps_checkpoint_keys(tp1, hf_llama_dir):
+    from megatron_scir.convert import config_from_hf
+    from megatron_scir.convert.keymap import iter_tensor_maps, parameter_name
 
     for name, key in tp1["keys"].items():
         layer = int(name.split(".")[2]) if key.startswith("decoder.layers.") else None
         assert parameter_name(key, "local", layer) == name
-    assert set(tp1["keys"].values()) == set(BY_MCORE_KEY)
+    m = config_from_hf(hf_llama_dir).model
+    assert set(tp1["keys"].values()) == {entry.mcore for entry, _ in iter_tensor_maps(m)}
 
 
 def _max_diff(mcore_logits: torch.Tensor, hf: torch.Tensor) -> float:

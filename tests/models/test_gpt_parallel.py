@@ -1,4 +1,5 @@
-"""The tiny Llama GPTModel under TP, SP, PP and interleaved PP equals the single-process model.
+"""The tiny Llama GPTModel under TP, SP, PP and interleaved PP equals the single-process model
+(also with Qwen's qkv bias and QK-norm at TP=2).
 
 Each test is one 2-process gloo run: every rank first computes the TP=1/PP=1 reference (as a DP
 replica), then the same master weights are loaded into the layout under test and the same
@@ -111,8 +112,15 @@ def _assert_same_step(result):
             "parallel.pipeline_model_parallel_size=2",
             "parallel.virtual_pipeline_model_parallel_size=2",
         ],
+        # Qwen: the qkv bias is TP-split with the weight; each rank's q/k norms see only its
+        # heads, so their gradients are right only after Megatron's TP all-reduce (by name)
+        [
+            "parallel.tensor_model_parallel_size=2",
+            "model.add_qkv_bias=true",
+            "model.qk_layernorm=true",
+        ],
     ],
-    ids=["tp2", "tp2_sp", "pp2_1f1b", "pp2_interleaved_vpp2"],
+    ids=["tp2", "tp2_sp", "pp2_1f1b", "pp2_interleaved_vpp2", "tp2_qkv_bias_qk_norm"],
 )
 def test_layout_gives_single_process_loss_and_gradients(overrides):
     results = run_distributed(_layout_vs_reference, 2, args=(overrides,))

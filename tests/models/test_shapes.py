@@ -1,5 +1,6 @@
 """The torch-free shape tables and dtype map against real models: Megatron-Core's sharded state
-dict (global shapes at TP=2) and a transformers Llama's state dict."""
+dict (global shapes at TP=2, with and without Qwen's qkv bias and QK-norm) and the state dicts of
+transformers Llama, Qwen2 and Qwen3 models."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from megatron_scir.models.shapes import (
     torch_dtype,
 )
 from megatron_scir.testing.distributed import run_distributed
-from megatron_scir.testing.hf import tiny_hf_llama
+from megatron_scir.testing.hf import tiny_hf_llama, tiny_hf_qwen2, tiny_hf_qwen3
 
 # GQA, a head dim (32) other than hidden/heads (24), a vocabulary (300) no multiple of 64 × TP
 OVERRIDES = ["model.kv_channels=32", "model.vocab_size=300"]
@@ -84,8 +85,14 @@ def _global_shapes(rank, world_size, overrides):
             "parallel.pipeline_model_parallel_size=2",
             "model.share_embeddings_and_output_weights=true",
         ],
+        # the qkv bias is split by rows like the weight; the q/k norms are whole on each rank
+        [
+            "parallel.tensor_model_parallel_size=2",
+            "model.add_qkv_bias=true",
+            "model.qk_layernorm=true",
+        ],
     ],
-    ids=["tp2", "tied_pp2"],
+    ids=["tp2", "tied_pp2", "qkv_bias_qk_norm_tp2"],
 )
 def test_mcore_table_is_the_global_shapes_of_a_models_sharded_state_dict(layout):
     cfg = load_config("tiny", [*OVERRIDES, *layout])
@@ -98,18 +105,26 @@ def test_mcore_table_is_the_global_shapes_of_a_models_sharded_state_dict(layout)
     assert merged == {key: {shape} for key, shape in expected.items()}
 
 
-@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
-def test_hf_table_is_the_state_dict_of_a_transformers_llama(tmp_path, tied):
+HF_MODELS = {
+    "llama": lambda out: tiny_hf_llama(out, vocab_size=300, head_dim=32, num_layers=3),
+    "tied_llama": lambda out: tiny_hf_llama(
+        out, vocab_size=300, head_dim=32, num_layers=3, tie_word_embeddings=True
+    ),
+    "qwen2": lambda out: tiny_hf_qwen2(out, vocab_size=300, num_layers=3),  # tied
+    "qwen3": lambda out: tiny_hf_qwen3(out, vocab_size=300, head_dim=32, num_layers=3),
+}
+
+
+@pytest.mark.parametrize("family", list(HF_MODELS))
+def test_hf_table_is_the_state_dict_of_a_transformers_model(tmp_path, family):
     from megatron_scir.convert import config_from_hf
 
-    model = tiny_hf_llama(
-        tmp_path, vocab_size=300, head_dim=32, num_layers=3, tie_word_embeddings=tied
-    )
+    model = HF_MODELS[family](tmp_path)
     state = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    if tied:  # transformers lists the shared weight under both names
-        assert state.pop("lm_head.weight") == state["model.embed_tokens.weight"]
     m = config_from_hf(tmp_path).model
-    assert m.share_embeddings_and_output_weights == tied
+    assert m.share_embeddings_and_output_weights == model.config.tie_word_embeddings
+    if m.share_embeddings_and_output_weights:  # transformers lists the shared weight twice
+        assert state.pop("lm_head.weight") == state["model.embed_tokens.weight"]
     assert hf_tensor_shapes(m) == state
 
 

@@ -130,3 +130,24 @@ def test_llama3_rope_scaling_uses_the_configured_factors():
     )
     torch.testing.assert_close(inv_freq, want)
     assert not torch.allclose(inv_freq, freqs)
+
+
+@pytest.mark.parametrize("impl", ["local", "sdpa", "te"])
+def test_qk_layernorm_puts_a_norm_over_the_head_dim_on_queries_and_keys(impl):
+    from megatron.core.transformer.identity_op import IdentityOp
+
+    from megatron_scir.models import layer_spec, te_available, transformer_config
+    from megatron_scir.models.norm import RMSNorm
+
+    if impl == "te" and not te_available():
+        pytest.skip("Transformer Engine is not installed here")
+    qwen = ["model.add_qkv_bias=true", "model.qk_layernorm=true"]
+    config = transformer_config(load_config("tiny", [f"model.transformer_impl={impl}", *qwen]))
+    assert config.add_qkv_bias and config.qk_layernorm and not config.add_bias_linear
+    for overrides, norm in (([], IdentityOp), (qwen, RMSNorm)):
+        cfg = load_config("tiny", [f"model.transformer_impl={impl}", *overrides])
+        attention = layer_spec(cfg).submodules.self_attention.submodules
+        if impl == "te":  # Transformer Engine's own norm (RMSNorm from the config)
+            assert (attention.q_layernorm is IdentityOp) == (norm is IdentityOp)
+        else:
+            assert attention.q_layernorm is norm and attention.k_layernorm is norm

@@ -96,6 +96,27 @@ def test_a_tied_model_counts_its_embeddings_once_as_transformers_does(tmp_path):
     assert total_params(untied, tp=1) - total_params(m, tp=1) == 256 * m.hidden_size
 
 
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_a_qwen_model_has_the_parameters_transformers_counts(tmp_path, family):
+    pytest.importorskip("transformers")
+    from megatron_scir.convert import config_from_hf
+    from megatron_scir.testing import hf
+
+    build = {"qwen2": hf.tiny_hf_qwen2, "qwen3": hf.tiny_hf_qwen3}[family]
+    model = build(tmp_path, vocab_size=256)  # padded to itself at TP=1
+    m = config_from_hf(tmp_path).model
+    assert total_params(m, tp=1) == model.num_parameters()
+    plain = dataclasses.replace(m, add_qkv_bias=False, qk_layernorm=False)
+    qwen, llama = (stage_params(x, tp=2, pp=1, stage=0) for x in (m, plain))
+    if family == "qwen2":  # the qkv bias is split over TP, and is no GEMM weight
+        bias = (m.num_attention_heads + 2 * m.num_query_groups) * m.head_dim * m.num_layers
+        assert qwen.sharded - llama.sharded == bias // 2
+        assert (qwen.linear, qwen.replicated) == (llama.linear, llama.replicated)
+    else:  # the q/k norms are whole on every TP rank
+        assert qwen.replicated - llama.replicated == 2 * m.head_dim * m.num_layers
+        assert (qwen.sharded, qwen.linear) == (llama.sharded, llama.linear)
+
+
 def test_a_tied_model_under_pp_holds_a_copy_of_the_embeddings_on_the_last_stage():
     m = dataclasses.replace(
         load_config("llama3_8b").model, share_embeddings_and_output_weights=True
