@@ -1,4 +1,4 @@
-"""``scir convert``: Hugging Face ↔ Megatron-Core checkpoints for Llama/Mistral models.
+"""``scir convert``: Hugging Face ↔ Megatron-Core checkpoints (Llama, Mistral, Qwen2, Qwen3).
 
     scir convert hf-to-mcore --hf-dir DIR --out CKPT [--tp N --pp M] [--config PRESET] [a.b=c ...]
     scir convert mcore-to-hf --ckpt CKPT --out DIR [--dtype bf16|fp16|fp32]
@@ -36,7 +36,9 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     """Add ``hf-to-mcore`` and ``mcore-to-hf`` to ``parser`` (``scir convert`` or standalone)."""
     sub = parser.add_subparsers(dest="convert_command", required=True)
     imp = sub.add_parser("hf-to-mcore", help="Hugging Face folder → Megatron dist checkpoint")
-    imp.add_argument("--hf-dir", required=True, help="Llama/Mistral folder (config, safetensors)")
+    imp.add_argument(
+        "--hf-dir", required=True, help="HF Llama/Mistral/Qwen folder (config, safetensors)"
+    )
     imp.add_argument("--out", required=True, help="checkpoint directory to create")
     imp.add_argument("--tp", type=int, help="target tensor-parallel size (default: the config's)")
     imp.add_argument("--pp", type=int, help="target pipeline-parallel size (default: the config's)")
@@ -59,7 +61,7 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
 def register(subparsers) -> None:
     """Add the ``convert`` command to the ``scir`` parser's subparsers."""
     parser = subparsers.add_parser(
-        "convert", help="Hugging Face ↔ Megatron-Core checkpoints (Llama/Mistral)"
+        "convert", help="Hugging Face ↔ Megatron-Core checkpoints (Llama/Mistral/Qwen2/Qwen3)"
     )
     add_subcommands(parser)
 

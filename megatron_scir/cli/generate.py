@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     )
     source.add_argument(
         "--hf-dir",
-        help="Hugging Face Llama/Mistral folder, converted on load; its tokenizer is used "
+        help="Hugging Face Llama/Mistral/Qwen folder, converted on load; its tokenizer is used "
         "unless data.tokenizer_path is set",
     )
     parser.add_argument("--prompts", required=True, help='JSONL of {"id", "prompt"} records')

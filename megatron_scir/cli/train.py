@@ -34,7 +34,7 @@ def register(subparsers) -> None:
             parser.add_argument("--pairs", required=True, help="pairs JSONL with ref_logps")
         source = parser.add_mutually_exclusive_group()
         source.add_argument("--ckpt", help="weights to start from (default: checkpoint.load)")
-        source.add_argument("--hf-dir", help="Hugging Face Llama/Mistral folder to start from")
+        source.add_argument("--hf-dir", help="Hugging Face Llama/Mistral/Qwen folder to start from")
         parser.add_argument(
             "--resume", action="store_true", help="continue from the newest checkpoint"
         )

@@ -57,7 +57,7 @@ def _positive(section: str, key: str, value, *, allow_zero: bool = False) -> Non
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    """Llama/Mistral-family decoder (RMSNorm, SwiGLU, GQA, RoPE; tied or untied embeddings)."""
+    """Llama/Mistral/Qwen2/Qwen3 decoder (RMSNorm, SwiGLU, GQA, RoPE; tied or untied embeddings)."""
 
     num_layers: int = 2
     """Number of transformer layers."""
