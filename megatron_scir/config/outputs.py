@@ -68,6 +68,7 @@ NEUTRAL = (
     "generation.chunk_size",
     "generation.engine",
     "data.num_workers",
+    "data.max_truncated_fraction",  # refuses a stage or lets it run; never changes its output
 )
 """Keys that never change what a stage means: speed, logging, where things go, how many
 iterations the run has, the layout."""

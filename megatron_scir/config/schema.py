@@ -367,6 +367,13 @@ class DataConfig:
     """Token budget of a response (right-truncated beyond it)."""
     judge_max_length: int = 1024
     """Token budget of a judge sequence (responses then prompt truncated; the tail never)."""
+    max_truncated_fraction: float = 0.0
+    """Share of a stage's items that may be cut to fit the budgets above: prompts (generation),
+    pairs (training, reference pass, evaluation) or examples (seed SFT); an item counts once,
+    whatever is cut (its prompt, a response's text, a judge row). Every item is measured before
+    the first token is generated or trained on; a stage over this share is refused, naming the
+    count, the longest item and the budget that would hold it. 0.0: no cut; 1.0: cut whatever
+    does not fit (generation.long_prompts=skip skips long prompts instead)."""
     pairs_per_prompt: int = 2
     """Unlabeled pairs built per prompt from distinct responses (SCIR_SPEC §7)."""
     truncated_responses: str = "keep"
@@ -402,6 +409,11 @@ class DataConfig:
         ):
             _positive(s, key, getattr(self, key))
         _positive(s, "num_workers", self.num_workers, allow_zero=True)
+        if not 0 <= self.max_truncated_fraction <= 1:
+            raise ConfigError(
+                f"config key data.max_truncated_fraction: {self.max_truncated_fraction!r} must be "
+                "in [0, 1]"
+            )
 
 
 @dataclass(kw_only=True)

@@ -26,7 +26,8 @@ def validate(cfg: Config, *, uses: Collection[str] = ()) -> None:
     Args:
         cfg: The resolved config.
         uses: Stages the caller runs: ``generation`` (prompt budget + new tokens fit the
-            positions) and/or ``training`` (sequence budgets fit the positions and SP).
+            positions) and/or ``training`` (sequence budgets fit the positions and SP); both
+            (the self-rewarding loop): the responses it samples fit the response budget.
     """
     unknown = set(uses) - set(USES)
     if unknown:
@@ -36,6 +37,8 @@ def validate(cfg: Config, *, uses: Collection[str] = ()) -> None:
         _check_generation(cfg)
     if TRAINING in uses:
         _check_training(cfg)
+    if GENERATION in uses and TRAINING in uses:
+        _check_loop(cfg)
 
 
 def _check_layout(cfg: Config) -> None:
@@ -104,6 +107,21 @@ def _check_training(cfg: Config) -> None:
                 f"{policy_seq} without) divisible by parallel.tensor_model_parallel_size ({tp}): "
                 "adjust data.judge_max_length or data.max_prompt_length/data.max_response_length"
             )
+
+
+def _check_loop(cfg: Config) -> None:
+    """The loop trains on the responses it samples: refuse, before the first stage, a response
+    budget that a response sampled to ``generation.max_new_tokens`` would be cut to, unless cuts
+    are allowed (``data.max_truncated_fraction``; the DataModules count them exactly)."""
+    new, budget = cfg.generation.max_new_tokens, cfg.data.max_response_length
+    if new > budget and cfg.data.max_truncated_fraction == 0:
+        raise ConfigError(
+            f"generation.max_new_tokens ({new}) exceeds data.max_response_length ({budget}): "
+            "training would cut the responses sampled to the end, and "
+            "data.max_truncated_fraction=0.0 allows no cut. Raise data.max_response_length to "
+            f"{new} (or lower generation.max_new_tokens), or allow a share of cut pairs with "
+            "data.max_truncated_fraction"
+        )
 
 
 def validate_world(cfg: Config, world_size: int, *, training: bool = False) -> int:

@@ -19,7 +19,7 @@ _EXPORTS = {
     "pad_to_common_length": "collate",
     "ScirDataModule": "datamodule",
     "SequenceEncoder": "encode",
-    "TruncationStats": "encode",
+    "TruncationStats": "truncation",
     "JUDGE_FORMATS": "judges",
     "JudgeFormat": "judges",
     "judge_format": "judges",

@@ -3,7 +3,8 @@
 :class:`ScirDataModule` serves SCIR micro-batches of pairs (layout in
 :mod:`megatron_scir.data.collate`); :class:`SftDataModule` serves the seed stage's instruction and
 judge examples. Both read and validate their JSONL files and tokenise everything in ``setup``
-(so every bad record and every start-up problem surfaces before training), shard by an explicit
+(so every bad record, every start-up problem and every cut beyond
+``data.max_truncated_fraction`` surfaces before training), shard by an explicit
 ``dp_rank`` / ``dp_size`` (never read from torch.distributed here), shuffle per epoch with
 ``train.seed`` and resume exactly from ``consumed_samples`` (see
 :mod:`megatron_scir.data.sampler`).
@@ -34,6 +35,7 @@ from megatron_scir.data.layout import MicroBatchLayout
 from megatron_scir.data.records import PairRecord
 from megatron_scir.data.sampler import MicroBatchSampler
 from megatron_scir.data.tokenizer import Tokenizer
+from megatron_scir.data.truncation import JUDGE_KEY, PROMPT_KEY, RESPONSE_KEY, check_truncation
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +173,21 @@ class MicroBatchDataModule(abc.ABC):
             encode_records(self.encoder, method, records, self.cfg.data.num_workers)
         )
 
+    def _check_truncation(self, what: str) -> None:
+        """Refuse, before training, a set whose share of cut items exceeds
+        ``data.max_truncated_fraction`` (every rank encodes every item: all refuse alike)."""
+        d = self.cfg.data
+        check_truncation(
+            self.encoder.stats,
+            what=what,
+            budgets={
+                PROMPT_KEY: d.max_prompt_length,
+                RESPONSE_KEY: d.max_response_length,
+                JUDGE_KEY: d.judge_max_length,
+            },
+            max_fraction=d.max_truncated_fraction,
+        )
+
     @staticmethod
     def _require(items: EncodedItems | None, stage: str) -> EncodedItems:
         if items is None:
@@ -236,7 +253,13 @@ class ScirDataModule(MicroBatchDataModule):
         return self.encoder.candidate_ids(self.encoder.format)
 
     def setup(self, stage: str = "fit") -> None:
-        """Read, validate and tokenise the pairs: ``fit`` (train + val) or ``validate`` (val)."""
+        """Read, validate and tokenise the pairs: ``fit`` (train + val) or ``validate`` (val).
+
+        Raises:
+            DataError: a bad record, or more pairs over the budgets than
+                ``data.max_truncated_fraction`` allows (the count, the longest pair over each
+                budget and the value to raise it to).
+        """
         if stage not in STAGES:
             raise DataError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
         if stage == "fit":
@@ -244,6 +267,7 @@ class ScirDataModule(MicroBatchDataModule):
             self._train = self._encode("pair", self.pairs)
         if self.val_path is not None:
             self._val = self._encode("pair", self._read_pairs(self.val_path))
+        self._check_truncation("pairs")
         logger.info("%s", self.summary())
 
     def reference_dataloader(

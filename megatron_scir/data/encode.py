@@ -14,12 +14,17 @@ responses first to ``max_response_length`` each, then the prompt from the left, 
 template with an empty prompt still does not fit, the responses further. Policy prompts are
 fitted to ``data.max_prompt_length`` by :func:`megatron_scir.data.prompts.fit_prompt`, the function
 generation uses, so training conditions on the prompt ids a response was sampled for.
+
+Cuts are counted per item (:class:`~megatron_scir.data.truncation.TruncationStats`, with the
+longest item over each budget); the DataModules refuse a set whose share of cut items exceeds
+``data.max_truncated_fraction`` before training on it. The tail never moves: a judge row's
+verdict position is its last token whether it was cut or not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,31 +40,9 @@ from megatron_scir.data.records import (
     PointwiseJudgeRecord,
     SftRecord,
 )
+from megatron_scir.data.truncation import JUDGE_KEY, PROMPT_KEY, RESPONSE_KEY, TruncationStats
 
 _IDS = np.int32
-
-
-@dataclass
-class TruncationStats:
-    """How often sequences had to be cut to fit (summed over the data, logged by the DataModule)."""
-
-    num_prompts_truncated: int = 0
-    """Pairs (SFT: instruction examples) whose policy prompt was left-truncated."""
-    num_responses_truncated: int = 0
-    """Policy responses right-truncated to data.max_response_length (no EOS follows them)."""
-    num_judge_truncated: int = 0
-    """Judge sequences whose fields were shortened to fit data.judge_max_length."""
-    num_boundary_merges: int = 0
-    """Responses encoded on their own because their first token merged with the prompt's last."""
-
-    def add(self, other: TruncationStats) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-    def summary(self) -> str:
-        return ", ".join(
-            f"{f.name.removeprefix('num_')}={getattr(self, f.name)}" for f in fields(self)
-        )
 
 
 @dataclass(slots=True)
@@ -130,15 +113,17 @@ class SequenceEncoder:
 
     def pair(self, pair: PairRecord, index: int) -> EncodedPair:
         """Policy rows for y1 and y2 and the judge rows of the configured layout."""
-        prompt_text, prompt_ids = self._prompt(pair.prompt)
+        item, before = _item(pair.where, f"pair {pair.pair_id!r}"), self._num_cuts()
+        prompt_text, prompt_ids = self._prompt(pair.prompt, item)
         responses = (
-            self._response(prompt_text, prompt_ids, pair.response_1, pair.truncated_1),
-            self._response(prompt_text, prompt_ids, pair.response_2, pair.truncated_2),
+            self._response(prompt_text, prompt_ids, pair.response_1, pair.truncated_1, item),
+            self._response(prompt_text, prompt_ids, pair.response_2, pair.truncated_2, item),
         )
         judge = [
-            self._judge_ids(self.format, fields, reserve=0)
+            self._judge_ids(self.format, fields, reserve=0, item=item)
             for fields in self.format.pair_fields(pair.prompt, pair.response_1, pair.response_2)
         ]
+        self._count_item(before)
         label = {1: 1.0, 2: 0.0, None: -1.0}[pair.label]
         refs = None if pair.ref_logps_1 is None else (pair.ref_logps_1, pair.ref_logps_2)
         return EncodedPair(
@@ -152,8 +137,10 @@ class SequenceEncoder:
 
     def instruction(self, record: SftRecord) -> EncodedExample:
         """chat(prompt) + response + EOS, trained on the response and EOS."""
-        prompt_text, prompt_ids = self._prompt(record.prompt)
-        response = self._response(prompt_text, prompt_ids, record.response, False)
+        item, before = _item(record.where, "instruction example"), self._num_cuts()
+        prompt_text, prompt_ids = self._prompt(record.prompt, item)
+        response = self._response(prompt_text, prompt_ids, record.response, False, item)
+        self._count_item(before)
         return EncodedExample(np.asarray(prompt_ids + response, _IDS), len(prompt_ids))
 
     def judge_example(self, record: PairwiseJudgeRecord | PointwiseJudgeRecord) -> EncodedExample:
@@ -165,11 +152,22 @@ class SequenceEncoder:
         fmt = next(f for f in self.formats.values() if isinstance(record, f.record_type))
         candidates = self.candidate_ids(fmt)
         fields, target = fmt.example(record)
-        ids = self._judge_ids(fmt, fields, reserve=2)
+        before = self._num_cuts()
+        ids = self._judge_ids(fmt, fields, reserve=2, item=_item(record.where, "judge example"))
+        self._count_item(before)
         target = candidates[target]
         return EncodedExample(np.asarray([*ids, target, self.tok.eos_id], _IDS), len(ids))
 
-    def _prompt(self, prompt: str) -> tuple[str, list[int]]:
+    def _num_cuts(self) -> int:
+        s = self.stats
+        return s.num_prompts_truncated + s.num_responses_truncated + s.num_judge_truncated
+
+    def _count_item(self, cuts_before: int) -> None:
+        """Count one encoded item, and whether anything of it was cut since ``cuts_before``."""
+        self.stats.num_items += 1
+        self.stats.num_items_truncated += self._num_cuts() > cuts_before
+
+    def _prompt(self, prompt: str, item: str) -> tuple[str, list[int]]:
         # Pairs of one prompt are adjacent: a small cache saves re-encoding the prompt. Counted
         # per call, so the counts do not depend on the cache or on how work is split.
         cached = self._prompt_cache.get(prompt)
@@ -180,11 +178,13 @@ class SequenceEncoder:
             cached = self._prompt_cache[prompt] = fit_prompt(
                 self.chat, prompt, self.max_prompt_length
             )
-        self.stats.num_prompts_truncated += cached.truncated
+        if cached.truncated:
+            self.stats.num_prompts_truncated += 1
+            self.stats.over_budget(PROMPT_KEY, cached.length, item)
         return cached.text, list(cached.ids)
 
     def _response(
-        self, prompt_text: str, prompt_ids: list[int], response: str, truncated: bool
+        self, prompt_text: str, prompt_ids: list[int], response: str, truncated: bool, item: str
     ) -> list[int]:
         full = self.chat.encode(prompt_text + response)
         n = len(prompt_ids)
@@ -196,7 +196,11 @@ class SequenceEncoder:
         if not truncated:
             ids.append(self.tok.eos_id)
         if len(ids) > self.max_response_length:
-            self.stats.num_responses_truncated += 1
+            if truncated or len(ids) > self.max_response_length + 1:  # text lost, not only EOS
+                self.stats.num_responses_truncated += 1
+                self.stats.over_budget(RESPONSE_KEY, len(ids), item)
+            else:  # the whole text fits: trained without the EOS after it
+                self.stats.num_eos_dropped += 1
             ids = ids[: self.max_response_length]
         return ids
 
@@ -210,18 +214,23 @@ class SequenceEncoder:
         ids = self.tok.encode("\n" + text)
         return ids[len(newline) :] if ids[: len(newline)] == newline else self.tok.encode(text)
 
-    def _judge_ids(self, fmt: JudgeFormat, fields: tuple[str, ...], *, reserve: int) -> list[int]:
-        """Ids of the judge text of ``fields`` (prompt, responses…), fitted to the judge budget."""
+    def _judge_ids(
+        self, fmt: JudgeFormat, fields: tuple[str, ...], *, reserve: int, item: str
+    ) -> list[int]:
+        """Ids of the judge text of ``fields`` (prompt, responses…), fitted to the judge budget
+        less ``reserve`` tokens (an SFT judge example's target and EOS)."""
         budget = self.judge_max_length - reserve
         cuts = [(0, "left")] + [(i, "right") for i in range(1, len(fields))]
-        _, ids, cut = self._fit(
+        _, ids, length = self._fit(
             lambda f: fmt.judge_text(self.chat, *f),
             list(fields),
             budget,
             cuts,
             self.max_response_length,
         )
-        self.stats.num_judge_truncated += cut
+        if length > budget:
+            self.stats.num_judge_truncated += 1
+            self.stats.over_budget(JUDGE_KEY, length + reserve, item)
         return ids
 
     def _fit(
@@ -231,17 +240,21 @@ class SequenceEncoder:
         budget: int,
         cuts: list[tuple[int, str]],
         response_budget: int | None = None,
-    ) -> tuple[str, list[int], bool]:
+    ) -> tuple[str, list[int], int]:
         """Shorten ``values`` until ``encode(render(values))`` fits ``budget`` (see module doc).
 
         ``cuts`` lists (field index, side) in the order fields give up tokens; fields other than
         the first are responses, first cut to ``response_budget``. Every round lowers one field's
         token limit, so the loop ends; the template itself is never cut.
+
+        Returns:
+            The fitted text, its ids, and the length of the whole text (over ``budget``: cut).
         """
         text = render(values)
         ids = self.chat.encode(text)
-        if len(ids) <= budget:
-            return text, ids, False
+        length = len(ids)
+        if length <= budget:
+            return text, ids, length
         values = list(values)
         field_ids = {i: self.tok.encode(values[i]) for i, _ in cuts}
         limits = {i: len(field_ids[i]) for i, _ in cuts}
@@ -256,7 +269,7 @@ class SequenceEncoder:
             ids = self.chat.encode(text)
             over = len(ids) - budget
             if over <= 0:
-                return text, ids, True
+                return text, ids, length
             index = next((i for i, _ in cuts if limits[i] > 0), None)
             if index is None:  # unreachable after the start-up checks, kept as a guard
                 raise DataError(
@@ -285,3 +298,8 @@ class SequenceEncoder:
                 f"{what} with empty fields takes {length} tokens with tokenizer {self.tok.name}, "
                 f"which leaves no room within {key}: raise {key} or shorten {template_key}"
             )
+
+
+def _item(where: str, name: str) -> str:
+    """How messages name an item: ``pairs.jsonl:7 (pair 'p3:0:1')``."""
+    return f"{where} ({name})" if where else name

@@ -6,7 +6,9 @@ ids it was sampled for (SCIR_SPEC §1: the implicit reward compares conditionals
 
 A prompt over the budget is left-truncated: its text loses tokens from the start while the chat
 template stays whole, so the model still sees a well-formed turn ending in the assistant header,
-and the ids are exactly ``encode(chat(shortened prompt))``.
+and the ids are exactly ``encode(chat(shortened prompt))``. Whether a run may cut its prompts at
+all is ``data.max_truncated_fraction``'s to say (:mod:`megatron_scir.data.truncation`): the
+callers measure every prompt first and refuse before sampling or training.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ class FittedPrompt:
         text: ``chat(prompt)`` rendered, the prompt text possibly shortened from the left.
         ids: ``encode(text)``, at most the budget.
         truncated: Whether the prompt text was shortened.
+        length: Tokens of ``chat(prompt)`` before fitting: the budget that holds it whole.
     """
 
     text: str
     ids: tuple[int, ...]
     truncated: bool
+    length: int
 
 
 def check_prompt_budget(chat: ChatFormat, budget: int) -> None:
@@ -57,8 +61,9 @@ def fit_prompt(chat: ChatFormat, prompt: str, budget: int) -> FittedPrompt:
     """
     text = chat.render(prompt)
     ids = chat.encode(text)
-    if len(ids) <= budget:
-        return FittedPrompt(text, tuple(ids), truncated=False)
+    length = len(ids)
+    if length <= budget:
+        return FittedPrompt(text, tuple(ids), truncated=False, length=length)
     tok = chat.tokenizer
     field = tok.encode(prompt)
     keep = len(field) - (len(ids) - budget)
@@ -68,7 +73,7 @@ def fit_prompt(chat: ChatFormat, prompt: str, budget: int) -> FittedPrompt:
         ids = chat.encode(text)
         over = len(ids) - budget
         if over <= 0:
-            return FittedPrompt(text, tuple(ids), truncated=True)
+            return FittedPrompt(text, tuple(ids), truncated=True, length=length)
         if keep == 0:
             check_prompt_budget(chat, budget)  # raises: the template alone is over budget
         keep -= over

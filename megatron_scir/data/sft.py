@@ -89,7 +89,12 @@ class SftDataModule(MicroBatchDataModule):
         )
 
     def setup(self, stage: str = "fit") -> None:
-        """Read, validate and tokenise the instruction and judge examples."""
+        """Read, validate and tokenise the instruction and judge examples.
+
+        Raises:
+            DataError: a bad record, or more examples over the budgets than
+                ``data.max_truncated_fraction`` allows.
+        """
         if stage not in STAGES:
             raise DataError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
         if stage != "fit":
@@ -104,6 +109,7 @@ class SftDataModule(MicroBatchDataModule):
             items += self._encode("judge_example", records).items
             self.num_judge_examples = len(records)
         self._train = EncodedItems(items)
+        self._check_truncation("seed examples")
         logger.info("%s", self.summary())
 
     def _sample_length(self, example: EncodedExample) -> int:

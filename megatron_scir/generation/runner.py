@@ -2,16 +2,18 @@
 
 The loop, on every rank of the world:
 
-1. Global rank 0 opens the output as an append-with-commit stream (cutting an interrupted
+1. Every prompt is encoded (chat format, long-prompt policy) and measured: a run that would cut
+   more prompts than ``data.max_truncated_fraction`` allows is refused before the output is
+   opened or a token sampled (``PromptEncoder.encode_all``).
+2. Global rank 0 opens the output as an append-with-commit stream (cutting an interrupted
    writer's uncommitted tail) and broadcasts the prompt ids already done: those with a record
    plus those a committed chunk skipped as too long.
-2. The pending prompts, in file order, are cut into chunks of ``generation.chunk_size``. Each
-   chunk's prompts are encoded (chat format, long-prompt policy); its ``prompts × N`` requests
-   are sorted by prompt length (batches of similar lengths waste fewer decode steps), dealt
-   round-robin to the data-parallel replicas and decoded in batches of
-   ``generation.max_batch_size``, each batch seeded from the seed and the batch's
+3. The pending prompts, in file order, are cut into chunks of ``generation.chunk_size``. Each
+   chunk's ``prompts × N`` requests are sorted by prompt length (batches of similar lengths
+   waste fewer decode steps), dealt round-robin to the data-parallel replicas and decoded in
+   batches of ``generation.max_batch_size``, each batch seeded from the seed and the batch's
    (prompt id, sample index) keys.
-3. Rank 0 gathers the replicas' completions, finishes the responses (stop strings, truncation
+4. Rank 0 gathers the replicas' completions, finishes the responses (stop strings, truncation
    flags) and commits the chunk; a chunk is visible only once complete.
 
 A killed run restarted with the same arguments therefore skips exactly the committed chunks and
@@ -140,15 +142,19 @@ def generate_responses(
         counts known before generating, the time and ``stopped``.
 
     Raises:
-        DataError: the output holds records made with another ``num_responses`` or prompt text.
+        DataError: more prompts over ``data.max_prompt_length`` than
+            ``data.max_truncated_fraction`` allows (every rank measures every prompt before the
+            output is opened), or the output holds records made with another ``num_responses``
+            or prompt text.
     """
+    encoded = PromptEncoder.from_config(cfg, tokenizer).encode_all(prompts)
     writer, done = _open_output(out_path, prompts, cfg)
     try:
         pending = [p for p in prompts if p.id not in done]
         stats = GenerationStats(
             num_prompts=len(prompts), num_prompts_resumed=len(prompts) - len(pending)
         )
-        chunks = _ChunkGenerator(runtime, cfg, backend, tokenizer, writer, stats)
+        chunks = _ChunkGenerator(runtime, cfg, backend, tokenizer, writer, stats, encoded)
         show = (cfg.logging.progress if progress is None else progress) and writer is not None
         bar = GenerationProgress(len(prompts), stats.num_prompts_resumed, enabled=show)
         start = time.perf_counter()
@@ -179,11 +185,12 @@ class _ChunkGenerator:
         tokenizer: Tokenizer,
         writer: ChunkedJsonlWriter | None,
         stats: GenerationStats,
+        encoded: dict[str, EncodedPrompt | None],
     ) -> None:
         gen = cfg.generation
         self.backend, self.tokenizer, self.writer, self.stats = backend, tokenizer, writer, stats
         self.settings = SamplingSettings.from_config(gen)
-        self.encoder = PromptEncoder.from_config(cfg, tokenizer)
+        self.encoded = encoded
         self.num_responses = gen.num_responses
         self.batch_size = gen.max_batch_size
         self.seed = gen.seed
@@ -194,7 +201,7 @@ class _ChunkGenerator:
 
     def run(self, chunk: Sequence[PromptRecord]) -> int:
         """Generate the chunk; returns the new tokens of its responses (on rank 0; else 0)."""
-        encoded = [self.encoder.encode(record) for record in chunk]
+        encoded = [self.encoded[record.id] for record in chunk]
         kept = [e for e in encoded if e is not None]
         skipped = [r.id for r, e in zip(chunk, encoded, strict=True) if e is None]
         samples = [_Sample(i, j) for i in range(len(kept)) for j in range(self.num_responses)]

@@ -141,9 +141,10 @@ def generate_job(
         raise ConfigError("nothing to sample from: pass --ckpt DIR (or checkpoint.load=DIR)")
     prompts, _ = read_records(prompts_path, "prompts", on_bad_record=cfg.data.on_bad_record)
     tokenizer = _tokenizer(cfg)
-    # sampling, prompt-budget and engine settings fail before the model is loaded
+    # sampling settings, every prompt against its budget and the engine fail before the model
+    # is loaded (a bad prompt file fails in a second, not after loading 70B weights)
     SamplingSettings.from_config(cfg.generation)
-    PromptEncoder.from_config(cfg, tokenizer)
+    PromptEncoder.from_config(cfg, tokenizer).encode_all(prompts)
     select_engine(cfg.generation.engine)
     with parallel_world(cfg.parallel, seed=cfg.train.seed) as runtime:
         chunks = load_model(cfg, source, log=runtime.is_rank_zero)

@@ -214,7 +214,7 @@ def test_pair_labels_and_reference_logps_come_from_the_pairs_file(datamodule):
 
 def test_long_pairs_are_truncated_responses_first_and_the_judge_tail_is_kept(datamodule):
     rows = make_pairs(8, long_every=2)
-    dm = datamodule(rows=rows)
+    dm = datamodule("data.max_truncated_fraction=1.0", rows=rows)  # allows the cuts
     tok, k, stats = dm.tokenizer, 2, dm.encoder.stats
     assert stats.num_prompts_truncated == 4 and stats.num_responses_truncated == 4
     assert stats.num_judge_truncated == 8  # both orders of the 4 long pairs
@@ -322,8 +322,9 @@ def test_reference_loader_visits_every_pair_once_and_fills_the_last_micro_batche
 
 def test_worker_processes_give_identical_batches_and_counts(datamodule):
     rows = make_pairs(20, seed=3, long_every=3)
-    plain = datamodule(rows=rows)
-    workers = datamodule("data.num_workers=2", rows=rows)  # encoding pool and loader workers
+    allow = "data.max_truncated_fraction=1.0"  # the long pairs are cut
+    plain = datamodule(allow, rows=rows)
+    workers = datamodule(allow, "data.num_workers=2", rows=rows)  # encoding pool, loader workers
     assert workers.encoder.stats == plain.encoder.stats
     assert plain.encoder.stats.num_judge_truncated > 0
     for a, b in zip(batches(plain), batches(workers), strict=True):

@@ -21,7 +21,7 @@ LONG = "Please explain, step by step and with care, why the sea is salty and the
 def test_a_long_prompt_is_trained_on_the_prompt_ids_generation_conditioned_on(
     make_cfg, sp_tokenizer, tmp_path
 ):
-    cfg = make_cfg("train.global_batch_size=2")
+    cfg = make_cfg("train.global_batch_size=2", "data.max_truncated_fraction=1.0")  # cut LONG
     chat = ChatFormat(cfg.data.chat_template, sp_tokenizer)
     assert len(chat.encode(chat.render(LONG))) > 2 * cfg.data.max_prompt_length  # really cut
     sampled = PromptEncoder.from_config(cfg, sp_tokenizer).encode(PromptRecord("long", LONG))

@@ -83,7 +83,7 @@ def _section(name, cls):
 _M1 = (
     {"source", "checkpoint.load", "iteration.seed_sft"}
     | _section("model", ModelConfig)
-    | _section("data", DataConfig) - {"data.num_workers"}
+    | _section("data", DataConfig) - {"data.num_workers", "data.max_truncated_fraction"}
     | _section("judge", JudgeConfig)
     | _section("train", TrainConfig)
 )

@@ -29,6 +29,7 @@ TRAIN = [
     "data.max_prompt_length=32",
     "data.max_response_length=32",
     "data.judge_max_length=256",
+    "data.max_truncated_fraction=1.0",  # 2 of the 16 pairs are cut to fit
     "train.micro_batch_size=1",  # 4 micro-batches per step: the interleaved schedule's steady state
     "train.global_batch_size=4",
     f"train.train_iters={STEPS}",
