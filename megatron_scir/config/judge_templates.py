@@ -31,3 +31,33 @@ POINTWISE_TEMPLATE = (
     "User: {prompt}\n<response>{response}</response>\n\n"
     "Answer with the total score only, a single digit from 0 to 5."
 )
+
+PAIRWISE_SHORT_TEMPLATE = (
+    "Question: {prompt}\n\n"
+    "Response A: {response_a}\n\n"
+    "Response B: {response_b}\n\n"
+    "Which response answers the question better, A or B?"
+)
+"""A short pairwise instruction that ends on the verdict question (for ``JUDGE_SETTINGS``)."""
+
+JUDGE_SETTINGS: dict[str, dict[str, object]] = {
+    "verdict-prefix": {"verdict_prefix": "Verdict:", "verdict_texts": [" A", " B"]},
+    "assistant-prefix": {
+        "verdict_prefix": "The better answer is from Assistant",
+        "verdict_texts": [" A", " B"],
+    },
+    "short-template": {
+        "pairwise_template": PAIRWISE_SHORT_TEMPLATE,
+        "verdict_prefix": "The better response is Response",
+        "verdict_texts": [" A", " B"],
+    },
+    "pointwise-score-prefix": {"kind": "pointwise", "verdict_prefix": "Score: "},
+}
+"""Named alternatives to the ``judge`` defaults (``JudgeConfig`` field values), compared on
+SmolLM2-135M-Instruct by ``benchmarks/judge_verdict_mass.py`` (docs/data.md, "Verdict mass on a
+real model"). A prefix that starts the verdict sentence puts most of the next-token mass on the
+verdict tokens; the texts carry the word-initial space (" A": one token "ĠA" in byte-level BPE,
+"▁A" in SentencePiece) because a prefix ending in a space would merge with them. Score digits
+never merge with a space in SmolLM2's tokenizer, so ``"Score: "`` works there (not with the tiny
+256-piece SentencePiece model). Use one as overrides, e.g. ``judge.verdict_prefix=Verdict:
+'judge.verdict_texts=[" A", " B"]'``."""

@@ -45,7 +45,7 @@ from megatron_scir.config import Config, ConfigError
 from megatron_scir.config.choices import PromptSlices
 from megatron_scir.convert import export_to_hf
 from megatron_scir.data import DataError, build_pairs, read_records, write_records
-from megatron_scir.generation import generate, generation_layout
+from megatron_scir.generation import PromptEncoder, generate, generation_layout
 from megatron_scir.iteration.evaluate import (
     grade,
     grade_answers,
@@ -93,6 +93,10 @@ REPORT_COLUMNS = (
     ("pairs_used", "pairs used"),
     ("consistency_train_end", "train consistency"),
     ("response_tokens", "resp tokens"),
+    # M_t's judge at the start of the iteration (the reference pass): how much of its next-token
+    # mass is on the verdicts, and how often its two orders agree
+    ("reference_verdict_mass", "verdict mass"),
+    ("reference_judge_position_consistency", "judge pos. consistency"),
 )
 PLOT_METRICS = (
     ("oracle_accuracy", "oracle accuracy (greedy, held-out)"),
@@ -202,7 +206,7 @@ def run_iterations(
 def _run_iterations(run: IterationRun, *, report: bool, evaluate_start: bool) -> list:
     runtime, cfg, run_dir = run.runtime, run.cfg, run.run_dir
     runtime.on_rank_zero(lambda: check_unchanged(run_dir, run.fingerprint))
-    pool = runtime.on_rank_zero(lambda: _prompt_pool(cfg))
+    pool = runtime.on_rank_zero(lambda: _prompt_pool(cfg, run.tokenizer))
 
     model = run.run_stage(0, "init", partial(init_model, run)).outputs["checkpoint"]
     first = model
@@ -454,7 +458,9 @@ def _tokenizer_assets(cfg: Config) -> list[str]:
     return [path] if path and Path(path).is_file() else []
 
 
-def _prompt_pool(cfg: Config) -> list:
+def _prompt_pool(cfg: Config, tokenizer) -> list:
+    """The prompt file, checked up front: the slices the run will use must fit the prompt budget
+    (``data.max_truncated_fraction``) before seed SFT or any other stage starts."""
     if cfg.data.prompts is None:
         raise ConfigError("scir iterate needs data.prompts=FILE (the prompt pool, JSONL)")
     pool, _ = read_records(cfg.data.prompts, "prompts", on_bad_record=cfg.data.on_bad_record)
@@ -466,6 +472,10 @@ def _prompt_pool(cfg: Config) -> list:
             f"{cfg.iteration.num_iterations} iterations) but {cfg.data.prompts} holds {len(pool)}: "
             "lower iteration.prompts_per_iteration or use iteration.prompt_slices=all"
         )
+    used = {}
+    for t in range(1, cfg.iteration.num_iterations + 1):
+        used.update((p.id, p) for p in _iteration_prompts(pool, cfg, t))
+    PromptEncoder.from_config(cfg, tokenizer).encode_all(list(used.values()))
     return pool
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 
 import pytest
 import torch
 
-from megatron_scir.config import JudgeConfig
+from megatron_scir.config import JudgeConfig, load_config
 from megatron_scir.config.choices import JudgeKind
 from megatron_scir.data import ChatFormat, DataError, SentencePieceTokenizer, SingleTokenError
 from megatron_scir.data.judges import (
@@ -97,6 +98,27 @@ def test_a_verdict_that_is_several_tokens_fails_naming_the_texts_and_ids(sp_chat
     assert "'Better' does not add exactly one token" in message
     assert "Assistant:\\n'" in message  # the end of the rendered prompt it follows
     assert "ids [" in message and "judge.verdict_texts" in message
+
+
+def test_a_prefix_ending_in_a_space_fails_naming_the_override_values_that_work(sp_chat):
+    # "Answer: " + "A" encodes as "Answer:" + "▁A": the prefix's space merges into the verdict
+    with pytest.raises(SingleTokenError) as err:
+        pairwise(verdict_prefix="Answer: ").candidate_ids(sp_chat)
+    message = str(err.value)
+    assert "judge.verdict_prefix ends with ' '" in message
+    fix = message.rsplit("put the space into the texts instead: ", 1)[1]
+    assert fix == """judge.verdict_prefix=Answer: 'judge.verdict_texts=[" A", " B"]'"""
+    judge = load_config(None, shlex.split(fix)).judge
+    assert sp_chat.tokenizer.pieces(judge_format(judge).candidate_ids(sp_chat)) == ["▁A", "▁B"]
+
+
+def test_no_override_values_are_named_when_moving_the_space_does_not_help(sp_chat):
+    # the tiny model has no "▁0".."▁5": neither "Score: " + "0" nor "Score:" + " 0" is one token
+    judge = JudgeConfig(kind="pointwise", verdict_prefix="Score: ")
+    with pytest.raises(SingleTokenError) as err:
+        judge_format(judge).candidate_ids(sp_chat)
+    assert "'0' does not add exactly one token" in str(err.value)
+    assert "put the space into the texts" not in str(err.value)
 
 
 def test_a_verdict_the_tokenizer_does_not_know_fails_as_unknown(sp_chat):

@@ -10,6 +10,9 @@ y1 ≻ y2. The data pipeline and the forward step call it; neither branches on t
 from __future__ import annotations
 
 import abc
+import dataclasses
+import json
+import shlex
 from typing import Any, ClassVar
 
 import torch
@@ -17,6 +20,7 @@ import torch
 from megatron_scir.config import JudgeConfig
 from megatron_scir.config.choices import JudgeKind
 from megatron_scir.data.chat import ChatFormat
+from megatron_scir.data.errors import SingleTokenError
 from megatron_scir.data.judges.render import (
     PROBE_PROMPT,
     PROBE_RESPONSES,
@@ -94,9 +98,44 @@ class JudgeFormat(abc.ABC):
 
         Raises:
             SingleTokenError: a candidate text is not exactly one known, distinct token after
-                the rendered judge prompt.
+                the rendered judge prompt. When ``judge.verdict_prefix`` ends with spaces
+                that the tokenizer merges into the text (byte-level BPE spells " A" as one
+                token "ĠA", SentencePiece as "▁A") and moving that whitespace into the texts
+                works, the message names those override values.
         """
-        return tuple(in_context_token_ids(chat, self.probe_text(chat), self.candidate_texts))
+        try:
+            return tuple(in_context_token_ids(chat, self.probe_text(chat), self.candidate_texts))
+        except SingleTokenError as err:
+            fix = self._space_moved_into_texts(chat)
+            if fix is None:
+                raise
+            raise SingleTokenError(f"{err}. {fix}") from None
+
+    def _space_moved_into_texts(self, chat: ChatFormat) -> str | None:
+        """The override values that move the prefix's trailing spaces into the candidate texts,
+        when they give single distinct tokens; else None."""
+        prefix = self.judge.verdict_prefix
+        stripped = prefix.rstrip(" ")
+        if stripped == prefix:
+            return None
+        space = prefix[len(stripped) :]
+        texts = [t if t[:1].isspace() else space + t for t in self.candidate_texts]
+        moved = dataclasses.replace(
+            self.judge, verdict_prefix=stripped, **{self.candidate_texts_key: texts}
+        )
+        try:
+            type(self)(moved).candidate_ids(chat)
+        except SingleTokenError:
+            return None
+        overrides = (
+            f"judge.verdict_prefix={stripped}",
+            f"judge.{self.candidate_texts_key}={json.dumps(texts)}",
+        )
+        return (
+            f"judge.verdict_prefix ends with {space!r}, which tokenizer {chat.tokenizer.name} "
+            "merges with the text after it: put the space into the texts instead: "
+            + " ".join(map(shlex.quote, overrides))
+        )
 
     @property
     def rows_per_pair(self) -> int:
