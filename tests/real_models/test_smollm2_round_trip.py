@@ -32,7 +32,8 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def _run(cmd: list[str]) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"scir convert {cmd[4]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    output = f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    assert done.returncode == 0, f"scir convert {cmd[4]} failed:\n{output}"
 
 
 def test_hf_to_mcore_to_hf_gives_back_every_tensor_and_keeps_the_tying(smollm2_dir, tmp_path):
