@@ -114,9 +114,10 @@ def config_for_checkpoint(
     ``params_dtype``; a changed shape is refused when the weights load). A Megatron-LM or NeMo 2
     checkpoint carries no megatron-scir metadata: the config's model section is used as is.
     """
-    cfg = load_config(base, overrides)
+    cfg = load_config(base, overrides, check_layout=False)  # checked with the model below
     path = Path(ckpt_dir)
     if not (path / METADATA_FILE).is_file():
+        validate(cfg)
         return cfg
     saved = read_metadata(path).config.model
     explicit = {

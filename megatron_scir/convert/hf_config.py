@@ -210,7 +210,7 @@ def config_from_hf(
             )
         if key == "model.params_dtype":
             fields.pop("params_dtype")
-    cfg = load_config(base, overrides)
+    cfg = load_config(base, overrides, check_layout=False)  # checked with the HF model below
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **fields))
     validate(cfg)
     return cfg

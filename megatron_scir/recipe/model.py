@@ -93,7 +93,8 @@ def load_run_config(
             data = dataclasses.replace(cfg.data, tokenizer_type="hf", tokenizer_path=str(hf_dir))
             cfg = dataclasses.replace(cfg, data=data)
     else:
-        cfg = load_config(config, overrides)
+        # the layout is checked below, against the model the run starts from
+        cfg = load_config(config, overrides, check_layout=False)
         ckpt = ckpt or cfg.checkpoint.load
         if ckpt:
             cfg = tokenizer_config_from_checkpoint(

@@ -88,6 +88,19 @@ def test_shape_overrides_are_refused_but_the_training_dtype_is_taken(llama31_dir
     assert cfg.model.params_dtype == "bfloat16" and cfg.scir.beta == 0.2
 
 
+def test_the_layout_is_checked_against_the_hf_model_not_the_presets(tmp_path):
+    """SmolLM2-like: 6 heads fit TP=3, the tiny preset's 4 heads do not; TP=3 must be accepted
+    (and TP=4, which the HF model does not fit, refused naming its heads)."""
+    from megatron_scir.config import ConfigError
+
+    hf_dir = tmp_path / "six_heads"
+    tiny_hf_llama(hf_dir, hidden_size=96, intermediate_size=192, num_heads=6, num_kv_heads=3)
+    cfg = config_from_hf(hf_dir, "tiny", ["parallel.tensor_model_parallel_size=3"])
+    assert cfg.model.num_attention_heads == 6
+    with pytest.raises(ConfigError, match=r"model.num_attention_heads \(6\)"):
+        config_from_hf(hf_dir, "tiny", ["parallel.tensor_model_parallel_size=4"])
+
+
 def test_generated_config_json_loads_in_transformers_with_the_same_fields(llama31_dir, tmp_path):
     from transformers import AutoConfig
 
