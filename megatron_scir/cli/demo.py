@@ -35,7 +35,7 @@ from functools import partial
 from pathlib import Path
 
 from megatron_scir.config import load_config, validate
-from megatron_scir.config.validate import GENERATION, TRAINING
+from megatron_scir.config.validate import GENERATION, SELF_REWARDING, TRAINING
 
 HELP = "the CPU study: seed SFT, then SCIR vs SRLM (vs oracle DPO) iterations on a graded task"
 
@@ -163,7 +163,7 @@ def run_study(
                 *extra,
             ],
         )
-        validate(cfg, uses=(GENERATION, TRAINING))
+        validate(cfg, uses=(GENERATION, TRAINING, SELF_REWARDING))
         return cfg
 
     parallel = load_config("tiny", list(overrides)).parallel

@@ -17,7 +17,9 @@ from megatron_scir.config.schema import Config
 
 GENERATION = "generation"
 TRAINING = "training"
-USES = (GENERATION, TRAINING)
+SELF_REWARDING = "self_rewarding"
+"""The run trains on the responses it samples itself (``scir iterate``, ``scir demo``)."""
+USES = (GENERATION, TRAINING, SELF_REWARDING)
 
 
 def validate(cfg: Config, *, uses: Collection[str] = ()) -> None:
@@ -26,8 +28,10 @@ def validate(cfg: Config, *, uses: Collection[str] = ()) -> None:
     Args:
         cfg: The resolved config.
         uses: Stages the caller runs: ``generation`` (prompt budget + new tokens fit the
-            positions) and/or ``training`` (sequence budgets fit the positions and SP); both
-            (the self-rewarding loop): the responses it samples fit the response budget.
+            positions) and/or ``training`` (sequence budgets fit the positions and SP);
+            ``self_rewarding`` (training on its own samples, with both): the responses it
+            samples fit the response budget. ``scir evaluate`` generates and reads pairs but
+            trains on nothing it sampled, so it does not name the last.
     """
     unknown = set(uses) - set(USES)
     if unknown:
@@ -37,7 +41,7 @@ def validate(cfg: Config, *, uses: Collection[str] = ()) -> None:
         _check_generation(cfg)
     if TRAINING in uses:
         _check_training(cfg)
-    if GENERATION in uses and TRAINING in uses:
+    if SELF_REWARDING in uses:
         _check_loop(cfg)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_scir.config import ConfigError
-from megatron_scir.config.validate import GENERATION, TRAINING
+from megatron_scir.config.validate import GENERATION, SELF_REWARDING, TRAINING
 from megatron_scir.data import build_tokenizer, check_tokenizer_fits_model
 from megatron_scir.iteration.driver import run_iterations
 from megatron_scir.iteration.evaluate import grade_answers, greedy_answers, reward_accuracy
@@ -24,7 +24,7 @@ __all__ = ["evaluate_job", "iterate"]
 
 def iterate(config, overrides, *, hf_dir=None, progress=None, report=True) -> list[dict[str, Any]]:
     """Load and check the config, enter the world, run the loop; the records on every rank."""
-    cfg, tokenizer = _setup(config, overrides, hf_dir=hf_dir)
+    cfg, tokenizer = _setup(config, overrides, hf_dir=hf_dir, uses=(SELF_REWARDING,))
     with parallel_world(cfg.parallel, seed=cfg.train.seed) as runtime:
         return run_iterations(
             runtime, cfg, tokenizer, hf_dir=hf_dir, progress=progress, report=report
@@ -75,10 +75,10 @@ def evaluate_job(
     return report
 
 
-def _setup(config, overrides, *, hf_dir=None, ckpt=None):
+def _setup(config, overrides, *, hf_dir=None, ckpt=None, uses=()):
     """The validated config (model section from the checkpoint or HF folder) and tokenizer."""
     cfg = load_run_config(
-        config, overrides, ckpt=ckpt, hf_dir=hf_dir, uses=(GENERATION, TRAINING)
+        config, overrides, ckpt=ckpt, hf_dir=hf_dir, uses=(GENERATION, TRAINING, *uses)
     )
     tokenizer = build_tokenizer(cfg.data)
     check_tokenizer_fits_model(tokenizer, cfg.model)

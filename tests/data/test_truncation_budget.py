@@ -174,10 +174,12 @@ def test_a_fraction_outside_zero_to_one_is_refused(make_cfg, value):
 def test_the_loop_refuses_up_front_to_sample_responses_longer_than_it_trains_on(make_cfg):
     from megatron_scir.config import validate
 
-    both = ("generation", "training")
+    loop = ("generation", "training", "self_rewarding")
     cfg = make_cfg("generation.max_new_tokens=48")  # data.max_response_length=32
     validate(cfg, uses=("generation",))  # generate alone, or train alone, samples or trains
     validate(cfg, uses=("training",))
+    validate(cfg, uses=("generation", "training"))  # scir evaluate: trains on no sample
+    both = loop
     with pytest.raises(ConfigError, match="Raise data.max_response_length to 48"):
         validate(cfg, uses=both)
     validate(make_cfg("generation.max_new_tokens=48", "data.max_truncated_fraction=0.1"), uses=both)
