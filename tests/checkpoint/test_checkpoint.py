@@ -48,8 +48,11 @@ def _weights(chunks) -> dict[str, torch.Tensor]:
 def _killed_writer(rank, world_size, ckpt):
     from megatron_scir.checkpoint import io
 
+    # a group of its own: SIGKILL reaches the checkpoint writer's helper process too, as a
+    # scheduler killing the job would (killing the rank alone orphaned that helper)
+    os.setpgrp()
     cfg, chunks = _tiny()
-    with mock.patch.object(io, "write_metadata", lambda *a: os.kill(os.getpid(), signal.SIGKILL)):
+    with mock.patch.object(io, "write_metadata", lambda *a: os.killpg(0, signal.SIGKILL)):
         io.save_checkpoint(ckpt, chunks, cfg, iteration=0, step=0)
 
 
