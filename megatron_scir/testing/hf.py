@@ -83,56 +83,50 @@ LLAMA_SHAPES = {
 }
 
 
-def tiny_hf_llama(
-    out_dir: str | Path | None = None,
+SHAPE = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=160,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    max_position_embeddings=2048,
+)
+"""The shape every builder takes as keywords (``**shape``), with these defaults."""
+
+
+def _decoder(
+    config_class: str,
+    out_dir: str | Path | None,
+    shape: dict,
     *,
-    vocab_size: int = 256,
-    hidden_size: int = 64,
-    intermediate_size: int = 160,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    head_dim: int | None = None,
-    max_position_embeddings: int = 2048,
-    rope_theta: float = 10000.0,
-    llama3_rope_scaling: dict | None = None,
-    tie_word_embeddings: bool = False,
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-    weight_std: float = 0.1,
+    rope: dict,
+    dtype: torch.dtype,
+    seed: int,
+    weight_std: float,
+    tokenizer: bool,
     max_shard_size: str | None = None,
-    tokenizer: bool = False,
+    **family,
 ):
-    """A random ``LlamaForCausalLM`` (GQA by default), saved to ``out_dir`` when given.
+    """Build, randomise and (with ``out_dir``) save a transformers ``config_class`` model:
+    ``shape`` over :data:`SHAPE`, ``family`` the family's own config fields."""
+    import transformers  # lazy: transformers is the optional [hf] extra
 
-    Args:
-        out_dir: where to ``save_pretrained`` (safetensors; sharded below ``max_shard_size``).
-        head_dim: None for ``hidden_size // num_heads``; another value tests ``kv_channels``.
-        llama3_rope_scaling: e.g. ``{"factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}`` (Llama-3.1).
-        tokenizer: also write a tiny HF tokenizer (files to copy through a conversion).
-
-    Returns:
-        The model in eval mode.
-    """
-    from transformers import LlamaConfig  # lazy: transformers is the optional [hf] extra
-
-    rope = {"rope_theta": rope_theta, "rope_type": "default"}
-    if llama3_rope_scaling is not None:
-        rope = {"rope_theta": rope_theta, "rope_type": "llama3", **llama3_rope_scaling}
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        head_dim=head_dim or hidden_size // num_heads,
-        max_position_embeddings=max_position_embeddings,
+    unknown = set(shape) - set(SHAPE)
+    if unknown:
+        raise TypeError(f"unknown shape keywords {sorted(unknown)}; expected some of {list(SHAPE)}")
+    m = {**SHAPE, **shape}
+    config = getattr(transformers, config_class)(
+        vocab_size=m["vocab_size"],
+        hidden_size=m["hidden_size"],
+        intermediate_size=m["intermediate_size"],
+        num_hidden_layers=m["num_layers"],
+        num_attention_heads=m["num_heads"],
+        num_key_value_heads=m["num_kv_heads"],
+        max_position_embeddings=m["max_position_embeddings"],
         rope_parameters=rope,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=tie_word_embeddings,
         dtype=dtype,
+        **family,
     )
     return _build(
         config,
@@ -144,155 +138,145 @@ def tiny_hf_llama(
     )
 
 
+def _default_rope(theta: float) -> dict:
+    return {"rope_theta": theta, "rope_type": "default"}
+
+
+def _head_dim(shape: dict) -> int:
+    m = {**SHAPE, **shape}
+    return m["hidden_size"] // m["num_heads"]
+
+
+def tiny_hf_llama(
+    out_dir: str | Path | None = None,
+    *,
+    head_dim: int | None = None,
+    rope_theta: float = 10000.0,
+    llama3_rope_scaling: dict | None = None,
+    tie_word_embeddings: bool = False,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    weight_std: float = 0.1,
+    max_shard_size: str | None = None,
+    tokenizer: bool = False,
+    **shape: int,
+):
+    """A random ``LlamaForCausalLM`` (GQA by default), saved to ``out_dir`` when given.
+
+    Args:
+        out_dir: where to ``save_pretrained`` (safetensors; sharded below ``max_shard_size``).
+        head_dim: None for ``hidden_size // num_heads``; another value tests ``kv_channels``.
+        llama3_rope_scaling: e.g. ``{"factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}`` (Llama-3.1).
+        tokenizer: also write a tiny HF tokenizer (files to copy through a conversion).
+        shape: :data:`SHAPE` keywords (``vocab_size``, ``hidden_size``, ``num_layers``, …).
+
+    Returns:
+        The model in eval mode.
+    """
+    rope = _default_rope(rope_theta)
+    if llama3_rope_scaling is not None:
+        rope = {"rope_theta": rope_theta, "rope_type": "llama3", **llama3_rope_scaling}
+    return _decoder(
+        "LlamaConfig",
+        out_dir,
+        shape,
+        rope=rope,
+        dtype=dtype,
+        seed=seed,
+        weight_std=weight_std,
+        tokenizer=tokenizer,
+        max_shard_size=max_shard_size,
+        head_dim=head_dim or _head_dim(shape),
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+
+
 def tiny_hf_mistral(
     out_dir: str | Path | None = None,
     *,
-    vocab_size: int = 256,
-    hidden_size: int = 64,
-    intermediate_size: int = 160,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    max_position_embeddings: int = 2048,
     rope_theta: float = 1_000_000.0,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     weight_std: float = 0.1,
     tokenizer: bool = False,
+    **shape: int,
 ):
     """A random ``MistralForCausalLM`` shaped like Mistral-7B-v0.3 (no sliding window)."""
-    from transformers import MistralConfig  # lazy: transformers is the optional [hf] extra
-
-    config = MistralConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        head_dim=hidden_size // num_heads,
-        max_position_embeddings=max_position_embeddings,
-        rope_parameters={"rope_theta": rope_theta, "rope_type": "default"},
+    return _decoder(
+        "MistralConfig",
+        out_dir,
+        shape,
+        rope=_default_rope(rope_theta),
+        dtype=dtype,
+        seed=seed,
+        weight_std=weight_std,
+        tokenizer=tokenizer,
+        head_dim=_head_dim(shape),
         sliding_window=None,
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
-        dtype=dtype,
-    )
-    return _build(
-        config, out_dir, seed=seed, weight_std=weight_std, max_shard_size=None, tokenizer=tokenizer
-    )
-
-
-def _qwen_config_kwargs(
-    *,
-    vocab_size: int,
-    hidden_size: int,
-    intermediate_size: int,
-    num_layers: int,
-    num_heads: int,
-    num_kv_heads: int,
-    max_position_embeddings: int,
-    rope_theta: float,
-    tie_word_embeddings: bool,
-    dtype: torch.dtype,
-) -> dict:
-    return dict(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_position_embeddings,
-        rope_parameters={"rope_theta": rope_theta, "rope_type": "default"},
-        use_sliding_window=False,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=tie_word_embeddings,
-        dtype=dtype,
     )
 
 
 def tiny_hf_qwen2(
     out_dir: str | Path | None = None,
     *,
-    vocab_size: int = 256,
-    hidden_size: int = 64,
-    intermediate_size: int = 160,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    max_position_embeddings: int = 2048,
     rope_theta: float = 1_000_000.0,
     tie_word_embeddings: bool = True,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     weight_std: float = 0.1,
     tokenizer: bool = False,
+    **shape: int,
 ):
     """A random ``Qwen2ForCausalLM`` shaped like Qwen2.5-0.5B: biases on q/k/v (random like the
     weights), tied embeddings, no sliding window. Saved to ``out_dir`` when given."""
-    from transformers import Qwen2Config  # lazy: transformers is the optional [hf] extra
-
-    config = Qwen2Config(
-        **_qwen_config_kwargs(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            intermediate_size=intermediate_size,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            num_kv_heads=num_kv_heads,
-            max_position_embeddings=max_position_embeddings,
-            rope_theta=rope_theta,
-            tie_word_embeddings=tie_word_embeddings,
-            dtype=dtype,
-        )
-    )
-    return _build(
-        config, out_dir, seed=seed, weight_std=weight_std, max_shard_size=None, tokenizer=tokenizer
+    return _decoder(
+        "Qwen2Config",
+        out_dir,
+        shape,
+        rope=_default_rope(rope_theta),
+        dtype=dtype,
+        seed=seed,
+        weight_std=weight_std,
+        tokenizer=tokenizer,
+        use_sliding_window=False,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tie_word_embeddings,
     )
 
 
 def tiny_hf_qwen3(
     out_dir: str | Path | None = None,
     *,
-    vocab_size: int = 256,
-    hidden_size: int = 64,
-    intermediate_size: int = 160,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
     head_dim: int = 32,
-    max_position_embeddings: int = 2048,
     rope_theta: float = 1_000_000.0,
     tie_word_embeddings: bool = False,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     weight_std: float = 0.1,
     tokenizer: bool = False,
+    **shape: int,
 ):
     """A random ``Qwen3ForCausalLM``: QK-norm (``q_norm`` / ``k_norm`` over ``head_dim``, random
     like every norm), its own ``head_dim`` (Qwen3's 128 ≠ hidden/heads), no biases, no sliding
     window. Saved to ``out_dir`` when given."""
-    from transformers import Qwen3Config  # lazy: transformers is the optional [hf] extra
-
-    config = Qwen3Config(
-        **_qwen_config_kwargs(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            intermediate_size=intermediate_size,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            num_kv_heads=num_kv_heads,
-            max_position_embeddings=max_position_embeddings,
-            rope_theta=rope_theta,
-            tie_word_embeddings=tie_word_embeddings,
-            dtype=dtype,
-        ),
+    return _decoder(
+        "Qwen3Config",
+        out_dir,
+        shape,
+        rope=_default_rope(rope_theta),
+        dtype=dtype,
+        seed=seed,
+        weight_std=weight_std,
+        tokenizer=tokenizer,
+        use_sliding_window=False,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tie_word_embeddings,
         head_dim=head_dim,
         attention_bias=False,
-    )
-    return _build(
-        config, out_dir, seed=seed, weight_std=weight_std, max_shard_size=None, tokenizer=tokenizer
     )
 
 
