@@ -907,66 +907,13 @@ def worker_env() -> int:
     return 0
 
 
-def hf_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int):
-    """transformers' greedy answers as megatron-scir writes them, per prompt: (text, truncated,
-    the text after each new token, each step's top-1/top-2 logit gap). One left-padded batch on
-    the model's device (tests/real_models/test_smollm2.py's reference, moved to that device)."""
-    import torch
-
-    chats = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-        )
-        for p in prompts
-    ]
-    tokenizer.padding_side = "left"
-    batch = tokenizer(chats, add_special_tokens=False, padding=True, return_tensors="pt")
-    batch = batch.to(next(model.parameters()).device)
-    with torch.no_grad():
-        out = model.generate(
-            **batch,
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            output_scores=True,
-            return_dict_in_generate=True,
-        )
-    special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
-    width = batch["input_ids"].shape[1]
-    results = []
-    for row in range(len(prompts)):
-        new = out.sequences[row, width:].tolist()
-        truncated = tokenizer.eos_token_id not in new
-        if not truncated:
-            new = new[: new.index(tokenizer.eos_token_id)]
-        gaps = [
-            float(s[row].float().topk(2).values.diff().abs()) for s in out.scores[: len(new) + 1]
-        ]
-        prefixes = [
-            tokenizer.decode(
-                [i for i in new[:k] if i not in special],
-                skip_special_tokens=False,
-                clean_up_tokenization_spaces=False,
-            )
-            for k in range(1, len(new) + 1)
-        ]
-        results.append((prefixes[-1] if prefixes else "", truncated, prefixes, gaps))
-    return results
-
-
-def gap_at_divergence(got: str, prefixes: Sequence[str], gaps: Sequence[float]) -> float | None:
-    """HF's top-1/top-2 gap at the first step whose text megatron-scir did not produce."""
-    for step, prefix in enumerate(prefixes):
-        if not got.startswith(prefix):
-            return gaps[step]
-    return gaps[len(prefixes)] if len(gaps) > len(prefixes) else None
-
-
 def compare_answers(
     prompts: Sequence[str], got: Sequence[tuple[str, bool]], expected, near_tie: float
 ) -> dict[str, Any]:
     """Identical answers, divergences at a near-tie, and wrong ones (as the real-model test)."""
+    # the worker runs after the install: the package is importable there, not at module level
+    from megatron_scir.testing.real_models import gap_at_divergence
+
     identical, near_ties, wrong = 0, [], []
     for prompt, (text_got, trunc_got), (text, truncated, prefixes, gaps) in zip(
         prompts, got, expected, strict=True
@@ -992,7 +939,7 @@ def worker_smollm2(workdir: Path, dtype: str, impls: Sequence[str]) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from megatron_scir.data import read_records
-    from megatron_scir.testing.real_models import smollm2_hf_dir
+    from megatron_scir.testing.real_models import smollm2_hf_dir, transformers_greedy
 
     constants = smollm2_test_constants()
     prompts, max_new = constants["PROMPTS"], constants["MAX_NEW_TOKENS"]
@@ -1018,7 +965,7 @@ def worker_smollm2(workdir: Path, dtype: str, impls: Sequence[str]) -> int:
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch_dtype).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     start = time.monotonic()
-    expected = hf_greedy(model, tokenizer, prompts, max_new)
+    expected = transformers_greedy(model, tokenizer, prompts, max_new)
     hf_s = time.monotonic() - start
     del model
     if device == "cuda":

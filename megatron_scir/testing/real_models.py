@@ -218,3 +218,62 @@ def _dequantize(gguf_path: Path, out_dir: Path) -> None:
     plain.generation_config = loaded.generation_config
     plain.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
+
+
+def transformers_greedy(model, tokenizer, prompts, max_new_tokens: int) -> list[tuple]:
+    """transformers' greedy answers to ``prompts`` (user turns in the tokenizer's chat template)
+    as megatron-scir writes them, per prompt: ``(response text, truncated, the text after each
+    new token, each step's top-1/top-2 logit gap)``. The text follows the chat prompt, is cut
+    before EOS, BOS/EOS/PAD ids dropped. One left-padded batch on the model's device."""
+    import torch
+
+    chats = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
+        for p in prompts
+    ]
+    tokenizer.padding_side = "left"
+    batch = tokenizer(chats, add_special_tokens=False, padding=True, return_tensors="pt")
+    batch = batch.to(next(model.parameters()).device)
+    with torch.no_grad():
+        out = model.generate(
+            **batch,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+    special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    width = batch["input_ids"].shape[1]
+    results = []
+    for row in range(len(prompts)):
+        new = out.sequences[row, width:].tolist()
+        truncated = tokenizer.eos_token_id not in new
+        if not truncated:
+            new = new[: new.index(tokenizer.eos_token_id)]
+        gaps = [
+            float(s[row].float().topk(2).values.diff().abs()) for s in out.scores[: len(new) + 1]
+        ]
+        prefixes = [
+            tokenizer.decode(
+                [i for i in new[:k] if i not in special],
+                skip_special_tokens=False,
+                clean_up_tokenization_spaces=False,
+            )
+            for k in range(1, len(new) + 1)
+        ]
+        results.append((prefixes[-1] if prefixes else "", truncated, prefixes, gaps))
+    return results
+
+
+def gap_at_divergence(got: str, prefixes: list[str], gaps: list[float]) -> float | None:
+    """transformers' top-1/top-2 gap at the first step whose text megatron-scir did not
+    produce (EOS against more text: the step after the last prefix)."""
+    for step, prefix in enumerate(prefixes):
+        if not got.startswith(prefix):
+            return gaps[step]
+    return gaps[len(prefixes)] if len(gaps) > len(prefixes) else None
+

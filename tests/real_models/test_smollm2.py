@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from megatron_scir.testing.real_models import gap_at_divergence, transformers_greedy
+
 pytestmark = pytest.mark.real_model
 
 MAX_NEW_TOKENS = 24
@@ -90,58 +92,13 @@ def test_the_dequantized_folder_is_smollm2_135m_instruct(smollm2_dir, hf_model_a
     assert tokenizer.decode([next_id]) == " Paris"
 
 
-def _transformers_greedy(
-    model, tokenizer, prompts
-) -> list[tuple[str, bool, list[str], list[float]]]:
-    """Per prompt, as megatron-scir writes it: (response text, truncated, the text after each new
-    token, the top-1/top-2 logit gap of each step). The text follows the chat prompt, is cut
-    before EOS, BOS/EOS/PAD ids dropped. One left-padded batch (16 prompts one at a time take
-    ~7× longer on 2 cores; the answers are the same)."""
-    chats = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-        )
-        for p in prompts
-    ]
-    assert all(c.startswith(tokenizer.bos_token) for c in chats)  # so no second BOS goes first
-    tokenizer.padding_side = "left"
-    batch = tokenizer(chats, add_special_tokens=False, padding=True, return_tensors="pt")
-    out = model.generate(
-        **batch,
-        do_sample=False,
-        max_new_tokens=MAX_NEW_TOKENS,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        output_scores=True,
-        return_dict_in_generate=True,
-    )
-    special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
-    width = batch.input_ids.shape[1]
-    results = []
-    for row in range(len(prompts)):
-        new = out.sequences[row, width:].tolist()
-        truncated = tokenizer.eos_token_id not in new
-        if not truncated:
-            new = new[: new.index(tokenizer.eos_token_id)]
-        gaps = [float(s[row].topk(2).values.diff().abs()) for s in out.scores[: len(new) + 1]]
-        prefixes = [
-            tokenizer.decode(
-                [i for i in new[:k] if i not in special],
-                skip_special_tokens=False,
-                clean_up_tokenization_spaces=False,
-            )
-            for k in range(1, len(new) + 1)
-        ]
-        results.append((prefixes[-1] if prefixes else "", truncated, prefixes, gaps))
-    return results
-
-
-def _near_tie_at_divergence(got: str, prefixes: list[str], gaps: list[float]) -> float | None:
-    """HF's top-1/top-2 gap at the first step whose text megatron-scir did not produce."""
-    for step, prefix in enumerate(prefixes):
-        if not got.startswith(prefix):
-            return gaps[step]
-    return gaps[len(prefixes)] if len(gaps) > len(prefixes) else None  # EOS vs more text
+def _transformers_greedy(model, tokenizer, prompts) -> list[tuple]:
+    """The reference (16 prompts one at a time take ~7× longer on 2 cores; same answers)."""
+    chats_start_with_bos = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
+    ).startswith(tokenizer.bos_token)
+    assert chats_start_with_bos  # so no second BOS goes first
+    return transformers_greedy(model, tokenizer, prompts, MAX_NEW_TOKENS)
 
 
 def test_convert_then_greedy_generate_gives_transformers_answers(
@@ -181,7 +138,7 @@ def test_convert_then_greedy_generate_gives_transformers_answers(
         if (got, record.truncated[0]) == (text, truncated):
             identical.append(prompt)
             continue
-        gap = _near_tie_at_divergence(got, prefixes, gaps)
+        gap = gap_at_divergence(got, prefixes, gaps)
         line = f"{prompt!r}: transformers {text!r}, megatron-scir {got!r} (HF gap there {gap})"
         (near_ties if gap is not None and gap < NEAR_TIE else wrong).append(line)
     min_gap = min(min(gaps) for *_, gaps in expected)
