@@ -33,6 +33,7 @@ from megatron_scir.generation.mcore_inference import select_engine
 from megatron_scir.parallel.runtime import parallel_world
 from megatron_scir.recipe.model import RANDOM_INIT, ModelSource, load_model, load_run_config
 from megatron_scir.recipe.stages import pairs_have_ref_logps, reference_stage, train_stage
+from megatron_scir.training.metrics_log import LOSS_TOTAL
 from megatron_scir.training.trainer import TrainResult
 
 __all__ = ["SFT", "TRAIN", "generate_job", "train_job"]
@@ -108,8 +109,6 @@ def _reference_pairs(runtime, cfg, tokenizer, chunks, pairs, save_dir, resuming,
 
 def _summary(stage: str, result: TrainResult) -> str:
     """The final line: steps, skips, the last loss, where the weights are."""
-    from megatron_scir.training.metrics_log import LOSS_TOTAL
-
     s = result.state
     loss = result.metrics.get(LOSS_TOTAL, float("nan"))
     how = "stopped by a signal at" if result.preempted else "finished"

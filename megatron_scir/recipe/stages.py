@@ -9,6 +9,7 @@ micro-batches in it. ``scir train`` / ``scir sft`` (:mod:`.jobs`), ``scir iterat
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -160,8 +161,6 @@ def consistency_rate(
 def pairs_have_ref_logps(pairs: str | os.PathLike) -> bool:
     """Whether the pairs file's first record carries ``ref_logps_1`` (a file that cannot be
     read says False: the reference pass then reports it with its file and line)."""
-    import json
-
     try:
         with open(Path(pairs), encoding="utf-8") as fh:
             first = next((line for line in fh if line.strip()), "")
