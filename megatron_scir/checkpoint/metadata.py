@@ -20,6 +20,8 @@ from pathlib import Path
 from megatron_scir.checkpoint.errors import CheckpointError
 from megatron_scir.config import Config, ModelConfig, config_from_dict, load_config, validate
 from megatron_scir.config.choices import TokenizerType
+from megatron_scir.config.derived import fit_budgets
+from megatron_scir.config.load import override_keys
 
 FORMAT = "megatron-scir/torch_dist"
 FORMAT_VERSION = 1
@@ -105,7 +107,11 @@ def check_same_model(saved: ModelConfig, current: ModelConfig, where: str | Path
 
 
 def config_for_checkpoint(
-    ckpt_dir: str | Path, base: str | Path | None, overrides: Sequence[str] = ()
+    ckpt_dir: str | Path,
+    base: str | Path | None,
+    overrides: Sequence[str] = (),
+    *,
+    fit_budgets_to_model: bool = False,
 ) -> Config:
     """``load_config(base, overrides)`` with the model section of the model the checkpoint holds.
 
@@ -113,20 +119,22 @@ def config_for_checkpoint(
     enough; ``model.*`` keys among ``overrides`` still apply on top (e.g. ``transformer_impl``,
     ``params_dtype``; a changed shape is refused when the weights load). A Megatron-LM or NeMo 2
     checkpoint carries no megatron-scir metadata: the config's model section is used as is.
+    ``fit_budgets_to_model``: the budgets not among ``overrides`` shrink to the model's positions
+    (:func:`~megatron_scir.config.derived.fit_budgets`; the ``chat`` preset's defaults).
     """
     cfg = load_config(base, overrides, check_layout=False)  # checked with the model below
     path = Path(ckpt_dir)
-    if not (path / METADATA_FILE).is_file():
-        validate(cfg)
-        return cfg
-    saved = read_metadata(path).config.model
-    explicit = {
-        key.lstrip("+").split("=", 1)[0].strip().removeprefix("model.")
-        for key in overrides
-        if key.lstrip("+").startswith("model.")
-    }
-    model = dataclasses.replace(saved, **{name: getattr(cfg.model, name) for name in explicit})
-    cfg = dataclasses.replace(cfg, model=model)
+    if (path / METADATA_FILE).is_file():
+        saved = read_metadata(path).config.model
+        explicit = {
+            key.removeprefix("model.")
+            for key in override_keys(overrides)
+            if key.startswith("model.")
+        }
+        model = dataclasses.replace(saved, **{name: getattr(cfg.model, name) for name in explicit})
+        cfg = dataclasses.replace(cfg, model=model)
+    if fit_budgets_to_model:
+        cfg = fit_budgets(cfg, keep=override_keys(overrides))
     validate(cfg)
     return cfg
 

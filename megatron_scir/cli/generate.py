@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from megatron_scir.config.arguments import add_config_arguments, log_to_stderr
+from megatron_scir.config.arguments import JOB_PRESETS_HELP, add_config_arguments, log_to_stderr
 
 HELP = "sample generation.num_responses responses per prompt (resumable JSONL output)"
 
@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (logging.progress=false)"
     )
-    add_config_arguments(parser)
+    add_config_arguments(parser, default=None, help=JOB_PRESETS_HELP)
     parser.set_defaults(func=run)
 
 

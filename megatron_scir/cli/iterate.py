@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from megatron_scir.config.arguments import add_config_arguments, log_to_stderr
+from megatron_scir.config.arguments import JOB_PRESETS_HELP, add_config_arguments, log_to_stderr
 
 ITERATE_HELP = "self-rewarding iterations: seed SFT, then generate → pairs → reference → train"
 EVALUATE_HELP = "reward-model accuracy on labelled pairs, or greedy answers for a grader"
@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("iterate", help=ITERATE_HELP, description=ITERATE_HELP)
     parser.add_argument("--hf-dir", help="start from this Hugging Face folder (M_0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_config_arguments(parser)
+    add_config_arguments(parser, default=None, help=JOB_PRESETS_HELP)
     parser.set_defaults(func=run_iterate)
 
     parser = subparsers.add_parser("evaluate", help=EVALUATE_HELP, description=EVALUATE_HELP)
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", help="greedy answers JSONL (with --prompts)")
     parser.add_argument("--grader", help="module:function scoring the answers (with --prompts)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_config_arguments(parser)
+    add_config_arguments(parser, default=None, help=JOB_PRESETS_HELP)
     parser.set_defaults(func=run_evaluate)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-from megatron_scir.config.arguments import add_config_arguments
+from megatron_scir.config.arguments import JOB_PRESETS_HELP, add_config_arguments
 
 SFT_HELP = "the seed SFT stage: instruction + judge data (SRLM's IFT + EFT)"
 TRAIN_HELP = "train on pairs: scir.mode=scir (default), dpo or srlm"
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
             "--resume", action="store_true", help="continue from the newest checkpoint"
         )
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-        add_config_arguments(parser)
+        add_config_arguments(parser, default=None, help=JOB_PRESETS_HELP)
         parser.set_defaults(func=run, stage=name)
 
 

@@ -11,7 +11,11 @@ from collections.abc import Callable
 
 from megatron_scir.config.errors import UserError
 
-PRESETS_HELP = "preset name (tiny, mistral_7b, llama3_8b, llama3_70b_fp8) or a YAML path"
+PRESETS_HELP = "preset name (tiny, chat, mistral_7b, llama3_8b, llama3_70b_fp8) or a YAML path"
+JOB_PRESETS_HELP = (
+    f"{PRESETS_HELP}; default: chat for a pretrained model (--hf-dir, or a checkpoint that "
+    "carries a Hugging Face tokenizer), tiny otherwise"
+)
 
 
 def add_config_arguments(

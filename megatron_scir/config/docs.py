@@ -26,7 +26,11 @@ scir config --config llama3_70b_fp8 parallel.pipeline_model_parallel_size=8 ++sc
 
 `a.b=c` and `++a.b=c` (NeMo's habit) both set a key of the schema; keys outside it are refused
 with the closest valid names. Values are parsed as YAML (`null`, `true`, `1e-6`, `[a, b]`).
-Presets: `tiny`, `mistral_7b`, `llama3_8b`, `llama3_70b_fp8` (`scir config --list-presets`).
+Presets: `tiny`, `chat`, `mistral_7b`, `llama3_8b`, `llama3_70b_fp8` (`scir config --list-presets`).
+`scir generate / sft / train / iterate / evaluate` without `--config` use `chat` for a pretrained
+model (`--hf-dir`, or a checkpoint carrying a Hugging Face tokenizer: 512-token prompt and response
+budgets shrunk to the model's positions where it has fewer than 2048, the tokenizer's own chat
+template) and `tiny` otherwise.
 Cross-section rules (TP divides heads and query groups, PP × VPP divides layers, FP8 needs the `te`
 spec, sequence budgets fit `model.max_position_embeddings`, ...) live in `config/validate.py`.
 """

@@ -64,6 +64,11 @@ def load_config(
     return _build(tree, check_layout=check_layout)
 
 
+def override_keys(overrides: Iterable[str]) -> set[str]:
+    """The dotted keys ``overrides`` set (``++a.b=c`` and ``a.b=c`` both give ``a.b``)."""
+    return {item.split("=", 1)[0].lstrip("+").strip() for item in overrides}
+
+
 def config_to_yaml(cfg: Config) -> str:
     """The resolved config as YAML (what ``scir config`` prints and checkpoints store)."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -22,6 +22,8 @@ from typing import Any
 
 from megatron_scir.config import Config, ModelConfig, load_config, validate
 from megatron_scir.config.choices import Dtype, choices
+from megatron_scir.config.derived import fit_budgets
+from megatron_scir.config.load import override_keys
 from megatron_scir.convert.errors import ConversionError
 
 
@@ -187,7 +189,11 @@ def model_fields_from_hf(hf: dict[str, Any], *, source: str = "config.json") -> 
 
 
 def config_from_hf(
-    hf_dir: str | Path, base: str | Path | None = None, overrides: Iterable[str] = ()
+    hf_dir: str | Path,
+    base: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    fit_budgets_to_model: bool = False,
 ) -> Config:
     """A full :class:`Config` whose model section comes from the folder's ``config.json``.
 
@@ -196,6 +202,8 @@ def config_from_hf(
         base: preset or YAML for everything but the model shape (None: the schema defaults).
         overrides: ``a.b=c`` overrides; those of fields ``config.json`` fixes are refused,
             except ``model.params_dtype`` (the dtype to train in).
+        fit_budgets_to_model: the budgets not among ``overrides`` shrink to the model's
+            positions (:func:`~megatron_scir.config.derived.fit_budgets`; the ``chat`` preset).
     """
     source = f"{hf_dir}/config.json"
     fields = model_fields_from_hf(read_hf_config(hf_dir), source=source)
@@ -212,6 +220,8 @@ def config_from_hf(
             fields.pop("params_dtype")
     cfg = load_config(base, overrides, check_layout=False)  # checked with the HF model below
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **fields))
+    if fit_budgets_to_model:
+        cfg = fit_budgets(cfg, keep=override_keys(overrides))
     validate(cfg)
     return cfg
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from megatron_scir.checkpoint import (
+    checkpoint_assets,
     checkpoint_identity,
     config_for_checkpoint,
     load_checkpoint,
@@ -31,6 +32,9 @@ from megatron_scir.convert import config_from_hf, load_hf_into_model
 logger = logging.getLogger(__name__)
 
 CHECKPOINT, HF, RANDOM_INIT = "checkpoint", "hf", "random-init"
+CHAT, TINY = "chat", "tiny"
+"""The presets a job without ``--config`` runs with (:func:`default_preset`)."""
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,19 @@ class ModelSource:
         return f"{CHECKPOINT}:{checkpoint_identity(self.path)}"
 
 
+def default_preset(
+    *, ckpt: str | os.PathLike | None = None, hf_dir: str | os.PathLike | None = None
+) -> str:
+    """The preset of a job run without ``--config``: ``chat`` for a pretrained model (an HF
+    folder, or a checkpoint that carries a Hugging Face tokenizer, e.g. one ``scir convert``
+    wrote), ``tiny`` otherwise (the laptop demo's toy model and its 256-piece tokenizer)."""
+    if hf_dir is not None:
+        return CHAT
+    if ckpt and any(p.name in HF_TOKENIZER_FILES for p in checkpoint_assets(ckpt)):
+        return CHAT
+    return TINY
+
+
 def load_run_config(
     config: str | None,
     overrides: Sequence[str],
@@ -86,9 +103,18 @@ def load_run_config(
     """A job's validated config: ``config`` + ``overrides`` with the model section of the model
     it starts from (``hf_dir``'s ``config.json``, or the metadata of ``ckpt`` /
     ``checkpoint.load``), and that model's tokenizer unless ``data.tokenizer_path`` is set; then
-    ``validate(cfg, uses=uses)``. The shape never has to be repeated on the command line."""
+    ``validate(cfg, uses=uses)``. The shape never has to be repeated on the command line.
+
+    ``config=None`` picks :func:`default_preset`; under ``chat`` the budgets not set in
+    ``overrides`` shrink to fit the model's positions.
+    """
+    if config is None:
+        config = default_preset(
+            ckpt=ckpt or _override(overrides, "checkpoint.load"), hf_dir=hf_dir
+        )
+    fit = config == CHAT
     if hf_dir is not None:
-        cfg = config_from_hf(hf_dir, config, overrides)
+        cfg = config_from_hf(hf_dir, config, overrides, fit_budgets_to_model=fit)
         if cfg.data.tokenizer_path is None:
             data = dataclasses.replace(cfg.data, tokenizer_type="hf", tokenizer_path=str(hf_dir))
             cfg = dataclasses.replace(cfg, data=data)
@@ -97,11 +123,20 @@ def load_run_config(
         cfg = load_config(config, overrides, check_layout=False)
         ckpt = ckpt or cfg.checkpoint.load
         if ckpt:
-            cfg = tokenizer_config_from_checkpoint(
-                config_for_checkpoint(ckpt, config, overrides), ckpt
-            )
+            cfg = config_for_checkpoint(ckpt, config, overrides, fit_budgets_to_model=fit)
+            cfg = tokenizer_config_from_checkpoint(cfg, ckpt)
     validate(cfg, uses=uses)
     return cfg
+
+
+def _override(overrides: Sequence[str], key: str) -> str | None:
+    """The value ``overrides`` give ``key`` (the last one), or None."""
+    values = [
+        item.split("=", 1)[1].strip()
+        for item in overrides
+        if "=" in item and item.split("=", 1)[0].lstrip("+").strip() == key
+    ]
+    return values[-1] if values and values[-1] not in ("", "null", "~") else None
 
 
 def load_model(

@@ -10,7 +10,7 @@ import pytest
 from megatron_scir.config import ConfigError, config_to_yaml, list_presets, load_config
 
 
-@pytest.mark.parametrize("preset", ["tiny", "mistral_7b", "llama3_8b", "llama3_70b_fp8"])
+@pytest.mark.parametrize("preset", ["tiny", "chat", "mistral_7b", "llama3_8b", "llama3_70b_fp8"])
 def test_every_preset_loads(preset):
     assert preset in list_presets()
     cfg = load_config(preset)

@@ -2,16 +2,17 @@
 
 The folder (``smollm2_dir``, see conftest.py) is converted with the real ``scir convert
 hf-to-mcore`` command and sampled greedily with the real ``scir generate --ckpt`` command, both
-in subprocesses, with the tokenizer's own ChatML template (``data.chat_template=tokenizer``, which
-adds the model's system prompt). The reference is transformers' ``generate(do_sample=False)`` on
-the same chat text (same ids: the template spells BOS, so neither side adds one), stopping at
-``<|im_end|>``. Every answer must be the one transformers gives, except where the two part at a
-near-tie (HF's top-1/top-2 logit gap below ``NEAR_TIE`` at the first differing step), which is
-reported; on the dev machine all 16 are identical.
+in subprocesses, with **no --config and no budget override**: a checkpoint that carries a Hugging
+Face tokenizer runs with the ``chat`` preset (512-token prompt and response budgets, the
+tokenizer's own ChatML template with its system prompt, the sdpa spec). The reference is
+transformers' ``generate(do_sample=False)`` on the same chat text (same ids: the template spells
+BOS, so neither side adds one), stopping at ``<|im_end|>``. Every answer must be the one
+transformers gives, except where the two part at a near-tie (HF's top-1/top-2 logit gap below
+``NEAR_TIE`` at the first differing step), which is reported; on the dev machine all 16 are
+identical.
 
-Budgets are explicit: the ChatML system prompt takes ~30 tokens, so the ``tiny`` preset's
-``data.max_prompt_length`` of 32 would cut every question (defaults for real models are item 4 of
-issue 20). 24 new tokens keep the tier at 1–1.5 minutes on 2 CPU cores.
+Only the sampling is set: greedy, one response, 24 new tokens (keeps the tier at 1–1.5 minutes
+on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -115,10 +116,8 @@ def test_convert_then_greedy_generate_gives_transformers_answers(
     )
     generate_s = _run(
         [*SCIR, "generate", "--ckpt", str(ckpt), "--prompts", str(prompts), "--out", str(out)]
-        + ["--no-progress", "data.chat_template=tokenizer", "data.max_prompt_length=256"]
-        + ["generation.temperature=0", "generation.num_responses=1"]
-        + [f"generation.max_new_tokens={MAX_NEW_TOKENS}", "generation.max_batch_size=16"]
-        + ["generation.long_prompts=skip"],  # a prompt cut to fit would not be the HF prompt
+        + ["--no-progress", "generation.temperature=0", "generation.num_responses=1"]
+        + [f"generation.max_new_tokens={MAX_NEW_TOKENS}", "generation.max_batch_size=16"],
         "scir generate",
     )
     from megatron_scir.data import read_records

@@ -4,8 +4,9 @@ SmolLM2 has 9 attention heads and 3 KV groups, so its smallest tensor-parallel l
 (TP=2 is refused naming the heads). The real ``scir generate`` runs once in one process and once
 under ``torchrun --nproc-per-node 3`` (gloo) from the same converted checkpoint; every response and
 its ``truncated`` flag must be equal (test_smollm2.py shows the one-process answers are
-transformers'). The preset is ``tiny``, whose 4 heads do not fit TP=3: the layout is checked
-against the checkpoint's model. About 1.5 minutes on 2 CPU cores.
+transformers'). No ``--config``: the converted checkpoint carries SmolLM2's tokenizer, so both
+runs use the ``chat`` preset's budgets, and the layout is checked against the checkpoint's model.
+About 1.5 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tests.real_models.test_smollm2 import MAX_NEW_TOKENS, PROMPTS
 pytestmark = pytest.mark.real_model
 
 SETTINGS = [
-    *("--no-progress", "data.chat_template=tokenizer", "data.max_prompt_length=256"),
+    "--no-progress",
     *("generation.temperature=0", "generation.num_responses=1", "generation.max_batch_size=16"),
     f"generation.max_new_tokens={MAX_NEW_TOKENS}",
 ]
@@ -40,9 +41,9 @@ def test_greedy_answers_at_tp3_equal_one_process(smollm2_dir, tmp_path):
     lines = (json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(PROMPTS))
     prompts.write_text("".join(lines))
     scir = [sys.executable, "-m", "megatron_scir.cli"]
-    convert = ["convert", "hf-to-mcore", "--config", "tiny", "--hf-dir", str(smollm2_dir)]
+    convert = ["convert", "hf-to-mcore", "--hf-dir", str(smollm2_dir)]
     _run([*scir, *convert, "--out", str(ckpt), "--no-progress"], "scir convert hf-to-mcore")
-    generate = ["generate", "--config", "tiny", "--ckpt", str(ckpt), "--prompts", str(prompts)]
+    generate = ["generate", "--ckpt", str(ckpt), "--prompts", str(prompts)]
     one, three = tmp_path / "tp1.jsonl", tmp_path / "tp3.jsonl"
     _run([*scir, *generate, "--out", str(one), *SETTINGS], "scir generate (one process)")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3"]
