@@ -11,6 +11,18 @@ before the table). Reported: the median batch's new tokens/s and ms per decode s
     python benchmarks/bench_generation.py --shape 1b --dtype bfloat16 \\
         --batch-sizes 32 128 --prompt-length 128 --new-tokens 128  # one GPU
 
+With ``--smollm2`` (or ``--hf-dir DIR``) it measures what ``scir generate`` does instead: a real
+chat model (SmolLM2-135M-Instruct from the real-model cache), chat prompts in its template, and
+four cases: N = 1 greedy and N = 8 sampled responses per prompt, short prompts and long ones (a
+passage before the question). The megatron-scir side is the generation runner itself
+(``megatron_scir.generation.generate``: encoding, batching prompts × N up to
+``generation.max_batch_size``, stop ids, the output stream); transformers ``generate`` gets the
+same chat ids in the same batches (left-padded, ``num_return_sequences=N``, its stop ids) and the
+same sampling settings. Reported: new tokens/s of each (responses cut at their stop id) and the
+ratio; greedy answers are compared.
+
+    python benchmarks/bench_generation.py --smollm2                 # CPU: ~5 minutes on 2 cores
+
 On CPU the Megatron side runs under the gloo compatibility layer (``parallel/cpu_compat.py``).
 """
 
@@ -21,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -38,6 +51,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-hf", action="store_true", help="skip transformers generate")
+    chat = parser.add_argument_group("chat model (what scir generate does)")
+    chat.add_argument("--smollm2", action="store_true", help="SmolLM2-135M-Instruct (cached)")
+    chat.add_argument("--hf-dir", help="a Hugging Face chat model folder")
+    chat.add_argument("--samples", type=int, nargs="+", default=[1, 8], help="N per prompt")
+    chat.add_argument("--max-new-tokens", type=int, default=48)
+    chat.add_argument("--rows", type=int, default=32, help="generation.max_batch_size")
+    chat.add_argument("--cases", nargs="+", default=["short", "long"], choices=["short", "long"])
     return parser.parse_args(argv)
 
 
@@ -117,8 +137,242 @@ def bench_hf(hf_model, args: argparse.Namespace, batch: int, vocab_size: int) ->
     return statistics.median(times)
 
 
+CHAT_PROMPTS = (
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "What is 2 + 2?",
+    "Name three primary colors.",
+    "Translate 'good morning' into Spanish.",
+    "Why is the sky blue?",
+    "Give me a synonym for happy.",
+    "Who wrote Romeo and Juliet?",
+    "How many days are in a week?",
+    "What is the boiling point of water in Celsius?",
+    "Say hello.",
+    "List two fruits that are red.",
+    "What does a bee make?",
+    "Finish the sentence: The early bird",
+    "Is a tomato a fruit or a vegetable?",
+    "What is the largest planet in our solar system?",
+)
+PASSAGE = (
+    "Read the passage, then answer the question.\n\nPassage: The water cycle describes how water "
+    "moves between the oceans, the air and the land. Heat from the sun evaporates water from seas, "
+    "lakes and rivers; plants release more through their leaves. The vapour rises, cools and "
+    "condenses into tiny droplets that form clouds. When the droplets grow heavy they fall as "
+    "rain, snow or hail. Some of that water flows over the ground into streams and back to the "
+    "sea, some soaks into the soil and refills underground aquifers, and some is stored for "
+    "years in glaciers and ice caps. The cycle has no beginning or end, and the total amount of "
+    "water on Earth stays almost the same, although where it is found changes with the seasons "
+    "and the climate.\n\nQuestion: "
+)
+
+
+def chat_cases(args) -> list[tuple[str, int, list[str]]]:
+    """(name, N, prompts) for each prompt kind × N."""
+    texts = {"short": list(CHAT_PROMPTS), "long": [PASSAGE + p for p in CHAT_PROMPTS]}
+    return [(kind, n, texts[kind]) for kind in args.cases for n in args.samples]
+
+
+def chat_settings(n: int, max_new_tokens: int, rows: int) -> list[str]:
+    """The run's overrides: greedy for N = 1, the default sampling (T 0.7, top-p 0.9) else."""
+    sampling = ["generation.temperature=0"] if n == 1 else []
+    return [
+        *sampling, f"generation.num_responses={n}", f"generation.max_new_tokens={max_new_tokens}",
+        f"generation.max_batch_size={rows if n > 1 else min(rows, 16)}", "logging.progress=false",
+    ]
+
+
+def megatron_loop_backend(model, cfg, tokenizer):
+    """The previous implementation, as the baseline: the same backend decoded by Megatron-Core's
+    own ``StaticInferenceEngine`` loop (every row prefilled, every row stepped until the
+    batch's longest is done) and sampled by Megatron's ``TorchSampling`` (a full sort and
+    ``multinomial`` per step)."""
+    import functools
+    import warnings
+
+    from megatron.core.inference.engines import StaticInferenceEngine, static_engine
+    from megatron.core.inference.inference_request import InferenceRequest
+    from tqdm import tqdm
+
+    from megatron_scir.generation.backend import Completion
+    from megatron_scir.generation.mcore_inference import _sampling_params, build_backend
+
+    backend = build_backend(model, cfg, tokenizer)
+    controller = backend._controller
+    megatron_sampler = type(controller).__mro__[1].sample_from_logits
+
+    def sample_from_logits(last_token_logits, params, *args, **kwargs):
+        last = last_token_logits.clone()
+        last[:, controller.num_real_tokens :] = float("-inf")
+        return megatron_sampler(controller, last, params, *args, **kwargs)
+
+    controller.sample_from_logits = sample_from_logits
+    static_engine.tqdm = functools.partial(tqdm, disable=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*static engine will be deprecated.*")
+        engine = StaticInferenceEngine(
+            backend._controller, max_batch_size=backend.max_batch_size, legacy=True
+        )
+
+    def generate(prompts, settings, *, seed):
+        engine.random_seed = seed
+        backend._controller.sampling_rng.manual_seed(seed)
+        params = _sampling_params(settings, backend.eos_id)
+        requests = [
+            InferenceRequest(
+                request_id=engine.get_new_request_id(), prompt="", sampling_params=params,
+                prompt_tokens=[int(t) for t in p],
+            )
+            for p in prompts
+        ]
+        finished = engine.generate(inference_requests=requests)
+        for request in requests:
+            engine.scheduler.completed_request_pool.pop(request.request_id, None)
+            engine.scheduler.requests.pop(request.request_id, None)
+        return [
+            Completion(
+                token_ids=tuple(r.generated_tokens.tolist()),
+                hit_eos=r.generated_length < settings.max_new_tokens,
+            )
+            for r in finished
+        ]
+
+    backend.generate = generate
+    return backend
+
+
+def scir_run(runtime, model, tokenizer, cfg, prompts: list[str], work: str, *, baseline=False):
+    """(seconds, new tokens, responses per prompt) of the generation runner on ``prompts``, with
+    megatron-scir's backend or (``baseline``) Megatron's own static loop."""
+    import os
+
+    from megatron_scir.data import read_records
+    from megatron_scir.data.records import PromptRecord
+    from megatron_scir.generation.mcore_inference import build_backend
+    from megatron_scir.generation.runner import generate_responses
+
+    out = os.path.join(work, f"gen-{time.monotonic_ns()}.jsonl")
+    records = [PromptRecord(id=str(i), prompt=p) for i, p in enumerate(prompts)]
+    build = megatron_loop_backend if baseline else build_backend
+    with torch.no_grad(), build(model, cfg, tokenizer) as backend:
+        stats = generate_responses(runtime, cfg, backend, tokenizer, records, out, progress=False)
+    answers = [list(r.responses) for r in read_records(out, "generations")[0]]
+    return stats.seconds, stats.num_new_tokens, answers
+
+
+def hf_run(model, tokenizer, cfg, prompts: list[str], stop_ids: list[int]):
+    """(seconds, new tokens, responses per prompt) of transformers ``generate`` in the
+    runner's batches: ``max_batch_size // N`` prompts × N rows, left-padded chat ids."""
+    gen = cfg.generation
+    n, greedy = gen.num_responses, gen.temperature == 0
+    chats = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
+        for p in prompts
+    ]
+    tokenizer.padding_side = "left"
+    per_call = max(gen.max_batch_size // n, 1)
+    kwargs = dict(
+        do_sample=not greedy, max_new_tokens=gen.max_new_tokens, num_return_sequences=n,
+        eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
+    )
+    if not greedy:
+        kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
+    seconds, new_tokens, answers = 0.0, 0, []
+    torch.manual_seed(gen.seed)
+    for first in range(0, len(chats), per_call):
+        batch = tokenizer(
+            chats[first : first + per_call], add_special_tokens=False, padding=True,
+            return_tensors="pt",
+        )
+        with torch.no_grad():
+            start = time.perf_counter()
+            out = model.generate(**batch, **kwargs)
+            seconds += time.perf_counter() - start
+        width = batch["input_ids"].shape[1]
+        rows = []
+        for row in out[:, width:].tolist():
+            ends = [i for i, t in enumerate(row) if t in stop_ids]
+            row = row[: ends[0]] if ends else row
+            new_tokens += len(row)
+            rows.append(tokenizer.decode(row, skip_special_tokens=True))
+        answers += [rows[i : i + n] for i in range(0, len(rows), n)]
+    return seconds, new_tokens, answers
+
+
+def chat_main(args: argparse.Namespace) -> int:
+    """The chat-model table (see the module docstring)."""
+    import dataclasses
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from megatron_scir.data.tokenizer import build_tokenizer
+    from megatron_scir.generation.runner import generation_layout
+    from megatron_scir.parallel.runtime import parallel_world
+    from megatron_scir.recipe.model import HF, ModelSource, load_model, load_run_config
+
+    if args.smollm2:
+        from megatron_scir.testing.real_models import smollm2_hf_dir
+
+        args.hf_dir = str(smollm2_hf_dir())
+    base = load_run_config(None, [], hf_dir=args.hf_dir)
+    base = dataclasses.replace(base, parallel=generation_layout(base.parallel))
+    hf_model = AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=torch.float32).eval()
+    hf_tokenizer = AutoTokenizer.from_pretrained(args.hf_dir)
+    threads = torch.get_num_threads()
+    print(
+        f"# {Path(args.hf_dir).name} ({base.model.params_dtype}) on "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}, "
+        f"{threads} threads; {len(CHAT_PROMPTS)} chat prompts, up to {args.max_new_tokens} new "
+        "tokens, N=1 greedy, N>1 T=0.7 top-p 0.9"
+    )
+    print(
+        "| prompts | N | scir generate tok/s | Megatron loop (before) tok/s | transformers tok/s "
+        "| vs transformers | vs before | greedy = transformers |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    with parallel_world(base.parallel, seed=base.train.seed) as runtime, \
+            tempfile.TemporaryDirectory(prefix="bench-gen-") as work:
+        (model,) = load_model(base, ModelSource(HF, args.hf_dir))
+        tokenizer = build_tokenizer(base.data)
+        stop_ids = sorted(tokenizer.stop_ids | {tokenizer.eos_id})
+        warm = load_run_config(None, chat_settings(1, 4, args.rows), hf_dir=args.hf_dir)
+        warm = dataclasses.replace(warm, parallel=base.parallel)
+        for baseline in (False, True):  # warm-up
+            scir_run(runtime, model, tokenizer, warm, list(CHAT_PROMPTS[:2]), work,
+                     baseline=baseline)
+        for kind, n, prompts in chat_cases(args):
+            cfg = load_run_config(
+                None, chat_settings(n, args.max_new_tokens, args.rows), hf_dir=args.hf_dir
+            )
+            cfg = dataclasses.replace(cfg, parallel=base.parallel)
+            ours = scir_run(runtime, model, tokenizer, cfg, prompts, work)
+            before = scir_run(runtime, model, tokenizer, cfg, prompts, work, baseline=True)
+            hf = hf_run(hf_model, hf_tokenizer, cfg, prompts, stop_ids)
+            rate = {name: tok / sec for name, (sec, tok, _) in
+                    {"ours": ours, "before": before, "hf": hf}.items()}
+            equal = "-"
+            if n == 1:
+                same = sum(a == b for a, b in zip(ours[2], hf[2], strict=True))
+                was = sum(a == b for a, b in zip(before[2], hf[2], strict=True))
+                equal = f"{same}/{len(prompts)} (before {was})"
+            print(
+                f"| {kind} | {n} | {rate['ours']:,.1f} ({ours[1]} in {ours[0]:.1f} s) | "
+                f"{rate['before']:,.1f} ({before[1]} in {before[0]:.1f} s) | "
+                f"{rate['hf']:,.1f} ({hf[1]} in {hf[0]:.1f} s) | "
+                f"{rate['ours'] / rate['hf']:.2f}× | {rate['ours'] / rate['before']:.2f}× | "
+                f"{equal} |",
+                flush=True,
+            )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.smollm2 or args.hf_dir:
+        return chat_main(args)
     torch.manual_seed(0)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     with tempfile.TemporaryDirectory(prefix="bench-gen-") as hf_dir:

@@ -3,13 +3,31 @@
 Megatron-Core's inference API changes between minor releases (0.16: ``InferenceWrapperConfig``;
 0.19: ``GPTInferenceWrapper(model, context)``), so every version-specific call lives here:
 
-- :class:`StaticEngineBackend`: ``StaticInferenceContext`` → ``GPTInferenceWrapper`` →
-  ``TextGenerationController`` → ``StaticInferenceEngine(legacy=True)``, the engine that runs on
-  CPU (gloo, with :mod:`megatron_scir.parallel.cpu_compat`) and on GPU without flash-attn.
+- :class:`StaticEngineBackend`: Megatron-Core's static inference stack (``StaticInferenceContext``
+  and its KV cache, ``GPTInferenceWrapper`` for the forward pass under TP/PP, the
+  ``TextGenerationController``'s sampler) driven by :func:`_decode_static_batch`, megatron-scir's
+  static batch loop. It runs on CPU (gloo, with :mod:`megatron_scir.parallel.cpu_compat`) and on
+  GPU without flash-attn.
 - :func:`select_engine`: the ``generation.engine`` decision with a logged reason.
 
+The loop is Megatron's legacy static loop (``generate_all_output_tokens_static_batch``: prefill
+up to the batch's shortest prompt, then one position per step for every row, longer prompts fed
+their own tokens) with three changes that matter for self-rewarding, where a batch holds N samples
+of each prompt:
+
+- **one prefill per prompt**: rows whose prefill window is the same (the N samples of a prompt)
+  are prefilled once and the KV cache rows are copied to the others
+  (a row gather of the context's ``key_value_memory_dict`` over the filled positions);
+- **finished rows leave the batch**: once at most half of the rows in the KV cache are still
+  running, the cache is compacted to those rows, so a batch whose short answers are done stops
+  paying for them;
+- **no step past a row's budget**: a row is done at ``max_new_tokens`` sampled tokens (Megatron's
+  loop runs every row to the longest prompt plus the budget and trims afterwards).
+
 The controller is subclassed in three small ways: logits of the vocabulary padding (rows added
-for tensor parallelism, never produced by the tokenizer) are masked before sampling, a response
+for tensor parallelism, never produced by the tokenizer) are masked and the token is drawn by
+:func:`megatron_scir.generation.sampling.sample_tokens` (Megatron's distribution, without a
+full-vocabulary sort and ``multinomial`` per step), a response
 ends at the first of the tokenizer's stop ids (Megatron's static batch loop ends a row on one id,
 the tokenizer's ``eod``; real chat models end a turn with several), and a response whose text
 reached a stop string stops early.
@@ -17,17 +35,18 @@ reached a stop string stops early.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import logging
-import warnings
 from collections.abc import Callable, Collection, Sequence
 
 import torch
 
 from megatron_scir.config import ConfigError
-from megatron_scir.config.choices import Engine
+from megatron_scir.config.choices import Engine, TransformerImpl
 from megatron_scir.generation.backend import Completion
+from megatron_scir.generation.sampling import sample_tokens
 from megatron_scir.generation.settings import SamplingSettings
 
 logger = logging.getLogger(__name__)
@@ -112,18 +131,20 @@ class _StopWatch:
         self.window = 4 * max(len(s) for s in self.stop_strings) + 8
         self.stopped: set[int] = set()
 
-    def update(self, tokens: torch.Tensor, position: int, done: torch.Tensor, started) -> None:
-        live = (~done & started).nonzero().flatten().tolist()
-        if not live:
-            return
-        tail = tokens[:, max(position + 1 - self.window, 0) : position + 1].cpu()
+    def update(self, tokens: torch.Tensor, position: int, rows: Sequence[int]) -> list[int]:
+        """The ``rows`` (still running, started) whose text up to ``position`` holds a stop
+        string; they are remembered in :attr:`stopped`."""
+        if not rows:
+            return []
         offset = max(position + 1 - self.window, 0)
-        for row in live:
+        tail = tokens[:, offset : position + 1].cpu()
+        hits = []
+        for row in rows:
             ids = tail[row, max(self.prompt_lengths[row] - offset, 0) :].tolist()
-            text = self.decode(ids)
-            if any(s in text for s in self.stop_strings):
-                done[row] = True
-                self.stopped.add(row)
+            if any(s in self.decode(ids) for s in self.stop_strings):
+                hits.append(row)
+        self.stopped.update(hits)
+        return hits
 
 
 @functools.cache
@@ -137,13 +158,21 @@ def _controller_class():
 
         num_real_tokens: int = 0
         stop_ids: tuple[int, ...] = ()
-        stop_watch: _StopWatch | None = None
 
         def sample_from_logits(self, last_token_logits, sampling_params=None, *args, **kwargs):
+            """Megatron's distribution, drawn by :func:`sample_tokens` (top-k before a full
+            sort, an exponential race instead of ``multinomial``)."""
             if last_token_logits.size(-1) > self.num_real_tokens:
                 last_token_logits = last_token_logits.clone()
                 last_token_logits[:, self.num_real_tokens :] = float("-inf")
-            return super().sample_from_logits(last_token_logits, sampling_params, *args, **kwargs)
+            p = sampling_params
+            return sample_tokens(
+                last_token_logits,
+                temperature=p.temperature,
+                top_k=p.top_k,
+                top_p=p.top_p,
+                generator=self.sampling_rng,
+            )
 
         def update_generation_status(
             self,
@@ -162,7 +191,7 @@ def _controller_class():
                 stop_ids = torch.tensor(self.stop_ids, device=latest.device, dtype=latest.dtype)
                 hit = torch.isin(latest, stop_ids) & generation_started
                 is_generation_done_tensor = is_generation_done_tensor | hit
-            done, lengths = super().update_generation_status(
+            return super().update_generation_status(
                 updated_prompts_tokens,
                 generation_started,
                 current_context_end_position,
@@ -170,11 +199,6 @@ def _controller_class():
                 generated_sequence_lengths,
                 termination_id,
             )
-            if self.stop_watch is not None:
-                self.stop_watch.update(
-                    updated_prompts_tokens, current_context_end_position, done, generation_started
-                )
-            return done, lengths
 
     return ScirTextGenerationController
 
@@ -201,14 +225,15 @@ def _sampling_params(settings: SamplingSettings, eos_id: int):
 
 
 class StaticEngineBackend:
-    """Megatron-Core's ``StaticInferenceEngine`` (legacy static batching) over one model stage.
+    """Megatron-Core's static inference stack over one model stage, decoded by
+    :func:`_decode_static_batch` (one prefill per prompt, finished rows leave the batch).
 
     Collective: every rank of the model-parallel group builds it and calls :meth:`generate`
     with the same arguments. The KV cache holds ``max_batch_size × max_sequence_length``.
 
     Args:
         model: This rank's stage (a single chunk: Megatron inference has no interleaved PP).
-        eos_id: End-of-sequence id (ends a response; Megatron's ``eod``, also its prompt pad).
+        eos_id: End-of-sequence id (ends a response; also the pad of the token buffer).
         bos_id: Beginning-of-sequence id, or None.
         stop_ids: Further ids that end a response like EOS (a tokenizer's ``stop_ids``:
             end-of-turn tokens); the first of them or EOS ends it and is not part of it.
@@ -218,6 +243,8 @@ class StaticEngineBackend:
         max_prompt_length: Longest prompt accepted, in tokens.
         max_new_tokens: Longest response the KV cache is sized for.
         decode: Token ids → text (for stop strings).
+        share_prefix: Prefill the batch's common prefix once (the ``local`` and ``sdpa``
+            specs; Transformer Engine's causal attention takes no explicit mask).
     """
 
     name = "static"
@@ -234,79 +261,59 @@ class StaticEngineBackend:
         max_prompt_length: int,
         max_new_tokens: int,
         decode: Callable[[Sequence[int]], str],
+        share_prefix: bool = True,
     ) -> None:
         from megatron.core.inference.contexts import StaticInferenceContext  # lazy: Megatron-Core
-        from megatron.core.inference.engines import (  # lazy: Megatron-Core
-            StaticInferenceEngine,
-            static_engine,
-        )
         from megatron.core.inference.model_inference_wrappers.gpt import (  # lazy: Megatron-Core
             gpt_inference_wrapper,
         )
-        from tqdm import tqdm  # lazy: tqdm costs ~45 ms, only needed once a backend is built
+        from megatron.core.inference.utils import InferenceMode  # lazy: Megatron-Core
 
         if isinstance(model, (list, tuple)):
             raise ValueError("Megatron-Core inference takes one model chunk (no interleaved PP)")
         self.model, self.eos_id, self.decode = model, eos_id, decode
         self.max_batch_size, self.max_prompt_length = max_batch_size, max_prompt_length
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens, self.share_prefix = max_new_tokens, share_prefix
         self._was_training = model.training
         self._context = StaticInferenceContext(max_batch_size, max_prompt_length + max_new_tokens)
-        wrapper = gpt_inference_wrapper.GPTInferenceWrapper(model, self._context)
+        self._wrapper = gpt_inference_wrapper.GPTInferenceWrapper(model, self._context)
         tokenizer = _TokenizerView(eos_id=eos_id, bos_id=bos_id, decode=decode)
-        self._controller = _controller_class()(wrapper, tokenizer)
+        self._controller = _controller_class()(self._wrapper, tokenizer)
         self._controller.num_real_tokens = num_real_tokens
         self._controller.stop_ids = tuple(sorted({eos_id, *map(int, stop_ids)}))
-        # run_engine draws a tqdm bar per static batch on every rank; the generation loop has
-        # its own rank-0 bar
-        static_engine.tqdm = functools.partial(tqdm, disable=True)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*static engine will be deprecated.*")
-            self._engine = StaticInferenceEngine(
-                self._controller, max_batch_size=max_batch_size, legacy=True
-            )
+        self._device = next(model.parameters()).device
+        InferenceMode.set_active()  # read by modules that take an inference-only path
 
     def generate(
         self, prompts: Sequence[Sequence[int]], settings: SamplingSettings, *, seed: int
     ) -> list[Completion]:
         """Sample one completion per prompt in one static batch (see ``GenerationBackend``)."""
-        from megatron.core.inference.inference_request import (  # lazy: Megatron-Core
-            InferenceRequest,
-        )
-
         self._check(prompts, settings)
         params = _sampling_params(settings, self.eos_id)
+        self._controller.sampling_rng.manual_seed(seed)
         watch = None
         if settings.stop_strings:
             watch = _StopWatch([len(p) for p in prompts], settings.stop_strings, self.decode)
-        self._controller.stop_watch = watch
-        self._engine.random_seed = seed
-        self._controller.sampling_rng.manual_seed(seed)
-        requests = [
-            InferenceRequest(
-                request_id=self._engine.get_new_request_id(),
-                prompt="",
-                sampling_params=params,
-                prompt_tokens=[int(t) for t in p],
+        with torch.inference_mode():
+            tokens, generated = _decode_static_batch(
+                self._wrapper, self._controller, prompts, params, self._device, watch,
+                share_prefix=self.share_prefix,
             )
-            for p in prompts
-        ]
-        finished = self._engine.generate(inference_requests=requests)
-        scheduler = self._engine.scheduler
-        for request in requests:  # the scheduler keeps every finished request otherwise
-            scheduler.completed_request_pool.pop(request.request_id, None)
-            scheduler.requests.pop(request.request_id, None)
         stopped = watch.stopped if watch else set()
-        return [
-            Completion(
-                token_ids=tuple(r.generated_tokens.tolist()),
-                # generated_length excludes the stop id, so a stop at the last step counts
-                hit_eos=not settings.ignore_eos
-                and r.generated_length < settings.max_new_tokens
-                and row not in stopped,
+        completions = []
+        for row, prompt in enumerate(prompts):
+            begin, length = len(prompt), int(generated[row])
+            completions.append(
+                Completion(
+                    token_ids=tuple(tokens[row, begin : begin + length].tolist()),
+                    # the generated length excludes the stop id, so a stop at the last step
+                    # counts
+                    hit_eos=not settings.ignore_eos
+                    and length < settings.max_new_tokens
+                    and row not in stopped,
+                )
             )
-            for row, r in enumerate(finished)
-        ]
+        return completions
 
     def _check(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings) -> None:
         if not 0 < len(prompts) <= self.max_batch_size:
@@ -337,6 +344,172 @@ class StaticEngineBackend:
         self.close()
 
 
+COMPACT_WHEN = 0.75
+"""Compact the KV cache once at most this share of its rows is still running (a compaction
+copies the filled part of the cache once; a step over a row that is done costs a row of every
+matmul)."""
+
+
+def _cpu_fast_path():
+    """On CPU, decode outside the compatibility layer's device mode (a Python call per torch
+    op; see :func:`megatron_scir.parallel.cpu_compat.device_mode_paused`)."""
+    if torch.cuda.is_available():
+        return contextlib.nullcontext()
+    from megatron_scir.parallel import cpu_compat  # lazy: CPU runs only
+
+    return cpu_compat.device_mode_paused()
+
+
+def _decode_static_batch(
+    wrapper, controller, prompts, params, device, watch=None, *, share_prefix=True
+):
+    """The static batch loop: a shared prefill, finished rows leaving the batch.
+
+    As in Megatron's loop, prompts start at position 0, the prefill runs up to the batch's
+    shortest prompt and longer prompts are fed their own tokens one step at a time (the runner
+    groups prompts of similar length). The prefill is shared twice over: the batch's common
+    prefix (a chat template's system prompt) is prefilled on one row, then each distinct
+    window up to the shortest prompt (the N samples of a prompt have the same one) on one row,
+    the KV cache rows copied to the rows that share it. ``share_prefix=False`` skips the first
+    (its second prefill chunk needs an explicit causal mask, which Transformer Engine's causal
+    attention does not take).
+
+    Returns ``(tokens [B, longest prompt + max new], generated lengths [B])``: row ``r``'s
+    response is ``tokens[r, len(prompt_r) : len(prompt_r) + generated[r]]`` (the stop id that
+    ended it is not counted, as in Megatron's loop). Every rank of the model-parallel group runs
+    it with the same arguments and samples the same tokens (the last pipeline stage's logits are
+    broadcast; tensor-parallel ranks hold the same gathered logits and the same seeded RNG).
+    """
+    context, eod = wrapper.inference_context, controller.tokenizer.eod
+    max_new = params.num_tokens_to_generate
+    termination_id = -1 if getattr(params, "no_early_termination", False) else eod
+    b = len(prompts)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    shortest, longest = min(map(len, prompts)), max(map(len, prompts))
+    tokens = torch.full((b, longest + max_new), eod, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        tokens[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+    tokens = tokens.to(device)
+
+    wrapper.prep_model_for_inference()  # eval mode, an empty context in prefill mode
+    inputs = wrapper.prep_inference_input(tokens)  # position ids (and the local spec's mask)
+
+    # distinct windows [0, shortest): the N samples of a prompt share one
+    first_row: dict[tuple[int, ...], int] = {}
+    slot = [first_row.setdefault(tuple(p[:shortest]), len(first_row)) for p in prompts]
+    heads = [slot.index(u) for u in range(len(first_row))]  # one row per distinct window
+    common = shortest
+    if len(heads) > 1 and share_prefix:
+        common = _common_prefix([prompts[h] for h in heads])
+    if common:  # the common prefix, once
+        logits = _last_token_logits(wrapper, controller, _window(inputs, heads[:1], 0, common))
+        if len(heads) > 1:
+            _gather_cache(context, [0] * len(heads), common)
+    if common < shortest:  # the rest of each distinct window
+        logits = _last_token_logits(wrapper, controller, _window(inputs, heads, common, shortest))
+    if len(heads) < b:
+        _gather_cache(context, slot, shortest)  # KV cache row r ← its window's row
+        logits = logits[torch.tensor(slot, device=device)]
+    rows = torch.arange(b, device=device)  # the batch row held by each KV cache row
+
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    generated = torch.zeros(b, dtype=torch.long, device=device)
+    position = shortest
+    with _cpu_fast_path():  # one-token steps only: Megatron's prefill may build CUDA masks
+        while True:
+            started = lengths[rows] <= position
+            sampled = controller.sample_from_logits(logits, params, controller.vocab_size)
+            cached = tokens[rows]
+            cached[started, position] = sampled[started]
+            tokens[rows] = cached
+            status, counts = controller.update_generation_status(
+                updated_prompts_tokens=cached,
+                generation_started=started,
+                current_context_end_position=position,
+                is_generation_done_tensor=done[rows],
+                generated_sequence_lengths=generated[rows].clone(),
+                termination_id=termination_id,
+            )
+            done[rows], generated[rows] = status, counts.to(generated.dtype)
+            if watch is not None:
+                live = rows[started & ~status].tolist()
+                done[watch.update(tokens, position, live)] = True
+            running = ~(done[rows] | (generated[rows] >= max_new))
+            if not bool(running.any()) or position + 1 >= tokens.size(1):
+                break
+            if bool(started.all()):
+                context.enable_decode_mode()
+            if int(running.sum()) <= COMPACT_WHEN * len(rows):
+                keep = running.nonzero().flatten()
+                _gather_cache(context, keep.tolist(), position)
+                rows = rows[keep]
+            position += 1
+            step = _window(inputs, rows.tolist(), position - 1, position)
+            step["tokens"] = tokens[rows, position - 1 : position]
+            logits = _last_token_logits(wrapper, controller, step)
+    return tokens.cpu(), generated.clamp(max=max_new).cpu()
+
+
+def _common_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """The length of the longest prefix every prompt shares."""
+    n = 0
+    for column in zip(*prompts, strict=False):
+        if any(t != column[0] for t in column):
+            break
+        n += 1
+    return n
+
+
+def _window(inputs: dict, rows: Sequence[int], start: int, end: int) -> dict:
+    """The inputs of positions ``[start, end)`` of some rows (Megatron's context window).
+
+    Megatron's attention treats every window after the first as a decode step and drops its
+    causal mask; a window of several tokens after the first (the rest of a shared prefill)
+    carries its own: query ``start + i`` sees keys ``[0, start + i]`` (True = hidden).
+    """
+    index = torch.tensor(rows, device=inputs["tokens"].device)
+    mask = inputs["attention_mask"]
+    if mask is not None:
+        mask = mask[..., start:end, :end]
+    if start > 0 and end - start > 1:
+        queries = torch.arange(start, end, device=index.device)[:, None]
+        mask = (torch.arange(end, device=index.device)[None, :] > queries)[None, None]
+    return {
+        "tokens": inputs["tokens"][index, start:end],
+        "position_ids": inputs["position_ids"][index, start:end],
+        "attention_mask": mask,
+    }
+
+
+def _last_token_logits(wrapper, controller, window: dict) -> torch.Tensor:
+    """``[rows, padded vocab]`` logits of the window's last position, on every rank
+    (broadcast from the last pipeline stage)."""
+    from megatron.core.inference.communication_utils import (  # lazy: Megatron-Core
+        broadcast_from_last_pipeline_stage,
+    )
+
+    logits = wrapper.run_one_forward_step(window)
+    batch = window["tokens"].size(0)
+    if controller.model_is_pipeline_parallel:
+        logits = broadcast_from_last_pipeline_stage(
+            [batch, 1, controller.vocab_size],
+            dtype=controller.model_config.params_dtype,
+            tensor=logits,
+            pp_group=controller.pp_group,
+        )
+    return logits[:batch, -1, :]
+
+
+def _gather_cache(context, rows: Sequence[int], length: int) -> None:
+    """KV cache row ``i`` ← row ``rows[i]``, positions ``[0, length)``, for every layer (in
+    place; the rows after ``len(rows)`` are left as they are and never read again)."""
+    index = torch.tensor(rows, dtype=torch.long)
+    for key, value in context.key_value_memory_dict.values():
+        for memory in (key, value):  # [max sequence, max batch, groups, head dim]
+            picked = index.to(memory.device)
+            memory[:length, : len(rows)] = memory[:length, picked]
+
+
 def build_backend(model: torch.nn.Module, cfg, tokenizer) -> StaticEngineBackend:
     """The backend ``generation.engine`` selects, over this rank's model stage.
 
@@ -359,4 +532,5 @@ def build_backend(model: torch.nn.Module, cfg, tokenizer) -> StaticEngineBackend
         max_prompt_length=cfg.data.max_prompt_length,
         max_new_tokens=gen.max_new_tokens,
         decode=tokenizer.decode,
+        share_prefix=cfg.model.transformer_impl != TransformerImpl.TE,
     )

@@ -163,6 +163,26 @@ def is_enabled() -> bool:
     return _MODE is not None
 
 
+@contextlib.contextmanager
+def device_mode_paused():
+    """Leave the CUDA-to-CPU device mode for the block, where it is the innermost torch
+    function mode (else: no change).
+
+    The mode costs a Python call for every torch op (~20 % of a CPU decode step of
+    SmolLM2-135M). Code that creates no tensor on ``"cuda"`` and calls no ``Tensor.cuda()`` may
+    run without it: generation's one-token decode steps (Megatron's inference path asks for
+    ``torch.cuda.current_device()``, which stays "cpu"; a prefill of several tokens may build
+    the local spec's default causal mask on ``"cuda"``, so it keeps the mode).
+    """
+    from torch.overrides import _get_current_function_mode, _pop_mode_temporarily
+
+    if _MODE is None or _get_current_function_mode() is not _MODE:
+        yield
+        return
+    with _pop_mode_temporarily():
+        yield
+
+
 def enable() -> None:
     """Enable the CPU layer for this process (idempotent). Refuses when CUDA is available."""
     global _MODE

@@ -26,7 +26,8 @@ from megatron_scir.testing.distributed import run_distributed
 
 BASE = [
     "data.max_prompt_length=24",
-    "data.max_response_length=8",
+    # 6 sampled tokens re-encode to more when the random model samples <unk> (" ⁇ ": 5 pieces)
+    "data.max_response_length=12",
     "data.judge_max_length=64",
     "generation.max_new_tokens=6",
     "generation.temperature=1.0",
