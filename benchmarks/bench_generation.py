@@ -29,6 +29,7 @@ On CPU the Megatron side runs under the gloo compatibility layer (``parallel/cpu
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
@@ -188,7 +189,6 @@ def megatron_loop_backend(model, cfg, tokenizer):
     own ``StaticInferenceEngine`` loop (every row prefilled, every row stepped until the
     batch's longest is done) and sampled by Megatron's ``TorchSampling`` (a full sort and
     ``multinomial`` per step)."""
-    import functools
     import warnings
 
     from megatron.core.inference.engines import StaticInferenceEngine, static_engine
@@ -280,17 +280,16 @@ def hf_run(model, tokenizer, cfg, prompts: list[str], stop_ids: list[int]):
     )
     if not greedy:
         kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
-    seconds, new_tokens, answers = 0.0, 0, []
+    seconds, new_tokens, answers, outputs = 0.0, 0, [], []
     torch.manual_seed(gen.seed)
     for first in range(0, len(chats), per_call):
         batch = tokenizer(
             chats[first : first + per_call], add_special_tokens=False, padding=True,
             return_tensors="pt",
-        )
+        ).to(model.device)
         with torch.no_grad():
-            start = time.perf_counter()
-            out = model.generate(**batch, **kwargs)
-            seconds += time.perf_counter() - start
+            seconds += timed(functools.partial(_generate_into, outputs, model, batch, kwargs))
+        out = outputs.pop()
         width = batch["input_ids"].shape[1]
         rows = []
         for row in out[:, width:].tolist():
@@ -300,6 +299,10 @@ def hf_run(model, tokenizer, cfg, prompts: list[str], stop_ids: list[int]):
             rows.append(tokenizer.decode(row, skip_special_tokens=True))
         answers += [rows[i : i + n] for i in range(0, len(rows), n)]
     return seconds, new_tokens, answers
+
+
+def _generate_into(outputs: list, model, batch, kwargs) -> None:
+    outputs.append(model.generate(**batch, **kwargs))
 
 
 def chat_main(args: argparse.Namespace) -> int:
@@ -320,6 +323,7 @@ def chat_main(args: argparse.Namespace) -> int:
     base = load_run_config(None, [], hf_dir=args.hf_dir)
     base = dataclasses.replace(base, parallel=generation_layout(base.parallel))
     hf_model = AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=torch.float32).eval()
+    hf_model = hf_model.to("cuda" if torch.cuda.is_available() else "cpu")
     hf_tokenizer = AutoTokenizer.from_pretrained(args.hf_dir)
     threads = torch.get_num_threads()
     print(

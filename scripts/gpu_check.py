@@ -155,7 +155,9 @@ CHECKS = (
         "d",
         180,
         "benchmarks/bench_generation.py: bf16 1b shape, prompt 128 + 64 new tokens, batch 32 "
-        "and 128: static engine vs transformers generate on the same weights",
+        "and 128: static backend vs transformers generate on the same weights; then "
+        "--smollm2 (short chat prompts, N = 1 greedy and N = 8): scir generate vs transformers "
+        "and Megatron's own loop",
         "exit 0; the tokens/s ratios are reported",
     ),
     Check(
@@ -239,7 +241,9 @@ def check_commands(name: str, ctx: Context) -> list[list[str]]:
             return [_script(ctx, bench, *args)]
         args = ["--shape", "1b", "--dtype", "bfloat16", "--batch-sizes", "32", "128"]
         args += ["--prompt-length", "128", "--new-tokens", "64", "--repeats", "3"]
-        return [_script(ctx, bench, *args)]
+        # the real chat model as scir generate runs it (float32), when the cache holds it
+        chat = ["--smollm2", "--cases", "short", "--samples", "1", "8"]
+        return [_script(ctx, bench, *args), _script(ctx, bench, *chat)]
     if name == "te":
         return [_script(ctx, "scripts/gpu_check_ties.py", "--impls", "te")]
     if name == "multi_gpu":
@@ -799,18 +803,50 @@ def parse_bench_generation(output: str) -> dict[int, dict[str, float]]:
 
 
 def do_generation(ctx: Context, timeout: float) -> Row:
-    (cmd,) = check_commands("generation", ctx)
-    done = run_command(cmd, ctx, timeout, "generation")
+    first, *chat = check_commands("generation", ctx)
+    start = time.monotonic()
+    done = run_command(first, ctx, timeout, "generation")
     table = parse_bench_generation(done.output)
     text = "; ".join(
-        f"batch {batch}: static engine {s.get('mcore', 0):,.0f} vs transformers "
+        f"batch {batch}: static backend {s.get('mcore', 0):,.0f} vs transformers "
         f"{s.get('hf', 0):,.0f} new tok/s ({s.get('ratio', float('nan')):.2f}×)"
         for batch, s in sorted(table.items())
     )
     if done.returncode != 0 or not table:
         failure = _failed(done, "bench_generation.py") if done.returncode != 0 else "no table"
         return Row("generation", "fail", f"{failure}; {text}".strip("; "), done.seconds)
-    return Row("generation", "pass", text, done.seconds, details={"table": table})
+    details: dict[str, Any] = {"table": table}
+    status = "pass"
+    for cmd in chat:  # the SmolLM2 chat run
+        left = timeout - (time.monotonic() - start)
+        ready, why = smollm2_available()
+        if not ready or left < 30:
+            text += f"; SmolLM2 run skipped: {why if not ready else 'out of time'}"
+            continue
+        run = run_command(cmd, ctx, left, "generation (SmolLM2)")
+        rows = parse_chat_generation(run.output)
+        details["smollm2"] = rows
+        if run.returncode != 0 or not rows:
+            status = "fail"
+            text += "; SmolLM2: " + (_failed(run, "bench_generation.py --smollm2") or "no table")
+            continue
+        text += "; SmolLM2 " + ", ".join(
+            f"{r['prompts']} N={r['n']}: {r['vs_transformers']} of transformers, "
+            f"{r['vs_before']} of Megatron's loop, greedy equal {r['greedy']}"
+            for r in rows
+        )
+    return Row("generation", status, text, time.monotonic() - start, details=details)
+
+
+def parse_chat_generation(output: str) -> list[dict[str, str]]:
+    """The rows of ``bench_generation.py --smollm2``'s table."""
+    keys = ("prompts", "n", "scir", "before", "transformers", "vs_transformers", "vs_before")
+    rows = []
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 8 and cells[0] in ("short", "long"):
+            rows.append({**dict(zip(keys, cells, strict=False)), "greedy": cells[7]})
+    return rows
 
 
 def do_te(ctx: Context, timeout: float) -> Row:
