@@ -398,9 +398,10 @@ def _decode_static_batch(
     first_row: dict[tuple[int, ...], int] = {}
     slot = [first_row.setdefault(tuple(p[:shortest]), len(first_row)) for p in prompts]
     heads = [slot.index(u) for u in range(len(first_row))]  # one row per distinct window
-    common = shortest
-    if len(heads) > 1 and share_prefix:
-        common = _common_prefix([prompts[h] for h in heads])
+    if len(heads) == 1:
+        common = shortest  # one window: all of it is shared
+    else:
+        common = _common_prefix([prompts[h] for h in heads]) if share_prefix else 0
     if common:  # the common prefix, once
         logits = _last_token_logits(wrapper, controller, _window(inputs, heads[:1], 0, common))
         if len(heads) > 1:

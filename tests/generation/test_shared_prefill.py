@@ -60,6 +60,16 @@ def _run(rank, world_size, hf_dir):
             out["sample_windows"] = list(windows)
             again = backend.generate([PROMPT_A] * N, sampled, seed=1)
             out["samples_again"] = [c.token_ids for c in again]
+        # Transformer Engine's path: no shared common prefix (its attention takes no mask)
+        windows.clear()
+        with StaticEngineBackend(
+            model, eos_id=2, bos_id=1, num_real_tokens=cfg.model.vocab_size,
+            max_batch_size=2 * N, max_prompt_length=len(PROMPT_B), max_new_tokens=MAX_NEW,
+            decode=lambda ids: "", share_prefix=False,
+        ) as plain:
+            batch = [PROMPT_A] * N + [PROMPT_B] * N
+            out["unshared"] = [c.token_ids for c in plain.generate(batch, greedy, seed=0)]
+        out["unshared_windows"] = list(windows)
     return out
 
 
@@ -96,3 +106,8 @@ def test_the_samples_of_one_prompt_share_its_prefill_but_draw_their_own_tokens(r
     assert runs["sample_windows"][0] == (1, len(PROMPT_A))  # one prefill for the N samples
     assert len(set(runs["samples"])) > 1  # the forks sample independently
     assert runs["samples_again"] == runs["samples"]  # and a seed gives them again
+
+
+def test_without_the_common_prefix_each_prompt_is_still_prefilled_once(runs):
+    assert runs["unshared_windows"][0] == (2, len(PROMPT_A))  # one row per prompt, no split
+    assert runs["unshared"] == runs["batch"]
