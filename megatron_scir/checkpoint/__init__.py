@@ -7,7 +7,7 @@ nor Megatron-Core):
 - :func:`save_checkpoint` / :func:`load_checkpoint` (:class:`LoadedCheckpoint`) — collective
   save and load of this rank's model chunks and optimizer (:mod:`~megatron_scir.checkpoint.io`);
 - :func:`read_metadata` (:class:`CheckpointMetadata`), :func:`check_same_model`,
-  :func:`config_for_checkpoint`, :func:`checkpoint_assets`,
+  :func:`config_for_checkpoint`, :func:`checkpoint_assets`, :func:`checkpoint_tokenizer`,
   :func:`tokenizer_config_from_checkpoint` — what a checkpoint's ``scir_checkpoint.json`` and
   ``hf/`` fix (:mod:`~megatron_scir.checkpoint.metadata`);
 - :func:`resolve_checkpoint`, :func:`is_complete`, :func:`latest_checkpoint` — finding
@@ -33,6 +33,7 @@ _EXPORTS = {
     "CheckpointMetadata": "megatron_scir.checkpoint.metadata",
     "check_same_model": "megatron_scir.checkpoint.metadata",
     "checkpoint_assets": "megatron_scir.checkpoint.metadata",
+    "checkpoint_tokenizer": "megatron_scir.checkpoint.metadata",
     "config_for_checkpoint": "megatron_scir.checkpoint.metadata",
     "read_metadata": "megatron_scir.checkpoint.metadata",
     "tokenizer_config_from_checkpoint": "megatron_scir.checkpoint.metadata",

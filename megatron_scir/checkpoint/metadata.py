@@ -145,21 +145,25 @@ def checkpoint_assets(ckpt_dir: str | Path) -> list[Path]:
     return sorted(p for p in assets.iterdir() if p.is_file()) if assets.is_dir() else []
 
 
-def tokenizer_config_from_checkpoint(cfg: Config, ckpt_dir: str | Path) -> Config:
-    """``cfg`` using the tokenizer the checkpoint carries, unless ``data.tokenizer_path`` is set.
-
-    The tokenizer files under ``<ckpt>/hf/`` (copied there from the HF folder the checkpoint was
-    converted from): a Hugging Face tokenizer (``tokenizer.json`` / ``tokenizer_config.json``)
-    or a SentencePiece ``tokenizer.model``. Without either, ``cfg`` is returned unchanged.
-    """
-    if cfg.data.tokenizer_path is not None:
-        return cfg
+def checkpoint_tokenizer(ckpt_dir: str | Path) -> tuple[TokenizerType, Path] | None:
+    """The tokenizer the checkpoint carries under ``<ckpt>/hf/`` (copied there from the HF folder
+    it was converted from), as ``(type, path)``: a Hugging Face tokenizer (``tokenizer.json`` /
+    ``tokenizer_config.json``; the folder) or a SentencePiece ``tokenizer.model`` (the file);
+    None without either."""
     names = {p.name: p for p in checkpoint_assets(ckpt_dir)}
     if "tokenizer.json" in names or "tokenizer_config.json" in names:
-        kind, path = TokenizerType.HF, Path(ckpt_dir) / ASSETS_DIR
-    elif "tokenizer.model" in names:
-        kind, path = TokenizerType.SENTENCEPIECE, names["tokenizer.model"]
-    else:
+        return TokenizerType.HF, Path(ckpt_dir) / ASSETS_DIR
+    if "tokenizer.model" in names:
+        return TokenizerType.SENTENCEPIECE, names["tokenizer.model"]
+    return None
+
+
+def tokenizer_config_from_checkpoint(cfg: Config, ckpt_dir: str | Path) -> Config:
+    """``cfg`` using the tokenizer the checkpoint carries (:func:`checkpoint_tokenizer`), unless
+    ``data.tokenizer_path`` is set. Without one, ``cfg`` is returned unchanged."""
+    carried = None if cfg.data.tokenizer_path is not None else checkpoint_tokenizer(ckpt_dir)
+    if carried is None:
         return cfg
+    kind, path = carried
     data = dataclasses.replace(cfg.data, tokenizer_type=kind.value, tokenizer_path=str(path))
     return dataclasses.replace(cfg, data=data)

@@ -69,6 +69,17 @@ def override_keys(overrides: Iterable[str]) -> set[str]:
     return {item.split("=", 1)[0].lstrip("+").strip() for item in overrides}
 
 
+def override_value(overrides: Iterable[str], key: str) -> Any:
+    """The value the last of ``overrides`` that sets ``key`` gives it, parsed as
+    :func:`load_config` parses it; None when none sets it."""
+    value = None
+    for item in overrides:
+        name, parsed = _parse_override(item)
+        if name == key:
+            value = parsed
+    return value
+
+
 def config_to_yaml(cfg: Config) -> str:
     """The resolved config as YAML (what ``scir config`` prints and checkpoints store)."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))

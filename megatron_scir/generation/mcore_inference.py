@@ -420,11 +420,9 @@ def _decode_static_batch(
         while True:
             started = lengths[rows] <= position
             sampled = controller.sample_from_logits(logits, params, controller.vocab_size)
-            cached = tokens[rows]
-            cached[started, position] = sampled[started]
-            tokens[rows] = cached
+            tokens[rows[started], position] = sampled[started]
             status, counts = controller.update_generation_status(
-                updated_prompts_tokens=cached,
+                updated_prompts_tokens=tokens[rows],
                 generation_started=started,
                 current_context_end_position=position,
                 is_generation_done_tensor=done[rows],

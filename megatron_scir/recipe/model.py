@@ -20,13 +20,15 @@ from pathlib import Path
 import torch
 
 from megatron_scir.checkpoint import (
-    checkpoint_assets,
     checkpoint_identity,
+    checkpoint_tokenizer,
     config_for_checkpoint,
     load_checkpoint,
     tokenizer_config_from_checkpoint,
 )
 from megatron_scir.config import Config, ConfigError, load_config, validate
+from megatron_scir.config.choices import TokenizerType
+from megatron_scir.config.load import override_value
 from megatron_scir.convert import config_from_hf, load_hf_into_model
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT, HF, RANDOM_INIT = "checkpoint", "hf", "random-init"
 CHAT, TINY = "chat", "tiny"
 """The presets a job without ``--config`` runs with (:func:`default_preset`)."""
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ def default_preset(
     wrote), ``tiny`` otherwise (the laptop demo's toy model and its 256-piece tokenizer)."""
     if hf_dir is not None:
         return CHAT
-    if ckpt and any(p.name in HF_TOKENIZER_FILES for p in checkpoint_assets(ckpt)):
+    carried = checkpoint_tokenizer(ckpt) if ckpt else None
+    if carried is not None and carried[0] == TokenizerType.HF:
         return CHAT
     return TINY
 
@@ -110,7 +112,7 @@ def load_run_config(
     """
     if config is None:
         config = default_preset(
-            ckpt=ckpt or _override(overrides, "checkpoint.load"), hf_dir=hf_dir
+            ckpt=ckpt or override_value(overrides, "checkpoint.load"), hf_dir=hf_dir
         )
     fit = config == CHAT
     if hf_dir is not None:
@@ -127,16 +129,6 @@ def load_run_config(
             cfg = tokenizer_config_from_checkpoint(cfg, ckpt)
     validate(cfg, uses=uses)
     return cfg
-
-
-def _override(overrides: Sequence[str], key: str) -> str | None:
-    """The value ``overrides`` give ``key`` (the last one), or None."""
-    values = [
-        item.split("=", 1)[1].strip()
-        for item in overrides
-        if "=" in item and item.split("=", 1)[0].lstrip("+").strip() == key
-    ]
-    return values[-1] if values and values[-1] not in ("", "null", "~") else None
 
 
 def load_model(
