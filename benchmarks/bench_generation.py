@@ -41,6 +41,7 @@ import torch
 from megatron_scir.config.choices import Dtype, choices
 from megatron_scir.models.shapes import torch_dtype
 from megatron_scir.testing.hf import LLAMA_SHAPES as SHAPES
+from megatron_scir.testing.real_models import SMOLLM2_CHAT_PROMPTS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -138,24 +139,6 @@ def bench_hf(hf_model, args: argparse.Namespace, batch: int, vocab_size: int) ->
     return statistics.median(times)
 
 
-CHAT_PROMPTS = (
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "What is 2 + 2?",
-    "Name three primary colors.",
-    "Translate 'good morning' into Spanish.",
-    "Why is the sky blue?",
-    "Give me a synonym for happy.",
-    "Who wrote Romeo and Juliet?",
-    "How many days are in a week?",
-    "What is the boiling point of water in Celsius?",
-    "Say hello.",
-    "List two fruits that are red.",
-    "What does a bee make?",
-    "Finish the sentence: The early bird",
-    "Is a tomato a fruit or a vegetable?",
-    "What is the largest planet in our solar system?",
-)
 PASSAGE = (
     "Read the passage, then answer the question.\n\nPassage: The water cycle describes how water "
     "moves between the oceans, the air and the land. Heat from the sun evaporates water from seas, "
@@ -171,7 +154,8 @@ PASSAGE = (
 
 def chat_cases(args) -> list[tuple[str, int, list[str]]]:
     """(name, N, prompts) for each prompt kind × N."""
-    texts = {"short": list(CHAT_PROMPTS), "long": [PASSAGE + p for p in CHAT_PROMPTS]}
+    short = list(SMOLLM2_CHAT_PROMPTS)
+    texts = {"short": short, "long": [PASSAGE + p for p in short]}
     return [(kind, n, texts[kind]) for kind in args.cases for n in args.samples]
 
 
@@ -329,8 +313,8 @@ def chat_main(args: argparse.Namespace) -> int:
     print(
         f"# {Path(args.hf_dir).name} ({base.model.params_dtype}) on "
         f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}, "
-        f"{threads} threads; {len(CHAT_PROMPTS)} chat prompts, up to {args.max_new_tokens} new "
-        "tokens, N=1 greedy, N>1 T=0.7 top-p 0.9"
+        f"{threads} threads; {len(SMOLLM2_CHAT_PROMPTS)} chat prompts, up to "
+        f"{args.max_new_tokens} new tokens, N=1 greedy, N>1 T=0.7 top-p 0.9"
     )
     print(
         "| prompts | N | scir generate tok/s | Megatron loop (before) tok/s | transformers tok/s "
@@ -345,7 +329,7 @@ def chat_main(args: argparse.Namespace) -> int:
         warm = load_run_config(None, chat_settings(1, 4, args.rows), hf_dir=args.hf_dir)
         warm = dataclasses.replace(warm, parallel=base.parallel)
         for baseline in (False, True):  # warm-up
-            scir_run(runtime, model, tokenizer, warm, list(CHAT_PROMPTS[:2]), work,
+            scir_run(runtime, model, tokenizer, warm, list(SMOLLM2_CHAT_PROMPTS[:2]), work,
                      baseline=baseline)
         for kind, n, prompts in chat_cases(args):
             cfg = load_run_config(

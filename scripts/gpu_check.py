@@ -77,6 +77,7 @@ MIN_CHECK_S = 20
 LOG_TAIL_BYTES = 300_000
 RESULT_TAG = "GPU_CHECK_RESULT "
 SMOLLM2_TEST = REPO / "tests" / "real_models" / "test_smollm2.py"
+REAL_MODELS = REPO / "megatron_scir" / "testing" / "real_models.py"
 SMOLLM2_PART = "smollm2"
 BF16_NEAR_TIE = 0.5
 """bf16: an answer may leave transformers' only at a step where HF's top-1/top-2 logit gap is
@@ -254,9 +255,16 @@ def check_commands(name: str, ctx: Context) -> list[list[str]]:
 
 
 def smollm2_test_constants(path: Path = SMOLLM2_TEST) -> dict[str, Any]:
-    """``PROMPTS``, ``MAX_NEW_TOKENS`` and ``NEAR_TIE`` of the real-model test, read without
-    importing it (no torch, no pytest), so both use the same prompts and budgets."""
-    wanted = {"PROMPTS", "MAX_NEW_TOKENS", "NEAR_TIE"}
+    """``PROMPTS`` (``SMOLLM2_CHAT_PROMPTS`` of ``megatron_scir/testing/real_models.py``, the
+    prompts the test uses), ``MAX_NEW_TOKENS`` and ``NEAR_TIE`` of the real-model test, read
+    without importing either (no torch, no pytest), so both use the same prompts and budgets."""
+    found = _literals(path, {"MAX_NEW_TOKENS", "NEAR_TIE"})
+    prompts = _literals(REAL_MODELS, {"SMOLLM2_CHAT_PROMPTS"})["SMOLLM2_CHAT_PROMPTS"]
+    return {**found, "PROMPTS": prompts}
+
+
+def _literals(path: Path, wanted: set[str]) -> dict[str, Any]:
+    """The module-level literal assignments ``wanted`` of the Python file ``path``."""
     found: dict[str, Any] = {}
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:

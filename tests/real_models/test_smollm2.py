@@ -26,7 +26,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_scir.testing.real_models import gap_at_divergence, transformers_greedy
+from megatron_scir.testing.real_models import (
+    SMOLLM2_CHAT_PROMPTS,
+    gap_at_divergence,
+    transformers_greedy,
+)
 
 pytestmark = pytest.mark.real_model
 
@@ -34,24 +38,7 @@ MAX_NEW_TOKENS = 24
 NEAR_TIE = 1e-3
 """An answer may leave transformers' only at a step where HF's top-1/top-2 logit gap is below
 this: float32 sums in another order (batch shapes, fused qkv) move logits by ~1e-5 × |logit|."""
-PROMPTS = (
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "What is 2 + 2?",
-    "Name three primary colors.",
-    "Translate 'good morning' into Spanish.",
-    "Why is the sky blue?",
-    "Give me a synonym for happy.",
-    "Who wrote Romeo and Juliet?",
-    "How many days are in a week?",
-    "What is the boiling point of water in Celsius?",
-    "Say hello.",
-    "List two fruits that are red.",
-    "What does a bee make?",
-    "Finish the sentence: The early bird",
-    "Is a tomato a fruit or a vegetable?",
-    "What is the largest planet in our solar system?",
-)
+PROMPTS = SMOLLM2_CHAT_PROMPTS
 SCIR = [sys.executable, "-m", "megatron_scir.cli"]
 
 
