@@ -14,6 +14,9 @@ nor Megatron-Core):
   megatron-scir, Megatron-LM and NeMo 2 checkpoints (:mod:`~megatron_scir.checkpoint.locate`);
 - :mod:`~megatron_scir.checkpoint.layout` — what a torch_dist checkpoint holds, and pointing a
   model's sharded state dict at it (prefixes, padded vocabulary);
+- :func:`verify_checkpoint` / :func:`check_checkpoint` (:class:`Verdict`),
+  :func:`checkpoint_identity` — a checkpoint's files against the hashes written at save, and
+  what a model loaded from it is known by (:mod:`~megatron_scir.checkpoint.verify`);
 - :mod:`~megatron_scir.checkpoint.atomic` — ``<dir>.incomplete`` until complete (also used by the
   Hugging Face exporter);
 - :class:`CheckpointError`.
@@ -37,7 +40,11 @@ _EXPORTS = {
     "config_for_checkpoint": "megatron_scir.checkpoint.metadata",
     "read_metadata": "megatron_scir.checkpoint.metadata",
     "tokenizer_config_from_checkpoint": "megatron_scir.checkpoint.metadata",
-    "checkpoint_identity": "megatron_scir.checkpoint.locate",
+    "checkpoint_identity": "megatron_scir.checkpoint.verify",
+    "Verdict": "megatron_scir.checkpoint.verify",
+    "check_checkpoint": "megatron_scir.checkpoint.verify",
+    "verify_checkpoint": "megatron_scir.checkpoint.verify",
+    "tokenizer_fingerprint": "megatron_scir.checkpoint.metadata",
     "is_complete": "megatron_scir.checkpoint.locate",
     "latest_checkpoint": "megatron_scir.checkpoint.locate",
     "resolve_checkpoint": "megatron_scir.checkpoint.locate",

@@ -6,7 +6,14 @@ A checkpoint directory::
       metadata.json .metadata *.distcp   megatron.core.dist_checkpointing: every tensor once, under
                                      its global key, so any TP/PP layout can read it
       hf/                            optional assets: the Hugging Face config.json and tokenizer
-      scir_checkpoint.json           written last: format version, config, iteration, step
+      scir_checkpoint.json           written last: format version, config, iteration, step, the
+                                     size and SHA-256 of every other file, the tokenizer's
+                                     fingerprint
+
+Every rank hashes the ``.distcp`` files it wrote (still in the page cache), rank 0 the rest
+(:mod:`megatron_scir.checkpoint.verify`); every load checks the files against those hashes first
+(cached by :mod:`megatron_scir.hashing`: an untouched checkpoint is not read twice), so a
+damaged, truncated or overwritten file is refused with its name, never loaded.
 
 The dist checkpoint holds ``model`` (``model0``, ``model1``, … for virtual pipeline chunks, as
 Megatron-LM names them) and ``extra_state`` (common to all ranks, stored by rank 0; plain Python
@@ -44,7 +51,14 @@ from megatron_scir.checkpoint.metadata import (
     CheckpointMetadata,
     check_same_model,
     read_metadata,
+    tokenizer_fingerprint,
     write_metadata,
+)
+from megatron_scir.checkpoint.verify import (
+    damaged,
+    file_entries,
+    files_hashed_by,
+    verify_checkpoint,
 )
 from megatron_scir.config import Config
 from megatron_scir.models import padded_vocab_size
@@ -126,8 +140,10 @@ def save_checkpoint(
         state[RANK_STATE] = _rank_state_entry(rank_state)
     _start_writer_queue()
     dist_checkpointing.save(state, str(staging))
+    files = _hash_written_files(staging)
     if dist.get_rank() == 0:
         names = _copy_assets(assets, staging / ASSETS_DIR)
+        files.update(file_entries(staging, (f"{ASSETS_DIR}/{n}" for n in names)))
         metadata = CheckpointMetadata(
             format_version=FORMAT_VERSION,
             iteration=iteration,
@@ -137,11 +153,38 @@ def save_checkpoint(
             layout=_layout(cfg),
             contents=tuple(state),
             assets=tuple(names),
+            files=dict(sorted(files.items())),
+            tokenizer=tokenizer_fingerprint(cfg.data),
         )
         write_metadata(staging, metadata)
         commit(staging, final)
     dist.barrier()
     return final
+
+
+def _hash_written_files(staging: Path) -> dict[str, dict]:
+    """Every rank hashes the ``.distcp`` files it wrote, rank 0 also the others; rank 0 gets
+    ``{name: {"size", "sha256"}}`` of them all (other ranks: an empty dict)."""
+    dist.barrier()  # every rank's files are complete
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = file_entries(staging, files_hashed_by(staging, rank, world))
+    parts = [None] * world if rank == 0 else None
+    dist.gather_object(mine, parts, dst=0)
+    return {name: entry for part in parts or [] for name, entry in part.items()}
+
+
+def _verify_on_all_ranks(path: Path) -> None:
+    """Check ``path``'s files against their recorded hashes, the work split over the ranks."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        problems = verify_checkpoint(path, part=(rank, world)).problems
+    except CheckpointError as error:
+        problems = [str(error)]
+    found = [None] * world
+    dist.all_gather_object(found, problems)
+    everything = [p for part in found for p in part]
+    if everything:
+        raise damaged(path, everything)
 
 
 def _staging_on_all_ranks(final: Path, *, overwrite: bool) -> Path:
@@ -214,8 +257,9 @@ def load_checkpoint(
     when the checkpoint was written by a world of the same TP/PP/world size (else None).
 
     Raises:
-        CheckpointError: incomplete or missing checkpoint, another model, a missing tensor or a
-            wrong shape (naming the tensor, expected and found shape).
+        CheckpointError: incomplete or missing checkpoint, a file that fails its recorded hash
+            or size (:mod:`~megatron_scir.checkpoint.verify`), another model, a missing tensor
+            or a wrong shape (naming the tensor, expected and found shape).
     """
     from megatron.core import dist_checkpointing  # lazy: Megatron-Core
     from megatron.core.utils import unwrap_model  # lazy: Megatron-Core
@@ -224,6 +268,7 @@ def load_checkpoint(
     metadata = read_metadata(path) if (path / METADATA_FILE).is_file() else None
     if metadata is not None:
         check_same_model(metadata.config.model, cfg.model, path)
+    _verify_on_all_ranks(path)
     contents = inspect_checkpoint(path)
     check_model_shapes(contents, cfg.model)
     model_state = _model_state(chunks)

@@ -8,8 +8,6 @@ resolve to the torch_dist directory they hold. Neither torch nor Megatron-Core i
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 from megatron_scir.checkpoint.atomic import INCOMPLETE_SUFFIX, staging_path
@@ -72,18 +70,3 @@ def latest_checkpoint(save_dir: str | Path) -> Path | None:
     if not found:
         return None
     return max(found, key=lambda p: (read_metadata(p).iteration, read_metadata(p).step, p.name))
-
-
-def checkpoint_identity(ckpt_dir: str | os.PathLike) -> str:
-    """An ``inputs_id`` for a model loaded from a checkpoint, without reading its weights.
-
-    The resolved checkpoint path, the SHA-256 of its ``scir_checkpoint.json`` (for Megatron-LM
-    and NeMo checkpoints: the torch_dist ``metadata.json``) and that file's modification time,
-    which also tells apart a checkpoint rewritten in place at the same iteration and step.
-    """
-    path = resolve_checkpoint(ckpt_dir).resolve()
-    meta = path / METADATA_FILE
-    if not meta.is_file():
-        meta = path / DIST_METADATA
-    digest = hashlib.sha256(meta.read_bytes()).hexdigest()
-    return f"{path}|{meta.name}:{digest}|mtime_ns:{meta.stat().st_mtime_ns}"

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from megatron_scir.checkpoint.errors import CheckpointError
@@ -22,6 +22,8 @@ from megatron_scir.config import Config, ModelConfig, config_from_dict, load_con
 from megatron_scir.config.choices import TokenizerType
 from megatron_scir.config.derived import fit_budgets
 from megatron_scir.config.load import override_keys
+from megatron_scir.config.schema import DataConfig
+from megatron_scir.hashing import content_fingerprint
 
 FORMAT = "megatron-scir/torch_dist"
 FORMAT_VERSION = 1
@@ -45,6 +47,41 @@ MODEL_FIELDS = (
 )
 
 
+TOKENIZER_FILES = (
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "tekken.json",
+)
+"""The files of a Hugging Face tokenizer folder besides ``tokenizer*`` (its fingerprint)."""
+
+
+def tokenizer_fingerprint(data: DataConfig) -> str | None:
+    """The content fingerprint of ``data``'s tokenizer: the SentencePiece file's SHA-256, or a
+    digest of a Hugging Face folder's tokenizer files (``tokenizer*`` and
+    :data:`TOKENIZER_FILES`; the model's weights and config are not part of it). None without a
+    tokenizer path or when nothing is there (building the tokenizer reports that)."""
+    if data.tokenizer_path is None:
+        return None
+    path = Path(data.tokenizer_path)
+    try:
+        if path.is_dir():
+            names = [
+                p.name
+                for p in path.iterdir()
+                if p.is_file() and (p.name.startswith("tokenizer") or p.name in TOKENIZER_FILES)
+            ]
+            return content_fingerprint(path, names=names)
+        return content_fingerprint(path) if path.is_file() else None
+    except OSError as error:
+        raise CheckpointError(
+            f"tokenizer {path}: cannot be read ({error.strerror})"
+        ) from error
+
+
 @dataclass(frozen=True)
 class CheckpointMetadata:
     """The content of ``scir_checkpoint.json``."""
@@ -60,6 +97,12 @@ class CheckpointMetadata:
     """Top-level entries of the dist checkpoint (``model``/``model0``…, ``extra_state``)."""
     assets: tuple[str, ...]
     """Files under ``hf/``."""
+    files: dict[str, dict] = field(default_factory=dict)
+    """``{relative path: {"size", "sha256"}}`` of every other file, hashed at save
+    (:mod:`~megatron_scir.checkpoint.verify`); empty for checkpoints written before."""
+    tokenizer: str | None = None
+    """The content fingerprint of the tokenizer it was saved with
+    (:func:`tokenizer_fingerprint`); None when the config named none."""
 
 
 def write_metadata(directory: Path, metadata: CheckpointMetadata) -> None:
@@ -81,17 +124,33 @@ def read_metadata(ckpt_dir: str | Path) -> CheckpointMetadata:
         raise CheckpointError(
             f"{ckpt_dir} is not a complete megatron-scir checkpoint: no {path.name}"
         )
-    record = json.loads(path.read_text())
-    if record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot be read ({error.strerror})") from error
+    except ValueError as error:
         raise CheckpointError(
-            f"{path}: format {record.get('format')!r} version {record.get('format_version')!r}; "
+            f"{path}: not valid JSON ({error}): the checkpoint's metadata is damaged"
+        ) from error
+    if not isinstance(record, dict) or (
+        record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION
+    ):
+        found = record if not isinstance(record, dict) else record.get("format")
+        version = record.get("format_version") if isinstance(record, dict) else None
+        raise CheckpointError(
+            f"{path}: format {found!r} version {version!r}; "
             f"this megatron-scir reads {FORMAT!r} version {FORMAT_VERSION}"
         )
     record.pop("format")
-    record["config"] = config_from_dict(record["config"])
-    for key in ("contents", "assets"):
-        record[key] = tuple(record[key])
-    return CheckpointMetadata(**record)
+    try:
+        record["config"] = config_from_dict(record["config"])
+        for key in ("contents", "assets"):
+            record[key] = tuple(record[key])
+        return CheckpointMetadata(**record)
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(
+            f"{path}: missing or unknown field ({error}): the checkpoint's metadata is damaged"
+        ) from error
 
 
 def check_same_model(saved: ModelConfig, current: ModelConfig, where: str | Path) -> None:

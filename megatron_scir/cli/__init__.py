@@ -10,6 +10,7 @@ command; each command owns its parallel world and calls the library packages.
     scir evaluate --config ... --ckpt M --pairs P | --prompts P  reward-model accuracy, answers
     scir demo [--full]                                           the CPU study SCIR vs SRLM
     scir plan --config ... --nodes N [--json]                    per-GPU memory (no GPU needed)
+    scir verify CKPT                                             check a checkpoint's file hashes
 
 Also ``python -m megatron_scir.cli <command>`` (under ``torchrun -m`` or ``srun``). Command
 modules import only the standard library at import time, so ``scir --help`` is instant.
@@ -34,6 +35,7 @@ COMMAND_MODULES = (
     "megatron_scir.cli.iterate",
     "megatron_scir.cli.demo",
     "megatron_scir.cli.plan",
+    "megatron_scir.cli.verify",
 )
 
 

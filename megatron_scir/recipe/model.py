@@ -30,6 +30,7 @@ from megatron_scir.config import Config, ConfigError, load_config, validate
 from megatron_scir.config.choices import TokenizerType
 from megatron_scir.config.load import override_value
 from megatron_scir.convert import config_from_hf, load_hf_into_model
+from megatron_scir.hashing import content_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +70,25 @@ class ModelSource:
 
     @property
     def identity(self) -> str:
-        """The one identity string: ``random-init:seed=N``, ``hf:<resolved folder>``, or for a
-        checkpoint its resolved path with the SHA-256 and mtime of its metadata file
-        (:func:`~megatron_scir.checkpoint.checkpoint_identity`: a checkpoint rewritten in place
-        is another model)."""
+        """The one identity string, by content: ``random-init:seed=N``;
+        ``hf:<resolved folder>|tree-sha256:<digest of its files>``; for a checkpoint its resolved
+        path, the content digest (its files checked against the hashes written at save) and
+        the metadata file's mtime (:func:`~megatron_scir.checkpoint.checkpoint_identity`).
+        Digests are cached (:mod:`megatron_scir.hashing`): an untouched model is read once.
+
+        Raises:
+            CheckpointError / ConfigError: a damaged checkpoint, an unreadable folder.
+        """
         if self.kind == RANDOM_INIT:
             return f"{RANDOM_INIT}:seed={self.seed}"
         if self.kind == HF:
-            return f"{HF}:{Path(self.path).resolve()}"
+            folder = Path(self.path).resolve()
+            try:
+                return f"{HF}:{folder}|{content_fingerprint(folder)}"
+            except OSError as error:
+                raise ConfigError(
+                    f"--hf-dir {folder}: {error.filename} cannot be read ({error.strerror})"
+                ) from error
         return f"{CHECKPOINT}:{checkpoint_identity(self.path)}"
 
 
