@@ -174,6 +174,14 @@ class PromptSlices(StrEnum):
     ALL = "all"
 
 
+class TooFewPairs(StrEnum):
+    """``iteration.too_few_pairs``: an iteration whose pairs do not fill one global batch."""
+
+    REPEAT = "repeat"
+    SKIP = "skip"
+    ERROR = "error"
+
+
 def choices(enum: type[StrEnum]) -> tuple[str, ...]:
     """The values of ``enum``, in definition order (for messages and argparse)."""
     return tuple(member.value for member in enum)

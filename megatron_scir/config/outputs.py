@@ -69,6 +69,11 @@ NEUTRAL = (
     "generation.engine",
     "data.num_workers",
     "data.max_truncated_fraction",  # refuses a stage or lets it run; never changes its output
+    # Acts only on an iteration whose pairs do not fill one global batch, and that iteration's
+    # pairs marker records what it did (too_few_pairs, pairs_repeated, training_skipped): a
+    # finished stage it did not act on is the same under every policy, so a run stopped by
+    # ``error`` continues with ``repeat`` or ``skip`` (the error's advice).
+    "iteration.too_few_pairs",
 )
 """Keys that never change what a stage means: speed, logging, where things go, how many
 iterations the run has, the layout."""

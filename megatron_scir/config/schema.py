@@ -31,6 +31,7 @@ from megatron_scir.config.choices import (
     RecomputeGranularity,
     RecomputeMethod,
     TokenizerType,
+    TooFewPairs,
     TransformerImpl,
     TruncatedResponses,
     choices,
@@ -573,6 +574,14 @@ class IterationConfig:
     first n prompts."""
     seed_sft: bool = True
     """Run the seed SFT stage (instruction + judge data) before iteration 1."""
+    too_few_pairs: str = "repeat"
+    """An iteration whose n pairs do not fill one global batch (n < train.global_batch_size G),
+    decided right after the pairs stage, before the reference pass: repeat: every pair once,
+    then copies drawn without replacement (seeded by train.seed and t, a new draw per round)
+    until there are G (Megatron's own answer to fewer samples than asked for: another epoch);
+    skip: no reference pass or training, M_{t+1} = M_t; error: stop with the count. With no pair
+    at all, repeat skips. The iteration's metrics say what was done (pairs_available,
+    pairs_repeated, training_skipped, too_few_pairs)."""
     eval_pairs: str | None = None
     """Held-out labelled pairs JSONL: after every iteration, the accuracy of the implicit reward
     (against M_t), of the judge and their consistency rate (``scir evaluate --pairs``)."""
@@ -586,6 +595,7 @@ class IterationConfig:
     def __post_init__(self) -> None:
         s = "iteration"
         _choice(s, "prompt_slices", self.prompt_slices, PromptSlices)
+        _choice(s, "too_few_pairs", self.too_few_pairs, TooFewPairs)
         _positive(s, "num_iterations", self.num_iterations, allow_zero=True)
         _positive(s, "prompts_per_iteration", self.prompts_per_iteration)
         if self.grader is not None and ":" not in self.grader:

@@ -7,13 +7,17 @@ pair twice. Pairs are disjoint first (every response used before one is reused),
 from four responses cover all four; the rest are drawn from the unused combinations. The order
 inside a pair is a coin flip. All draws come from a generator seeded by ``(seed, prompt_id)``,
 so a prompt's pairs do not depend on which other prompts are in the file or their order.
+
+:func:`repeat_pairs` fills a set of pairs that does not fill one global batch up to one
+(``iteration.too_few_pairs=repeat``): every pair once, then seeded copies.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from megatron_scir.config.choices import TruncatedResponses, choices
@@ -137,3 +141,39 @@ def _make_pair(record: GenerationRecord, first: int, second: int, *, flag: bool)
         truncated_1=flag and record.truncated[first],
         truncated_2=flag and record.truncated[second],
     )
+
+
+REPEAT_SEPARATOR = "#"
+"""A copy's ``pair_id`` is ``<pair_id>#<round>`` (round 1, 2, ...): unique in the file."""
+
+
+def repeat_pairs(pairs: Sequence[PairRecord], target: int, *, seed: str) -> list[PairRecord]:
+    """``pairs`` filled up to ``target`` pairs with copies (``iteration.too_few_pairs=repeat``).
+
+    Every pair once, in file order, then rounds of copies: round r is a permutation of the
+    pairs drawn from ``(seed, r)``, taken whole while ``target`` allows and cut where it does
+    not, so no pair has two copies more than another (Megatron's answer to fewer samples than
+    asked for: another, reshuffled epoch). A copy equals its pair but for ``pair_id``
+    (``<pair_id>#<r>``). The result depends on the pairs, ``target`` and ``seed`` only: the
+    same file under every layout and in every rerun.
+
+    Args:
+        pairs: At least one pair.
+        target: The number of pairs wanted (one global batch); ``len(pairs)`` or more.
+        seed: The draws' seed (the driver's: ``"<train.seed>:<t>"``).
+    """
+    if not pairs:
+        raise DataError("no pairs to repeat")
+    out = list(pairs)
+    round_ = 0
+    while len(out) < target:
+        round_ += 1
+        order = list(range(len(pairs)))
+        random.Random(f"{seed}:repeat:{round_}").shuffle(order)
+        out += [
+            dataclasses.replace(
+                pairs[i], pair_id=f"{pairs[i].pair_id}{REPEAT_SEPARATOR}{round_}", where=""
+            )
+            for i in order[: target - len(out)]
+        ]
+    return out

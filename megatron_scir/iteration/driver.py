@@ -6,7 +6,8 @@ Top to bottom, in one parallel runtime::
                   sft        seed SFT on instruction + judge data → M_1   (iteration.seed_sft)
                   evaluate   held-out scores of M_1 (and of M_0)          (when configured)
     iteration t   generate   N responses per prompt of the slice, with M_t
-                  pairs      unlabeled pairs (dpo mode: labelled by the grader)
+                  pairs      unlabeled pairs (dpo mode: labelled by the grader); fewer than
+                             one global batch: iteration.too_few_pairs (repeat, skip, error)
                   reference  log πref and M_t's judge on every pair (srlm: its labels)
                   train      scir / srlm / dpo, πref = M_t → M_{t+1}
                   export     M_{t+1} in Hugging Face format             (checkpoint.export_hf)
@@ -42,9 +43,10 @@ from typing import Any
 
 from megatron_scir.checkpoint import latest_checkpoint, resolve_checkpoint, save_checkpoint
 from megatron_scir.config import Config, ConfigError
-from megatron_scir.config.choices import PromptSlices
+from megatron_scir.config.choices import PromptSlices, TooFewPairs
 from megatron_scir.convert import export_to_hf
 from megatron_scir.data import DataError, build_pairs, read_records, write_records
+from megatron_scir.data.pairs import repeat_pairs
 from megatron_scir.generation import PromptEncoder, generate, generation_layout
 from megatron_scir.iteration.evaluate import (
     grade,
@@ -82,6 +84,8 @@ from megatron_scir.training.signals import StopRequest
 logger = logging.getLogger(__name__)
 
 STAGE_SEEDS = {name: i for i, name in enumerate(STAGE_ORDER)}
+TRAINING_SKIPPED = "training_skipped"
+"""The pairs stage's metric (1.0 or 0.0): ``iteration.too_few_pairs`` skipped the training."""
 # The columns of the printed table and the curves of the plot.
 REPORT_COLUMNS = (
     ("iteration", "iter"),
@@ -91,6 +95,7 @@ REPORT_COLUMNS = (
     ("consistency_rate", "consistency"),
     ("pairs_built", "pairs"),
     ("pairs_used", "pairs used"),
+    ("too_few_pairs", "too few pairs"),  # the policy, in an iteration it acted on
     ("consistency_train_end", "train consistency"),
     ("response_tokens", "resp tokens"),
     # M_t's judge at the start of the iteration (the reference pass): how much of its next-token
@@ -207,6 +212,7 @@ def _run_iterations(run: IterationRun, *, report: bool, evaluate_start: bool) ->
     runtime, cfg, run_dir = run.runtime, run.cfg, run.run_dir
     runtime.on_rank_zero(lambda: check_unchanged(run_dir, run.fingerprint))
     pool = runtime.on_rank_zero(lambda: _prompt_pool(cfg, run.tokenizer))
+    runtime.on_rank_zero(lambda: _check_data_files(cfg, run_dir))
 
     model = run.run_stage(0, "init", partial(init_model, run)).outputs["checkpoint"]
     first = model
@@ -227,13 +233,16 @@ def _run_iterations(run: IterationRun, *, report: bool, evaluate_start: bool) ->
             t, "pairs", partial(build_iteration_pairs, run, t=t, generations=generations)
         )
         pairs = done["pairs"].outputs["pairs"]
-        done["reference"] = run.run_stage(
-            t, "reference", partial(reference_pass, run, model=model, pairs=pairs)
-        )
-        ref_pairs = done["reference"].outputs["pairs"]
-        done["train"] = run.run_stage(
-            t, "train", partial(train_policy, run, t=t, model=model, pairs=ref_pairs)
-        )
+        if done["pairs"].metrics.get(TRAINING_SKIPPED):  # iteration.too_few_pairs
+            done["train"] = run.run_stage(t, "train", partial(skip_training, run, t=t, model=model))
+        else:
+            done["reference"] = run.run_stage(
+                t, "reference", partial(reference_pass, run, model=model, pairs=pairs)
+            )
+            ref_pairs = done["reference"].outputs["pairs"]
+            done["train"] = run.run_stage(
+                t, "train", partial(train_policy, run, t=t, model=model, pairs=ref_pairs)
+            )
         trained = done["train"].outputs["checkpoint"]
         if cfg.checkpoint.export_hf:
             done["export"] = run.run_stage(t, "export", partial(export_model, run, model=trained))
@@ -303,7 +312,9 @@ def generate_responses(
 
 def build_iteration_pairs(run: IterationRun, out: Path, t: int, generations: str) -> StageResult:
     """Unlabeled pairs from the generations (SCIR_SPEC §7.2); in ``dpo`` mode each pair is
-    labelled by ``iteration.grader`` (the oracle) and pairs it grades equal are dropped."""
+    labelled by ``iteration.grader`` (the oracle) and pairs it grades equal are dropped. Pairs
+    that do not fill one global batch are handled here, before the reference pass, by
+    ``iteration.too_few_pairs`` (:func:`_too_few_pairs`)."""
     cfg = run.cfg
 
     def build() -> StageResult:
@@ -317,13 +328,6 @@ def build_iteration_pairs(run: IterationRun, out: Path, t: int, generations: str
         built = len(pairs)
         if run.mode.labels == PairLabels.GIVEN:
             pairs = _oracle_labels(cfg, pairs)
-        if not pairs:
-            raise DataError(
-                f"iteration {t}: no pairs from {generations} ({report.summary()}): sample more "
-                "responses (generation.num_responses) or at a higher generation.temperature"
-            )
-        path = out / "pairs.jsonl"
-        write_records(path, pairs)
         logger.info("iteration %d: %s", t, report.summary())
         metrics = {
             "pairs_built": float(built),
@@ -332,10 +336,55 @@ def build_iteration_pairs(run: IterationRun, out: Path, t: int, generations: str
             "responses_dropped": float(
                 report.num_empty + report.num_duplicate + report.num_truncated_dropped
             ),
+            "pairs_available": float(len(pairs)),
+            "pairs_repeated": 0.0,
+            TRAINING_SKIPPED: 0.0,
         }
+        if len(pairs) < cfg.train.global_batch_size:
+            what = f"{built} built from {report.num_prompts} prompts in {generations}"
+            if run.mode.labels == PairLabels.GIVEN:
+                what += f", {len(pairs)} graded unequal"
+            pairs = _too_few_pairs(cfg, t, pairs, what, metrics)
+        path = out / "pairs.jsonl"
+        write_records(path, pairs)
         return StageResult(outputs={"pairs": str(path)}, metrics=metrics)
 
     return run.runtime.on_rank_zero(build)
+
+
+def _too_few_pairs(cfg: Config, t: int, pairs: list, what: str, metrics: dict) -> list:
+    """``iteration.too_few_pairs`` on the ``n < G`` pairs of iteration ``t``: the pairs to write
+    (repeated up to G, or as they are when training is skipped), the effect in ``metrics``.
+
+    Raises:
+        DataError: under ``error``, one line with the count and the settings a rerun accepts.
+    """
+    n, g, policy = len(pairs), cfg.train.global_batch_size, cfg.iteration.too_few_pairs
+    head = (
+        f"iteration {t}: {n} pairs ({what}) do not fill one global batch of "
+        f"train.global_batch_size={g}"
+    )
+    if policy == TooFewPairs.ERROR:
+        raise DataError(
+            f"{head}: set iteration.too_few_pairs=repeat (every pair, some twice) or skip (no "
+            "training this iteration) to continue this run; a smaller train.global_batch_size "
+            "needs a new iteration.run_dir (the finished stages were made with this one)"
+        )
+    metrics["too_few_pairs"] = policy
+    if policy == TooFewPairs.REPEAT and pairs:
+        filled = repeat_pairs(pairs, g, seed=f"{cfg.train.seed}:{t}")
+        metrics["pairs_repeated"] = float(len(filled) - n)
+        logger.warning(
+            "%s: iteration.too_few_pairs=repeat: training on them with %d copies (seeded) to "
+            "fill it", head, len(filled) - n,
+        )
+        return filled
+    metrics[TRAINING_SKIPPED] = 1.0
+    reason = "no pair to repeat" if policy == TooFewPairs.REPEAT else "iteration.too_few_pairs=skip"
+    logger.warning(
+        "%s: %s: TRAINING SKIPPED, no reference pass, M_%d = M_%d", head, reason, t + 1, t
+    )
+    return pairs
 
 
 def reference_pass(run: IterationRun, out: Path, model: str, pairs: str) -> StageResult:
@@ -363,6 +412,14 @@ def train_policy(run: IterationRun, out: Path, t: int, model: str, pairs: str) -
     result.metrics["pairs_used_fraction"] = fraction
     result.metrics["pairs_used"] = fraction * num_pairs if not math.isnan(fraction) else math.nan
     return result
+
+
+def skip_training(run: IterationRun, out: Path, t: int, model: str) -> StageResult:
+    """``iteration.too_few_pairs`` skipped iteration ``t``'s training: M_{t+1} is M_t."""
+    if run.runtime.is_rank_zero:
+        logger.warning("iteration %d: training skipped (too few pairs): M_%d = M_%d", t, t + 1, t)
+    metrics = {"steps": 0.0, "pairs_used": 0.0, "pairs_used_fraction": 0.0}
+    return StageResult(outputs={"checkpoint": model}, metrics=metrics)
 
 
 def export_model(run: IterationRun, out: Path, model: str) -> StageResult:
@@ -477,6 +534,21 @@ def _prompt_pool(cfg: Config, tokenizer) -> list:
         used.update((p.id, p) for p in _iteration_prompts(pool, cfg, t))
     PromptEncoder.from_config(cfg, tokenizer).encode_all(list(used.values()))
     return pool
+
+
+def _check_data_files(cfg: Config, run_dir: Path) -> None:
+    """Read the seed SFT data (when the stage is still to run) and the evaluation files up
+    front: a bad or empty file is one line naming it before M_0 is built, not after seed SFT."""
+    policy = cfg.data.on_bad_record
+    files = []
+    if cfg.iteration.seed_sft and read_marker(stage_dir(run_dir, 0, "sft")) is None:
+        files += [(cfg.data.seed_sft, "sft", policy), (cfg.data.seed_judge, "judge", policy)]
+    files += [(cfg.iteration.eval_pairs, "pairs", "error")]  # as reward_accuracy reads them
+    if cfg.iteration.grader:  # the prompts are answered only to be graded
+        files += [(cfg.iteration.eval_prompts, "prompts", policy)]
+    for path, kind, on_bad_record in files:
+        if path is not None:
+            read_records(path, kind, on_bad_record=on_bad_record)
 
 
 def _iteration_prompts(pool: list, cfg: Config, t: int) -> list:
