@@ -5,6 +5,11 @@ unique ids). With ``on_bad_record="error"`` the first bad line raises a :class:`
 naming ``file:line`` and the problem; with ``"skip"`` bad lines are skipped, counted by problem
 and summarised once at the end. Blank lines are ignored. Append-with-commit streams
 (:mod:`megatron_scir.data.stream`) are read transparently: only committed chunks count.
+
+A pair whose two responses are the same text (after stripping outer whitespace) is dropped and
+counted under either policy: no reward can prefer one of them, and kept it would score ½.
+An input file (every kind but ``generations``, which a resumable run starts empty) with no
+record left is a :class:`DataError` naming the file.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from megatron_scir.data.records import (
     ID_FIELDS,
     PARSERS,
     RECORD_KINDS,
+    PairRecord,
     Record,
     RecordProblem,
     record_to_json,
@@ -48,6 +54,7 @@ class ReadReport:
         problems: Skipped lines counted by problem kind (``"missing field"``, ...).
         examples: The first few skipped lines' messages (``file:line: problem: detail``).
         num_uncommitted_lines: Stream lines after the last commit (an interrupted writer).
+        num_identical: Pairs dropped because their two responses are the same text.
     """
 
     path: str
@@ -57,6 +64,7 @@ class ReadReport:
     problems: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
     num_uncommitted_lines: int = 0
+    num_identical: int = 0
 
     def skip(self, error: RecordError, count: int = 1) -> None:
         """Count a skipped bad line (or ``count`` records of a corrupt chunk)."""
@@ -73,6 +81,8 @@ class ReadReport:
             text += f", {self.num_skipped} skipped ({kinds}); first: " + " | ".join(self.examples)
         if self.num_uncommitted_lines:
             text += f", {self.num_uncommitted_lines} uncommitted stream line(s) ignored"
+        if self.num_identical:
+            text += f", {self.num_identical} pair(s) with identical responses dropped"
         return text
 
 
@@ -91,7 +101,8 @@ def read_records(
 
     Raises:
         RecordError: a bad line under ``error`` (message ``path:line: problem: detail``).
-        DataError: a missing file or an unknown kind / policy.
+        DataError: a missing file, an unknown kind / policy, or an input file (any kind but
+            ``generations``) with no record left.
     """
     if kind not in PARSERS:
         raise DataError(f"unknown record kind {kind!r}; expected one of {', '.join(RECORD_KINDS)}")
@@ -103,9 +114,31 @@ def read_records(
     report = ReadReport(str(path), kind)
     records = list(_iter_valid(path, kind, on_bad_record, report))
     report.num_records = len(records)
-    if report.num_skipped or report.num_uncommitted_lines:
+    if not records and kind in INPUT_KINDS:
+        raise DataError(_nothing_read(report))
+    if report.num_skipped or report.num_uncommitted_lines or report.num_identical:
         logger.warning("%s", report.summary())
     return records, report
+
+
+INPUT_KINDS = ("prompts", "sft", "judge", "pairs")
+"""Kinds read as a command's or a stage's input: refused when no record is left in the file."""
+
+
+def _nothing_read(report: ReadReport) -> str:
+    """The one-line error for an input file with no usable record."""
+    dropped = []
+    if report.num_skipped:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in report.problems.most_common())
+        dropped.append(f"{report.num_skipped} line(s) skipped as bad ({kinds})")
+    if report.num_identical:
+        dropped.append(f"{report.num_identical} pair(s) with identical responses dropped")
+    if report.num_uncommitted_lines:
+        dropped.append(f"{report.num_uncommitted_lines} uncommitted stream line(s)")
+    why = "; ".join(dropped) if dropped else "the file is empty"
+    return (
+        f"{report.path}: no {report.kind} records ({why}): expected one JSON object per line"
+    )
 
 
 def _iter_valid(path: Path, kind: str, policy: str, report: ReadReport) -> Iterator[Record]:
@@ -129,6 +162,9 @@ def _iter_valid(path: Path, kind: str, policy: str, report: ReadReport) -> Itera
                     continue
                 if id_field is not None:
                     _check_unique(getattr(record, id_field), id_field, number, seen)
+                if isinstance(record, PairRecord) and _identical(record):
+                    report.num_identical += 1
+                    continue
             except RecordProblem as problem:
                 error = RecordError(str(path), number, problem.kind, problem.detail, hint)
                 if policy == OnBadRecord.ERROR:
@@ -160,6 +196,11 @@ def _parse_line(line: bytes, number: int, parse, where: str) -> Record | None:
     if not isinstance(obj, dict):
         raise RecordProblem("not an object", f"expected a JSON object, got {type(obj).__name__}")
     return parse(obj, where)
+
+
+def _identical(pair: PairRecord) -> bool:
+    """Whether a pair's two responses are the same text (as pair building compares them)."""
+    return pair.response_1.strip() == pair.response_2.strip()
 
 
 def _refuse_constant(name: str) -> Any:
