@@ -19,7 +19,9 @@ passage before the question). The megatron-scir side is the generation runner it
 ``generation.max_batch_size``, stop ids, the output stream); transformers ``generate`` gets the
 same chat ids in the same batches (left-padded, ``num_return_sequences=N``, its stop ids) and the
 same sampling settings. Reported: new tokens/s of each (responses cut at their stop id) and the
-ratio; greedy answers are compared.
+ratio; greedy answers are compared. The greedy cases (a few seconds each) run ``--chat-repeats``
+times, the three implementations taking turns, and report the median run; the sampled ones run
+once.
 
     python benchmarks/bench_generation.py --smollm2                 # CPU: ~5 minutes on 2 cores
 
@@ -60,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     chat.add_argument("--max-new-tokens", type=int, default=48)
     chat.add_argument("--rows", type=int, default=32, help="generation.max_batch_size")
     chat.add_argument("--cases", nargs="+", default=["short", "long"], choices=["short", "long"])
+    chat.add_argument(
+        "--chat-repeats", type=int, default=3, help="runs of each greedy case (the median)"
+    )
     return parser.parse_args(argv)
 
 
@@ -285,6 +290,11 @@ def hf_run(model, tokenizer, cfg, prompts: list[str], stop_ids: list[int]):
     return seconds, new_tokens, answers
 
 
+def _median_run(runs: list[tuple]) -> tuple:
+    """The run with the median seconds (an odd number of runs)."""
+    return sorted(runs, key=lambda run: run[0])[len(runs) // 2]
+
+
 def _generate_into(outputs: list, model, batch, kwargs) -> None:
     outputs.append(model.generate(**batch, **kwargs))
 
@@ -336,9 +346,14 @@ def chat_main(args: argparse.Namespace) -> int:
                 None, chat_settings(n, args.max_new_tokens, args.rows), hf_dir=args.hf_dir
             )
             cfg = dataclasses.replace(cfg, parallel=base.parallel)
-            ours = scir_run(runtime, model, tokenizer, cfg, prompts, work)
-            before = scir_run(runtime, model, tokenizer, cfg, prompts, work, baseline=True)
-            hf = hf_run(hf_model, hf_tokenizer, cfg, prompts, stop_ids)
+            runs = {"ours": [], "before": [], "hf": []}
+            for _ in range(args.chat_repeats if n == 1 else 1):  # the three take turns
+                runs["ours"].append(scir_run(runtime, model, tokenizer, cfg, prompts, work))
+                runs["before"].append(
+                    scir_run(runtime, model, tokenizer, cfg, prompts, work, baseline=True)
+                )
+                runs["hf"].append(hf_run(hf_model, hf_tokenizer, cfg, prompts, stop_ids))
+            ours, before, hf = (_median_run(runs[name]) for name in ("ours", "before", "hf"))
             rate = {name: tok / sec for name, (sec, tok, _) in
                     {"ours": ours, "before": before, "hf": hf}.items()}
             equal = "-"

@@ -12,17 +12,23 @@ Megatron-Core's inference API changes between minor releases (0.16: ``InferenceW
 
 The loop is Megatron's legacy static loop (``generate_all_output_tokens_static_batch``: prefill
 up to the batch's shortest prompt, then one position per step for every row, longer prompts fed
-their own tokens) with three changes that matter for self-rewarding, where a batch holds N samples
-of each prompt:
+their own tokens) with changes that matter for self-rewarding, where a batch holds N samples of
+each prompt under one chat template:
 
-- **one prefill per prompt**: rows whose prefill window is the same (the N samples of a prompt)
-  are prefilled once and the KV cache rows are copied to the others
-  (a row gather of the context's ``key_value_memory_dict`` over the filled positions);
+- **prompts end together**: with the ``local`` and ``sdpa`` specs the prompts are left-padded
+  to end on the same position, the padding hidden by a per-row attention mask, so every row
+  samples from the first step (Megatron feeds the longer prompts' tokens one step at a time);
+- **one prefill per prompt**: the batch's common prefix (the system prompt) is prefilled once
+  and moved into each row, and the N samples of a prompt share its prefill (a row gather of the
+  context's ``key_value_memory_dict``);
 - **finished rows leave the batch**: once at most half of the rows in the KV cache are still
-  running, the cache is compacted to those rows, so a batch whose short answers are done stops
-  paying for them;
+  running, the cache is compacted to those rows;
 - **no step past a row's budget**: a row is done at ``max_new_tokens`` sampled tokens (Megatron's
   loop runs every row to the longest prompt plus the budget and trims afterwards).
+
+With those specs the attention caches keys after RoPE
+(:class:`megatron_scir.models.attention.KeysAfterRopeSelfAttention`), so a decode step does not
+rotate every cached key again.
 
 The controller is subclassed in three small ways: logits of the vocabulary padding (rows added
 for tensor parallelism, never produced by the tokenizer) are masked and the token is drawn by
@@ -124,23 +130,24 @@ class _StopWatch:
     saves decode steps.
     """
 
-    def __init__(self, prompt_lengths: list[int], stop_strings: Sequence[str], decode) -> None:
-        self.prompt_lengths = prompt_lengths
+    def __init__(self, stop_strings: Sequence[str], decode) -> None:
         self.stop_strings = tuple(stop_strings)
         self.decode = decode
         self.window = 4 * max(len(s) for s in self.stop_strings) + 8
         self.stopped: set[int] = set()
 
-    def update(self, tokens: torch.Tensor, position: int, rows: Sequence[int]) -> list[int]:
-        """The ``rows`` (still running, started) whose text up to ``position`` holds a stop
-        string; they are remembered in :attr:`stopped`."""
+    def update(
+        self, tokens: torch.Tensor, position: int, rows: Sequence[int], begins: torch.Tensor
+    ) -> list[int]:
+        """The ``rows`` (still running, started at ``begins``) whose text up to ``position``
+        holds a stop string; they are remembered in :attr:`stopped`."""
         if not rows:
             return []
         offset = max(position + 1 - self.window, 0)
         tail = tokens[:, offset : position + 1].cpu()
         hits = []
         for row in rows:
-            ids = tail[row, max(self.prompt_lengths[row] - offset, 0) :].tolist()
+            ids = tail[row, max(int(begins[row]) - offset, 0) :].tolist()
             if any(s in self.decode(ids) for s in self.stop_strings):
                 hits.append(row)
         self.stopped.update(hits)
@@ -243,8 +250,9 @@ class StaticEngineBackend:
         max_prompt_length: Longest prompt accepted, in tokens.
         max_new_tokens: Longest response the KV cache is sized for.
         decode: Token ids → text (for stop strings).
-        share_prefix: Prefill the batch's common prefix once (the ``local`` and ``sdpa``
-            specs; Transformer Engine's causal attention takes no explicit mask).
+        align_prompts: Left-pad the prompts to end together, with per-row attention masks,
+            and prefill the batch's common prefix once (the ``local`` and ``sdpa`` specs;
+            Transformer Engine's causal attention takes no explicit mask).
     """
 
     name = "static"
@@ -261,7 +269,7 @@ class StaticEngineBackend:
         max_prompt_length: int,
         max_new_tokens: int,
         decode: Callable[[Sequence[int]], str],
-        share_prefix: bool = True,
+        align_prompts: bool = True,
     ) -> None:
         from megatron.core.inference.contexts import StaticInferenceContext  # lazy: Megatron-Core
         from megatron.core.inference.model_inference_wrappers.gpt import (  # lazy: Megatron-Core
@@ -273,7 +281,7 @@ class StaticEngineBackend:
             raise ValueError("Megatron-Core inference takes one model chunk (no interleaved PP)")
         self.model, self.eos_id, self.decode = model, eos_id, decode
         self.max_batch_size, self.max_prompt_length = max_batch_size, max_prompt_length
-        self.max_new_tokens, self.share_prefix = max_new_tokens, share_prefix
+        self.max_new_tokens, self.align_prompts = max_new_tokens, align_prompts
         self._was_training = model.training
         self._context = StaticInferenceContext(max_batch_size, max_prompt_length + max_new_tokens)
         self._wrapper = gpt_inference_wrapper.GPTInferenceWrapper(model, self._context)
@@ -282,6 +290,7 @@ class StaticEngineBackend:
         self._controller.num_real_tokens = num_real_tokens
         self._controller.stop_ids = tuple(sorted({eos_id, *map(int, stop_ids)}))
         self._device = next(model.parameters()).device
+        self._shift_keys = _key_shifter(model, max_prompt_length + max_new_tokens)
         InferenceMode.set_active()  # read by modules that take an inference-only path
 
     def generate(
@@ -293,16 +302,16 @@ class StaticEngineBackend:
         self._controller.sampling_rng.manual_seed(seed)
         watch = None
         if settings.stop_strings:
-            watch = _StopWatch([len(p) for p in prompts], settings.stop_strings, self.decode)
+            watch = _StopWatch(settings.stop_strings, self.decode)
         with torch.inference_mode():
-            tokens, generated = _decode_static_batch(
+            tokens, begins, generated = _decode_static_batch(
                 self._wrapper, self._controller, prompts, params, self._device, watch,
-                share_prefix=self.share_prefix,
+                align_prompts=self.align_prompts, shift_keys=self._shift_keys,
             )
         stopped = watch.stopped if watch else set()
         completions = []
-        for row, prompt in enumerate(prompts):
-            begin, length = len(prompt), int(generated[row])
+        for row in range(len(prompts)):
+            begin, length = int(begins[row]), int(generated[row])
             completions.append(
                 Completion(
                     token_ids=tuple(tokens[row, begin : begin + length].tolist()),
@@ -344,7 +353,24 @@ class StaticEngineBackend:
         self.close()
 
 
-COMPACT_WHEN = 0.75
+def _key_shifter(model: torch.nn.Module, length: int):
+    """``shift_keys(keys, shifts)`` for a model whose attention caches keys after RoPE
+    (:class:`~megatron_scir.models.attention.KeysAfterRopeSelfAttention`), else None."""
+    from megatron.core.utils import get_attr_wrapped_model  # lazy: Megatron-Core
+
+    from megatron_scir.models.attention import (  # lazy: imports Megatron-Core
+        KeysAfterRopeSelfAttention,
+        shift_cached_keys,
+    )
+
+    if not any(isinstance(m, KeysAfterRopeSelfAttention) for m in model.modules()):
+        return None
+    rotary = get_attr_wrapped_model(model, "rotary_pos_emb")
+    config = get_attr_wrapped_model(model, "config")
+    return functools.partial(shift_cached_keys, freqs=rotary(length), config=config)
+
+
+COMPACT_WHEN = 0.5
 """Compact the KV cache once at most this share of its rows is still running (a compaction
 copies the filled part of the cache once; a step over a row that is done costs a row of every
 matmul)."""
@@ -361,64 +387,46 @@ def _cpu_fast_path():
 
 
 def _decode_static_batch(
-    wrapper, controller, prompts, params, device, watch=None, *, share_prefix=True
+    wrapper, controller, prompts, params, device, watch=None, *, align_prompts=True,
+    shift_keys=None,
 ):
-    """The static batch loop: a shared prefill, finished rows leaving the batch.
+    """The static batch loop: one prefill per prompt, finished rows leaving the batch.
 
-    As in Megatron's loop, prompts start at position 0, the prefill runs up to the batch's
-    shortest prompt and longer prompts are fed their own tokens one step at a time (the runner
-    groups prompts of similar length). The prefill is shared twice over: the batch's common
-    prefix (a chat template's system prompt) is prefilled on one row, then each distinct
-    window up to the shortest prompt (the N samples of a prompt have the same one) on one row,
-    the KV cache rows copied to the rows that share it. ``share_prefix=False`` skips the first
-    (its second prefill chunk needs an explicit causal mask, which Transformer Engine's causal
-    attention does not take).
+    ``align_prompts`` (the ``local`` and ``sdpa`` specs, whose attention takes a per-row mask):
+    prompts are left-padded to end on the same position (:func:`_prefill_aligned`), so every
+    row samples from the first step. Without it (Transformer Engine's causal attention takes
+    no mask) prompts start at position 0 as in Megatron's loop and longer prompts are fed their
+    own tokens one step at a time (:func:`_prefill_ragged`; the runner groups prompts of
+    similar length).
 
-    Returns ``(tokens [B, longest prompt + max new], generated lengths [B])``: row ``r``'s
-    response is ``tokens[r, len(prompt_r) : len(prompt_r) + generated[r]]`` (the stop id that
+    Returns ``(tokens [B, longest prompt + max new], begins [B], generated lengths [B])``: row
+    ``r``'s response is ``tokens[r, begins[r] : begins[r] + generated[r]]`` (the stop id that
     ended it is not counted, as in Megatron's loop). Every rank of the model-parallel group runs
     it with the same arguments and samples the same tokens (the last pipeline stage's logits are
     broadcast; tensor-parallel ranks hold the same gathered logits and the same seeded RNG).
     """
-    context, eod = wrapper.inference_context, controller.tokenizer.eod
+    context = wrapper.inference_context
     max_new = params.num_tokens_to_generate
-    termination_id = -1 if getattr(params, "no_early_termination", False) else eod
-    b = len(prompts)
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    shortest, longest = min(map(len, prompts)), max(map(len, prompts))
-    tokens = torch.full((b, longest + max_new), eod, dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        tokens[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
-    tokens = tokens.to(device)
-
+    no_stop = getattr(params, "no_early_termination", False)
+    termination_id = -1 if no_stop else controller.tokenizer.eod
     wrapper.prep_model_for_inference()  # eval mode, an empty context in prefill mode
-    inputs = wrapper.prep_inference_input(tokens)  # position ids (and the local spec's mask)
-
-    # distinct windows [0, shortest): the N samples of a prompt share one
-    first_row: dict[tuple[int, ...], int] = {}
-    slot = [first_row.setdefault(tuple(p[:shortest]), len(first_row)) for p in prompts]
-    heads = [slot.index(u) for u in range(len(first_row))]  # one row per distinct window
-    if len(heads) == 1:
-        common = shortest  # one window: all of it is shared
+    if align_prompts:
+        tokens, begins, pads, logits = _prefill_aligned(
+            wrapper, controller, prompts, max_new, device, shift_keys
+        )
     else:
-        common = _common_prefix([prompts[h] for h in heads]) if share_prefix else 0
-    if common:  # the common prefix, once
-        logits = _last_token_logits(wrapper, controller, _window(inputs, heads[:1], 0, common))
-        if len(heads) > 1:
-            _gather_cache(context, [0] * len(heads), common)
-    if common < shortest:  # the rest of each distinct window
-        logits = _last_token_logits(wrapper, controller, _window(inputs, heads, common, shortest))
-    if len(heads) < b:
-        _gather_cache(context, slot, shortest)  # KV cache row r ← its window's row
-        logits = logits[torch.tensor(slot, device=device)]
-    rows = torch.arange(b, device=device)  # the batch row held by each KV cache row
+        tokens, begins, pads, logits = _prefill_ragged(
+            wrapper, controller, prompts, max_new, device
+        )
 
+    b = len(prompts)
+    rows = torch.arange(b, device=device)  # the batch row held by each KV cache row
     done = torch.zeros(b, dtype=torch.bool, device=device)
     generated = torch.zeros(b, dtype=torch.long, device=device)
-    position = shortest
+    position = int(begins.min())
     with _cpu_fast_path():  # one-token steps only: Megatron's prefill may build CUDA masks
         while True:
-            started = lengths[rows] <= position
+            started = begins[rows] <= position
             sampled = controller.sample_from_logits(logits, params, controller.vocab_size)
             tokens[rows[started], position] = sampled[started]
             status, counts = controller.update_generation_status(
@@ -432,7 +440,7 @@ def _decode_static_batch(
             done[rows], generated[rows] = status, counts.to(generated.dtype)
             if watch is not None:
                 live = rows[started & ~status].tolist()
-                done[watch.update(tokens, position, live)] = True
+                done[watch.update(tokens, position, live, begins)] = True
             running = ~(done[rows] | (generated[rows] >= max_new))
             if not bool(running.any()) or position + 1 >= tokens.size(1):
                 break
@@ -443,10 +451,77 @@ def _decode_static_batch(
                 _gather_cache(context, keep.tolist(), position)
                 rows = rows[keep]
             position += 1
-            step = _window(inputs, rows.tolist(), position - 1, position)
-            step["tokens"] = tokens[rows, position - 1 : position]
+            step = _window(tokens[rows], position - 1, position, pads[rows])
             logits = _last_token_logits(wrapper, controller, step)
-    return tokens.cpu(), generated.clamp(max=max_new).cpu()
+    return tokens.cpu(), begins.cpu(), generated.clamp(max=max_new).cpu()
+
+
+def _prefill_aligned(wrapper, controller, prompts, max_new, device, shift_keys=None):
+    """Prefill left-padded prompts: the batch's common prefix once, then each distinct prompt
+    once, and copy the KV cache rows to the rows that share them.
+
+    Row ``r`` holds ``pads[r]`` padding slots, then its prompt, ending at slot ``longest - 1``.
+    The common prefix (a chat template's system prompt) is prefilled on one row at slots
+    ``[0, c)`` and moved to slots ``[pads[r], pads[r] + c)`` of each distinct prompt's row:
+    Megatron's static cache holds keys before RoPE, and RoPE scores depend on the distance
+    between positions only, so a prefix's cache does not depend on where it sits. Then the
+    distinct prompts' slots ``[c, longest)`` are prefilled in one window (a prompt with more
+    padding recomputes some of its prefix there, with the same values), and the N samples of
+    a prompt get its cache rows. Padding slots are hidden from every real query by the mask
+    (:func:`_attention_mask`) and the ones no window writes are zeroed, so no query reads
+    uninitialised memory.
+
+    Returns ``(tokens, begins, pads, logits)``: the token buffer, each row's first response
+    slot, its padding, and the logits of its last prompt token.
+    """
+    context, eod = wrapper.inference_context, controller.tokenizer.eod
+    b, longest = len(prompts), max(map(len, prompts))
+    pads = torch.tensor([longest - len(p) for p in prompts], device=device)
+    tokens = torch.full((b, longest + max_new), eod, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        tokens[row, longest - len(prompt) : longest] = torch.tensor(prompt, dtype=torch.long)
+    tokens = tokens.to(device)
+
+    first_row: dict[tuple[int, ...], int] = {}
+    slot = [first_row.setdefault(tuple(p), len(first_row)) for p in prompts]
+    heads = [slot.index(u) for u in range(len(first_row))]  # one row per distinct prompt
+    common = _common_prefix([prompts[h] for h in heads])  # all of it for one distinct prompt
+    if common:  # the common prefix, once, at slots [0, common) of KV cache row 0
+        prefix = torch.tensor([prompts[heads[0]][:common]], dtype=torch.long, device=device)
+        logits = _last_token_logits(wrapper, controller, _window(prefix, 0, common))
+        if len(heads) > 1:
+            _place_prefix(context, pads[heads], common, shift_keys)
+    if common < longest:  # the rest of each distinct prompt
+        window = _window(tokens[heads], common, longest, pads[heads])
+        logits = _last_token_logits(wrapper, controller, window)
+    if len(heads) < b:
+        _gather_cache(context, slot, longest)  # KV cache row r ← its prompt's row
+        logits = logits[torch.tensor(slot, device=device)]
+    return tokens, torch.full((b,), longest, device=device), pads, logits
+
+
+def _prefill_ragged(wrapper, controller, prompts, max_new, device):
+    """Prefill prompts that start at position 0 (Megatron's layout; Transformer Engine's path)
+    up to the batch's shortest prompt: each distinct window ``[0, shortest)`` once (the N
+    samples of a prompt share theirs), the KV cache rows copied to the rows that share them.
+    Returns what :func:`_prefill_aligned` returns (no padding)."""
+    context, eod = wrapper.inference_context, controller.tokenizer.eod
+    b, shortest = len(prompts), min(map(len, prompts))
+    longest = max(map(len, prompts))
+    tokens = torch.full((b, longest + max_new), eod, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        tokens[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+    tokens = tokens.to(device)
+
+    first_row: dict[tuple[int, ...], int] = {}
+    slot = [first_row.setdefault(tuple(p[:shortest]), len(first_row)) for p in prompts]
+    heads = [slot.index(u) for u in range(len(first_row))]
+    logits = _last_token_logits(wrapper, controller, _window(tokens[heads], 0, shortest))
+    if len(heads) < b:
+        _gather_cache(context, slot, shortest)
+        logits = logits[torch.tensor(slot, device=device)]
+    begins = torch.tensor([len(p) for p in prompts], device=device)
+    return tokens, begins, torch.zeros(b, dtype=torch.long, device=device), logits
 
 
 def _common_prefix(prompts: Sequence[Sequence[int]]) -> int:
@@ -459,25 +534,38 @@ def _common_prefix(prompts: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _window(inputs: dict, rows: Sequence[int], start: int, end: int) -> dict:
-    """The inputs of positions ``[start, end)`` of some rows (Megatron's context window).
-
-    Megatron's attention treats every window after the first as a decode step and drops its
-    causal mask; a window of several tokens after the first (the rest of a shared prefill)
-    carries its own: query ``start + i`` sees keys ``[0, start + i]`` (True = hidden).
-    """
-    index = torch.tensor(rows, device=inputs["tokens"].device)
-    mask = inputs["attention_mask"]
-    if mask is not None:
-        mask = mask[..., start:end, :end]
-    if start > 0 and end - start > 1:
-        queries = torch.arange(start, end, device=index.device)[:, None]
-        mask = (torch.arange(end, device=index.device)[None, :] > queries)[None, None]
+def _window(tokens: torch.Tensor, start: int, end: int, pads: torch.Tensor | None = None):
+    """The forward inputs of slots ``[start, end)`` of ``tokens`` (Megatron's context window;
+    its KV cache must hold slots ``[0, start)`` of the same rows)."""
+    rows = tokens.size(0)
+    positions = torch.arange(start, end, device=tokens.device).expand(rows, -1)
     return {
-        "tokens": inputs["tokens"][index, start:end],
-        "position_ids": inputs["position_ids"][index, start:end],
-        "attention_mask": mask,
+        "tokens": tokens[:, start:end],
+        "position_ids": positions,  # unused by RoPE (Megatron rotates by cache slot)
+        "attention_mask": _attention_mask(start, end, pads),
     }
+
+
+def _attention_mask(start: int, end: int, pads: torch.Tensor | None) -> torch.Tensor | None:
+    """Megatron's mask (True = hidden) of queries ``[start, end)`` over keys ``[0, end)``, for
+    rows whose first ``pads[r]`` slots are padding; None where the attention's own mask type
+    says it all (no padding, and the first window or a single new token).
+
+    A multi-token window after the first carries its causal mask (Megatron's attention drops
+    it once the cache holds tokens). A padding query sees itself only: its output is never
+    read, and a row with every key hidden would be NaN, which its cache entry would spread.
+    """
+    padded = pads is not None and bool(pads.any())
+    if not padded and (start == 0 or end - start == 1):
+        return None
+    device = pads.device if pads is not None else None
+    keys = torch.arange(end, device=device)[None, :]
+    queries = torch.arange(start, end, device=device)[:, None]
+    hidden = keys > queries  # [queries, keys]
+    if not padded:
+        return hidden[None, None]
+    padding = (keys < pads[:, None, None]) & (keys != queries)  # [rows, queries, keys]
+    return (hidden | padding)[:, None]
 
 
 def _last_token_logits(wrapper, controller, window: dict) -> torch.Tensor:
@@ -497,6 +585,26 @@ def _last_token_logits(wrapper, controller, window: dict) -> torch.Tensor:
             pp_group=controller.pp_group,
         )
     return logits[:batch, -1, :]
+
+
+def _place_prefix(context, pads: torch.Tensor, length: int, shift_keys=None) -> None:
+    """KV cache row ``i`` ← the prefix prefilled on row 0 (slots ``[0, length)``), at slots
+    ``[pads[i], pads[i] + length)``; slots ``[0, length)`` are zeroed first (padding that no
+    window writes: hidden, but never uninitialised memory). ``shift_keys(keys, shifts)``
+    moves cached keys later (keys cached after RoPE); None: keys do not depend on their slot
+    (Megatron's cache, before RoPE)."""
+    rows = len(pads)
+    slots = pads[:, None] + torch.arange(length, device=pads.device)[None, :]  # [rows, length]
+    row_index = torch.arange(rows, device=pads.device)[:, None].expand_as(slots)
+    for key, value in context.key_value_memory_dict.values():
+        for memory, shift in ((key, shift_keys), (value, None)):
+            # [max sequence, max batch, groups, head dim]
+            prefix = memory[:length, :1].expand(-1, rows, -1, -1).clone()
+            if shift is not None:
+                prefix = shift(prefix, pads.to(memory.device))
+            memory[:length, :rows] = 0
+            index = (slots.to(memory.device), row_index.to(memory.device))
+            memory[index] = prefix.transpose(0, 1)
 
 
 def _gather_cache(context, rows: Sequence[int], length: int) -> None:
@@ -531,5 +639,5 @@ def build_backend(model: torch.nn.Module, cfg, tokenizer) -> StaticEngineBackend
         max_prompt_length=cfg.data.max_prompt_length,
         max_new_tokens=gen.max_new_tokens,
         decode=tokenizer.decode,
-        share_prefix=cfg.model.transformer_impl != TransformerImpl.TE,
+        align_prompts=cfg.model.transformer_impl != TransformerImpl.TE,
     )

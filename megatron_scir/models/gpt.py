@@ -166,7 +166,13 @@ def layer_spec(cfg: Config):
         )
 
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=cfg.model.qk_layernorm)
+    from megatron_scir.models.attention import (  # lazy: imports Megatron-Core
+        KeysAfterRopeSelfAttention,
+        SDPAttention,
+    )
+
     spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.submodules.self_attention.module = KeysAfterRopeSelfAttention
     spec.submodules.input_layernorm = RMSNorm
     spec.submodules.pre_mlp_layernorm = RMSNorm
     if cfg.model.qk_layernorm:
@@ -175,8 +181,6 @@ def layer_spec(cfg: Config):
         attention.q_layernorm = RMSNorm
         attention.k_layernorm = RMSNorm
     if impl == TransformerImpl.SDPA:
-        from megatron_scir.models.attention import SDPAttention  # lazy: imports Megatron-Core
-
         spec.submodules.self_attention.submodules.core_attention = SDPAttention
     return spec
 

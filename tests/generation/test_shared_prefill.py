@@ -65,7 +65,7 @@ def _run(rank, world_size, hf_dir):
         with StaticEngineBackend(
             model, eos_id=2, bos_id=1, num_real_tokens=cfg.model.vocab_size,
             max_batch_size=2 * N, max_prompt_length=len(PROMPT_B), max_new_tokens=MAX_NEW,
-            decode=lambda ids: "", share_prefix=False,
+            decode=lambda ids: "", align_prompts=False,
         ) as plain:
             batch = [PROMPT_A] * N + [PROMPT_B] * N
             out["unshared"] = [c.token_ids for c in plain.generate(batch, greedy, seed=0)]
@@ -84,16 +84,17 @@ def runs(tmp_path_factory):
 
 def test_the_common_prefix_and_each_prompt_are_prefilled_once(runs):
     windows = runs["batch_windows"]
-    shortest = len(PROMPT_A)
-    # the system prompt on one row, then the rest of the shortest prompt on one row per prompt
-    assert windows[:2] == [(1, len(COMMON)), (2, shortest - len(COMMON))]
+    longest = len(PROMPT_B)
+    # the system prompt on one row, then the rest of both prompts (left-padded to end
+    # together) on one row per prompt
+    assert windows[:2] == [(1, len(COMMON)), (2, longest - len(COMMON))]
     decode = windows[2:]
     assert all(width == 1 and rows <= 2 * N for rows, width in decode)
-    prefill_tokens = len(COMMON) + 2 * (shortest - len(COMMON))
-    assert prefill_tokens == 14  # Megatron's loop: 2 N × 10 = 80
-    # every step after the prefill feeds one token per row: the longer prompt's 2 extra tokens,
-    # then MAX_NEW - 1 more for its last sampled token
-    assert len(decode) == (len(PROMPT_B) - shortest) + MAX_NEW - 1
+    prefill_tokens = len(COMMON) + 2 * (longest - len(COMMON))
+    assert prefill_tokens == 18  # Megatron's loop: 2 N × 10 = 80, then 2 one-token steps
+    # every step after the prefill feeds one sampled token per row: no prompt token is fed
+    # one step at a time
+    assert len(decode) == MAX_NEW - 1
 
 
 def test_shared_prefill_answers_are_each_prompts_own(runs):
@@ -109,5 +110,8 @@ def test_the_samples_of_one_prompt_share_its_prefill_but_draw_their_own_tokens(r
 
 
 def test_without_the_common_prefix_each_prompt_is_still_prefilled_once(runs):
-    assert runs["unshared_windows"][0] == (2, len(PROMPT_A))  # one row per prompt, no split
+    windows = runs["unshared_windows"]
+    assert windows[0] == (2, len(PROMPT_A))  # one row per prompt, no split
+    # prompts start at position 0: the longer one's last 2 tokens are fed one step at a time
+    assert len(windows[1:]) == (len(PROMPT_B) - len(PROMPT_A)) + MAX_NEW - 1
     assert runs["unshared"] == runs["batch"]

@@ -151,3 +151,76 @@ def test_qk_layernorm_puts_a_norm_over_the_head_dim_on_queries_and_keys(impl):
             assert (attention.q_layernorm is IdentityOp) == (norm is IdentityOp)
         else:
             assert attention.q_layernorm is norm and attention.k_layernorm is norm
+
+
+def _decoded_logits(rank, world_size, impl):
+    """Last-token logits of a prefill of 10 tokens and 6 one-token steps through Megatron's
+    static inference context, and the full forward's logits at the same positions."""
+    from megatron.core.inference.contexts import StaticInferenceContext
+    from megatron.core.inference.model_inference_wrappers.gpt.gpt_inference_wrapper import (
+        GPTInferenceWrapper,
+    )
+
+    from megatron_scir.models import build_gpt_model
+    from megatron_scir.models.attention import KeysAfterRopeSelfAttention
+    from megatron_scir.parallel.state import initialize_model_parallel
+
+    cfg = load_config("tiny", [f"model.transformer_impl={impl}"])
+    initialize_model_parallel(cfg.parallel)
+    torch.manual_seed(5)
+    model = build_gpt_model(cfg).eval()
+    assert any(isinstance(m, KeysAfterRopeSelfAttention) for m in model.modules())
+    tokens = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(2))
+    positions = torch.arange(16).expand(2, 16)
+    wrapper = GPTInferenceWrapper(model, StaticInferenceContext(2, 16))
+    wrapper.prep_model_for_inference()
+    steps = []
+    with torch.no_grad():
+        full = model(tokens, positions, None)[:, 9:]
+        window = {"tokens": tokens[:, :10], "position_ids": positions[:, :10],
+                  "attention_mask": None}
+        steps.append(wrapper.run_one_forward_step(window)[:, -1])
+        for i in range(10, 16):
+            window = {"tokens": tokens[:, i : i + 1], "position_ids": positions[:, i : i + 1],
+                      "attention_mask": None}
+            steps.append(wrapper.run_one_forward_step(window)[:, -1])
+        cached = wrapper.inference_context.key_value_memory_dict[1][0][:16].clone()
+    return full, torch.stack(steps, 1), cached
+
+
+@pytest.mark.parametrize("impl", ["local", "sdpa"])
+def test_cached_decoding_with_keys_after_rope_gives_the_full_forward_logits(impl):
+    full, decoded, cached = run_distributed(_decoded_logits, 1, args=(impl,))[0]
+    torch.testing.assert_close(decoded, full, atol=2e-5, rtol=0)
+    assert cached.abs().sum() > 0  # the static cache was used, rotated keys and all
+
+
+def _shifted_keys(rank, world_size):
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+    from megatron_scir.models import transformer_config
+    from megatron_scir.models.attention import shift_cached_keys
+    from megatron_scir.parallel.state import initialize_model_parallel
+
+    cfg = load_config("tiny")
+    initialize_model_parallel(cfg.parallel)
+    config = transformer_config(cfg)
+    dim = config.kv_channels
+    freqs = RotaryEmbedding(kv_channels=dim, rotary_percent=1.0)(40)  # [40, 1, 1, dim]
+    keys = torch.randn(5, 3, 2, dim, generator=torch.Generator().manual_seed(0))
+
+    def cached(first):  # row r's 5 keys at slots first[r]..first[r]+4, rotated (RoPE)
+        rows = []
+        for row, start in enumerate(first):
+            k, angle = keys[:, row], freqs[start : start + 5, 0]  # [5, groups, dim], [5, 1, dim]
+            half = torch.cat((-k[..., dim // 2 :], k[..., : dim // 2]), -1)
+            rows.append(k * angle.cos() + half * angle.sin())
+        return torch.stack(rows, 1)
+
+    shifts = torch.tensor([0, 3, 11])
+    return shift_cached_keys(cached([0, 0, 0]), shifts, freqs, config), cached([0, 3, 11])
+
+
+def test_shifting_rotated_keys_moves_them_to_later_positions():
+    moved, expected = run_distributed(_shifted_keys, 1)[0]
+    torch.testing.assert_close(moved, expected, atol=1e-5, rtol=0)
