@@ -19,28 +19,45 @@ The loop, on every rank of the world:
 A killed run restarted with the same arguments therefore skips exactly the committed chunks and
 cuts the rest into the same chunks and batches with the same seeds: the final file equals that
 of an uninterrupted run. The same seed, model, prompts and layout give the same responses.
+
+Beside the stream, ``<out>.inputs.json`` records what made it (:func:`generation_inputs`): the
+model's identity (its content digest, when the caller names it), the tokenizer's content
+fingerprint and the config keys that change a response (``generation.*`` but batch size, chunk
+size and engine; the chat template and prompt budget). It is written (atomically) while the
+stream has no chunk; a rerun with other inputs, or a stream with chunks and no record, is
+refused before a token is sampled, naming what changed, so a file never holds two models' or
+two temperatures' samples. (A record beside the stream, not in it, keeps the stream itself the
+same bytes for the same responses, whatever path the model was loaded from.) A full disk or an
+unwritable output is a :class:`DataError` naming the file; the chunk being written stays
+uncommitted (readers skip it, the next writer cuts it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from megatron_scir.checkpoint import tokenizer_fingerprint
 from megatron_scir.config import Config, ParallelConfig
+from megatron_scir.config.outputs import flat_config, select
 from megatron_scir.data import (
     ChunkedJsonlWriter,
     DataError,
     GenerationRecord,
     PromptRecord,
     Tokenizer,
+    atomic_open,
     read_records,
     record_to_json,
 )
@@ -72,6 +89,7 @@ def generate(
     *,
     progress: bool | None = None,
     should_stop: Callable[[], bool] | None = None,
+    inputs_id: str | None = None,
 ) -> GenerationStats:
     """Sample ``generation.num_responses`` responses per prompt with this rank's model stage.
 
@@ -92,6 +110,8 @@ def generate(
         progress: Progress bar on rank 0 (default ``logging.progress``).
         should_stop: Asked on every rank after each committed chunk (collective, e.g. a
             preemption request agreed over the world); True ends the run early, resumable.
+        inputs_id: What the model is (``ModelSource.identity``: its content digest), recorded
+            with every chunk; a resumed file made by another model is refused.
 
     Returns:
         The run's counts: complete on global rank 0 (see :func:`generate_responses`);
@@ -108,7 +128,7 @@ def generate(
     with torch.no_grad(), build_backend(model, cfg, tokenizer) as backend:
         return generate_responses(
             runtime, cfg, backend, tokenizer, prompts, out_path, progress=progress,
-            should_stop=should_stop,
+            should_stop=should_stop, inputs_id=inputs_id,
         )
 
 
@@ -122,6 +142,7 @@ def generate_responses(
     *,
     progress: bool | None = None,
     should_stop: Callable[[], bool] | None = None,
+    inputs_id: str | None = None,
 ) -> GenerationStats:
     """Answer every prompt ``generation.num_responses`` times; append to ``out_path``.
 
@@ -136,6 +157,7 @@ def generate_responses(
         out_path: The generations stream; an existing one is resumed.
         progress: Show the progress bar on rank 0 (default: ``logging.progress``).
         should_stop: See :func:`generate`.
+        inputs_id: See :func:`generate`.
 
     Returns:
         The run's counts: complete on global rank 0; the other ranks fill in only the prompt
@@ -144,11 +166,13 @@ def generate_responses(
     Raises:
         DataError: more prompts over ``data.max_prompt_length`` than
             ``data.max_truncated_fraction`` allows (every rank measures every prompt before the
-            output is opened), or the output holds records made with another ``num_responses``
-            or prompt text.
+            output is opened), the output holds records made with other inputs
+            (:func:`generation_inputs`), another ``num_responses`` or prompt text, or it cannot
+            be written (a full disk, no permission).
     """
     encoded = PromptEncoder.from_config(cfg, tokenizer).encode_all(prompts)
-    writer, done = _open_output(out_path, prompts, cfg)
+    inputs = generation_inputs(cfg, inputs_id) if dist.get_rank() == 0 else None
+    writer, done = _open_output(out_path, prompts, cfg, inputs)
     try:
         pending = [p for p in prompts if p.id not in done]
         stats = GenerationStats(
@@ -169,9 +193,18 @@ def generate_responses(
         bar.close()
     finally:
         if writer is not None:
-            writer.close()
+            _close(writer)
     dist.barrier()
     return stats
+
+
+def _close(writer: ChunkedJsonlWriter) -> None:
+    """Release the stream; after a failed commit (a full disk) closing retries the unwritten
+    bytes and fails again: the uncommitted tail is the next writer's to cut."""
+    try:
+        writer.close()
+    except OSError as error:
+        logger.debug("%s: closed after a failed write (%s)", writer.path, error)
 
 
 class _ChunkGenerator:
@@ -245,10 +278,11 @@ class _ChunkGenerator:
             records.append(record_to_json(record))
         num_tokens = sum(r.num_tokens for finished in responses for r in finished)
         num_truncated_prompts = sum(p.truncated for p in kept)
-        self.writer.commit(
-            records,
-            meta={"skipped_prompt_ids": skipped, "num_prompts_truncated": num_truncated_prompts},
-        )
+        meta = {"skipped_prompt_ids": skipped, "num_prompts_truncated": num_truncated_prompts}
+        try:
+            self.writer.commit(records, meta=meta)
+        except OSError as error:
+            raise _write_error(self.writer.path, error) from error
         s = self.stats
         s.num_prompts_generated += len(kept)
         s.num_prompts_skipped += len(skipped)
@@ -259,8 +293,56 @@ class _ChunkGenerator:
         return num_tokens
 
 
+INPUTS_FORMAT = "megatron-scir/generation-inputs"
+_CONFIG_KEYS = ("generation.", "data.chat_template", "data.max_prompt_length")
+
+
+def generation_inputs(cfg: Config, inputs_id: str | None) -> dict:
+    """What a chunk's responses depend on besides the prompt: the model (``inputs_id``; None
+    when the caller does not name it), the tokenizer's content fingerprint, and the config keys
+    (``generation.*`` less batch size, chunk size and engine, which change no response; the chat
+    template and the prompt budget). JSON values, as stored."""
+    config = select(flat_config(cfg), _CONFIG_KEYS)
+    tokenizer = tokenizer_fingerprint(cfg.data) or cfg.data.tokenizer_path
+    return json.loads(json.dumps({"model": inputs_id, "tokenizer": tokenizer, "config": config}))
+
+
+def check_output(
+    out_path: str | os.PathLike,
+    prompts: Sequence[PromptRecord],
+    cfg: Config,
+    *,
+    inputs_id: str | None = None,
+) -> int:
+    """Before the model loads: ``out_path`` can be written and locked, and what it holds was
+    made by these inputs. Returns how many prompts it already covers (one process: call on
+    global rank 0 only).
+
+    Raises:
+        DataError: as :func:`generate_responses` would, before any model exists.
+    """
+    writer = None
+    try:
+        writer = ChunkedJsonlWriter(out_path)
+        return len(_done_prompt_ids(writer, prompts, cfg, generation_inputs(cfg, inputs_id)))
+    except OSError as error:
+        raise _write_error(out_path, error) from error
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _write_error(path: str | os.PathLike, error: OSError) -> DataError:
+    """A one-line error for an output that cannot be written."""
+    where = error.filename or path
+    return DataError(
+        f"{where}: cannot write the generations ({error.strerror or error}): free space or "
+        "choose another --out; committed chunks are kept and a rerun continues after them"
+    )
+
+
 def _open_output(
-    out_path: str | os.PathLike, prompts: Sequence[PromptRecord], cfg: Config
+    out_path: str | os.PathLike, prompts: Sequence[PromptRecord], cfg: Config, inputs
 ) -> tuple[ChunkedJsonlWriter | None, set[str]]:
     """Rank 0 opens (resumes) the stream; every rank learns the prompt ids already done.
 
@@ -271,11 +353,11 @@ def _open_output(
     if dist.get_rank() == 0:
         try:
             writer = ChunkedJsonlWriter(out_path)
-            done = _done_prompt_ids(writer, prompts, cfg)
-        except DataError as err:
+            done = _done_prompt_ids(writer, prompts, cfg, inputs)
+        except (DataError, OSError) as err:
             if writer is not None:
                 writer.close()
-            error = err
+            error = err if isinstance(err, DataError) else _write_error(out_path, err)
     done, message = _broadcast((done, None if error is None else str(error)))
     if error is not None:
         raise error
@@ -285,9 +367,10 @@ def _open_output(
 
 
 def _done_prompt_ids(
-    writer: ChunkedJsonlWriter, prompts: Sequence[PromptRecord], cfg: Config
+    writer: ChunkedJsonlWriter, prompts: Sequence[PromptRecord], cfg: Config, inputs: dict
 ) -> set[str]:
-    """Prompt ids the output already covers; checks they were made by a compatible run."""
+    """Prompt ids the output already covers; checks they were made by the same inputs."""
+    _check_inputs(writer, inputs)
     records, _ = read_records(writer.path, "generations")
     text = {p.id: p.prompt for p in prompts}
     n = cfg.generation.num_responses
@@ -304,6 +387,64 @@ def _done_prompt_ids(
             )
     skipped = {i for meta in writer.chunk_metas for i in meta.get("skipped_prompt_ids", [])}
     return {r.prompt_id for r in records} | skipped
+
+
+def inputs_path(out_path: str | os.PathLike) -> Path:
+    """``<out>.inputs.json``: what made the generations stream ``out_path``."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + ".inputs.json")
+
+
+def _check_inputs(writer: ChunkedJsonlWriter, inputs: dict) -> None:
+    """Record ``inputs`` beside a stream without chunks; refuse a stream with chunks whose
+    record differs (or is missing or unreadable)."""
+    record = inputs_path(writer.path)
+    if writer.num_chunks == 0:
+        body = {"format": INPUTS_FORMAT, "version": 1, "inputs": inputs}
+        with atomic_open(record) as fh:
+            fh.write((json.dumps(body, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+        return
+    try:
+        stored = json.loads(record.read_text(encoding="utf-8"))["inputs"]
+    except FileNotFoundError:
+        raise DataError(
+            f"{writer.path}: {writer.num_chunks} chunk(s) but no {record.name} saying what "
+            "made them (written before it was recorded, or moved without it): write to a new "
+            "--out file"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(
+            f"{record}: unreadable ({error}): cannot tell what made {writer.path}; write to a "
+            "new --out file"
+        ) from error
+    if stored == inputs:
+        return
+    changes = [
+        f"{name}: {_short(stored_value)} -> {_short(now_value)}"
+        for name, stored_value, now_value in _differences(stored, inputs)
+    ]
+    raise DataError(
+        f"{writer.path}: made with other inputs, these differ (stored -> now): "
+        f"{'; '.join(changes)}; write to a new --out file (or rerun with the stored settings "
+        "to continue it)"
+    )
+
+
+def _differences(stored: dict, now: dict):
+    for key in ("model", "tokenizer"):
+        if stored.get(key) != now.get(key):
+            yield key, stored.get(key), now.get(key)
+    was, then = stored.get("config", {}), now.get("config", {})
+    for key in sorted(set(was) | set(then)):
+        if was.get(key) != then.get(key):
+            yield key, was.get(key, "<absent>"), then.get(key, "<absent>")
+
+
+def _short(value) -> str:
+    """A stored or current value for a message: SHA-256 digests cut to 12 hex digits."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    text = re.sub(r"\b([0-9a-f]{12})[0-9a-f]{52}\b", r"\1", text)
+    return text if len(text) <= 160 else f"{text[:110]}...{text[-40:]}"
 
 
 def _broadcast(value):

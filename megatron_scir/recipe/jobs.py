@@ -30,6 +30,7 @@ from megatron_scir.generation import (
     generation_layout,
 )
 from megatron_scir.generation.mcore_inference import select_engine
+from megatron_scir.generation.runner import check_output
 from megatron_scir.parallel.runtime import parallel_world
 from megatron_scir.recipe.model import RANDOM_INIT, ModelSource, load_model, load_run_config
 from megatron_scir.recipe.stages import pairs_have_ref_logps, reference_stage, train_stage
@@ -130,8 +131,9 @@ def generate_job(
 ) -> GenerationStats | None:
     """``scir generate``: ``generation.num_responses`` responses per prompt into ``out_path``
     (resumed when it exists), from ``ckpt`` / ``checkpoint.load`` or ``hf_dir``, in the
-    generation layout (one chunk per pipeline rank, SP off). The counts on global rank 0, None
-    on the other ranks."""
+    generation layout (one chunk per pipeline rank, SP off). The output is checked (writable,
+    unlocked, made by the same model, tokenizer and settings when it exists) before the model
+    loads. The counts on global rank 0, None on the other ranks."""
     cfg = load_run_config(config, overrides, ckpt=ckpt, hf_dir=hf_dir)
     cfg = dataclasses.replace(cfg, parallel=generation_layout(cfg.parallel))
     validate(cfg, uses=(GENERATION,))
@@ -146,8 +148,15 @@ def generate_job(
     PromptEncoder.from_config(cfg, tokenizer).encode_all(prompts)
     select_engine(cfg.generation.engine)
     with parallel_world(cfg.parallel, seed=cfg.train.seed) as runtime:
+        # the model's content identity (its files checked against their recorded hashes), then
+        # the output: writable, not locked by another writer, made by these inputs if it exists
+        identity = runtime.on_rank_zero(lambda: source.identity)
+        runtime.on_rank_zero(lambda: check_output(out_path, prompts, cfg, inputs_id=identity))
         chunks = load_model(cfg, source, log=runtime.is_rank_zero)
-        stats = generate(runtime, chunks, tokenizer, prompts, out_path, cfg, progress=progress)
+        stats = generate(
+            runtime, chunks, tokenizer, prompts, out_path, cfg, progress=progress,
+            inputs_id=identity,
+        )
         return stats if runtime.is_rank_zero else None
 
 
