@@ -34,7 +34,9 @@ def register(subparsers) -> None:
     parser.add_argument("--ckpt", required=True, help="the model to evaluate")
     parser.add_argument("--ref-ckpt", help="reference model of the implicit reward (M_t)")
     parser.add_argument("--pairs", help="labelled pairs JSONL (label 1 or 2)")
-    parser.add_argument("--out-dir", help="work files of --pairs (default: <ckpt>/../eval)")
+    parser.add_argument(
+        "--out-dir", help="work files of --pairs (default: <ckpt>/../eval/<ckpt name>)"
+    )
     parser.add_argument("--prompts", help="prompts JSONL for greedy answers")
     parser.add_argument("--out", help="greedy answers JSONL (with --prompts)")
     parser.add_argument("--grader", help="module:function scoring the answers (with --prompts)")
@@ -61,6 +63,7 @@ def run_iterate(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from megatron_scir.iteration.job import evaluate_job  # lazy: keeps `scir --help` instant
 
+    log_to_stderr()  # what is recomputed, which settings come from the checkpoint
     files = {k: getattr(args, k) for k in ("ckpt", "ref_ckpt", "pairs", "out_dir", "prompts")}
     evaluate_job(
         args.config, args.overrides, out=args.out, grader=args.grader,

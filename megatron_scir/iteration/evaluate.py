@@ -20,16 +20,26 @@ and once with the reference model (policy rows only).
 
 Greedy answers: one temperature-0 response per prompt through ``generate``; a grader
 ``module:function`` (prompt, response → score in [0, 1]) turns them into an oracle accuracy.
+
+The work files (``policy.jsonl``, ``reference.jsonl``) are a cache: each carries the reference
+pass's record of its inputs — the pairs file's SHA-256, the model's content identity
+(:attr:`~megatron_scir.recipe.ModelSource.identity`: its files checked against the hashes written
+at save), the tokenizer's content fingerprint, the config keys — and is recomputed when any of
+them differs, so a tokenizer or weights replaced in place never give a stale accuracy. The work
+folder is checked writable before any model loads; a disk that fills up during the pass is one
+line naming the folder (the file being written stays under its temporary name).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gc
 import importlib
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +50,12 @@ from megatron_scir.config import Config, ConfigError
 from megatron_scir.data import DataError, read_records
 from megatron_scir.data.layout import MicroBatchLayout
 from megatron_scir.generation import generate, generation_layout
+from megatron_scir.generation.runner import check_output
 from megatron_scir.losses.bernoulli import Bernoulli
 from megatron_scir.losses.selection import select_consistent
 from megatron_scir.parallel.runtime import Runtime
 from megatron_scir.recipe import ModelSource, load_model
+from megatron_scir.recipe.stages import model_inputs_id
 from megatron_scir.rewards import implicit_log_odds, implicit_preference, judge_preference
 from megatron_scir.training.reference import run_reference_pass
 
@@ -120,9 +132,11 @@ def reward_accuracy(
     ``work_dir``, and scores on global rank 0.
 
     Raises:
-        DataError: an unlabeled pair in ``pairs_path`` (naming its file and line).
+        DataError: an unlabeled pair in ``pairs_path`` (naming its file and line), a work folder
+            that cannot be written (checked before any model loads) or fills up.
     """
     work = Path(work_dir)
+    runtime.on_rank_zero(lambda: check_writable(work))
     pairs, _ = runtime.on_rank_zero(lambda: read_records(pairs_path, "pairs"))
     unlabeled = next((p for p in pairs if p.label is None), None)
     if unlabeled is not None:
@@ -141,14 +155,43 @@ def _log_probs(
     ``judge``, in one layout for grouping and reading (no labels are fixed)."""
     layout = MicroBatchLayout.from_config(cfg, with_judge=judge)
     out = work / ("policy.jsonl" if judge else "reference.jsonl")
+    inputs_id = runtime.on_rank_zero(lambda: model_inputs_id(cfg, model))
     chunks = load_model(cfg, model)
-    run_reference_pass(
-        runtime, chunks, cfg, tokenizer, pairs_path, out, inputs_id=model.identity,
-        layout=layout, reference_layout=layout,
-    )
+    try:
+        run_reference_pass(
+            runtime, chunks, cfg, tokenizer, pairs_path, out, inputs_id=inputs_id,
+            layout=layout, reference_layout=layout,
+        )
+    except OSError as error:
+        raise DataError(
+            f"{out}: cannot write the evaluation's work file ({error.strerror or error}): free "
+            "space there or pass --out-dir DIR"
+        ) from error
     del chunks
     gc.collect()
     return out
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create ``folder`` and prove a file can be written there (global rank 0, before the
+    expensive work).
+
+    Raises:
+        DataError: naming the folder and why.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".scir-write-check-"):
+            pass
+    except OSError as error:
+        why = error.strerror or str(error)
+        if error.errno == errno.ENOTDIR or (error.errno == errno.EEXIST and not folder.is_dir()):
+            why = f"{error.filename} is not a folder"
+        raise DataError(
+            f"{folder}: cannot write the evaluation's work files there ({why}): pass "
+            "--out-dir DIR"
+        ) from error
 
 
 def _score(cfg: Config, pairs, policy_file: Path, ref_file: Path | None) -> RewardAccuracy:
@@ -219,8 +262,14 @@ def greedy_answers(
     )
     run_cfg = dataclasses.replace(cfg, generation=greedy, parallel=generation_layout(cfg.parallel))
     prompts, _ = read_records(prompts_path, "prompts", on_bad_record=cfg.data.on_bad_record)
+    identity = runtime.on_rank_zero(lambda: model.identity)
+    # the answers file: writable, unlocked, made by this model if it exists (before the load)
+    runtime.on_rank_zero(lambda: check_output(out_path, prompts, run_cfg, inputs_id=identity))
     chunks = load_model(run_cfg, model)
-    generate(runtime, chunks, tokenizer, prompts, out_path, run_cfg, progress=progress)
+    generate(
+        runtime, chunks, tokenizer, prompts, out_path, run_cfg, progress=progress,
+        inputs_id=identity,
+    )
     del chunks
     gc.collect()
     return Path(out_path)

@@ -19,7 +19,7 @@ from megatron_scir.iteration.evaluate import grade_answers, greedy_answers, rewa
 from megatron_scir.parallel.runtime import parallel_world
 from megatron_scir.recipe import ModelSource, load_run_config
 
-__all__ = ["evaluate_job", "iterate"]
+__all__ = ["default_eval_dir", "evaluate_job", "iterate"]
 
 
 def iterate(config, overrides, *, hf_dir=None, progress=None, report=True) -> list[dict[str, Any]]:
@@ -56,7 +56,7 @@ def evaluate_job(
     policy = ModelSource.checkpoint(ckpt)
     with parallel_world(cfg.parallel, seed=cfg.train.seed) as runtime:
         if pairs:
-            work = Path(out_dir or Path(ckpt).resolve().parent / "eval")
+            work = Path(out_dir or default_eval_dir(ckpt))
             scores = reward_accuracy(
                 runtime, cfg, tokenizer, pairs, policy=policy,
                 reference=None if ref_ckpt is None else ModelSource.checkpoint(ref_ckpt),
@@ -73,6 +73,13 @@ def evaluate_job(
         if runtime.is_rank_zero:
             print(json.dumps(report, indent=1), flush=True)
     return report
+
+
+def default_eval_dir(ckpt: str | Path) -> Path:
+    """``<ckpt>/../eval/<ckpt name>``: the work files of one checkpoint's evaluation (each
+    checkpoint of a folder has its own; they are a cache keyed by their inputs)."""
+    path = Path(ckpt).resolve()
+    return path.parent / "eval" / path.name
 
 
 def _setup(config, overrides, *, hf_dir=None, ckpt=None, uses=()):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_scir.checkpoint import tokenizer_fingerprint
 from megatron_scir.config import Config
 from megatron_scir.config.choices import LossMode
 from megatron_scir.data import ScirDataModule, SftDataModule, Tokenizer
@@ -68,6 +69,9 @@ def reference_stage(
         mode: the loss mode whose training these pairs feed (default ``scir.mode``).
     """
     mode = mode or loss_mode(cfg.scir.mode)
+    # what the file is keyed by besides the pairs' SHA-256 and the config: the model's content
+    # identity and the tokenizer's content fingerprint (one hasher: rank 0)
+    inputs_id = runtime.on_rank_zero(lambda: model_inputs_id(cfg, model))
     chunks = load_model(cfg, model) if chunks is None else chunks
     return run_reference_pass(
         runtime,
@@ -76,11 +80,19 @@ def reference_stage(
         tokenizer,
         pairs,
         out,
-        inputs_id=model.identity,
+        inputs_id=inputs_id,
         layout=MicroBatchLayout.for_training(cfg, mode),
         reference_layout=MicroBatchLayout.for_reference(cfg, mode),
         srlm_labels=mode.labels == PairLabels.JUDGE,
     )
+
+
+def model_inputs_id(cfg: Config, model: ModelSource) -> str:
+    """``<model identity>|tokenizer:<content fingerprint>``: the model and tokenizer a reference
+    pass's file depends on, by content (the pass records the tokenizer's path and vocabulary
+    size only; a tokenizer file replaced in place must recompute it)."""
+    tokenizer = tokenizer_fingerprint(cfg.data) or cfg.data.tokenizer_path
+    return f"{model.identity}|tokenizer:{tokenizer}"
 
 
 def train_stage(
