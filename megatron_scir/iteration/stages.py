@@ -13,11 +13,14 @@ trusted before its marker exists.
 
 ``config`` is the stage's config fingerprint (:func:`fingerprint`): every key that can change
 what a stage produces (its own keys and those of the stages that feed it, as declared in
-:mod:`megatron_scir.config.outputs`). Rerunning with a config that differs from a finished
-stage's fingerprint is refused with the keys that differ (:func:`check_unchanged`), because the
-finished stage's outputs would silently belong to another experiment. Keys that only change
-speed, logging, the layout or how far the run goes (``iteration.num_iterations``) are not part
-of it.
+:mod:`megatron_scir.config.outputs`), and for each of those keys that names a file or folder
+(:data:`CONTENT_KEYS`) the content fingerprint of what is there now, as ``"<key>#content"``
+(:func:`megatron_scir.hashing.content_fingerprint`: SHA-256, cached by ``stat``), and M_0 by its
+content identity (``source``). Rerunning with a config — or a prompts, seed, evaluation or
+tokenizer file edited in place — that differs from a finished stage's fingerprint is refused
+with the keys that differ (:func:`check_unchanged`), because the finished stage's outputs would
+silently belong to another experiment. Keys that only change speed, logging, the layout or how
+far the run goes (``iteration.num_iterations``) are not part of it.
 """
 
 from __future__ import annotations
@@ -30,12 +33,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from megatron_scir.checkpoint import tokenizer_fingerprint
 from megatron_scir.config import Config, ConfigError
 from megatron_scir.config.outputs import SOURCE, flat_config, select, stage_keys
 from megatron_scir.config.outputs import STAGE_ORDER as STAGE_ORDER  # the driver's, declared there
 from megatron_scir.data import atomic_open
+from megatron_scir.hashing import content_fingerprint
 
 MARKER = "stage.json"
+CONTENT_KEYS = (
+    "data.prompts",
+    "data.seed_sft",
+    "data.seed_judge",
+    "data.tokenizer_path",
+    "iteration.eval_pairs",
+    "iteration.eval_prompts",
+)
+"""Config keys that name input files or folders: their content is part of a fingerprint."""
+CONTENT_SUFFIX = "#content"
 
 
 @dataclass
@@ -69,7 +84,25 @@ def fingerprint(
     wanted = stage_keys(stage, iteration)
     if grader_used:
         wanted += ("iteration.grader",)
-    return select({SOURCE: source, **flat_config(cfg)}, wanted)
+    selected = select({SOURCE: source, **flat_config(cfg)}, wanted)
+    for key in CONTENT_KEYS:
+        if selected.get(key) is not None:
+            selected[key + CONTENT_SUFFIX] = _content(key, selected[key], cfg.data)
+    return selected
+
+
+def _content(key: str, path: str, data) -> str:
+    """The content fingerprint of config key ``key``'s file or folder (``missing`` when
+    absent: reading it later reports that); a tokenizer folder by its tokenizer files only
+    (an HF model folder's weights are the source's)."""
+    try:
+        if key == "data.tokenizer_path":
+            return tokenizer_fingerprint(data) or "missing"
+        return content_fingerprint(path)
+    except OSError as error:
+        raise ConfigError(
+            f"{key}={path}: {error.filename} cannot be read ({error.strerror})"
+        ) from error
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:
