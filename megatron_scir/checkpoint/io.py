@@ -26,6 +26,7 @@ version, which only counts incompatible changes. Megatron-LM and NeMo 2 checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
 from collections.abc import Sequence
@@ -50,8 +51,11 @@ from megatron_scir.checkpoint.metadata import (
     METADATA_FILE,
     CheckpointMetadata,
     check_same_model,
+    check_tokenizer,
+    checkpoint_tokenizer,
     read_metadata,
     tokenizer_fingerprint,
+    trained_with,
     write_metadata,
 )
 from megatron_scir.checkpoint.verify import (
@@ -154,12 +158,23 @@ def save_checkpoint(
             contents=tuple(state),
             assets=tuple(names),
             files=dict(sorted(files.items())),
-            tokenizer=tokenizer_fingerprint(cfg.data),
+            tokenizer=_saved_tokenizer(cfg, staging),
+            trained_with=trained_with(cfg, step),
         )
         write_metadata(staging, metadata)
         commit(staging, final)
     dist.barrier()
     return final
+
+
+def _saved_tokenizer(cfg: Config, staging: Path) -> str | None:
+    """The fingerprint of the config's tokenizer, else of the one the checkpoint carries."""
+    found = tokenizer_fingerprint(cfg.data)
+    if found is None and (carried := checkpoint_tokenizer(staging)) is not None:
+        kind, path = carried
+        data = dataclasses.replace(cfg.data, tokenizer_type=kind.value, tokenizer_path=str(path))
+        found = tokenizer_fingerprint(data)
+    return found
 
 
 def _hash_written_files(staging: Path) -> dict[str, dict]:
@@ -258,8 +273,9 @@ def load_checkpoint(
 
     Raises:
         CheckpointError: incomplete or missing checkpoint, a file that fails its recorded hash
-            or size (:mod:`~megatron_scir.checkpoint.verify`), another model, a missing tensor
-            or a wrong shape (naming the tensor, expected and found shape).
+            or size (:mod:`~megatron_scir.checkpoint.verify`), another model or tokenizer
+            (``cfg.data``'s, when it names one), a missing tensor or a wrong shape (naming the
+            tensor, expected and found shape).
     """
     from megatron.core import dist_checkpointing  # lazy: Megatron-Core
     from megatron.core.utils import unwrap_model  # lazy: Megatron-Core
@@ -268,6 +284,7 @@ def load_checkpoint(
     metadata = read_metadata(path) if (path / METADATA_FILE).is_file() else None
     if metadata is not None:
         check_same_model(metadata.config.model, cfg.model, path)
+        check_tokenizer(metadata.tokenizer, cfg.data, path)
     _verify_on_all_ranks(path)
     contents = inspect_checkpoint(path)
     check_model_shapes(contents, cfg.model)

@@ -8,6 +8,7 @@ resolve to the torch_dist directory they hold. Neither torch nor Megatron-Core i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from megatron_scir.checkpoint.atomic import INCOMPLETE_SUFFIX, staging_path
@@ -45,6 +46,11 @@ def resolve_checkpoint(ckpt_dir: str | Path) -> Path:
         staging = staging_path(path)
         hint = f"; {staging.name} exists: its writer did not finish" if staging.exists() else ""
         raise CheckpointError(f"checkpoint {path} does not exist{hint}")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise CheckpointError(
+            f"checkpoint {path}: permission denied (this user needs read and execute permission "
+            "on the folder and read permission on its files)"
+        )
     if (path / METADATA_FILE).is_file():
         return path
     tracker = path / MEGATRON_LM_TRACKER

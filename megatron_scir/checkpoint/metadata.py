@@ -6,12 +6,20 @@ alone gives the model section (:func:`config_for_checkpoint`) and, through the t
 under ``hf/``, the tokenizer (:func:`tokenizer_config_from_checkpoint`). Megatron-LM and NeMo 2
 checkpoints have neither: the caller's config describes them. Neither torch nor Megatron-Core is
 imported here.
+
+A checkpoint also carries its **reading instructions**: the content fingerprint of the tokenizer
+it was saved with (``tokenizer``; a different tokenizer is refused with both fingerprints,
+:func:`check_tokenizer`) and, once it has been trained (step > 0), the chat and judge format it
+was trained with (``trained_with``: the :data:`READING_KEYS`). A command that loads it uses
+those rather than its preset's or config file's, unless a command-line override sets them, and
+logs each key either way (:func:`config_for_checkpoint`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,8 +30,11 @@ from megatron_scir.config import Config, ModelConfig, config_from_dict, load_con
 from megatron_scir.config.choices import TokenizerType
 from megatron_scir.config.derived import fit_budgets
 from megatron_scir.config.load import override_keys
+from megatron_scir.config.outputs import flat_config, matches
 from megatron_scir.config.schema import DataConfig
-from megatron_scir.hashing import content_fingerprint
+from megatron_scir.hashing import content_fingerprint, short
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "megatron-scir/torch_dist"
 FORMAT_VERSION = 1
@@ -46,6 +57,10 @@ MODEL_FIELDS = (
     "share_embeddings_and_output_weights",
 )
 
+
+READING_KEYS = ("judge.", "data.chat_template")
+"""How a trained checkpoint's texts are read: its judge format and chat template (``section.``
+names a whole section)."""
 
 TOKENIZER_FILES = (
     "special_tokens_map.json",
@@ -103,6 +118,9 @@ class CheckpointMetadata:
     tokenizer: str | None = None
     """The content fingerprint of the tokenizer it was saved with
     (:func:`tokenizer_fingerprint`); None when the config named none."""
+    trained_with: dict | None = None
+    """``{"section.key": value}`` of the :data:`READING_KEYS` it was trained with (None before
+    its first optimizer step: a converted or freshly initialised model has no format yet)."""
 
 
 def write_metadata(directory: Path, metadata: CheckpointMetadata) -> None:
@@ -184,7 +202,8 @@ def config_for_checkpoint(
     cfg = load_config(base, overrides, check_layout=False)  # checked with the model below
     path = Path(ckpt_dir)
     if (path / METADATA_FILE).is_file():
-        saved = read_metadata(path).config.model
+        metadata = read_metadata(path)
+        saved = metadata.config.model
         explicit = {
             key.removeprefix("model.")
             for key in override_keys(overrides)
@@ -192,10 +211,77 @@ def config_for_checkpoint(
         }
         model = dataclasses.replace(saved, **{name: getattr(cfg.model, name) for name in explicit})
         cfg = dataclasses.replace(cfg, model=model)
+        cfg = _read_as_trained(cfg, metadata, override_keys(overrides), path)
     if fit_budgets_to_model:
         cfg = fit_budgets(cfg, keep=override_keys(overrides))
     validate(cfg)
     return cfg
+
+
+def trained_with(cfg: Config, step: int) -> dict | None:
+    """The :data:`READING_KEYS` of ``cfg`` a checkpoint at optimizer step ``step`` records."""
+    if step <= 0:
+        return None
+    return {k: v for k, v in flat_config(cfg).items() if matches(k, READING_KEYS)}
+
+
+def _read_as_trained(
+    cfg: Config, metadata: CheckpointMetadata, explicit: set[str], where: Path
+) -> Config:
+    """``cfg`` with the checkpoint's chat and judge format wherever no command-line override
+    sets the key; every key that differs is logged with what is used."""
+    if not metadata.trained_with:
+        return cfg
+    # the typed values of the stored config (trained_with holds the same, as JSON)
+    stored = {k: v for k, v in flat_config(metadata.config).items() if matches(k, READING_KEYS)}
+    now = flat_config(cfg)
+    sections: dict[str, dict] = {}
+    for key, value in sorted(stored.items()):
+        if key not in now or now[key] == value:
+            continue
+        if key in explicit:
+            logger.warning(
+                "%s: %s is set on the command line (%s), not the checkpoint's %s (%s was "
+                "trained with that)", key, key, _show(now[key]), _show(value), where,
+            )
+            continue
+        logger.warning(
+            "%s: using the checkpoint's %s (%s was trained with it), not the config's %s; "
+            "set %s=... on the command line to override", key, _show(value), where,
+            _show(now[key]), key,
+        )
+        section, name = key.split(".", 1)
+        sections.setdefault(section, {})[name] = value
+    for section, values in sections.items():
+        cfg = dataclasses.replace(
+            cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)}
+        )
+    return cfg
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:45] + "..." + text[-10:]
+
+
+def check_tokenizer(
+    recorded: str | None, data: DataConfig, where: str | Path
+) -> None:
+    """Refuse a tokenizer whose content differs from the one a checkpoint was saved with.
+
+    Raises:
+        CheckpointError: both fingerprints, and what to do.
+    """
+    if recorded is None:
+        return
+    current = tokenizer_fingerprint(data)
+    if current is None or current == recorded:
+        return
+    raise CheckpointError(
+        f"tokenizer {data.tokenizer_path} ({short(current)}) is not the one checkpoint {where} "
+        f"was saved with ({short(recorded)}): leave data.tokenizer_path unset to use the one "
+        "it carries, or pass the tokenizer it was trained with"
+    )
 
 
 def checkpoint_assets(ckpt_dir: str | Path) -> list[Path]:

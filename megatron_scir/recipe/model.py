@@ -20,12 +20,16 @@ from pathlib import Path
 import torch
 
 from megatron_scir.checkpoint import (
+    METADATA_FILE,
     checkpoint_identity,
     checkpoint_tokenizer,
     config_for_checkpoint,
     load_checkpoint,
+    read_metadata,
+    resolve_checkpoint,
     tokenizer_config_from_checkpoint,
 )
+from megatron_scir.checkpoint.metadata import check_tokenizer
 from megatron_scir.config import Config, ConfigError, load_config, validate
 from megatron_scir.config.choices import TokenizerType
 from megatron_scir.config.load import override_value
@@ -120,7 +124,10 @@ def load_run_config(
     ``validate(cfg, uses=uses)``. The shape never has to be repeated on the command line.
 
     ``config=None`` picks :func:`default_preset`; under ``chat`` the budgets not set in
-    ``overrides`` shrink to fit the model's positions.
+    ``overrides`` shrink to fit the model's positions. A trained checkpoint's chat and judge
+    format replace the config's unless ``overrides`` set them (logged either way), and a
+    tokenizer that is not the one the checkpoint was saved with is refused
+    (:mod:`megatron_scir.checkpoint.metadata`).
     """
     if config is None:
         config = default_preset(
@@ -137,8 +144,13 @@ def load_run_config(
         cfg = load_config(config, overrides, check_layout=False)
         ckpt = ckpt or cfg.checkpoint.load
         if ckpt:
+            # a folder that is there must be a complete, readable checkpoint before its config
+            # is read (a missing one is reported when the model loads, after the inputs)
+            path = resolve_checkpoint(ckpt) if Path(ckpt).exists() else None
             cfg = config_for_checkpoint(ckpt, config, overrides, fit_budgets_to_model=fit)
             cfg = tokenizer_config_from_checkpoint(cfg, ckpt)
+            if path is not None and (path / METADATA_FILE).is_file():
+                check_tokenizer(read_metadata(path).tokenizer, cfg.data, path)
     validate(cfg, uses=uses)
     return cfg
 
