@@ -129,10 +129,11 @@ def load_run_config(
     tokenizer that is not the one the checkpoint was saved with is refused
     (:mod:`megatron_scir.checkpoint.metadata`).
     """
+    named = ckpt or override_value(overrides, "checkpoint.load")
+    if named and Path(named).exists():  # complete and readable before anything reads it
+        resolve_checkpoint(named)
     if config is None:
-        config = default_preset(
-            ckpt=ckpt or override_value(overrides, "checkpoint.load"), hf_dir=hf_dir
-        )
+        config = default_preset(ckpt=named, hf_dir=hf_dir)
     fit = config == CHAT
     if hf_dir is not None:
         cfg = config_from_hf(hf_dir, config, overrides, fit_budgets_to_model=fit)

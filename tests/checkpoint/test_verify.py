@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,62 @@ def test_verify_reads_an_untouched_checkpoint_once(damaged, monkeypatch):
     assert reads == []
     (good / "hf" / "tiny_sp_256.model").touch()  # touched: read again, still the same content
     assert check_checkpoint(good).ok and [p.name for p in reads] == ["tiny_sp_256.model"]
+
+
+def _as_another_user(fn) -> tuple[int, str]:
+    """``fn()`` (an exit code) in a forked child that cannot read what this user's mode bits
+    deny it (root bypasses them: the child drops to ``nobody``); returns (code, stderr)."""
+    import os
+    import tempfile
+
+    err = tempfile.TemporaryFile()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 99
+        try:
+            os.dup2(err.fileno(), 2)
+            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 -- pytest's capture is not fd 2
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            code = fn()
+        except BaseException:  # noqa: BLE001 -- reported to the parent on stderr
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    err.seek(0)
+    return os.waitstatus_to_exitcode(status), err.read().decode()
+
+
+def test_a_checkpoint_folder_without_permission_is_one_line(damaged):
+    import os
+    import tempfile
+
+    # imported before the fork: the other user may not be able to read this environment
+    import megatron_scir.recipe.jobs  # noqa: F401
+
+    # /tmp itself: pytest's own folders are closed to other users
+    shared = Path(tempfile.mkdtemp(prefix="scir-perm-", dir="/tmp"))
+    try:
+        os.chmod(shared, 0o755)  # reachable by the other user; the checkpoint itself is not
+        ckpt = shared / "ckpt"
+        shutil.copytree(damaged["good"], ckpt)
+        os.chmod(ckpt, 0o000)
+        prompts = shared / "p.jsonl"
+        prompts.write_text('{"id": 1, "prompt": "hi"}\n')
+        os.chmod(prompts, 0o644)
+        expected = f"checkpoint {ckpt}: permission denied"
+        code, err = _as_another_user(lambda: scir_main(["verify", str(ckpt)]))
+        assert code == 2 and err.count("\n") == 1 and f"scir verify: error: {expected}" in err
+        generate = ["generate", "--ckpt", str(ckpt), "--prompts", str(prompts), "--out"]
+        code, err = _as_another_user(lambda: scir_main([*generate, str(shared / "g.jsonl")]))
+        assert code == 2 and "Traceback" not in err, err[-3000:]
+        assert f"scir generate: error: {expected}" in err
+    finally:
+        os.chmod(shared / "ckpt", 0o755)
+        shutil.rmtree(shared)
