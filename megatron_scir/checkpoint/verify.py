@@ -221,7 +221,7 @@ def damaged(path: Path, problems: list[str]) -> CheckpointError:
     more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
     return CheckpointError(
         f"checkpoint {path} is damaged: {problems[0]}{more}; restore it from a copy or use "
-        f"another checkpoint (scir verify {path} lists every file)"
+        f"another checkpoint (scir verify {path} checks it again)"
     )
 
 
