@@ -74,7 +74,8 @@ def _load_each(rank, world_size, paths, tokenizer):
                 out[name] = "loaded"
             except CheckpointError as error:
                 out[name] = f"CheckpointError: {error}"
-            except Exception as error:  # noqa: BLE001 -- what a user would have seen
+            except BaseException as error:  # noqa: BLE001 -- what a user would have seen
+                # (torch's CheckpointException derives from BaseException)
                 out[name] = f"{type(error).__name__}: {error}"
     return out
 
