@@ -62,8 +62,10 @@ def test_input_files_edited_in_place_are_refused_and_the_same_content_continues(
 
     prompts = task.prompts.read_bytes()
     lines = prompts.decode().splitlines(keepends=True)
-    record = json.loads(lines[0])
-    record["prompt"] += " Think twice."
+    record = json.loads(lines[0])  # one digit of the first prompt changed: same length
+    digit = next(i for i, c in enumerate(record["prompt"]) if c.isdigit())
+    text = record["prompt"]
+    record["prompt"] = text[:digit] + str((int(text[digit]) + 1) % 10) + text[digit + 1 :]
     task.prompts.write_bytes("".join([json.dumps(record) + "\n", *lines[1:]]).encode())
     edited = _iterate(task, run_dir)
     errors = [line for line in edited.stderr.splitlines() if "error:" in line]
