@@ -27,8 +27,8 @@ version, which only counts incompatible changes. Megatron-LM and NeMo 2 checkpoi
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +66,9 @@ from megatron_scir.checkpoint.verify import (
 )
 from megatron_scir.config import Config
 from megatron_scir.models import padded_vocab_size
+from megatron_scir.parallel.child_processes import start_manager
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -331,24 +334,34 @@ def _same_writer_layout(metadata: CheckpointMetadata | None, cfg: Config) -> boo
 
 
 def _start_writer_queue() -> None:
-    """Start Megatron's checkpoint-writer results queue with SIGTERM/SIGUSR1 blocked.
+    """Start Megatron's checkpoint-writer results queue in a helper that lives as long as this rank.
 
     ``dist_checkpointing``'s file writer reports through a ``multiprocessing`` Manager: a server
-    process spawned on the first save and kept for the life of the rank. Slurm's ``--signal`` and
-    ``scancel --signal`` reach every process of a job step, that server too, and SIGTERM/SIGUSR1
-    kill a process that does not handle them: the next save then fails with a broken pipe, in
-    the middle of the save the signal asked for. A spawned process inherits the signal mask, so
-    starting the server with both signals blocked makes it immune, while this process only
-    defers them for the few milliseconds of the start (they are delivered after, not lost).
-    Later calls find the queue started and return it at once.
+    process spawned on the first save and kept for the life of the rank. Megatron starts it bare
+    (``filesystem_async.get_write_results_queue``); this starts it first, with
+    :func:`~megatron_scir.parallel.child_processes.exit_with_parent` as the Manager's initializer,
+    and hands its queue to Megatron's get-or-create cache (``filesystem_async._results_queue``,
+    the name Megatron's own async strategies import), so every save uses it. The server then
+
+    - dies with this rank: a SIGKILLed rank used to leave it running for ever, with SIGTERM
+      blocked (it was started with the rank's stop signals blocked);
+    - ignores SIGTERM/SIGUSR1 while this rank lives: Slurm's ``--signal`` and ``scancel
+      --signal`` reach every process of a job step, and a server dying of them failed the next
+      save with a broken pipe, in the middle of the save the signal asked for. Once its rank is
+      gone, either signal ends it.
+
+    Later calls find the queue started and return at once.
     """
     from megatron.core.dist_checkpointing.strategies import (  # lazy: Megatron-Core
         filesystem_async,
     )
 
-    stop_signals = {signal.SIGTERM, signal.SIGUSR1}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    try:
-        filesystem_async.get_write_results_queue()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    if getattr(filesystem_async, "_results_queue", None) is not None:
+        return
+    queue = start_manager().Queue()  # the proxy keeps its Manager (and so the server) alive
+    filesystem_async._results_queue = queue
+    if filesystem_async.get_write_results_queue() is not queue:
+        logger.warning(
+            "this Megatron-Core keeps its checkpoint-writer queue elsewhere: its writer process "
+            "may outlive a killed rank (megatron_scir.checkpoint.io._start_writer_queue)"
+        )

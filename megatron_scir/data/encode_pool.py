@@ -2,16 +2,20 @@
 
 Tokenisation is CPU-bound Python around the tokenizer library, so worker processes (forked,
 each with its own copy of the encoder) scale it with the cores. Results come back in input
-order, so the outcome is identical for any number of workers.
+order, so the outcome is identical for any number of workers. The workers exit with the process
+that started them (:func:`~megatron_scir.parallel.child_processes.exit_with_parent`): a rank
+killed while encoding leaves none behind.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Sequence
 from typing import Any
 
 from megatron_scir.data.encode import SequenceEncoder, TruncationStats
+from megatron_scir.parallel.child_processes import exit_with_parent, stop_signals_deferred
 
 _CHUNK = 2048
 _WORKER_ENCODER: SequenceEncoder | None = None
@@ -37,9 +41,11 @@ def encode_records(
     else:
         # fork: the workers inherit the encoder instead of re-deriving the verdict token ids.
         context = multiprocessing.get_context("fork")
-        with context.Pool(
-            num_workers, initializer=_set_worker_encoder, initargs=(encoder,)
-        ) as pool:
+        with stop_signals_deferred():
+            pool = context.Pool(
+                num_workers, initializer=_start_worker, initargs=(encoder, os.getpid())
+            )
+        with pool:
             outputs = pool.starmap(_encode_in_worker, chunks)
     encoded: list[Any] = []
     for items, stats in outputs:
@@ -49,8 +55,9 @@ def encode_records(
     return encoded
 
 
-def _set_worker_encoder(encoder: SequenceEncoder) -> None:
+def _start_worker(encoder: SequenceEncoder, parent_pid: int) -> None:
     global _WORKER_ENCODER
+    exit_with_parent(parent_pid, stop_from_parent=True)  # Pool.terminate sends SIGTERM
     _WORKER_ENCODER = encoder
 
 
