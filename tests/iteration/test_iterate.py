@@ -266,6 +266,7 @@ def test_iterate_starts_from_a_hugging_face_folder_and_keeps_its_weights(task, t
     from safetensors.torch import load_file
 
     from megatron_scir.convert import export_to_hf
+    from megatron_scir.hashing import content_fingerprint
     from megatron_scir.testing.hf import tiny_hf_llama
 
     tiny_hf_llama(tmp_path / "hf")
@@ -277,7 +278,9 @@ def test_iterate_starts_from_a_hugging_face_folder_and_keeps_its_weights(task, t
     ]
     _run(cmd)
     marker = json.loads((run_dir / "iter_0" / "init" / "stage.json").read_text())
-    assert marker["config"]["source"] == f"hf:{tmp_path / 'hf'}"
+    # the source is known by its folder and its content (megatron_scir.hashing)
+    fingerprint = content_fingerprint(tmp_path / "hf")
+    assert marker["config"]["source"] == f"hf:{(tmp_path / 'hf').resolve()}|{fingerprint}"
     export_to_hf(marker["outputs"]["checkpoint"], tmp_path / "back", progress=False)
     original = load_file(next((tmp_path / "hf").glob("*.safetensors")))
     back = load_file(next((tmp_path / "back").glob("*.safetensors")))
