@@ -157,6 +157,7 @@ class Engine(StrEnum):
     AUTO = "auto"
     STATIC = "static"
     DYNAMIC = "dynamic"
+    VLLM = "vllm"
 
 
 class LrDecayStyle(StrEnum):

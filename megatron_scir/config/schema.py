@@ -443,7 +443,13 @@ class GenerationConfig:
     """Prompts per committed output chunk (the unit a restarted run resumes from)."""
     engine: str = "auto"
     """static (StaticInferenceEngine); auto (static, logging why not dynamic); dynamic is refused
-    with its blockers until a dynamic-engine backend lands (it needs CUDA and flash-attn)."""
+    with its blockers until a dynamic-engine backend lands (it needs CUDA and flash-attn); vllm
+    samples with vLLM from a Hugging Face folder of the policy (CUDA, ``pip install
+    'megatron-scir[vllm]'``, no pipeline parallelism; docs/generation.md, GPU paths)."""
+    cuda_graphs: bool = False
+    """Replay decode steps as CUDA graphs: the static engine through Megatron-Core's flash decode
+    (needs CUDA and flash-attn; refused otherwise), vllm through vLLM's own capture (false:
+    vLLM runs eagerly)."""
     seed: int = 1234
     """Sampling seed; the same seed, model, prompts and layout give the same responses."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from megatron_scir.config.choices import Engine
 from megatron_scir.config.derived import data_parallel_size, policy_seq_length
 from megatron_scir.config.errors import ConfigError
 from megatron_scir.config.schema import Config
@@ -79,6 +80,13 @@ def _check_layout(cfg: Config) -> None:
 
 
 def _check_generation(cfg: Config) -> None:
+    pp = cfg.parallel.pipeline_model_parallel_size
+    if cfg.generation.engine == Engine.VLLM and pp > 1:
+        raise ConfigError(
+            f"generation.engine=vllm with parallel.pipeline_model_parallel_size={pp}: "
+            "megatron-scir runs vLLM with tensor parallelism only; set "
+            "parallel.pipeline_model_parallel_size=1 or generation.engine=static"
+        )
     prompt, new = cfg.data.max_prompt_length, cfg.generation.max_new_tokens
     if prompt + new > cfg.model.max_position_embeddings:
         raise ConfigError(
