@@ -51,9 +51,11 @@ import torch
 
 from megatron_scir.config import ConfigError
 from megatron_scir.config.choices import Engine, TransformerImpl
-from megatron_scir.generation.backend import Completion
+from megatron_scir.generation.backend import Completion, GenerationBackend
+from megatron_scir.generation.cuda_graphs import check_cuda_graphs, decode_cuda_graphs
 from megatron_scir.generation.sampling import sample_tokens
 from megatron_scir.generation.settings import SamplingSettings
+from megatron_scir.generation.vllm_backend import build_vllm_backend, vllm_blockers, vllm_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +95,16 @@ def select_engine(requested: str) -> tuple[str, str]:
     """The engine for ``generation.engine`` and the reason (logged by the caller).
 
     Raises:
-        ConfigError: ``dynamic`` was requested but cannot run here.
+        ConfigError: ``dynamic`` or ``vllm`` was requested but cannot run here (what is
+            missing, in one line).
     """
     if requested == Engine.STATIC:
         return "static", "generation.engine=static"
+    if requested == Engine.VLLM:
+        blockers = vllm_blockers()
+        if blockers:
+            raise ConfigError(vllm_refusal(blockers))
+        return "vllm", "generation.engine=vllm"
     blockers = dynamic_engine_blockers()
     if requested == Engine.DYNAMIC:
         raise ConfigError(
@@ -253,6 +261,9 @@ class StaticEngineBackend:
         align_prompts: Left-pad the prompts to end together, with per-row attention masks,
             and prefill the batch's common prefix once (the ``local`` and ``sdpa`` specs;
             Transformer Engine's causal attention takes no explicit mask).
+        cuda_graphs: Decode with Megatron's flash decode and per-layer CUDA graphs
+            (:mod:`~megatron_scir.generation.cuda_graphs`; needs CUDA and flash-attn). Flash
+            decode takes no mask: prompts start at position 0 (``align_prompts`` off).
     """
 
     name = "static"
@@ -270,6 +281,7 @@ class StaticEngineBackend:
         max_new_tokens: int,
         decode: Callable[[Sequence[int]], str],
         align_prompts: bool = True,
+        cuda_graphs: bool = False,
     ) -> None:
         from megatron.core.inference.contexts import StaticInferenceContext  # lazy: Megatron-Core
         from megatron.core.inference.model_inference_wrappers.gpt import (  # lazy: Megatron-Core
@@ -281,7 +293,8 @@ class StaticEngineBackend:
             raise ValueError("Megatron-Core inference takes one model chunk (no interleaved PP)")
         self.model, self.eos_id, self.decode = model, eos_id, decode
         self.max_batch_size, self.max_prompt_length = max_batch_size, max_prompt_length
-        self.max_new_tokens, self.align_prompts = max_new_tokens, align_prompts
+        check_cuda_graphs(cuda_graphs)
+        self.max_new_tokens, self.align_prompts = max_new_tokens, align_prompts and not cuda_graphs
         self._was_training = model.training
         self._context = StaticInferenceContext(max_batch_size, max_prompt_length + max_new_tokens)
         self._wrapper = gpt_inference_wrapper.GPTInferenceWrapper(model, self._context)
@@ -291,6 +304,8 @@ class StaticEngineBackend:
         self._controller.stop_ids = tuple(sorted({eos_id, *map(int, stop_ids)}))
         self._device = next(model.parameters()).device
         self._shift_keys = _key_shifter(model, max_prompt_length + max_new_tokens)
+        self._graphs = contextlib.ExitStack()  # the model's config back on close
+        self._graphs.enter_context(decode_cuda_graphs(model, cuda_graphs))
         InferenceMode.set_active()  # read by modules that take an inference-only path
 
     def generate(
@@ -343,6 +358,7 @@ class StaticEngineBackend:
         from megatron.core.inference.utils import InferenceMode  # lazy: Megatron-Core
 
         self._context.key_value_memory_dict.clear()
+        self._graphs.close()
         InferenceMode.unset_active()
         self.model.train(self._was_training)
 
@@ -617,18 +633,27 @@ def _gather_cache(context, rows: Sequence[int], length: int) -> None:
             memory[:length, : len(rows)] = memory[:length, picked]
 
 
-def build_backend(model: torch.nn.Module, cfg, tokenizer) -> StaticEngineBackend:
+def build_backend(
+    model: torch.nn.Module, cfg, tokenizer, *, hf_dir=None, runtime=None
+) -> GenerationBackend:
     """The backend ``generation.engine`` selects, over this rank's model stage.
 
     Args:
-        model: This rank's stage (one chunk).
+        model: This rank's stage (one chunk); unused by vLLM, which loads ``hf_dir``.
         cfg: The run config (``generation`` section; ``model.vocab_size``).
         tokenizer: The model's tokenizer (EOS/BOS and stop ids, vocabulary size, decoding).
+        hf_dir: The same weights as a Hugging Face folder (``generation.engine=vllm`` only).
+        runtime: The parallel runtime (vLLM's data-parallel size and rank).
+
+    Raises:
+        ConfigError: the engine or ``generation.cuda_graphs`` cannot run here.
     """
     name, reason = select_engine(cfg.generation.engine)
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         logger.info("generation engine: %s (%s)", name, reason)
     gen = cfg.generation
+    if name == Engine.VLLM:
+        return build_vllm_backend(hf_dir, cfg, tokenizer, runtime=runtime)
     return StaticEngineBackend(
         model,
         eos_id=tokenizer.eos_id,
@@ -640,4 +665,5 @@ def build_backend(model: torch.nn.Module, cfg, tokenizer) -> StaticEngineBackend
         max_new_tokens=gen.max_new_tokens,
         decode=tokenizer.decode,
         align_prompts=cfg.model.transformer_impl != TransformerImpl.TE,
+        cuda_graphs=gen.cuda_graphs,
     )

@@ -90,6 +90,7 @@ def generate(
     progress: bool | None = None,
     should_stop: Callable[[], bool] | None = None,
     inputs_id: str | None = None,
+    hf_dir: str | os.PathLike | None = None,
 ) -> GenerationStats:
     """Sample ``generation.num_responses`` responses per prompt with this rank's model stage.
 
@@ -112,6 +113,8 @@ def generate(
             preemption request agreed over the world); True ends the run early, resumable.
         inputs_id: What the model is (``ModelSource.identity``: its content digest), recorded
             with every chunk; a resumed file made by another model is refused.
+        hf_dir: The same weights as a Hugging Face folder, which ``generation.engine=vllm``
+            samples from (vLLM reads no Megatron checkpoint); the other engines ignore it.
 
     Returns:
         The run's counts: complete on global rank 0 (see :func:`generate_responses`);
@@ -125,7 +128,8 @@ def generate(
             "PP): build the chunks of generation_layout(cfg.parallel), e.g. from the checkpoint"
         )
     (model,) = unwrap_model(list(chunks))
-    with torch.no_grad(), build_backend(model, cfg, tokenizer) as backend:
+    backend = build_backend(model, cfg, tokenizer, hf_dir=hf_dir, runtime=runtime)
+    with torch.no_grad(), backend:
         return generate_responses(
             runtime, cfg, backend, tokenizer, prompts, out_path, progress=progress,
             should_stop=should_stop, inputs_id=inputs_id,
