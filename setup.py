@@ -27,6 +27,8 @@ setup(
     extras_require={
         "hf": ["transformers>=4.51"],
         "fp8": ["transformer-engine[pytorch]"],
+        # generation.engine=vllm (CUDA-only wheels; megatron-scir never imports it on CPU)
+        "vllm": ["vllm>=0.10"],
         "test": [
             "pytest>=8",
             "pytest-timeout",
