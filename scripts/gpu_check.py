@@ -19,8 +19,10 @@ The checks (``CHECKS``): ``install``, ``env``, then (a) ``smollm2`` bf16 greedy 
 vs transformers ``generate``, (b) ``ties`` bf16 step-0 exact ties (``scripts/gpu_check_ties.py``),
 (c) ``step`` ``benchmarks/bench_step.py`` vs the HF peers, (d) ``generation``
 ``benchmarks/bench_generation.py`` tokens/s vs transformers, (e) ``te`` the Transformer Engine
-spec, (f) ``multi_gpu`` TP=2 under torchrun/NCCL (needs 2 GPUs). Only the standard library is
-imported at module level: ``--dry-run`` and the orchestration run on any Python >= 3.10.
+spec, (f) ``multi_gpu`` TP=2 under torchrun/NCCL (needs 2 GPUs), (g) ``gpu_paths`` greedy
+``generation.engine=vllm`` and ``generation.cuda_graphs=true`` vs the static engine
+(``scripts/gpu_check_paths.py``; each skipped without vllm / flash-attn). Only the standard
+library is imported at module level: ``--dry-run`` and the orchestration run on any Python >= 3.10.
 """
 
 from __future__ import annotations
@@ -176,6 +178,16 @@ CHECKS = (
         "parallel.tensor_model_parallel_size=2 (needs 2 GPUs)",
         "exit 0; skipped on a one-GPU machine",
     ),
+    Check(
+        "gpu_paths",
+        "g",
+        240,
+        "scripts/gpu_check_paths.py: greedy on the same prompt ids with the static engine, "
+        "generation.engine=vllm (when vllm imports) and generation.cuda_graphs=true (when "
+        "flash-attn is installed); answers and tokens/s compared",
+        "exit 0: every path that ran gives at least half of the static engine's greedy answers; "
+        "skipped (exit 2) when neither vllm nor flash-attn is installed",
+    ),
 )
 CHECK_NAMES = tuple(check.name for check in CHECKS)
 SELECTABLE = CHECK_NAMES[2:]
@@ -247,6 +259,8 @@ def check_commands(name: str, ctx: Context) -> list[list[str]]:
         return [_script(ctx, bench, *args), _script(ctx, bench, *chat)]
     if name == "te":
         return [_script(ctx, "scripts/gpu_check_ties.py", "--impls", "te")]
+    if name == "gpu_paths":
+        return [_script(ctx, "scripts/gpu_check_paths.py", *(["--smoke"] if ctx.smoke else []))]
     if name == "multi_gpu":
         torchrun = [py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
         ties = [str(REPO / "scripts/gpu_check_ties.py"), "--impls", "local,sdpa"]
@@ -315,6 +329,8 @@ def plan_text(ctx: Context, selected: Sequence[str], deadline_s: float) -> str:
             )
         if check.name == "multi_gpu":
             lines.append("    skipped when the env probe counts fewer than 2 GPUs")
+        if check.name == "gpu_paths":
+            lines.append("    each path skipped with its refusal's reason when it cannot run")
     return "\n".join(lines)
 
 
@@ -876,6 +892,31 @@ def do_multi_gpu(ctx: Context, timeout: float) -> Row:
     return _ties_row("multi_gpu", ctx, timeout)
 
 
+def _path_text(path: dict[str, Any]) -> str:
+    """One path of gpu_check_paths.py: its status and why, or its agreement and speed."""
+    if "why" in path:
+        return f"{path['path']}: {path['status']} ({path['why']})"
+    return (
+        f"{path['path']}: {path['status']}, {path['identical']} identical, "
+        f"{path['tokens_per_s']} tok/s"
+    )
+
+
+def do_gpu_paths(ctx: Context, timeout: float) -> Row:
+    (cmd,) = check_commands("gpu_paths", ctx)
+    done = run_command(cmd, ctx, timeout, "gpu_paths")
+    result = tagged_result(done.output) or {}
+    paths = result.get("paths", [])
+    summary = "; ".join(_path_text(p) for p in paths) or result.get("why", "")
+    details = {"result": result}
+    if done.returncode == 2:
+        return Row("gpu_paths", "skipped", summary, done.seconds, details=details)
+    if done.returncode != 0:
+        text = _failed(done, "gpu_check_paths.py") + (f"; {summary}" if summary else "")
+        return Row("gpu_paths", "fail", text, done.seconds, details=details)
+    return Row("gpu_paths", "pass", summary, done.seconds, details=details)
+
+
 RUNNERS: dict[str, Callable[[Context, float], Row]] = {
     "install": do_install,
     "env": do_env,
@@ -885,6 +926,7 @@ RUNNERS: dict[str, Callable[[Context, float], Row]] = {
     "generation": do_generation,
     "te": do_te,
     "multi_gpu": do_multi_gpu,
+    "gpu_paths": do_gpu_paths,
 }
 
 
