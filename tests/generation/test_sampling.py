@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from megatron_scir.generation.runner import inputs_path
 from megatron_scir.testing.distributed import run_distributed
 
 pytestmark = pytest.mark.dist
@@ -33,10 +34,12 @@ OVERRIDES = [
 
 
 def _kept_first_chunk(src: Path, dst: Path) -> None:
-    """``dst`` = ``src`` up to its first commit marker plus a torn line (a killed writer)."""
+    """``dst`` = ``src`` up to its first commit marker plus a torn line (a killed writer), with
+    the record of the inputs that made it (written before the first chunk)."""
     lines = src.read_bytes().splitlines(keepends=True)
     first_commit = next(i for i, line in enumerate(lines) if line.startswith(b'{"__commit__"'))
     dst.write_bytes(b"".join(lines[: first_commit + 1]) + lines[first_commit + 1][:10])
+    shutil.copyfile(inputs_path(src), inputs_path(dst))
 
 
 def _job(rank, world_size, sp_path, out_dir):
