@@ -125,6 +125,13 @@ def _check_loop(cfg: Config) -> None:
     """The loop trains on the responses it samples: refuse, before the first stage, a response
     budget that a response sampled to ``generation.max_new_tokens`` would be cut to, unless cuts
     are allowed (``data.max_truncated_fraction``; the DataModules count them exactly)."""
+    if cfg.generation.engine == Engine.VLLM:
+        raise ConfigError(
+            "generation.engine=vllm: scir iterate and scir demo sample with the static engine "
+            "only for now (vLLM would need each iteration's policy exported to Hugging Face "
+            "before its generation stage); set generation.engine=static, or sample one "
+            "iteration's prompts with scir generate --hf-dir EXPORT generation.engine=vllm"
+        )
     new, budget = cfg.generation.max_new_tokens, cfg.data.max_response_length
     if new > budget and cfg.data.max_truncated_fraction == 0:
         raise ConfigError(

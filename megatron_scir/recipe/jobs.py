@@ -15,6 +15,7 @@ from pathlib import Path
 
 from megatron_scir.checkpoint import latest_checkpoint
 from megatron_scir.config import Config, ConfigError, validate
+from megatron_scir.config.choices import Engine
 from megatron_scir.config.validate import GENERATION, TRAINING
 from megatron_scir.data import (
     Tokenizer,
@@ -30,9 +31,10 @@ from megatron_scir.generation import (
     generation_layout,
 )
 from megatron_scir.generation.mcore_inference import select_engine
-from megatron_scir.generation.runner import check_output
+from megatron_scir.generation.runner import check_output, generate_responses
+from megatron_scir.generation.vllm_backend import build_vllm_backend
 from megatron_scir.parallel.runtime import parallel_world
-from megatron_scir.recipe.model import RANDOM_INIT, ModelSource, load_model, load_run_config
+from megatron_scir.recipe.model import HF, RANDOM_INIT, ModelSource, load_model, load_run_config
 from megatron_scir.recipe.stages import pairs_have_ref_logps, reference_stage, train_stage
 from megatron_scir.training.metrics_log import LOSS_TOTAL
 from megatron_scir.training.trainer import TrainResult
@@ -146,12 +148,27 @@ def generate_job(
     # is loaded (a bad prompt file fails in a second, not after loading 70B weights)
     SamplingSettings.from_config(cfg.generation)
     PromptEncoder.from_config(cfg, tokenizer).encode_all(prompts)
+    vllm = cfg.generation.engine == Engine.VLLM
+    if vllm and source.kind != HF:
+        raise ConfigError(
+            "generation.engine=vllm samples from a Hugging Face folder (vLLM reads no Megatron "
+            f"checkpoint): export {source.path} with scir convert mcore-to-hf CKPT OUT and pass "
+            "--hf-dir OUT, or use generation.engine=static"
+        )
     select_engine(cfg.generation.engine)
     with parallel_world(cfg.parallel, seed=cfg.train.seed) as runtime:
         # the model's content identity (its files checked against their recorded hashes), then
         # the output: writable, not locked by another writer, made by these inputs if it exists
         identity = runtime.on_rank_zero(lambda: source.identity)
         runtime.on_rank_zero(lambda: check_output(out_path, prompts, cfg, inputs_id=identity))
+        if vllm:  # vLLM loads the folder itself: no Megatron model on the GPUs beside it
+            backend = build_vllm_backend(source.path, cfg, tokenizer, runtime=runtime)
+            with backend:
+                stats = generate_responses(
+                    runtime, cfg, backend, tokenizer, prompts, out_path, progress=progress,
+                    inputs_id=identity,
+                )
+            return stats if runtime.is_rank_zero else None
         chunks = load_model(cfg, source, log=runtime.is_rank_zero)
         stats = generate(
             runtime, chunks, tokenizer, prompts, out_path, cfg, progress=progress,

@@ -155,3 +155,28 @@ def test_a_vllm_output_becomes_the_runners_completion():
     assert by_budget.token_ids == (5, 9, 9) and not by_budget.hit_eos
     fixed = completion_of([5, 2], "length", None, stop_ids=stop, ignore_eos=True)
     assert fixed.token_ids == (5, 2) and not fixed.hit_eos
+
+
+def test_engine_vllm_from_a_megatron_checkpoint_is_refused_naming_the_export(
+    hf_dir, prompts, tmp_path, capsys
+):
+    convert = ["convert", "hf-to-mcore", "--hf-dir", str(hf_dir), "--out", str(tmp_path / "ckpt")]
+    assert scir_main([*convert, "--no-progress"]) == 0
+    capsys.readouterr()
+    argv = ["generate", "--ckpt", str(tmp_path / "ckpt"), "--prompts", str(prompts),
+            "--out", str(tmp_path / "g.jsonl"), "--no-progress", "generation.engine=vllm"]
+    assert scir_main(argv) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "generation.engine=vllm samples from a Hugging Face folder" in line
+    assert "scir convert mcore-to-hf" in line
+    assert not (tmp_path / "g.jsonl").exists()
+
+
+def test_engine_vllm_in_the_self_rewarding_loop_is_refused_before_any_stage():
+    from megatron_scir.config import ConfigError, load_config, validate
+    from megatron_scir.config.validate import SELF_REWARDING
+
+    cfg = load_config("tiny", ["generation.engine=vllm"])
+    validate(cfg, uses=("generation",))  # scir generate accepts it (on a GPU, with vllm)
+    with pytest.raises(ConfigError, match="scir iterate and scir demo sample with the static"):
+        validate(cfg, uses=(SELF_REWARDING,))
