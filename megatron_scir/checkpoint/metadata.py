@@ -135,13 +135,32 @@ def write_metadata(directory: Path, metadata: CheckpointMetadata) -> None:
         os.fsync(f.fileno())
 
 
+_READ: dict[tuple, CheckpointMetadata] = {}
+"""Parsed metadata by (file, inode, size, mtime): a command reads one checkpoint's metadata
+several times (config, identity, load), and rebuilding its Config costs ~80 ms each time."""
+
+
 def read_metadata(ckpt_dir: str | Path) -> CheckpointMetadata:
-    """The metadata of a complete megatron-scir checkpoint."""
+    """The metadata of a complete megatron-scir checkpoint (parsed once while the file is
+    unchanged)."""
     path = Path(ckpt_dir) / METADATA_FILE
-    if not path.is_file():
+    try:
+        stat = path.stat()
+    except OSError:
+        stat = None
+    if stat is None or not path.is_file():
         raise CheckpointError(
             f"{ckpt_dir} is not a complete megatron-scir checkpoint: no {path.name}"
         )
+    key = (str(path.absolute()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _READ:
+        if len(_READ) >= 64:
+            _READ.clear()
+        _READ[key] = _parse_metadata(path)
+    return _READ[key]
+
+
+def _parse_metadata(path: Path) -> CheckpointMetadata:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
