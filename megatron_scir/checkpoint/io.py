@@ -333,6 +333,28 @@ def _same_writer_layout(metadata: CheckpointMetadata | None, cfg: Config) -> boo
     return metadata.layout == _layout(cfg)
 
 
+_writer_manager = None
+"""The Manager behind the checkpoint writer's results queue, once :func:`_start_writer_queue`
+started it in this process."""
+
+
+def stop_writer_queue() -> None:
+    """Stop the checkpoint writer's helper process of this process, if a save started it (the
+    next save starts another). A rank does not need this: the helper exits with it. A long-lived
+    process that saved in-process and goes on without saving (a test session, a notebook) uses
+    it to leave no helper running."""
+    global _writer_manager
+    if _writer_manager is None:
+        return
+    from megatron.core.dist_checkpointing.strategies import (  # lazy: Megatron-Core
+        filesystem_async,
+    )
+
+    filesystem_async._results_queue = None
+    manager, _writer_manager = _writer_manager, None
+    manager.shutdown()
+
+
 def _start_writer_queue() -> None:
     """Start Megatron's checkpoint-writer results queue in a helper that lives as long as this rank.
 
@@ -356,9 +378,11 @@ def _start_writer_queue() -> None:
         filesystem_async,
     )
 
+    global _writer_manager
     if getattr(filesystem_async, "_results_queue", None) is not None:
         return
-    queue = start_manager().Queue()  # the proxy keeps its Manager (and so the server) alive
+    _writer_manager = start_manager()
+    queue = _writer_manager.Queue()
     filesystem_async._results_queue = queue
     if filesystem_async.get_write_results_queue() is not queue:
         logger.warning(

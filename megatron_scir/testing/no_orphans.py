@@ -100,6 +100,13 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
     result = yield
+    check_session(session)
+    return result
+
+
+def check_session(session: pytest.Session) -> None:
+    """Fail ``session`` (exit status 1) if processes it started are still running after
+    :data:`GRACE_S` seconds: list them, kill them. Call it after every teardown."""
     left = wait_gone(session_processes(os.getpid()), GRACE_S)
     if left:
         lines = [describe(pid) for pid in left]
@@ -110,7 +117,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
                 pass
         _report(session, lines)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    return result
 
 
 def _report(session: pytest.Session, lines: list[str]) -> None:
