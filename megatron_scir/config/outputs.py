@@ -89,12 +89,24 @@ _REFERENCE_DATA = tuple(
     )
 )
 
+# What the prompts of a generation are: the pool, how it is read, tokenized, rendered and cut.
+_PROMPT_DATA = tuple(
+    f"data.{key}"
+    for key in (
+        *("prompts", "on_bad_record", "tokenizer_type", "tokenizer_path", "chat_template"),
+        "max_prompt_length",
+    )
+)
+
 STAGE_INPUTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         "init": (SOURCE, "model.", "checkpoint.load", "train.seed"),
         "sft": ("iteration.seed_sft", "data.", "judge.", "train."),
-        "generate": ("generation.", "iteration.prompts_per_iteration", "iteration.prompt_slices"),
-        "pairs": ("scir.mode",),
+        "generate": (
+            *("generation.", "iteration.prompts_per_iteration", "iteration.prompt_slices"),
+            *_PROMPT_DATA,
+        ),
+        "pairs": ("scir.mode", "data.pairs_per_prompt", "data.truncated_responses", "train.seed"),
         "reference": (
             *("model.", "judge.", *_REFERENCE_DATA, "scir.mode", "scir.srlm_drop_margin"),
             *("train.micro_batch_size", "train.global_batch_size", "train.seed", *LAYOUT),
@@ -145,12 +157,16 @@ def select(
     }
 
 
-def stage_keys(stage: str, iteration: int) -> tuple[str, ...]:
+def stage_keys(stage: str, iteration: int, *, seed_sft: bool = True) -> tuple[str, ...]:
     """The patterns of every key that can reach ``stage``'s outputs at iteration ``iteration``.
 
     Iteration 0 makes M_0 and (but for ``init``) the seed SFT, M_1; iteration 1 depends on its
     own stages up to ``stage``; from iteration 2 on, M_t carries every earlier choice. The
-    evaluation adds its own keys (it feeds no other stage).
+    evaluation adds its own keys (it feeds no other stage). Without seed SFT
+    (``seed_sft=False``: M_1 = M_0) the generation and pairs of iteration 1 depend on no seed-SFT
+    setting (the data, judge and train sections): a training budget raised after generation,
+    as a budget refusal advises, continues the run; the stages that read those sections
+    themselves (reference, train, evaluate) still count them.
     """
     if stage not in STAGE_INPUTS:
         raise ValueError(f"unknown stage {stage!r}: one of {', '.join(STAGE_ORDER)}")
@@ -160,7 +176,13 @@ def stage_keys(stage: str, iteration: int) -> tuple[str, ...]:
         upstream = ("init", "sft") if stage != "init" else ("init",)
     else:
         upstream = STAGE_ORDER[: STAGE_ORDER.index(stage) + 1]
-    wanted = tuple(k for name in upstream if name != "evaluate" for k in STAGE_INPUTS[name])
+    sft_counts = seed_sft or iteration != 1 or stage not in ("generate", "pairs")
+    wanted = tuple(
+        k
+        for name in upstream
+        if name != "evaluate"
+        for k in (STAGE_INPUTS[name] if name != "sft" or sft_counts else ("iteration.seed_sft",))
+    )
     if stage == "evaluate":
         wanted += STAGE_INPUTS["evaluate"]
     return wanted

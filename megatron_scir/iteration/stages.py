@@ -81,7 +81,7 @@ def fingerprint(
         source: What M_0 is (a checkpoint, an HF folder, a random init): a key of its own.
         grader_used: The stage reads ``iteration.grader`` (dpo pairs are labelled by it).
     """
-    wanted = stage_keys(stage, iteration)
+    wanted = stage_keys(stage, iteration, seed_sft=cfg.iteration.seed_sft)
     if grader_used:
         wanted += ("iteration.grader",)
     selected = select({SOURCE: source, **flat_config(cfg)}, wanted)

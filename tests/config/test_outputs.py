@@ -104,3 +104,22 @@ def test_importing_the_declaration_does_not_import_torch():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_without_seed_sft_generation_and_pairs_do_not_depend_on_training_settings():
+    # a budget refusal at the reference stage advises raising data.max_response_length: without
+    # seed SFT (M_1 = M_0) the finished generation and pairs of iteration 1 must accept that
+    def keys(stage, iteration, seed_sft):
+        patterns = stage_keys(stage, iteration, seed_sft=seed_sft)
+        return {name for name in flat_config(Config()) if matches(name, patterns)}
+
+    for stage in ("generate", "pairs"):
+        off = keys(stage, 1, seed_sft=False)
+        assert not {"data.max_response_length", "data.judge_max_length", "train.lr"} & off
+        assert {"data.prompts", "data.chat_template", "data.max_prompt_length"} <= off
+        assert "iteration.seed_sft" in off
+        assert "data.max_response_length" in keys(stage, 1, seed_sft=True)  # M_1 trained with it
+        assert "data.max_response_length" in keys(stage, 2, seed_sft=False)  # M_2 trained with it
+    assert {"data.pairs_per_prompt", "train.seed"} <= keys("pairs", 1, seed_sft=False)
+    for stage in ("reference", "train", "evaluate"):  # they read the budgets themselves
+        assert "data.max_response_length" in keys(stage, 1, seed_sft=False)
