@@ -35,7 +35,7 @@ def _budgets(cfg):
 
 def test_an_hf_folder_without_config_gets_chat_budgets_and_the_tokenizers_template(hf_dirs):
     cfg = load_run_config(None, [], hf_dir=str(hf_dirs / "long"))
-    assert _budgets(cfg) == (512, 512, 2048, 512)
+    assert _budgets(cfg) == (512, 512, 2048, 480)  # new tokens under the response budget
     assert cfg.data.chat_template == "tokenizer" and cfg.data.tokenizer_type == "hf"
     assert cfg.model.max_position_embeddings == 2048  # the model section is the folder's
 
