@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from megatron_scir.testing.distributed import free_port
+from megatron_scir.testing.no_orphans import alive, wait_gone
 
 pytestmark = pytest.mark.dist
 
@@ -65,20 +66,6 @@ def _publish(path: Path, text: str) -> None:
     path.with_suffix(".tmp").rename(path)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # a zombie has exited
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _wait_gone(pids: list[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return [pid for pid in pids if _alive(pid)]
-
-
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> str:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -115,7 +102,7 @@ def test_the_writer_helper_dies_with_its_sigkilled_rank(tmp_path):
         helpers = _helpers(tmp_path, proc)
         os.kill(proc.pid, signal.SIGKILL)  # the rank alone, not its process group
         proc.wait(timeout=30)
-        left = _wait_gone(helpers, timeout=5)
+        left = wait_gone(helpers, timeout=5)
         assert not left, f"helpers outlived their SIGKILLed rank: {_describe(left)}"
     finally:
         _kill_all(proc, helpers)
@@ -132,7 +119,7 @@ def test_the_writer_helper_survives_stop_signals_from_outside_its_rank(tmp_path)
             for sig in (signal.SIGUSR1, signal.SIGTERM):
                 os.kill(pid, sig)
         time.sleep(0.5)
-        dead = [pid for pid in helpers if not _alive(pid)]
+        dead = [pid for pid in helpers if not alive(pid)]
         assert not dead, f"a stop signal from outside killed a helper: {dead}"
         (tmp_path / "again").touch()
         _wait_for(tmp_path / "saved_again", proc)

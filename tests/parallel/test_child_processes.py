@@ -19,6 +19,7 @@ import pytest
 
 from megatron_scir.data.encode import TruncationStats
 from megatron_scir.data.encode_pool import encode_records
+from megatron_scir.testing.no_orphans import alive, wait_gone
 from megatron_scir.training.signals import StopRequest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,20 +35,6 @@ class _Encoder:
     def instruction(self, record):
         time.sleep(self.seconds)
         return record
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # a zombie has exited
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _wait_gone(pids: list[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return [pid for pid in pids if _alive(pid)]
 
 
 def _start(code: str, *args: str) -> subprocess.Popen:
@@ -95,7 +82,7 @@ def test_encoding_workers_die_with_their_sigkilled_rank(tmp_path):
         time.sleep(0.5)  # both busy with a record
         os.kill(rank.pid, signal.SIGKILL)  # the rank alone, not its process group
         rank.wait(timeout=30)
-        assert not _wait_gone(workers, timeout=5), "encoding workers outlived their rank"
+        assert not wait_gone(workers, timeout=5), "encoding workers outlived their rank"
     finally:
         _kill([rank.pid, *workers])
         rank.wait(timeout=30)
@@ -134,9 +121,9 @@ def test_sigterm_ends_a_helper_whose_rank_is_gone(tmp_path):
     server = _orphaned_manager(tmp_path, watch_interval=3600)  # the watch thread sleeps
     try:
         time.sleep(1)
-        assert _alive(server), "the orphan ended by itself: nothing left to test"
+        assert alive(server), "the orphan ended by itself: nothing left to test"
         os.kill(server, signal.SIGTERM)
-        assert not _wait_gone([server], timeout=5), "SIGTERM did not end an orphaned helper"
+        assert not wait_gone([server], timeout=5), "SIGTERM did not end an orphaned helper"
     finally:
         _kill([server])
 
@@ -144,6 +131,6 @@ def test_sigterm_ends_a_helper_whose_rank_is_gone(tmp_path):
 def test_without_a_parent_death_signal_the_watch_thread_ends_an_orphan(tmp_path):
     server = _orphaned_manager(tmp_path, watch_interval=0.1)
     try:
-        assert not _wait_gone([server], timeout=5), "the watch thread did not end the orphan"
+        assert not wait_gone([server], timeout=5), "the watch thread did not end the orphan"
     finally:
         _kill([server])
