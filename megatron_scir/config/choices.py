@@ -93,6 +93,27 @@ class ConsistencyGrad(StrEnum):
     IMPLICIT_TEACHER = "implicit_teacher"
 
 
+class ImplicitReference(StrEnum):
+    """``scir.implicit_reference``: the model the implicit reward model compares πθ with
+    (SCIR_SPEC §1)."""
+
+    CURRENT = "current"
+    """M_t, the DPO reference: P_I = ½ for every pair at the first step of an iteration."""
+    PREVIOUS = "previous"
+    """M_{t−1} (M_0 at t = 1): the reward the last iteration learned, informative from the first
+    step; the DPO term keeps πref = M_t."""
+
+
+class PairSelection(StrEnum):
+    """``scir.selection``: the pairs SCIR's DPO term trains on (SCIR_SPEC §4)."""
+
+    CONSISTENT = "consistent"
+    """The pairs the implicit reward and the judge agree on, with the agreed label."""
+    ALL = "all"
+    """Selection off (an ablation): every pair the judge gives a label, with the judge's label,
+    recomputed each step."""
+
+
 class PrefLoss(StrEnum):
     """``scir.pref_loss``: ℓ_pref on consistent / labelled pairs (SCIR_SPEC §4)."""
 

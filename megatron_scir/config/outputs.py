@@ -109,6 +109,7 @@ STAGE_INPUTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "pairs": ("scir.mode", "data.pairs_per_prompt", "data.truncated_responses", "train.seed"),
         "reference": (
             *("model.", "judge.", *_REFERENCE_DATA, "scir.mode", "scir.srlm_drop_margin"),
+            *("scir.implicit_reference", "scir.previous_model"),
             *("train.micro_batch_size", "train.global_batch_size", "train.seed", *LAYOUT),
         ),
         "train": ("scir.",),

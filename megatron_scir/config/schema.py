@@ -19,11 +19,13 @@ from megatron_scir.config.choices import (
     Engine,
     Fp8Format,
     Fp8Recipe,
+    ImplicitReference,
     JudgeKind,
     LongPrompts,
     LossMode,
     LrDecayStyle,
     OnBadRecord,
+    PairSelection,
     PositionDebias,
     PrefLoss,
     PrefNormalization,
@@ -274,6 +276,16 @@ class ScirConfig:
     """Weight of an SFT term on the agreed chosen response (0 = off)."""
     srlm_drop_margin: float = 0.0
     """srlm mode: drop pairs with |P_G − ½| ≤ this when labels are fixed."""
+    implicit_reference: str = "current"
+    """The implicit reward's reference (SCIR_SPEC §1): current (M_t, the DPO reference) or
+    previous (M_{t−1}; M_0 at iteration 1); the DPO term keeps πref = M_t."""
+    previous_model: str | None = None
+    """implicit_reference=previous: the checkpoint of M_0 for iteration 1 when the run starts from
+    a seed model it did not train itself (iteration.seed_sft=false); with seed SFT in the run,
+    M_0 is the model seed SFT started from."""
+    selection: str = "consistent"
+    """Pairs the DPO term trains on: consistent (SCIR_SPEC §4) or all (every pair the judge
+    labels, with its label: selection off, an ablation)."""
 
     def __post_init__(self) -> None:
         s = "scir"
@@ -282,6 +294,8 @@ class ScirConfig:
         _choice(s, "consistency_grad", self.consistency_grad, ConsistencyGrad)
         _choice(s, "pref_loss", self.pref_loss, PrefLoss)
         _choice(s, "pref_normalization", self.pref_normalization, PrefNormalization)
+        _choice(s, "implicit_reference", self.implicit_reference, ImplicitReference)
+        _choice(s, "selection", self.selection, PairSelection)
         _positive(s, "beta", self.beta)
         for key in (
             "consistency_weight",

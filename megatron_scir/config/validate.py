@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from megatron_scir.config.choices import Engine
+from megatron_scir.config.choices import Engine, ImplicitReference, LossMode
 from megatron_scir.config.derived import data_parallel_size, policy_seq_length
 from megatron_scir.config.errors import ConfigError
 from megatron_scir.config.schema import Config
@@ -97,6 +97,11 @@ def _check_generation(cfg: Config) -> None:
 
 def _check_training(cfg: Config) -> None:
     d, p = cfg.data, cfg.parallel
+    if cfg.scir.implicit_reference == ImplicitReference.PREVIOUS and cfg.scir.mode != LossMode.SCIR:
+        raise ConfigError(
+            "scir.implicit_reference=previous sets the reference of SCIR's implicit reward model; "
+            f"scir.mode={cfg.scir.mode} reads no implicit reward: remove it or use scir.mode=scir"
+        )
     if d.packed_sequences and cfg.model.transformer_impl == "local":
         raise ConfigError(
             "data.packed_sequences=true needs an attention with a packed (THD) path: "
@@ -131,6 +136,16 @@ def _check_loop(cfg: Config) -> None:
             "only for now (vLLM would need each iteration's policy exported to Hugging Face "
             "before its generation stage); set generation.engine=static, or sample one "
             "iteration's prompts with scir generate --hf-dir EXPORT generation.engine=vllm"
+        )
+    if (
+        cfg.scir.implicit_reference == ImplicitReference.PREVIOUS
+        and not cfg.iteration.seed_sft
+        and cfg.scir.previous_model is None
+    ):
+        raise ConfigError(
+            "scir.implicit_reference=previous compares iteration 1's policy with M_0, the model "
+            "before seed SFT, and this run does no seed SFT (iteration.seed_sft=false): set "
+            "scir.previous_model=CKPT (the checkpoint the seed model was trained from)"
         )
     new, budget = cfg.generation.max_new_tokens, cfg.data.max_response_length
     if new > budget and cfg.data.max_truncated_fraction == 0:

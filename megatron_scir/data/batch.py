@@ -52,3 +52,5 @@ class MicroBatch(SftBatch):
     """int32 ``[B + 1]``: the packed form's sequence boundaries (padding tail after the last)."""
     ref_logps: NotRequired[torch.Tensor]
     """float32 ``[2k]``: log πref(y|x) of the y1 rows then the y2 rows (pairs with them)."""
+    prev_logps: NotRequired[torch.Tensor]
+    """float32 ``[2k]``: log π_{t−1}(y|x), same order (``scir.implicit_reference=previous``)."""

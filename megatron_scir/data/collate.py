@@ -100,6 +100,11 @@ def collate_pairs(
         batch["ref_logps"] = torch.tensor(
             [r[0] for r in refs] + [r[1] for r in refs], dtype=torch.float32
         )
+    if pairs[0].prev_logps is not None:
+        prevs = [pair.prev_logps for pair in pairs]
+        batch["prev_logps"] = torch.tensor(
+            [r[0] for r in prevs] + [r[1] for r in prevs], dtype=torch.float32
+        )
     return batch
 
 

@@ -55,6 +55,7 @@ class EncodedPair:
     judge: tuple[np.ndarray, ...]
     label: float
     ref_logps: tuple[float, float] | None
+    prev_logps: tuple[float, float] | None = None
 
 
 @dataclass(slots=True)
@@ -133,6 +134,9 @@ class SequenceEncoder:
             judge=tuple(np.asarray(ids, _IDS) for ids in judge),
             label=label,
             ref_logps=refs,
+            prev_logps=(
+                None if pair.prev_logps_1 is None else (pair.prev_logps_1, pair.prev_logps_2)
+            ),
         )
 
     def instruction(self, record: SftRecord) -> EncodedExample:

@@ -156,13 +156,20 @@ class MicroBatchLayout:
         start = self.num_policy_rows + order * self.num_pairs
         return slice(start, start + self.num_pairs)
 
-    def validate(self, batch: Mapping[str, Any], *, require_ref_logps: bool = True) -> None:
+    def validate(
+        self,
+        batch: Mapping[str, Any],
+        *,
+        require_ref_logps: bool = True,
+        require_prev_logps: bool = False,
+    ) -> None:
         """Check a micro-batch's row counts and per-pair sizes against this layout.
 
         Args:
             batch: The micro-batch (``tokens`` ``[B, S]`` and the per-pair keys present).
             require_ref_logps: Training batches need ``ref_logps``; the reference pass's
                 batches do not have them yet.
+            require_prev_logps: ``scir.implicit_reference=previous`` trains on ``prev_logps``.
 
         Raises:
             ValueError: naming every mismatch and the layout (k pairs, J judge rows).
@@ -184,6 +191,7 @@ class MicroBatchLayout:
             problems.append(f"tokens {tuple(tokens.shape)}: expected [{self.num_rows}, S]")
         sizes = {
             "ref_logps": 2 * k,
+            "prev_logps": 2 * k,
             "response_lengths": 2 * k,
             "pair_labels": k,
             "verdict_positions": judge_rows,
@@ -195,6 +203,11 @@ class MicroBatchLayout:
         ]
         if require_ref_logps and "ref_logps" not in batch:
             problems.append("ref_logps missing: run the reference pass first (SCIR_SPEC §7.3)")
+        if require_prev_logps and "prev_logps" not in batch:
+            problems.append(
+                "prev_logps missing: scir.implicit_reference=previous reads log π_{t-1} from the "
+                "pairs (the reference stage writes them with scir.previous_model)"
+            )
         if problems:
             raise ValueError(
                 f"micro-batch does not match the SCIR layout for k={k} pairs and {judge_rows} "

@@ -81,7 +81,9 @@ class PairRecord:
     ``ref_logps_1/2`` are log πref(y|x) summed over response tokens (SCIR_SPEC §1), written by
     the reference pass together with ``ref_judge_logits_12/21``, the M_t judge's log-odds that
     response_1 is better with it shown first / second (SCIR_SPEC §2; ``_21`` only with two
-    judge orders); ``truncated_1/2`` flag responses cut by generation (no EOS follows them).
+    judge orders); ``prev_logps_1/2`` are log π_{t−1}(y|x), the implicit reward's reference under
+    ``scir.implicit_reference=previous`` (written by the same stage); ``truncated_1/2`` flag
+    responses cut by generation (no EOS follows them).
     """
 
     pair_id: str
@@ -94,6 +96,8 @@ class PairRecord:
     ref_logps_2: float | None = None
     ref_judge_logits_12: float | None = None
     ref_judge_logits_21: float | None = None
+    prev_logps_1: float | None = None
+    prev_logps_2: float | None = None
     truncated_1: bool = False
     truncated_2: bool = False
     where: str = field(default="", compare=False)
@@ -273,6 +277,9 @@ def parse_pair(obj: dict, where: str = "") -> PairRecord:
         raise RecordProblem(
             "missing field", "'ref_judge_logits_12' comes with 'ref_logps_1' and 'ref_logps_2'"
         )
+    prev_1, prev_2 = _finite_number(obj, "prev_logps_1"), _finite_number(obj, "prev_logps_2")
+    if (prev_1 is None) != (prev_2 is None):
+        raise RecordProblem("missing field", "'prev_logps_1' and 'prev_logps_2' come together")
     is_bool = lambda v: isinstance(v, bool)  # noqa: E731
     return PairRecord(
         pair_id=_id(obj, "pair_id"),
@@ -285,6 +292,8 @@ def parse_pair(obj: dict, where: str = "") -> PairRecord:
         ref_logps_2=ref_2,
         ref_judge_logits_12=judge_12,
         ref_judge_logits_21=judge_21,
+        prev_logps_1=prev_1,
+        prev_logps_2=prev_2,
         truncated_1=bool(_get(obj, "truncated_1", "a boolean", is_bool, required=False)),
         truncated_2=bool(_get(obj, "truncated_2", "a boolean", is_bool, required=False)),
         where=where,

@@ -43,7 +43,7 @@ from typing import Any
 
 from megatron_scir.checkpoint import latest_checkpoint, resolve_checkpoint, save_checkpoint
 from megatron_scir.config import Config, ConfigError
-from megatron_scir.config.choices import PromptSlices, TooFewPairs
+from megatron_scir.config.choices import ImplicitReference, PromptSlices, TooFewPairs
 from megatron_scir.convert import export_to_hf
 from megatron_scir.data import DataError, build_pairs, read_records, write_records
 from megatron_scir.data.pairs import repeat_pairs
@@ -69,6 +69,7 @@ from megatron_scir.iteration.stages import (
     write_marker,
 )
 from megatron_scir.losses import LossModeSpec, PairLabels, loss_mode
+from megatron_scir.losses.keys import SELECTED_RATE
 from megatron_scir.parallel.runtime import Runtime
 from megatron_scir.recipe.model import CHECKPOINT, ModelSource, load_model
 from megatron_scir.recipe.stages import consistency_rate, reference_stage, train_stage
@@ -222,6 +223,9 @@ def _run_iterations(run: IterationRun, *, report: bool, evaluate_start: bool) ->
     start = _evaluate(run, 0, model, None, first) if evaluate_start else StageResult()
     records = [_record(run, 0, {"evaluate": start})]
     _report(run, records, report)
+    # M_{t-1}, the implicit reward's reference under scir.implicit_reference=previous: M_0 at
+    # t = 1 (the model seed SFT started from, or scir.previous_model)
+    previous = first if cfg.iteration.seed_sft else cfg.scir.previous_model
     for t in range(1, cfg.iteration.num_iterations + 1):
         prompts = _iteration_prompts(pool, cfg, t)
         done: dict[str, StageResult] = {}
@@ -237,7 +241,8 @@ def _run_iterations(run: IterationRun, *, report: bool, evaluate_start: bool) ->
             done["train"] = run.run_stage(t, "train", partial(skip_training, run, t=t, model=model))
         else:
             done["reference"] = run.run_stage(
-                t, "reference", partial(reference_pass, run, model=model, pairs=pairs)
+                t, "reference",
+                partial(reference_pass, run, model=model, pairs=pairs, previous=previous),
             )
             ref_pairs = done["reference"].outputs["pairs"]
             done["train"] = run.run_stage(
@@ -249,7 +254,7 @@ def _run_iterations(run: IterationRun, *, report: bool, evaluate_start: bool) ->
         done["evaluate"] = _evaluate(run, t, trained, model, None)
         records.append(_record(run, t, done))
         _report(run, records, report)
-        model = trained
+        previous, model = model, trained
     return records
 
 
@@ -387,12 +392,17 @@ def _too_few_pairs(cfg: Config, t: int, pairs: list, what: str, metrics: dict) -
     return pairs
 
 
-def reference_pass(run: IterationRun, out: Path, model: str, pairs: str) -> StageResult:
-    """log πref with M_t and M_t's judge on every pair (srlm: its fixed labels)."""
+def reference_pass(
+    run: IterationRun, out: Path, model: str, pairs: str, previous: str | None
+) -> StageResult:
+    """log πref with M_t and M_t's judge on every pair (srlm: its fixed labels); under
+    ``scir.implicit_reference=previous`` first log π_{t−1} with ``previous``."""
     path = out / "pairs.ref.jsonl"
+    implicit_previous = run.cfg.scir.implicit_reference == ImplicitReference.PREVIOUS
     summary = reference_stage(
         run.runtime, run.cfg, run.tokenizer, model=ModelSource.checkpoint(model), pairs=pairs,
         out=path,
+        previous=ModelSource.checkpoint(previous) if implicit_previous else None,
     )
     return StageResult(outputs={"pairs": str(path)}, metrics=summary.metrics())
 
@@ -402,10 +412,11 @@ def train_policy(run: IterationRun, out: Path, t: int, model: str, pairs: str) -
     rate of the trained model on the same pairs (forward only)."""
     result, data = _train(run, out, t, model, pairs=pairs, with_data=True)
     num_pairs = len(data.pairs)
-    if run.mode.selects_pairs:  # the mean consistent (= selected) share of the steps
+    if run.mode.selects_pairs:  # the mean selected (default: consistent) share of the steps
         log = out / "logs" / METRICS_FILE
         steps = run.runtime.on_rank_zero(lambda: read_jsonl(log) if log.is_file() else [])
-        selected = [s[CONSISTENCY_RATE] for s in steps if CONSISTENCY_RATE in s]
+        selected = [s.get(SELECTED_RATE, s.get(CONSISTENCY_RATE)) for s in steps]
+        selected = [value for value in selected if value is not None]
         fraction = sum(selected) / len(selected) if selected else math.nan
     else:  # every labelled pair is trained on (srlm drops the judge's unsure ones as -1 labels)
         fraction = sum(p.label is not None for p in data.pairs) / max(num_pairs, 1)

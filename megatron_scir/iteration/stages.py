@@ -187,17 +187,26 @@ def check_unchanged(
         run_dir: The run directory.
         fingerprint_of: ``(stage, iteration) -> fingerprint`` of this invocation.
 
+    A key a stage did not record (a config key added by a later version) counts as unchanged
+    while it holds its default: a run continues after an upgrade.
+
     Raises:
         ConfigError: naming the first finished stage that differs, every differing key with its
             stored and its current value, and the two ways out.
     """
+    defaults = flat_config(Config())
     for path, marker in finished_markers(run_dir):
         now = fingerprint_of(marker["stage"], int(marker["iteration"]))
         stored = marker.get("config", {})
-        keys = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+        keys = sorted(
+            k
+            for k in set(stored) | set(now)
+            if stored.get(k) != now.get(k)
+            and not (k not in stored and k in defaults and now[k] == defaults[k])
+        )
         if keys:
             lines = "\n".join(
-                f"  {k}: {_short(stored.get(k, '<absent>'))} -> {_short(now.get(k, '<absent>'))}"
+                f"  {k}: {_short(stored, k)} -> {_short(now, k)}"
                 for k in keys
             )
             raise ConfigError(
@@ -207,6 +216,9 @@ def check_unchanged(
             )
 
 
-def _short(value: Any) -> str:
+def _short(values: Mapping[str, Any], key: str) -> str:
+    if key not in values:
+        return "<absent>"
+    value = values[key]
     text = json.dumps(value) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -9,7 +9,7 @@ progress bar and the CLI show :data:`LOSS_TOTAL`, the trainer skips a step when 
 
 from __future__ import annotations
 
-__all__ = ["CONSISTENCY_RATE", "LOSS_PREFIX", "LOSS_TOTAL"]
+__all__ = ["CONSISTENCY_RATE", "LOSS_PREFIX", "LOSS_TOTAL", "SELECTED_RATE"]
 
 LOSS_PREFIX = "loss/"
 """Every loss term's key starts with this (``loss/pref``, ``loss/sft``, ...)."""
@@ -17,3 +17,6 @@ LOSS_TOTAL = "loss/total"
 """The optimised loss of every mode and stage."""
 CONSISTENCY_RATE = "scir/consistency_rate"
 """The fraction of valid pairs on which the implicit reward and the judge agree (SCIR_SPEC §8)."""
+SELECTED_RATE = "scir/selected_rate"
+"""The fraction of valid pairs SCIR's DPO term trained on: the consistent ones, or with
+``scir.selection=all`` every pair the judge labels."""

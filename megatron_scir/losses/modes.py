@@ -58,6 +58,8 @@ class PairTensors:
         pair_mask: ``[n]`` bool, False for filler pairs, or ``None`` (all real).
         judge_logits: ``(judge_logits_12 [n], judge_logits_21 [n] | None)``, the judge's
             log-odds that y1 ≻ y2, or ``None`` when the micro-batch's judge rows were not read.
+        prev_logps: ``([n], [n])`` log π_{t−1} of y1 and y2 (stored with the pairs under
+            ``scir.implicit_reference=previous``), or ``None``.
     """
 
     policy_logps: tuple[torch.Tensor, torch.Tensor]
@@ -66,6 +68,7 @@ class PairTensors:
     response_lengths: tuple[torch.Tensor, torch.Tensor] | None = None
     pair_mask: torch.Tensor | None = None
     judge_logits: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    prev_logps: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 LossFunction = Callable[["PairTensors", "LossOptions"], "tuple[torch.Tensor, dict]"]
@@ -107,6 +110,7 @@ def _scir(pairs: PairTensors, options: LossOptions) -> tuple[torch.Tensor, dict]
         gold_labels=pairs.pair_labels,
         response_lengths=pairs.response_lengths,
         pair_mask=pairs.pair_mask,
+        implicit_ref_logps=pairs.prev_logps,
     )
 
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from megatron_scir.config.choices import (
     ConsistencyGrad,
     Divergence,
+    ImplicitReference,
+    PairSelection,
     PositionDebias,
     PrefLoss,
     PrefNormalization,
@@ -33,6 +35,8 @@ _CHOICE_FIELDS = {
     "pref_loss": PrefLoss,
     "pref_normalization": PrefNormalization,
     "position_debias": PositionDebias,
+    "implicit_reference": ImplicitReference,
+    "selection": PairSelection,
 }
 
 
@@ -72,6 +76,11 @@ class LossOptions:
     """λ_sft of the SFT term on the chosen response (``scir.sft_weight``; 0 = off)."""
     position_debias: PositionDebias = PositionDebias.MEAN_PROB
     """How P_G combines the two pairwise judge orders (``judge.position_debias``)."""
+    implicit_reference: ImplicitReference = ImplicitReference.CURRENT
+    """P_I against M_t or against M_{t−1} (``scir.implicit_reference``)."""
+    selection: PairSelection = PairSelection.CONSISTENT
+    """The pairs of the DPO term: the consistent ones, or all the judge labels
+    (``scir.selection``)."""
 
     def __post_init__(self) -> None:
         for name, enum in _CHOICE_FIELDS.items():

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from megatron_scir.config.choices import ConsistencyGrad
+from megatron_scir.config.choices import ConsistencyGrad, ImplicitReference, PairSelection
 from megatron_scir.losses.bernoulli import Bernoulli, divergence, entropy
-from megatron_scir.losses.keys import LOSS_TOTAL
+from megatron_scir.losses.keys import LOSS_TOTAL, SELECTED_RATE
 from megatron_scir.losses.options import LossOptions
 from megatron_scir.losses.preference import (
     metric,
@@ -26,7 +26,7 @@ from megatron_scir.losses.preference import (
     sft_loss,
 )
 from megatron_scir.losses.scir_metrics import gold_metrics, length_metrics, selection_metrics
-from megatron_scir.losses.selection import Selection, select_consistent
+from megatron_scir.losses.selection import Selection, select_consistent, select_judged
 from megatron_scir.rewards.implicit import implicit_preference
 from megatron_scir.rewards.judge import judge_preference
 
@@ -117,6 +117,7 @@ def scir_loss(
     gold_labels: torch.Tensor | None = None,
     response_lengths: tuple[torch.Tensor, torch.Tensor] | None = None,
     pair_mask: torch.Tensor | None = None,
+    implicit_ref_logps: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The SCIR loss for n unlabeled pairs (SCIR_SPEC §1–§5).
 
@@ -136,6 +137,9 @@ def scir_loss(
         pair_mask: ``[n]`` bool, False for filler pairs that only pad the last micro-batches of
             an epoch to k pairs: they add nothing to any term or metric, and every term is
             still divided by n (so micro-batches keep equal weight). ``None``: all pairs real.
+        implicit_ref_logps: ``([n], [n])`` log π_{t−1} of y1 and y2, the implicit reward's
+            reference under ``implicit_reference=previous`` (required there, unused otherwise);
+            the DPO term keeps ``ref_logps``.
 
     Returns:
         ``(loss, metrics)``: the scalar float32 loss, and ``(sum, count)`` float32 ``[2]``
@@ -152,16 +156,29 @@ def scir_loss(
         gold_labels=gold_labels,
         pair_mask=pair_mask,
     )
-    delta = pair_log_odds(
-        (policy_logps_1, policy_logps_2, ref_logps_1, ref_logps_2), options, response_lengths
-    )
-    implicit = Bernoulli(*implicit_preference(delta))
+    policy = (policy_logps_1, policy_logps_2)
+    # Δ of the DPO term: against πref = M_t (SCIR_SPEC §1)
+    delta = pair_log_odds((*policy, ref_logps_1, ref_logps_2), options, response_lengths)
+    delta_implicit = delta
+    if options.implicit_reference == ImplicitReference.PREVIOUS:
+        if implicit_ref_logps is None:
+            raise ValueError(
+                "scir.implicit_reference=previous reads log π_{t-1}: pass implicit_ref_logps"
+            )
+        _check_shapes(implicit_ref_logps_1=implicit_ref_logps[0], policy_logps_1=policy_logps_1)
+        delta_implicit = pair_log_odds((*policy, *implicit_ref_logps), options, response_lengths)
+    implicit = Bernoulli(*implicit_preference(delta_implicit))
     judge = Bernoulli(
         *judge_preference(judge_logits_12, judge_logits_21, position_debias=options.position_debias)
     )
-    selection = select_consistent(
+    agreement = select_consistent(
         implicit, judge, margin=options.margin, tie_eps=options.tie_eps, pair_mask=pair_mask
     )
+    selection = agreement
+    if options.selection == PairSelection.ALL:
+        selection = select_judged(
+            judge, margin=options.margin, tie_eps=options.tie_eps, pair_mask=pair_mask
+        )
 
     terms, judge_teaches = _loss_terms(delta, implicit, judge, selection, options)
     if options.sft_weight > 0:
@@ -184,11 +201,13 @@ def scir_loss(
     terms[LOSS_TOTAL] = loss
 
     metrics = {key: metric(value, 1) for key, value in terms.items()}
-    metrics.update(selection_metrics(implicit, judge, delta, selection, judge_teaches))
+    # the consistency metrics are the two models' agreement whatever the DPO term trained on
+    metrics.update(selection_metrics(implicit, judge, delta_implicit, agreement, judge_teaches))
+    metrics[SELECTED_RATE] = metric(selection.consistent.sum(), selection.valid.sum())
     if response_lengths is not None:
         metrics.update(length_metrics(response_lengths, selection))
     if gold_labels is not None:
         metrics.update(
-            gold_metrics(gold_labels, implicit, judge, selection, tie_eps=options.tie_eps)
+            gold_metrics(gold_labels, implicit, judge, agreement, tie_eps=options.tie_eps)
         )
     return loss, metrics

@@ -13,7 +13,7 @@ import torch
 
 from megatron_scir.losses.bernoulli import Bernoulli
 
-__all__ = ["Selection", "select_consistent"]
+__all__ = ["Selection", "select_consistent", "select_judged"]
 
 
 @dataclass(frozen=True)
@@ -68,5 +68,34 @@ def select_consistent(
         consistent=consistent & valid,
         first_chosen=centered_implicit > 0,
         ties=ties & valid,
+        valid=valid,
+    )
+
+
+@torch.no_grad()
+def select_judged(
+    judge: Bernoulli,
+    *,
+    margin: float,
+    tie_eps: float,
+    pair_mask: torch.Tensor | None = None,
+) -> Selection:
+    """``scir.selection=all`` (selection off, an ablation): every pair the judge gives a label,
+    |P_G − ½| > max(m, tie_eps), with the judge's label; ``consistent`` marks them.
+
+    Args:
+        judge: P_G per pair.
+        margin: m, the minimum confidence |P_G − ½|.
+        tie_eps: predictions within this of ½ carry no label.
+        pair_mask: ``[n]`` bool; pairs outside it (fillers) are never selected. ``None``: all
+            pairs are real.
+    """
+    centered = judge.centered()
+    valid = torch.ones_like(centered, dtype=torch.bool) if pair_mask is None else pair_mask
+    labelled = centered.abs() > max(margin, tie_eps)
+    return Selection(
+        consistent=labelled & valid,
+        first_chosen=centered > 0,
+        ties=(centered.abs() <= tie_eps) & valid,
         valid=valid,
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from megatron_scir.checkpoint import latest_checkpoint
 from megatron_scir.config import Config, ConfigError, validate
-from megatron_scir.config.choices import Engine
+from megatron_scir.config.choices import Engine, ImplicitReference
 from megatron_scir.config.validate import GENERATION, TRAINING
 from megatron_scir.data import (
     Tokenizer,
@@ -73,9 +73,13 @@ def train_job(
         # a resumed run loads its own checkpoint in the trainer: start from a random init
         start = ModelSource(RANDOM_INIT, seed=cfg.train.seed) if resuming else source
         chunks = load_model(cfg, start)
-        if stage == TRAIN and not pairs_have_ref_logps(pairs):
+        previous = _previous_model(cfg) if stage == TRAIN else None
+        if stage == TRAIN and (
+            not pairs_have_ref_logps(pairs)
+            or (previous is not None and not pairs_have_ref_logps(pairs, "prev_logps_1"))
+        ):
             pairs = _reference_pairs(runtime, cfg, tokenizer, chunks, pairs, save_dir, resuming,
-                                     source=source)
+                                     source=source, previous=previous)
         trained = train_stage(
             runtime,
             cfg,
@@ -92,7 +96,21 @@ def train_job(
         return trained.result
 
 
-def _reference_pairs(runtime, cfg, tokenizer, chunks, pairs, save_dir, resuming, *, source):
+def _previous_model(cfg) -> ModelSource | None:
+    """M_{t−1} of ``scir.implicit_reference=previous`` (``scir.previous_model``), else None."""
+    if cfg.scir.implicit_reference != ImplicitReference.PREVIOUS:
+        return None
+    if cfg.scir.previous_model is None:
+        raise ConfigError(
+            "scir.implicit_reference=previous reads log π_{t-1} of every pair: set "
+            "scir.previous_model=CKPT (the model the starting checkpoint was trained from)"
+        )
+    return ModelSource.checkpoint(cfg.scir.previous_model)
+
+
+def _reference_pairs(
+    runtime, cfg, tokenizer, chunks, pairs, save_dir, resuming, *, source, previous=None
+):
     """The reference pass's file of ``pairs`` with M_t (``chunks``, loaded from ``source``)."""
     out = save_dir / "pairs.ref.jsonl"
     if resuming:  # the weights are no longer M_t: the file must be the one written at the start
@@ -103,7 +121,8 @@ def _reference_pairs(runtime, cfg, tokenizer, chunks, pairs, save_dir, resuming,
             )
         return out
     summary = reference_stage(
-        runtime, cfg, tokenizer, model=source, pairs=pairs, out=out, chunks=chunks
+        runtime, cfg, tokenizer, model=source, pairs=pairs, out=out, chunks=chunks,
+        previous=previous,
     )
     if runtime.is_rank_zero:
         print(f"reference pass: {summary.num_pairs} pairs -> {out}", flush=True)

@@ -9,6 +9,8 @@ micro-batches in it. ``scir train`` / ``scir sft`` (:mod:`.jobs`), ``scir iterat
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import json
 import math
 import os
@@ -21,7 +23,8 @@ import torch
 from megatron_scir.checkpoint import tokenizer_fingerprint
 from megatron_scir.config import Config
 from megatron_scir.config.choices import LossMode
-from megatron_scir.data import ScirDataModule, SftDataModule, Tokenizer
+from megatron_scir.data import ScirDataModule, SftDataModule, Tokenizer, read_records
+from megatron_scir.data.jsonl import write_records
 from megatron_scir.data.layout import MicroBatchLayout
 from megatron_scir.losses import LossModeSpec, PairLabels, loss_mode
 from megatron_scir.losses.keys import CONSISTENCY_RATE
@@ -32,7 +35,7 @@ from megatron_scir.training.reference import ReferenceSummary, run_reference_pas
 from megatron_scir.training.sft_step import make_sft_forward_step, sft_stage_config
 from megatron_scir.training.trainer import TrainResult, evaluate, train
 
-__all__ = ["Trained", "consistency_rate", "reference_stage", "train_stage"]
+__all__ = ["Trained", "consistency_rate", "previous_logps", "reference_stage", "train_stage"]
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,14 @@ def reference_stage(
     out: str | os.PathLike,
     chunks: Sequence[torch.nn.Module] | None = None,
     mode: LossModeSpec | None = None,
+    previous: ModelSource | None = None,
 ) -> ReferenceSummary:
     """log πref (and M_t's judge, and SRLM's labels, as ``mode`` says) of every pair into
     ``out`` (skipped when ``out`` is valid for these inputs).
+
+    With ``previous`` (``scir.implicit_reference=previous``) a pass of M_{t−1} over the same
+    pairs comes first: its log-probs go into the pairs as ``prev_logps_1/2``
+    (``<out>.previous.jsonl``), which M_t's pass then reads and keeps.
 
     Args:
         runtime: the parallel runtime.
@@ -67,8 +75,11 @@ def reference_stage(
         out: the pairs with reference fields.
         chunks: M_t's chunks when the caller holds them; else loaded from ``model``.
         mode: the loss mode whose training these pairs feed (default ``scir.mode``).
+        previous: M_{t−1}, the implicit reward's reference (``scir.implicit_reference``).
     """
     mode = mode or loss_mode(cfg.scir.mode)
+    if previous is not None:
+        pairs = previous_logps(runtime, cfg, tokenizer, model=previous, pairs=pairs, out=out)
     # what the file is keyed by besides the pairs' SHA-256 and the config: the model's content
     # identity and the tokenizer's content fingerprint (one hasher: rank 0)
     inputs_id = runtime.on_rank_zero(lambda: model_inputs_id(cfg, model))
@@ -85,6 +96,56 @@ def reference_stage(
         reference_layout=MicroBatchLayout.for_reference(cfg, mode),
         srlm_labels=mode.labels == PairLabels.JUDGE,
     )
+
+
+def previous_logps(
+    runtime: Runtime,
+    cfg: Config,
+    tokenizer: Tokenizer,
+    *,
+    model: ModelSource,
+    pairs: str | os.PathLike,
+    out: str | os.PathLike,
+) -> Path:
+    """``<out>.previous.jsonl``: the pairs with ``prev_logps_1/2`` = log π_{t−1} of each response.
+
+    M_{t−1}'s reference pass over the pairs (policy rows only, ``<out>.previous.pass.jsonl``,
+    skipped when valid for these inputs: M_{t−1}'s content identity is among them), then the
+    pairs rewritten with its log-probs as ``prev_logps`` (atomically, global rank 0).
+    """
+    base = Path(out)
+    pass_out = base.with_name(base.name + ".previous.pass.jsonl")
+    merged = base.with_name(base.name + ".previous.jsonl")
+    layout = MicroBatchLayout.from_config(cfg, with_judge=False)
+    inputs_id = runtime.on_rank_zero(lambda: model_inputs_id(cfg, model))
+    chunks = load_model(cfg, model)
+    run_reference_pass(
+        runtime, chunks, cfg, tokenizer, pairs, pass_out, inputs_id=inputs_id,
+        layout=layout, reference_layout=layout,
+    )
+    del chunks
+    gc.collect()
+
+    def merge() -> None:
+        records, _ = read_records(pass_out, "pairs")
+        write_records(
+            merged,
+            (
+                dataclasses.replace(
+                    record,
+                    prev_logps_1=record.ref_logps_1,
+                    prev_logps_2=record.ref_logps_2,
+                    ref_logps_1=None,
+                    ref_logps_2=None,
+                    ref_judge_logits_12=None,
+                    ref_judge_logits_21=None,
+                )
+                for record in records
+            ),
+        )
+
+    runtime.on_rank_zero(merge)
+    return merged
 
 
 def model_inputs_id(cfg: Config, model: ModelSource) -> str:
@@ -170,12 +231,12 @@ def consistency_rate(
     return evaluate(runtime, chunks, list(loader), step)[CONSISTENCY_RATE]
 
 
-def pairs_have_ref_logps(pairs: str | os.PathLike) -> bool:
-    """Whether the pairs file's first record carries ``ref_logps_1`` (a file that cannot be
-    read says False: the reference pass then reports it with its file and line)."""
+def pairs_have_ref_logps(pairs: str | os.PathLike, field: str = "ref_logps_1") -> bool:
+    """Whether the pairs file's first record carries ``field`` (a file that cannot be read says
+    False: the reference pass then reports it with its file and line)."""
     try:
         with open(Path(pairs), encoding="utf-8") as fh:
             first = next((line for line in fh if line.strip()), "")
-        return json.loads(first).get("ref_logps_1") is not None
+        return json.loads(first).get(field) is not None
     except (OSError, ValueError, AttributeError):
         return False

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_scir.config import Config
+from megatron_scir.config.choices import ImplicitReference
 from megatron_scir.data.batch import MicroBatch
 from megatron_scir.data.judges import JudgeFormat, judge_format
 from megatron_scir.data.layout import MicroBatchLayout
@@ -92,7 +93,10 @@ def make_forward_step(
         return partial(_loss_func, mode, options, judge, batch, layout)
 
     return _build_step(
-        cfg, layout, candidate_ids if judge else None, tp_group=tp_group, outputs=loss_outputs
+        cfg, layout, candidate_ids if judge else None, tp_group=tp_group, outputs=loss_outputs,
+        require_prev_logps=(
+            mode.selects_pairs and options.implicit_reference == ImplicitReference.PREVIOUS
+        ),
     )
 
 
@@ -137,6 +141,7 @@ def _build_step(
     tp_group: dist.ProcessGroup | None,
     outputs: OutputsFunction,
     require_ref_logps: bool = True,
+    require_prev_logps: bool = False,
 ) -> ForwardStep:
     """The one step: batch to the model's device, checked against ``layout``, every stage run,
     :func:`last_stage_outputs` on the last one (judge rows read when ``candidate_ids`` are
@@ -161,7 +166,9 @@ def _build_step(
         batch = next(data_iterator)
         packed = packed_seq_params(batch)  # from the host copy: no device sync
         batch = _to_model_device(batch, model)
-        layout.validate(batch, require_ref_logps=require_ref_logps)
+        layout.validate(
+            batch, require_ref_logps=require_ref_logps, require_prev_logps=require_prev_logps
+        )
         device = batch["tokens"].device
         if candidates is not None and device not in on_device:
             on_device[device] = candidates.to(device)
@@ -189,6 +196,7 @@ def _loss_func(
     policy_logps, candidate_logps = outputs
     y1, y2 = layout.policy_side_rows(0), layout.policy_side_rows(1)
     ref_logps, lengths = batch["ref_logps"], batch["response_lengths"]
+    prev_logps = batch.get("prev_logps")
     pairs = PairTensors(
         policy_logps=(policy_logps[y1], policy_logps[y2]),
         ref_logps=(ref_logps[y1], ref_logps[y2]),
@@ -199,6 +207,7 @@ def _loss_func(
         judge_logits=(
             None if candidate_logps is None else judge.log_odds(candidate_logps, layout.num_pairs)
         ),
+        prev_logps=None if prev_logps is None else (prev_logps[y1], prev_logps[y2]),
     )
     loss, metrics = mode.loss(pairs, options)
     if candidate_logps is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -106,7 +107,8 @@ def test_the_fingerprints_hold_exactly_the_keys_that_reach_a_stage():
     assert not [k for k in generate if k.startswith(("parallel.", "logging.", "scir."))]
     assert set(of("pairs", 1)) == set(generate) | {"scir.mode"}
     # the reference stage's own keys are M_1's and its layout, which a rerun may change
-    assert set(of("reference", 1)) == set(of("pairs", 1)) | {"scir.srlm_drop_margin"}
+    own = {"scir.srlm_drop_margin", "scir.implicit_reference", "scir.previous_model"}
+    assert set(of("reference", 1)) == set(of("pairs", 1)) | own
     assert "parallel.sequence_parallel" in reference_config_inputs(cfg)
     every = set(of("reference", 1)) | {f"scir.{f.name}" for f in dataclasses.fields(cfg.scir)}
     assert set(of("train", 1)) == set(of("export", 1)) == every
@@ -145,6 +147,20 @@ def test_a_changed_key_that_invalidates_a_finished_stage_is_refused_with_the_key
         check_unchanged(tmp_path, _fingerprints(load_config("tiny", ["train.lr=0.001"])))
     with pytest.raises(ConfigError, match="iter_0/init(.|\n)*source"):
         check_unchanged(tmp_path, _fingerprints(cfg, source="hf:/elsewhere"))
+
+
+def test_a_key_a_stage_did_not_record_counts_as_unchanged_only_at_its_default(tmp_path):
+    # a run finished by an older version (its markers lack keys added since) continues
+    cfg = load_config("tiny")
+    path = _finish(tmp_path, 1, "reference", cfg)
+    marker = json.loads((path / "stage.json").read_text())
+    del marker["config"]["scir.implicit_reference"]
+    (path / "stage.json").write_text(json.dumps(marker))
+    check_unchanged(tmp_path, _fingerprints(cfg))
+    with pytest.raises(ConfigError, match="scir.implicit_reference: <absent> -> 'previous'"):
+        check_unchanged(
+            tmp_path, _fingerprints(load_config("tiny", ["scir.implicit_reference=previous"]))
+        )
 
 
 def test_an_unreadable_marker_says_what_to_delete(tmp_path):

@@ -309,3 +309,49 @@ def test_filler_pairs_add_nothing_but_keep_the_denominator(pref_normalization):
         assert loss_filled.item() == pytest.approx(scale * loss_real.item(), rel=1e-6)
     for key in ("scir/consistency_rate", "scir/p_judge_mean", "scir/p_implicit_std"):
         assert reduced_filled[key] == pytest.approx(reduced_real[key], rel=1e-6), key
+
+
+def test_selection_all_trains_every_pair_the_judge_labels_with_the_judge_label():
+    # Δ_I = 0 (the first step): no consistent pair, but selection off trains on the two pairs the
+    # judge labels (the third is a judge tie), each with the judge's side.
+    _, metrics, _ = _pairs(_t(0.0, 0.0, 0.0), _t(LN3, -LN3, 0.0), position_debias="none")
+    assert metrics["scir/consistency_rate"] == 0.0 and metrics["loss/pref"] == 0.0
+    assert metrics["scir/selected_rate"] == 0.0
+    _, metrics, _ = _pairs(
+        _t(0.0, 0.0, 0.0), _t(LN3, -LN3, 0.0), position_debias="none", selection="all"
+    )
+    assert metrics["scir/consistency_rate"] == 0.0  # the agreement, whatever is trained on
+    assert metrics["scir/selected_rate"] == pytest.approx(2 / 3)
+    assert metrics["loss/pref"] == pytest.approx(2 / 3 * math.log(2.0), rel=1e-6)  # ℓ(0) = ln 2
+    # where the implicit reward disagrees, the judge's label still wins
+    delta = _t(1.0, -1.0)
+    _, metrics, _ = _pairs(delta, -3 * delta, position_debias="none", selection="all")
+    expected = torch.nn.functional.softplus(delta.abs()).mean().item()  # ℓ(−|Δ|)
+    assert metrics["loss/pref"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_previous_reference_gives_the_implicit_reward_an_opinion_at_the_first_step():
+    # πθ = πref = M_t (Δ = 0 for the DPO term); against M_{t-1} y1 gained 10 nats and y2 lost 5:
+    # Δ_I = β·15 = 1.5, so P_I = σ(1.5) agrees with a judge that prefers y1.
+    policy = (_t(-20.0).requires_grad_(True), _t(-20.0).requires_grad_(True))
+    ref = (_t(-20.0), _t(-20.0))
+    previous = (_t(-30.0), _t(-15.0))
+    options = LossOptions(position_debias="none", implicit_reference="previous")
+    loss, metrics = scir_loss(
+        *policy, *ref, _t(LN3), None, options=options, implicit_ref_logps=previous
+    )
+    metrics = reduce_metrics([metrics])
+    assert metrics["scir/consistency_rate"] == 1.0
+    assert metrics["scir/p_implicit_mean"] == pytest.approx(torch.sigmoid(_t(1.5)).item())
+    # the DPO term is ℓ(s·Δ) with Δ against M_t: ln 2 at the first step
+    assert metrics["loss/pref"] == pytest.approx(math.log(2.0), rel=1e-6)
+    # under `current` the same pair is a tie with no label
+    _, current = scir_loss(
+        *policy, *ref, _t(LN3), None, options=ONE_ORDER, implicit_ref_logps=previous
+    )
+    assert reduce_metrics([current])["scir/consistency_rate"] == 0.0
+    # the gradient of the DPO term is the one of plain DPO on the agreed label
+    grads = torch.autograd.grad(loss, policy)
+    assert grads[0].item() < 0 < grads[1].item()  # raise y1, lower y2 (loss decreases)
+    with pytest.raises(ValueError, match="implicit_ref_logps"):
+        scir_loss(*policy, *ref, _t(LN3), None, options=options)

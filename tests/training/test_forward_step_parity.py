@@ -10,15 +10,20 @@ Sources of micro-batches (each with its own single-process reference):
   pairwise judge template): rows padded to each micro-batch's own longest, so the two
   micro-batches of the global batch have different lengths;
 - ``packed``: the same pairs with the ``sdpa`` spec, whose micro-batches are packed (one THD row
-  of all the sequences, each attending to itself; totals differ between micro-batches).
+  of all the sequences, each attending to itself; totals differ between micro-batches);
+- ``previous``: random batches with ``scir.implicit_reference=previous``: the implicit reward
+  reads ``prev_logps`` (log π_{t−1}) while the DPO term's reference equals the policy (the first
+  step of an iteration);
+- ``selection_all``: random batches with ``scir.selection=all`` (DPO on every judged pair).
 
 The reference is one gloo process (TP=PP=DP=1) running two micro-batches of k=2 pairs through
 Megatron's schedule with the SCIR forward step. It also fixes the reference log-probs once:
 ref = policy log-probs at the initial weights + offsets that make Δ_I = ±1 (agreeing with the
 judge) on one pair of each micro-batch and ∓2 (disagreeing) on the other, so no prediction
-sits near a tie and the consistent-pair selection is the same in every layout. Each layout then
-runs from the same master weights (``megatron_scir.testing.weights``): loss/metrics (reduced over
-micro-batches and DP) and the gradients of the full model (TP shards gathered, PP stages
+sits near a tie and the consistent-pair selection is the same in every layout (for
+``previous`` those offsets go into ``prev_logps`` and ``ref_logps`` = the policy's). Each layout
+then runs from the same master weights (``megatron_scir.testing.weights``): loss/metrics (reduced
+over micro-batches and DP) and the gradients of the full model (TP shards gathered, PP stages
 collected) must equal the reference within 1e-5. The layouts run in two spawned jobs, two and
 four processes, under the harness's NCCL contiguity rule (strided tensors refused by every
 collective).
@@ -60,6 +65,8 @@ SOURCES = {
     "pointwise": ([*RANDOM_BASE, "judge.kind=pointwise"], SCORE_IDS),
     "datamodule": (DATAMODULE, None),
     "packed": ([*DATAMODULE, "model.transformer_impl=sdpa"], None),
+    "previous": ([*RANDOM_BASE, "scir.implicit_reference=previous"], PAIRWISE_IDS),
+    "selection_all": ([*RANDOM_BASE, "scir.selection=all"], PAIRWISE_IDS),
 }
 TP2 = ["parallel.tensor_model_parallel_size=2"]
 SP = ["parallel.sequence_parallel=true"]
@@ -89,6 +96,8 @@ TWO_PROCESS_CASES = [
     ("datamodule", "dp2"),
     *[(source, layout) for source in ("packed",) for layout in ("tp2_sp", "pp2_1f1b", "dp2")],
     ("packed", "pp2_interleaved_vpp2"),
+    *[("previous", layout) for layout in ("tp2_sp", "pp2_interleaved_vpp2", "dp2")],
+    ("selection_all", "tp2"),
 ]
 FOUR_PROCESS_CASES = [("pairwise", "tp2_pp2"), ("pairwise", "tp2_sp_pp2")]
 
@@ -201,7 +210,11 @@ def _set_reference_logps(cfg, model, batch, candidate_ids) -> None:
     # would sit at the infinite-slope 0 of the square root, amplifying rounding)
     target_delta = judge_sign * torch.tensor([1.0, -2.0]).repeat(k)[:k]
     # Δ_I = β((π1 − ref1) − (π2 − ref2)) with ref1 = π1 and ref2 = π2 + Δ/β.
-    batch["ref_logps"] = torch.cat([policy[:k], policy[k:] + target_delta / cfg.scir.beta])
+    offsets = torch.cat([policy[:k], policy[k:] + target_delta / cfg.scir.beta])
+    if cfg.scir.implicit_reference == "previous":  # P_I against π_{t-1}; πref = πθ (step 0)
+        batch["prev_logps"], batch["ref_logps"] = offsets, policy.clone()
+    else:
+        batch["ref_logps"] = offsets
 
 
 def _source_batches(source: str, cfg, data_files):
