@@ -44,9 +44,16 @@ METHODS = {
     "scir-ct": ("scir.mode=scir", "scir.consistency_grad=confident_teacher"),
     "srlm": ("scir.mode=srlm",),
     "dpo-oracle": ("scir.mode=dpo",),
+    # SCIR's parts, one at a time (the real-model study, docs/results.md)
+    "scir-no-cons": ("scir.mode=scir", "scir.consistency_weight=0"),
+    "scir-no-conf": ("scir.mode=scir", "scir.confidence_weight=0"),
+    "scir-margin": ("scir.mode=scir", "scir.margin=0.1"),
+    "scir-all": ("scir.mode=scir", "scir.selection=all"),
+    # the implicit reward against M_{t-1} (M_0, the model seed SFT started from, at t = 1)
+    "scir-prev": ("scir.mode=scir", "scir.implicit_reference=previous"),
 }
 QUICK = {"seeds": (0,), "iterations": 2, "methods": ("scir", "srlm", "dpo-oracle")}
-FULL = {"seeds": (0, 1, 2), "iterations": 3, "methods": tuple(METHODS)}
+FULL = {"seeds": (0, 1, 2), "iterations": 3, "methods": ("scir", "scir-ct", "srlm", "dpo-oracle")}
 # The tiny model and the budgets of the study; anything here can be overridden on the command
 # line. Short sequences: a prompt is ~17 tokens, an answer 1-2 digits + EOS, a judge row ~43.
 SETTINGS = (
@@ -72,6 +79,39 @@ FULL_SETTINGS = ("iteration.prompts_per_iteration=256",)
 # The task: 36 facts (operands 0..5), 30 % of them misconceived by the seed SFT data; the seed
 # judge data (twice the SFT data: a judge takes longer to learn) has 20 % wrong verdicts.
 TASK = {"max_operand": 5, "num_sft": 720, "num_judge": 1440, "num_prompts": 1024}
+# The real-model study (``--model smollm2``): SmolLM2-135M-Instruct (M_0) from its Hugging Face
+# folder under the ``chat`` preset, the same task with operands 0..10 (121 facts: one evaluation
+# item is 0.83 % of an accuracy) and budgets sized for two CPU cores. A ChatML prompt is ~40
+# tokens (SmolLM2's system prompt included), an answer 1-2 digits + <|im_end|>, a judge row ~80.
+SMOLLM2_SETTINGS = (
+    "data.max_prompt_length=64",
+    "data.max_response_length=16",
+    "data.judge_max_length=128",
+    "generation.max_new_tokens=12",
+    "generation.temperature=1.0",
+    "generation.top_p=1.0",
+    "generation.num_responses=4",
+    "generation.max_batch_size=64",
+    "train.micro_batch_size=8",
+    "train.global_batch_size=16",
+    "train.sft_lr=2e-5",
+    "train.sft_epochs=2",
+    "train.lr=5e-6",
+    "train.epochs=2",
+    "train.lr_warmup_iters=2",
+    "iteration.prompts_per_iteration=48",
+    "iteration.grader=megatron_scir.tasks.arithmetic:grade",
+)
+SMOLLM2_TASK = {"max_operand": 10, "num_sft": 242, "num_judge": 484, "num_prompts": 576}
+SMOLLM2_QUICK = {"seeds": (0,), "iterations": 1, "methods": ("scir", "srlm", "dpo-oracle")}
+SMOLLM2_FULL = {
+    "seeds": (0, 1, 2),
+    "iterations": 3,
+    "methods": (
+        *("scir", "srlm", "dpo-oracle", "scir-prev"),
+        *("scir-ct", "scir-all", "scir-no-cons", "scir-no-conf", "scir-margin"),
+    ),
+}
 TABLE = (
     ("method", "method"),
     ("oracle_accuracy", "oracle acc"),
@@ -97,7 +137,13 @@ PLOT = (
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help=HELP, description=HELP)
     parser.add_argument("--out", default="runs/demo", help="where everything goes")
-    parser.add_argument("--full", action="store_true", help="3 seeds, 3 iterations, 4 methods")
+    parser.add_argument(
+        "--model",
+        choices=("tiny", "smollm2"),
+        default="tiny",
+        help="tiny: a 250k-parameter Llama (minutes); smollm2: SmolLM2-135M-Instruct (hours)",
+    )
+    parser.add_argument("--full", action="store_true", help="3 seeds, 3 iterations, every method")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0; --full 0 1 2)")
     parser.add_argument("--iterations", type=int, help="iterations T (default 2; --full 3)")
     parser.add_argument("--methods", nargs="+", choices=tuple(METHODS), help="methods to run")
@@ -107,17 +153,28 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    plan = dict(FULL if args.full else QUICK)
+    hf_dir = None
+    if args.model == "smollm2":
+        from megatron_scir.testing.real_models import smollm2_hf_dir  # lazy: pip, transformers
+
+        hf_dir = smollm2_hf_dir()
+        plan = dict(SMOLLM2_FULL if args.full else SMOLLM2_QUICK)
+        settings, task = SMOLLM2_SETTINGS, SMOLLM2_TASK
+    else:
+        plan = dict(FULL if args.full else QUICK)
+        settings = SETTINGS + (FULL_SETTINGS if args.full else ())
+        task = TASK
     plan["seeds"] = tuple(args.seeds or plan["seeds"])
     plan["iterations"] = args.iterations or plan["iterations"]
     plan["methods"] = tuple(args.methods or plan["methods"])
-    settings = SETTINGS + (FULL_SETTINGS if args.full else ()) + tuple(args.overrides)
     run_study(
         Path(args.out),
         seeds=plan["seeds"],
         iterations=plan["iterations"],
         methods=plan["methods"],
-        overrides=settings,
+        overrides=settings + tuple(args.overrides),
+        task=task,
+        hf_dir=hf_dir,
         progress=False if args.no_progress else None,
         command="scir demo " + " ".join(sys.argv[2:]),
     )
@@ -131,14 +188,21 @@ def run_study(
     iterations: int,
     methods,
     overrides=SETTINGS,
+    task=TASK,
+    hf_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
     command: str = "scir demo",
 ) -> list[dict]:
-    """The study, in one process and one parallel world; returns every record."""
+    """The study, in one process and one parallel world; returns every record.
+
+    ``hf_dir``: M_0 is this Hugging Face folder (its tokenizer and chat template, the ``chat``
+    preset); without it, a random ``tiny`` Llama with the task's own tokenizer.
+    """
     from megatron_scir.data import build_tokenizer  # lazy: keeps `scir --help` instant
     from megatron_scir.iteration import run_iterations  # lazy: as above
     from megatron_scir.iteration.stages import read_marker, stage_dir  # lazy: as above
     from megatron_scir.parallel.runtime import parallel_world  # lazy: as above
+    from megatron_scir.recipe.model import load_run_config  # lazy: as above
     from megatron_scir.tasks.arithmetic import (  # lazy: as above
         PAIRWISE_JUDGE_TEMPLATE,
         write_task_files,
@@ -146,40 +210,57 @@ def run_study(
 
     start = time.perf_counter()
     records: list[dict] = []
+    preset = "tiny" if hf_dir is None else "chat"
+    uses = (GENERATION, TRAINING, SELF_REWARDING)
 
-    def config(seed: int, task, extra):
-        cfg = load_config(
-            "tiny",
-            [
-                f"data.tokenizer_path={task.tokenizer}",
-                f"data.seed_sft={task.seed_sft}",
-                f"data.seed_judge={task.seed_judge}",
-                f"data.prompts={task.prompts}",
-                f"iteration.eval_prompts={task.eval_prompts}",
-                f"iteration.eval_pairs={task.eval_pairs}",
-                f"judge.pairwise_template={PAIRWISE_JUDGE_TEMPLATE}",
-                f"train.seed={seed}",
-                *overrides,
-                *extra,
-            ],
-        )
-        validate(cfg, uses=(GENERATION, TRAINING, SELF_REWARDING))
+    def config(seed: int, task_files, extra, *, start_hf: bool = False):
+        settings = [
+            f"data.seed_sft={task_files.seed_sft}",
+            f"data.seed_judge={task_files.seed_judge}",
+            f"data.prompts={task_files.prompts}",
+            f"iteration.eval_prompts={task_files.eval_prompts}",
+            f"iteration.eval_pairs={task_files.eval_pairs}",
+            f"judge.pairwise_template={PAIRWISE_JUDGE_TEMPLATE}",
+            f"train.seed={seed}",
+            *overrides,
+            *extra,
+        ]
+        if hf_dir is not None:
+            # the model section, tokenizer and chat template come from the folder (seed SFT)
+            # or from M_1's checkpoint (the methods)
+            return load_run_config(
+                preset, settings, hf_dir=str(hf_dir) if start_hf else None, uses=uses
+            )
+        cfg = load_config(preset, [f"data.tokenizer_path={task_files.tokenizer}", *settings])
+        validate(cfg, uses=uses)
         return cfg
 
-    parallel = load_config("tiny", list(overrides)).parallel
+    parallel = load_config(preset, list(overrides)).parallel
     with parallel_world(parallel, seed=seeds[0]) as runtime:
         for seed in seeds:
             base = out / f"seed{seed}"
-            task = runtime.on_rank_zero(partial(write_task_files, base / "task", seed=seed, **TASK))
+            task_files = runtime.on_rank_zero(
+                partial(write_task_files, base / "task", seed=seed, **task)
+            )
             sft_run = [f"iteration.run_dir={base / 'seed_sft'}", "iteration.num_iterations=0"]
-            cfg = config(seed, task, sft_run)
+            cfg = config(seed, task_files, sft_run, start_hf=True)
             tokenizer = build_tokenizer(cfg.data)
-            (m0,) = run_iterations(runtime, cfg, tokenizer, progress=progress, report=False)
-            m1 = read_marker(stage_dir(cfg.iteration.run_dir, 0, "sft"))["outputs"]["checkpoint"]
+            (m0,) = run_iterations(
+                runtime, cfg, tokenizer, hf_dir=None if hf_dir is None else str(hf_dir),
+                progress=progress, report=False,
+            )
+            m0_ckpt, m1 = (
+                read_marker(stage_dir(cfg.iteration.run_dir, 0, name))["outputs"]["checkpoint"]
+                for name in ("init", "sft")
+            )
             start_rows = [dict(m0, method=method, seed=seed) for method in methods]
             records.extend(start_rows)
             untrained = m0.get("oracle_accuracy_m0", float("nan"))
-            title = f"seed {seed}: M_1 after seed SFT (untrained M_0: oracle acc {untrained:.3f})"
+            judge = m0.get("judge_accuracy_m0", float("nan"))
+            title = (
+                f"seed {seed}: M_1 after seed SFT (M_0 before it: oracle acc {untrained:.3f}, "
+                f"judge acc {judge:.3f})"
+            )
             _print_table(runtime, title, [dict(m0, method="M_1 (seed SFT)")])
             for t in range(1, iterations + 1):
                 rows = []
@@ -191,9 +272,11 @@ def run_study(
                         "iteration.seed_sft=false",
                         f"iteration.num_iterations={t}",
                     ]
+                    if "scir.implicit_reference=previous" in METHODS[method]:
+                        method_run.append(f"scir.previous_model={m0_ckpt}")
                     result = run_iterations(
                         runtime,
-                        config(seed, task, method_run),
+                        config(seed, task_files, method_run),
                         tokenizer,
                         progress=progress,
                         report=False,
@@ -202,8 +285,11 @@ def run_study(
                     rows.append(dict(result[t], method=method, seed=seed))
                 records.extend(rows)
                 _print_table(runtime, f"seed {seed}, iteration {t}", rows)
+        model = "tiny" if hf_dir is None else "SmolLM2-135M-Instruct"
         runtime.on_rank_zero(
-            lambda: _write_results(out, records, methods, seeds, iterations, command, start)
+            lambda: _write_results(
+                out, records, methods, seeds, iterations, command, start, model=model
+            )
         )
     return records
 
@@ -215,7 +301,9 @@ def _print_table(runtime, title: str, rows) -> None:
         print("\n" + format_table(rows, TABLE, title=title) + "\n", flush=True)
 
 
-def _write_results(out: Path, records, methods, seeds, iterations, command, start) -> None:
+def _write_results(
+    out: Path, records, methods, seeds, iterations, command, start, *, model: str = "tiny"
+) -> None:
     """``results.jsonl``, ``results.png`` and ``results.md`` (mean ± std over seeds)."""
     from megatron_scir.data import atomic_open  # lazy: keeps `scir --help` instant
     from megatron_scir.iteration.report import (  # lazy: as above
@@ -228,7 +316,7 @@ def _write_results(out: Path, records, methods, seeds, iterations, command, star
     write_jsonl(out / "results.jsonl", records)
     plot_iterations(
         records, out / "results.png", metrics=PLOT, group="method",
-        title=f"SCIR vs SRLM on the arithmetic task ({len(seeds)} seed(s); band: min-max)",
+        title=f"SCIR vs SRLM, {model}, arithmetic task ({len(seeds)} seed(s); band: min-max)",
     )
     rows = aggregate(records, by=("iteration", "method"), metrics=METRICS)
     columns = [("iteration", "iteration"), ("method", "method"), ("n", "seeds")] + [
@@ -241,10 +329,82 @@ def _write_results(out: Path, records, methods, seeds, iterations, command, star
         f"seeds {list(seeds)}, {iterations} iterations, methods {', '.join(methods)}.\n\n"
         "Iteration 0 is M_1 after seed SFT (shared by every method).\n\n"
         f"{markdown_table(rows, columns, spread=len(seeds) > 1)}\n\n![curves](results.png)\n"
+        f"{_interval_tables(out, seeds, methods, iterations)}"
     )
     with atomic_open(out / "results.md") as fh:
         fh.write(text.encode())
     print(f"scir demo: wrote {out}/results.md and results.png in {wall:.0f} s", flush=True)
+
+
+INTERVALS = (("oracle", "oracle acc"), ("judge", "judge acc"), ("implicit", "implicit acc"))
+BASELINE = "srlm"
+
+
+def _item_scores(out: Path, seeds, method: str, t: int, key: str):
+    """``[seeds, items]`` scores of ``key`` from the evaluate stages' ``item_scores.json``, or
+    None when a seed lacks them (a run not finished, an older run)."""
+    import json
+
+    from megatron_scir.iteration.evaluate import ITEM_SCORES  # lazy: keeps `scir --help` instant
+    from megatron_scir.iteration.stages import stage_dir  # lazy: as above
+
+    rows = []
+    for seed in seeds:
+        run = out / f"seed{seed}" / ("seed_sft" if t == 0 else method)
+        path = stage_dir(run, t, "evaluate") / ITEM_SCORES
+        scores = json.loads(path.read_text()).get(key) if path.is_file() else None
+        if scores is None:
+            return None
+        rows.append(scores)
+    return rows if len({len(row) for row in rows}) == 1 else None
+
+
+def _interval_tables(out: Path, seeds, methods, iterations: int) -> str:
+    """Markdown: each method's accuracies with 95 % bootstrap intervals over seeds and items,
+    and each method's paired difference from SRLM (same seeds, same M_1, same items)."""
+    from megatron_scir.iteration.statistics import (  # lazy: keeps `scir --help` instant
+        bootstrap_mean,
+        paired_difference,
+    )
+
+    lines = [
+        "\n## Intervals\n",
+        f"Mean over {len(seeds)} seed(s) and the evaluation items, with 95 % bootstrap intervals "
+        "(seeds and items resampled together; `megatron_scir.iteration.statistics`).\n",
+        "| iteration | method | " + " | ".join(h for _, h in INTERVALS) + " |",
+        "|---|---|" + "---|" * len(INTERVALS),
+    ]
+    for t in range(iterations + 1):
+        for method in methods[:1] if t == 0 else methods:
+            cells = []
+            for key, _ in INTERVALS:
+                scores = _item_scores(out, seeds, method, t, key)
+                cells.append("-" if scores is None else bootstrap_mean(scores).format())
+            name = "M_1 (seed SFT)" if t == 0 else method
+            lines.append(f"| {t} | {name} | " + " | ".join(cells) + " |")
+    if BASELINE in methods and len(methods) > 1:
+        lines += [
+            f"\nPaired difference from `{BASELINE}` (method − {BASELINE}; P = share of "
+            "bootstrap replicates in which the method scored higher):\n",
+            "| iteration | method | Δ oracle acc | P | Δ judge acc | P |",
+            "|---|---|---|---|---|---|",
+        ]
+        for t in range(1, iterations + 1):
+            for method in (m for m in methods if m != BASELINE):
+                cells = []
+                for key in ("oracle", "judge"):
+                    mine = _item_scores(out, seeds, method, t, key)
+                    base = _item_scores(out, seeds, BASELINE, t, key)
+                    if mine is None or base is None:
+                        cells += ["-", "-"]
+                        continue
+                    difference = paired_difference(mine, base)
+                    cells += [
+                        f"{difference.mean:+.3f} [{difference.low:+.3f}, {difference.high:+.3f}]",
+                        f"{difference.positive:.2f}",
+                    ]
+                lines.append(f"| {t} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _cpus() -> int:

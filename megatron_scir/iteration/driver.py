@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import logging
 import math
 import shutil
@@ -45,13 +46,15 @@ from megatron_scir.checkpoint import latest_checkpoint, resolve_checkpoint, save
 from megatron_scir.config import Config, ConfigError
 from megatron_scir.config.choices import ImplicitReference, PromptSlices, TooFewPairs
 from megatron_scir.convert import export_to_hf
-from megatron_scir.data import DataError, build_pairs, read_records, write_records
+from megatron_scir.data import DataError, atomic_open, build_pairs, read_records, write_records
 from megatron_scir.data.pairs import repeat_pairs
 from megatron_scir.generation import PromptEncoder, generate, generation_layout
 from megatron_scir.iteration.evaluate import (
+    ITEM_SCORES,
     grade,
     grade_answers,
     greedy_answers,
+    item_scores,
     load_grader,
     reward_accuracy,
 )
@@ -446,7 +449,8 @@ def _evaluate(
     run: IterationRun, t: int, model: str, reference: str | None, first: str | None
 ) -> StageResult:
     """Held-out scores of ``model`` (implicit reward against ``reference``); at iteration 0 also
-    the oracle accuracy of M_0 (``first``), when seed SFT produced a different model."""
+    the oracle and judge accuracy of M_0 (``first``), when seed SFT produced a different model
+    (``*_m0``: what seed SFT changed)."""
     cfg = run.cfg.iteration
     if cfg.eval_pairs is None and not (cfg.eval_prompts and cfg.grader):
         return StageResult()
@@ -462,6 +466,7 @@ def _evaluate(
 
     def body(out: Path) -> StageResult:
         runtime, metrics = run.runtime, {}
+        m0 = t == 0 and first is not None and first != model
         if cfg.eval_pairs is not None:
             scores = reward_accuracy(
                 runtime, run.cfg, run.tokenizer, cfg.eval_pairs,
@@ -470,16 +475,43 @@ def _evaluate(
                 work_dir=out,
             )
             metrics.update(scores.metrics())
+            if m0:
+                before = reward_accuracy(
+                    runtime, run.cfg, run.tokenizer, cfg.eval_pairs,
+                    policy=ModelSource.checkpoint(first), reference=None, work_dir=out / "m0",
+                )
+                for key in ("judge_accuracy", "judge_accuracy_first_shown",
+                            "judge_accuracy_second_shown"):
+                    metrics[f"{key}_m0"] = getattr(before, key)
         if cfg.eval_prompts and cfg.grader:
             metrics["oracle_accuracy"] = oracle(model, out / "answers.jsonl")
-            if t == 0 and first is not None and first != model:
+            if m0:
                 metrics["oracle_accuracy_m0"] = oracle(first, out / "answers_m0.jsonl")
+        runtime.on_rank_zero(lambda: _write_item_scores(run.cfg, out, m0=m0))
         return StageResult(outputs={"dir": str(out)}, metrics=metrics)
 
     return run.run_stage(t, "evaluate", body)
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+def _write_item_scores(cfg: Config, out: Path, *, m0: bool) -> None:
+    """``out/item_scores.json`` (``out/m0/item_scores.json`` for M_0): every evaluation item's
+    score, which statistics over items read (the study's bootstrap intervals)."""
+    it = cfg.iteration
+    graded = it.eval_prompts if it.grader else None
+    for work, answers in ((out, "answers.jsonl"), (out / "m0", "answers_m0.jsonl"))[: 1 + m0]:
+        scores = item_scores(
+            cfg,
+            pairs_path=it.eval_pairs,
+            work_dir=work if it.eval_pairs else None,
+            answers_path=out / answers if graded else None,
+            grader_spec=it.grader,
+        )
+        work.mkdir(parents=True, exist_ok=True)
+        with atomic_open(work / ITEM_SCORES) as fh:
+            fh.write(json.dumps(scores).encode())
 
 
 def _train(

@@ -84,6 +84,10 @@ class RewardAccuracy:
         return {k: v for k, v in dataclasses.asdict(self).items()}
 
 
+ITEM_SCORES = "item_scores.json"
+"""The evaluate stage's per-item scores (:func:`item_scores`), next to its work files."""
+
+
 @dataclass(frozen=True)
 class OracleScore:
     """Greedy answers graded by a program: the mean score (= accuracy for 0/1 graders)."""
@@ -195,6 +199,25 @@ def check_writable(folder: str | os.PathLike) -> None:
 
 
 def _score(cfg: Config, pairs, policy_file: Path, ref_file: Path | None) -> RewardAccuracy:
+    scores, consistent, agreed = _pair_scores(cfg, pairs, policy_file, ref_file)
+    mean = lambda key: scores[key].mean().item() if key in scores else None  # noqa: E731
+    return RewardAccuracy(
+        num_pairs=len(pairs),
+        judge_accuracy=mean("judge"),
+        judge_accuracy_first_shown=mean("judge_first_shown"),
+        judge_accuracy_second_shown=mean("judge_second_shown"),
+        implicit_accuracy=mean("implicit"),
+        consistency_rate=None if consistent is None else consistent.double().mean().item(),
+        agreed_accuracy=agreed,
+    )
+
+
+def _pair_scores(
+    cfg: Config, pairs, policy_file: Path, ref_file: Path | None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, float | None]:
+    """Per pair 1 (right side preferred), 0 (wrong) or ½ (within ``scir.tie_eps`` of ½) of the
+    judge (``judge``, ``judge_first_shown``, ``judge_second_shown``) and, with ``ref_file``, the
+    implicit reward (``implicit``); the consistent pairs and the agreed label's accuracy."""
     policy, _ = read_records(policy_file, "pairs")
     first_better = torch.tensor([p.label == 1 for p in pairs])
     column = lambda records, name: torch.tensor(  # noqa: E731
@@ -206,43 +229,72 @@ def _score(cfg: Config, pairs, policy_file: Path, ref_file: Path | None) -> Rewa
     tie_eps = cfg.scir.tie_eps
     debias = cfg.judge.position_debias
     judge = Bernoulli(*judge_preference(judge_12, judge_21, position_debias=debias))
-    out = {
-        "judge_accuracy": _accuracy(judge.centered(), first_better, tie_eps),
-        "judge_accuracy_first_shown": _accuracy(
-            torch.sigmoid(judge_12) - 0.5, first_better, tie_eps
-        ),
-        "judge_accuracy_second_shown": None
-        if judge_21 is None
-        else _accuracy(torch.sigmoid(-judge_21) - 0.5, first_better, tie_eps),
-        "implicit_accuracy": None,
-        "consistency_rate": None,
-        "agreed_accuracy": None,
+    scores = {
+        "judge": _scores(judge.centered(), first_better, tie_eps),
+        "judge_first_shown": _scores(torch.sigmoid(judge_12) - 0.5, first_better, tie_eps),
     }
-    if ref_file is not None:
-        ref, _ = read_records(ref_file, "pairs")
-        delta = implicit_log_odds(
-            column(policy, "ref_logps_1"),
-            column(policy, "ref_logps_2"),
-            column(ref, "ref_logps_1"),
-            column(ref, "ref_logps_2"),
-            beta=cfg.scir.beta,
+    if judge_21 is not None:
+        scores["judge_second_shown"] = _scores(
+            torch.sigmoid(-judge_21) - 0.5, first_better, tie_eps
         )
-        implicit = Bernoulli(*implicit_preference(delta))
-        out["implicit_accuracy"] = _accuracy(implicit.centered(), first_better, tie_eps)
-        selection = select_consistent(implicit, judge, margin=cfg.scir.margin, tie_eps=tie_eps)
-        consistent = selection.consistent
-        out["consistency_rate"] = consistent.double().mean().item()
-        if consistent.any():
-            agreed = selection.first_chosen[consistent] == first_better[consistent]
-            out["agreed_accuracy"] = agreed.double().mean().item()
-    return RewardAccuracy(num_pairs=len(pairs), **out)
+    if ref_file is None:
+        return scores, None, None
+    ref, _ = read_records(ref_file, "pairs")
+    delta = implicit_log_odds(
+        column(policy, "ref_logps_1"),
+        column(policy, "ref_logps_2"),
+        column(ref, "ref_logps_1"),
+        column(ref, "ref_logps_2"),
+        beta=cfg.scir.beta,
+    )
+    implicit = Bernoulli(*implicit_preference(delta))
+    scores["implicit"] = _scores(implicit.centered(), first_better, tie_eps)
+    selection = select_consistent(implicit, judge, margin=cfg.scir.margin, tie_eps=tie_eps)
+    consistent, agreed = selection.consistent, None
+    if consistent.any():
+        right = selection.first_chosen[consistent] == first_better[consistent]
+        agreed = right.double().mean().item()
+    return scores, consistent, agreed
 
 
-def _accuracy(centered: torch.Tensor, first_better: torch.Tensor, tie_eps: float) -> float:
-    """Mean over pairs of 1 (right side preferred), 0 (wrong side) or ½ (within ``tie_eps``)."""
+def _scores(centered: torch.Tensor, first_better: torch.Tensor, tie_eps: float) -> torch.Tensor:
+    """Per pair 1 (right side preferred), 0 (wrong side) or ½ (within ``tie_eps``)."""
     right = (centered > 0) == first_better
-    score = torch.where(centered.abs() <= tie_eps, 0.5, right.double())
-    return score.mean().item()
+    return torch.where(centered.abs() <= tie_eps, 0.5, right.double())
+
+
+def item_scores(
+    cfg: Config,
+    *,
+    pairs_path: str | os.PathLike | None = None,
+    work_dir: str | os.PathLike | None = None,
+    answers_path: str | os.PathLike | None = None,
+    grader_spec: str | None = None,
+) -> dict[str, list]:
+    """Every evaluation item's score, for statistics over items (global rank 0, after
+    :func:`reward_accuracy` wrote ``work_dir`` and :func:`greedy_answers` ``answers_path``).
+
+    Returns:
+        ``pair_ids`` and the per-pair scores of :func:`reward_accuracy` (``judge``,
+        ``judge_first_shown``, ``judge_second_shown``, ``implicit``: 1, 0 or ½), and
+        ``prompt_ids`` with ``oracle`` (the grader's score of each greedy answer), for what was
+        given.
+    """
+    out: dict[str, list] = {}
+    if pairs_path is not None and work_dir is not None:
+        pairs, _ = read_records(pairs_path, "pairs")
+        work = Path(work_dir)
+        ref_file = work / "reference.jsonl"
+        scores, _, _ = _pair_scores(
+            cfg, pairs, work / "policy.jsonl", ref_file if ref_file.is_file() else None
+        )
+        out["pair_ids"] = [p.pair_id for p in pairs]
+        out.update({key: value.tolist() for key, value in scores.items()})
+    if answers_path is not None and grader_spec is not None:
+        records, scores = _answer_scores(answers_path, grader_spec)
+        out["prompt_ids"] = [r.prompt_id for r in records]
+        out["oracle"] = scores
+    return out
 
 
 def greedy_answers(
@@ -277,11 +329,17 @@ def greedy_answers(
 
 def grade_answers(answers_path: str | os.PathLike, grader_spec: str) -> OracleScore:
     """The mean grader score of the first response of every record of ``answers_path``."""
+    _, scores = _answer_scores(answers_path, grader_spec)
+    accuracy = sum(scores) / len(scores) if scores else math.nan
+    return OracleScore(num_prompts=len(scores), oracle_accuracy=accuracy)
+
+
+def _answer_scores(answers_path: str | os.PathLike, grader_spec: str) -> tuple[list, list]:
+    """The answer records and the grader's score of each one's first response (0 for none)."""
     grader = load_grader(grader_spec)
     records, _ = read_records(answers_path, "generations")
     scores = [
         grade(grader, r.prompt, r.responses[0], spec=grader_spec) if r.responses else 0.0
         for r in records
     ]
-    accuracy = sum(scores) / len(scores) if scores else math.nan
-    return OracleScore(num_prompts=len(scores), oracle_accuracy=accuracy)
+    return records, scores
