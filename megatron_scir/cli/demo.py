@@ -124,6 +124,15 @@ TABLE = (
 METRICS = (
     "oracle_accuracy", "judge_accuracy", "implicit_accuracy", "consistency_rate", "pairs_used"
 )
+# results.md also reports these (issue 23's metrics: agreement at the start and end of training,
+# response length, the judge's verdict mass and position consistency on the iteration's pairs)
+DETAIL = (
+    ("consistency_train_start", "consistency start"),
+    ("consistency_train_end", "consistency end"),
+    ("response_tokens", "resp tokens"),
+    ("reference_verdict_mass", "verdict mass"),
+    ("reference_judge_position_consistency", "judge pos. consistency"),
+)
 PLOT = (
     ("oracle_accuracy", "oracle accuracy (greedy)"),
     ("judge_accuracy", "judge accuracy"),
@@ -148,6 +157,14 @@ def register(subparsers) -> None:
     parser.add_argument("--iterations", type=int, help="iterations T (default 2; --full 3)")
     parser.add_argument("--methods", nargs="+", choices=tuple(METHODS), help="methods to run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the task's size (write_task_files: max_operand, num_sft, num_judge, num_prompts, "
+        "misconception_rate, judge_error_rate, ...); repeatable",
+    )
     parser.add_argument("overrides", nargs="*", help="a.b=c config overrides for every run")
     parser.set_defaults(func=run)
 
@@ -164,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         plan = dict(FULL if args.full else QUICK)
         settings = SETTINGS + (FULL_SETTINGS if args.full else ())
         task = TASK
+    task = {**task, **_task_settings(args.task)}
     plan["seeds"] = tuple(args.seeds or plan["seeds"])
     plan["iterations"] = args.iterations or plan["iterations"]
     plan["methods"] = tuple(args.methods or plan["methods"])
@@ -179,6 +197,33 @@ def run(args: argparse.Namespace) -> int:
         command="scir demo " + " ".join(sys.argv[2:]),
     )
     return 0
+
+
+def _task_settings(pairs: list[str]) -> dict:
+    """``--task KEY=VALUE`` as keyword arguments of ``write_task_files`` (numbers), checked."""
+    import inspect
+
+    from megatron_scir.config import ConfigError  # lazy: keeps `scir --help` instant
+    from megatron_scir.tasks.arithmetic import write_task_files  # lazy: as above
+
+    known = {
+        name: param.default
+        for name, param in inspect.signature(write_task_files).parameters.items()
+        if param.kind == param.KEYWORD_ONLY and name != "seed"
+    }
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in known:
+            raise ConfigError(
+                f"--task {pair!r}: expected KEY=VALUE with KEY one of {sorted(known)}"
+            )
+        kind = type(known[key])
+        try:
+            settings[key] = kind(value)
+        except ValueError:
+            raise ConfigError(f"--task {pair!r}: {key} takes a {kind.__name__}") from None
+    return settings
 
 
 def run_study(
@@ -318,10 +363,13 @@ def _write_results(
         records, out / "results.png", metrics=PLOT, group="method",
         title=f"SCIR vs SRLM, {model}, arithmetic task ({len(seeds)} seed(s); band: min-max)",
     )
-    rows = aggregate(records, by=("iteration", "method"), metrics=METRICS)
+    detail = [(m, header) for m, header in DETAIL if any(m in r for r in records)]
+    rows = aggregate(
+        records, by=("iteration", "method"), metrics=METRICS + tuple(m for m, _ in detail)
+    )
     columns = [("iteration", "iteration"), ("method", "method"), ("n", "seeds")] + [
         (m, header) for m, header in TABLE if m in METRICS
-    ]
+    ] + detail
     wall = time.perf_counter() - start
     text = (
         f"# Demo results\n\nCommand: `{command}`\n\nMachine: {platform.machine()}, "

@@ -421,6 +421,9 @@ def train_policy(run: IterationRun, out: Path, t: int, model: str, pairs: str) -
         selected = [s.get(SELECTED_RATE, s.get(CONSISTENCY_RATE)) for s in steps]
         selected = [value for value in selected if value is not None]
         fraction = sum(selected) / len(selected) if selected else math.nan
+        # SCIR's agreement at the first step (0 under implicit_reference=current: P_I = ½)
+        first = next((s[CONSISTENCY_RATE] for s in steps if CONSISTENCY_RATE in s), math.nan)
+        result.metrics["consistency_train_start"] = first
     else:  # every labelled pair is trained on (srlm drops the judge's unsure ones as -1 labels)
         fraction = sum(p.label is not None for p in data.pairs) / max(num_pairs, 1)
     result.metrics["pairs_used_fraction"] = fraction
