@@ -90,3 +90,30 @@ def finish_response(
     if cut >= 0:
         return Response(text[:cut], truncated=False, num_tokens=len(completion.token_ids))
     return Response(text, truncated=not completion.hit_eos, num_tokens=len(completion.token_ids))
+
+
+def check_batch(
+    prompts: Sequence[Sequence[int]],
+    settings: SamplingSettings,
+    *,
+    max_batch_size: int,
+    max_prompt_length: int,
+    max_new_tokens: int,
+) -> None:
+    """A backend's limits: 1..max_batch_size prompts of 1..max_prompt_length tokens, at most
+    ``max_new_tokens`` new tokens.
+
+    Raises:
+        ValueError: naming the limit the batch exceeds.
+    """
+    if not 0 < len(prompts) <= max_batch_size:
+        raise ValueError(f"{len(prompts)} prompts for a batch of at most {max_batch_size}")
+    longest = max(len(p) for p in prompts)
+    if min(len(p) for p in prompts) == 0 or longest > max_prompt_length:
+        raise ValueError(
+            f"prompt lengths must be in [1, {max_prompt_length}] (longest: {longest})"
+        )
+    if settings.max_new_tokens > max_new_tokens:
+        raise ValueError(
+            f"max_new_tokens {settings.max_new_tokens} exceeds the backend's {max_new_tokens}"
+        )

@@ -51,7 +51,7 @@ import torch
 
 from megatron_scir.config import ConfigError
 from megatron_scir.config.choices import Engine, TransformerImpl
-from megatron_scir.generation.backend import Completion, GenerationBackend
+from megatron_scir.generation.backend import Completion, GenerationBackend, check_batch
 from megatron_scir.generation.cuda_graphs import check_cuda_graphs, decode_cuda_graphs
 from megatron_scir.generation.sampling import sample_tokens
 from megatron_scir.generation.settings import SamplingSettings
@@ -340,18 +340,10 @@ class StaticEngineBackend:
         return completions
 
     def _check(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings) -> None:
-        if not 0 < len(prompts) <= self.max_batch_size:
-            raise ValueError(f"{len(prompts)} prompts for a batch of at most {self.max_batch_size}")
-        longest = max(len(p) for p in prompts)
-        if min(len(p) for p in prompts) == 0 or longest > self.max_prompt_length:
-            raise ValueError(
-                f"prompt lengths must be in [1, {self.max_prompt_length}] (longest: {longest})"
-            )
-        if settings.max_new_tokens > self.max_new_tokens:
-            raise ValueError(
-                f"max_new_tokens {settings.max_new_tokens} exceeds the KV cache's "
-                f"{self.max_new_tokens}"
-            )
+        check_batch(
+            prompts, settings, max_batch_size=self.max_batch_size,
+            max_prompt_length=self.max_prompt_length, max_new_tokens=self.max_new_tokens,
+        )
 
     def close(self) -> None:
         """Free the KV cache, end Megatron's process-wide inference mode, restore train mode."""

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from megatron_scir.config import ConfigError
-from megatron_scir.generation.backend import Completion
+from megatron_scir.generation.backend import Completion, check_batch
 from megatron_scir.generation.settings import SamplingSettings
 
 PIP_INSTALL = "pip install 'megatron-scir[vllm]'"
@@ -176,18 +176,10 @@ class VllmBackend:
         ]
 
     def _check(self, prompts: Sequence[Sequence[int]], settings: SamplingSettings) -> None:
-        if not 0 < len(prompts) <= self.max_batch_size:
-            raise ValueError(f"{len(prompts)} prompts for a batch of at most {self.max_batch_size}")
-        longest = max(len(p) for p in prompts)
-        if min(len(p) for p in prompts) == 0 or longest > self.max_prompt_length:
-            raise ValueError(
-                f"prompt lengths must be in [1, {self.max_prompt_length}] (longest: {longest})"
-            )
-        if settings.max_new_tokens > self.max_new_tokens:
-            raise ValueError(
-                f"max_new_tokens {settings.max_new_tokens} exceeds the backend's "
-                f"{self.max_new_tokens}"
-            )
+        check_batch(
+            prompts, settings, max_batch_size=self.max_batch_size,
+            max_prompt_length=self.max_prompt_length, max_new_tokens=self.max_new_tokens,
+        )
 
     def close(self) -> None:
         """Free vLLM's engine, its KV cache and its parallel groups (the world stays: the job
