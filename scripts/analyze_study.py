@@ -1,6 +1,7 @@
 """What the self-rewarding methods trained on, per method and iteration, from a ``scir demo`` run.
 
     .venv/bin/python scripts/analyze_study.py runs/demo        # or the --full study's --out
+    .venv/bin/python scripts/analyze_study.py runs/study --max-operand 10   # --model smollm2
 
 For every iteration's pairs (``iter_t/reference/pairs.ref.jsonl``: the pairs with M_t's judge)
 it grades both responses with the task's grader and prints, as mean ± std over seeds:
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from megatron_scir.tasks.arithmetic import grade, misconceptions, parse_operands
 
-TASK = {"max_operand": 5}  # scir demo's task (megatron_scir/cli/demo.py TASK)
+TASK = {"max_operand": 5}  # scir demo's task (megatron_scir/cli/demo.py TASK; smollm2: 10)
 
 
 def p_judge(record: dict) -> float:
@@ -41,8 +42,8 @@ def p_judge(record: dict) -> float:
     return 0.5 * (s12 + s21)
 
 
-def analyze(iteration_dir: Path, seed: int) -> dict[str, float]:
-    wrong_answers = misconceptions(seed=seed, **TASK)
+def analyze(iteration_dir: Path, seed: int, max_operand: int) -> dict[str, float]:
+    wrong_answers = misconceptions(seed=seed, max_operand=max_operand)
     pairs = [
         json.loads(line)
         for line in (iteration_dir / "reference" / "pairs.ref.jsonl").read_text().splitlines()
@@ -84,7 +85,7 @@ def analyze(iteration_dir: Path, seed: int) -> dict[str, float]:
     }
 
 
-def main(study: Path) -> None:
+def main(study: Path, max_operand: int = TASK["max_operand"]) -> None:
     rows: dict[tuple[int, str], list[dict[str, float]]] = defaultdict(list)
     for seed_dir in sorted(study.glob("seed*")):
         seed = int(seed_dir.name[4:])
@@ -92,7 +93,7 @@ def main(study: Path) -> None:
             for it_dir in sorted(method_dir.glob("iter_*")):
                 t = int(it_dir.name[5:])
                 if t >= 1 and (it_dir / "train" / "stage.json").is_file():
-                    rows[t, method_dir.name].append(analyze(it_dir, seed))
+                    rows[t, method_dir.name].append(analyze(it_dir, seed, max_operand))
     keys = list(next(iter(rows.values()))[0])
     print("| iteration | method | " + " | ".join(keys) + " |")
     print("|---:|:---|" + "---:|" * len(keys))
@@ -107,4 +108,10 @@ def main(study: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo"))
+    args = sys.argv[1:]
+    operand = TASK["max_operand"]
+    if "--max-operand" in args:
+        at = args.index("--max-operand")
+        operand = int(args[at + 1])
+        del args[at : at + 2]
+    main(Path(args[0] if args else "runs/demo"), operand)

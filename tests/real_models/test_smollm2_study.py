@@ -16,8 +16,9 @@ import pytest
 pytestmark = pytest.mark.real_model
 
 METHODS = ("scir", "srlm", "dpo-oracle", "scir-prev")
-# 64 facts (operands 0..7): 64 held-out pairs and 64 graded prompts
-TASK = ("max_operand=7", "num_sft=64", "num_judge=256", "num_prompts=32")
+# the study's 121 facts (operands 0..10): 121 held-out pairs and graded prompts; a shorter seed
+# SFT (64 instruction and 320 judge records, 2 epochs: 48 steps)
+TASK = ("max_operand=10", "num_sft=64", "num_judge=320", "num_prompts=32")
 
 
 @pytest.mark.timeout(1800)
@@ -27,8 +28,7 @@ def test_one_short_iteration_of_each_method_on_smollm2(smollm2_dir, tmp_path):
         sys.executable, "-m", "megatron_scir.cli", "demo", "--model", "smollm2", "--seeds", "0",
         "--iterations", "1", "--methods", *METHODS, "--out", str(out), "--no-progress",
         *(f"--task={setting}" for setting in TASK),
-        # a shorter seed SFT than the study's, at a higher rate, teaches the judge as much
-        "iteration.prompts_per_iteration=8", "train.epochs=1", "train.sft_lr=5e-5",
+        "iteration.prompts_per_iteration=8", "train.epochs=1",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -41,8 +41,9 @@ def test_one_short_iteration_of_each_method_on_smollm2(smollm2_dir, tmp_path):
         f"\nM_0: oracle {seed['oracle_accuracy_m0']:.3f}, judge {seed['judge_accuracy_m0']:.3f}; "
         f"M_1: oracle {seed['oracle_accuracy']:.3f}, judge {seed['judge_accuracy']:.3f}"
     )
-    # the seed judge beats chance on the 64 held-out pairs: a coin reaches 0.60 with p < 0.06
-    assert seed["num_pairs"] == 64 and seed["judge_accuracy"] >= 0.6, seed
+    # the seed judge beats chance on the 121 held-out pairs: a coin scores 70/121 = 0.579 or more
+    # with p = 0.05 (one-sided binomial)
+    assert seed["num_pairs"] == 121 and seed["judge_accuracy"] >= 0.579, seed
     for method, record in first.items():
         print(method, {k: record[k] for k in ("oracle_accuracy", "judge_accuracy", "pairs_used")})
         for key in ("oracle_accuracy", "judge_accuracy", "implicit_accuracy", "loss_total"):
