@@ -49,6 +49,7 @@ METHODS = {
     "scir-no-conf": ("scir.mode=scir", "scir.confidence_weight=0"),
     "scir-margin": ("scir.mode=scir", "scir.margin=0.1"),
     "scir-all": ("scir.mode=scir", "scir.selection=all"),
+    "scir-len-norm": ("scir.mode=scir", "scir.length_normalize=true"),
     # the implicit reward against M_{t-1} (M_0, the model seed SFT started from, at t = 1)
     "scir-prev": ("scir.mode=scir", "scir.implicit_reference=previous"),
 }
@@ -109,7 +110,7 @@ SMOLLM2_FULL = {
     "iterations": 3,
     "methods": (
         *("scir", "srlm", "dpo-oracle", "scir-prev"),
-        *("scir-ct", "scir-all", "scir-no-cons", "scir-no-conf", "scir-margin"),
+        *("scir-ct", "scir-all", "scir-len-norm", "scir-no-cons", "scir-no-conf", "scir-margin"),
     ),
 }
 TABLE = (
