@@ -13,15 +13,7 @@ from pathlib import Path
 import pytest
 
 from megatron_scir.data import read_records
-from megatron_scir.tasks.arithmetic import write_task_files
 from tests.iteration.test_iterate import overrides
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return write_task_files(
-        tmp_path_factory.mktemp("task"), num_sft=64, num_judge=64, num_prompts=96, max_operand=9
-    )
 
 
 def _iterate(task, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_scir.tasks.arithmetic import PAIRWISE_JUDGE_TEMPLATE, write_task_files
+from megatron_scir.tasks.arithmetic import PAIRWISE_JUDGE_TEMPLATE
 from megatron_scir.testing.distributed import run_distributed
 
 BASE = [
@@ -41,13 +41,6 @@ BASE = [
     "logging.tensorboard=false",
     f"judge.pairwise_template={PAIRWISE_JUDGE_TEMPLATE}",
 ]
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return write_task_files(
-        tmp_path_factory.mktemp("task"), num_sft=64, num_judge=64, num_prompts=96, max_operand=9
-    )
 
 
 def overrides(task, run_dir: Path, *extra: str) -> list[str]:
