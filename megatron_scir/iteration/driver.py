@@ -536,6 +536,8 @@ def _train(
         iteration=t,
         resume=True,
         progress=run.progress,
+        # the next iteration starts a fresh optimizer: the finished stage keeps weights only
+        final_optimizer=False,
     )
     result = trained.result
     if result.preempted:

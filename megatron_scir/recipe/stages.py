@@ -168,10 +168,12 @@ def train_stage(
     iteration: int = 0,
     resume: bool = False,
     progress: bool | None = None,
+    final_optimizer: bool = True,
 ) -> Trained:
     """Train ``chunks`` in place: on ``pairs`` (with reference log-probs) with ``scir.mode``,
     or, with ``pairs=None``, the seed SFT stage on ``data.seed_sft`` / ``data.seed_judge``
-    (``train.sft_lr`` as the peak learning rate).
+    (``train.sft_lr`` as the peak learning rate). ``final_optimizer``: see
+    :func:`~megatron_scir.training.trainer.train`.
 
     Returns:
         The trainer's result (``preempted`` on SIGTERM/SIGUSR1 after saving), the chunks and
@@ -201,6 +203,7 @@ def train_stage(
         iteration=iteration,
         resume=resume,
         progress=progress,
+        final_optimizer=final_optimizer,
     )
     return Trained(result, list(chunks), data)
 

@@ -11,8 +11,11 @@ step (``make_forward_step`` or ``make_sft_forward_step``). Per optimizer step, o
 Checkpoints (``checkpoint.save/step_NNNNNNN``, every ``checkpoint.save_interval`` steps and at
 the end, the newest ``checkpoint.keep_last`` kept) hold the model, the optimizer, the LR
 scheduler, the data position, the skip counters and each rank's RNG states, so a resumed run
-continues exactly where the checkpoint was written. SIGTERM/SIGUSR1 finish the current step,
-save, and return a preempted result (the CLI exits with ``EXIT_PREEMPTED``).
+continues exactly where the checkpoint was written. With ``final_optimizer=False`` (the
+self-rewarding loop: every iteration starts a fresh optimizer) the checkpoint of the last step
+leaves the optimizer out, a third of the size under Adam (Megatron's ``--no-save-optim``, for
+the final save only: a mid-run checkpoint still resumes exactly). SIGTERM/SIGUSR1 finish the
+current step, save, and return a preempted result (the CLI exits with ``EXIT_PREEMPTED``).
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from pathlib import Path
 import torch
 
 from megatron_scir.checkpoint import (
+    CheckpointError,
     is_complete,
     latest_checkpoint,
     load_checkpoint,
+    read_metadata,
     save_checkpoint,
 )
 from megatron_scir.config import Config
@@ -102,6 +107,7 @@ def train(
     iteration: int = 0,
     resume: bool = False,
     progress: bool | None = None,
+    final_optimizer: bool = True,
 ) -> TrainResult:
     """Train ``chunks`` on ``data`` with ``forward_step`` for ``data.num_train_steps`` steps.
 
@@ -120,9 +126,13 @@ def train(
         iteration: The self-rewarding iteration (stored in the checkpoints).
         resume: Continue from the newest complete checkpoint under ``save_dir``, if any.
         progress: Progress bar on rank 0 (default ``logging.progress``).
+        final_optimizer: Keep the optimizer state in the checkpoint of the last step (False:
+            weights, scheduler, data position and RNG states only; such a checkpoint resumes
+            a run that has no step left, and nothing else).
 
     Raises:
         TrainingDiverged: too many consecutive NaN/inf steps.
+        CheckpointError: resuming from a checkpoint without optimizer state while steps remain.
     """
     model = wrap_with_ddp(list(chunks), cfg)
     optimizer = build_optimizer(cfg, model)
@@ -130,7 +140,7 @@ def train(
     scheduler = build_scheduler(cfg, optimizer, num_steps)
     state = TrainState()
     if resume and save_dir is not None:
-        state = _resume(Path(save_dir), model, optimizer, scheduler, data, cfg)
+        state = _resume(Path(save_dir), model, optimizer, scheduler, data, cfg, num_steps)
     num_micro = micro_batches_per_step(cfg.train, runtime.dp_size)
     batches = iter(data.train_dataloader())
     show = cfg.logging.progress if progress is None else progress
@@ -156,8 +166,10 @@ def train(
                 _check_divergence(state, cfg)
                 preempted = stop.agreed()
                 if save_dir is not None and (preempted or _save_due(state.step, num_steps, cfg)):
+                    last = state.step == num_steps and not final_optimizer
                     checkpoint = _save(
-                        Path(save_dir), runtime, cfg, model, optimizer, scheduler, state, iteration
+                        Path(save_dir), runtime, cfg, model, None if last else optimizer,
+                        scheduler, state, iteration,
                     )
                 if preempted:
                     logger.warning("stop signal %s: saved step %d", stop.signal_name, state.step)
@@ -271,13 +283,26 @@ def _remove_old(save_dir: Path, keep_last: int) -> None:
         shutil.rmtree(doomed)
 
 
-def _resume(save_dir, model, optimizer, scheduler, data, cfg) -> TrainState:
-    """Load the newest complete checkpoint under ``save_dir``; a fresh state without one."""
+def _resume(save_dir, model, optimizer, scheduler, data, cfg, num_steps: int) -> TrainState:
+    """Load the newest complete checkpoint under ``save_dir``; a fresh state without one.
+
+    A checkpoint saved without the optimizer (the last step's, ``final_optimizer=False``) is
+    loaded without it when it ends the run; with steps left it is refused."""
     latest = latest_checkpoint(save_dir)
     if latest is None:
         logger.info("no checkpoint under %s: starting from step 0", save_dir)
         return TrainState()
-    loaded = load_checkpoint(latest, model, cfg, optimizer=optimizer, rank_state=True)
+    metadata = read_metadata(latest)
+    with_optimizer = "optimizer" in metadata.contents
+    if not with_optimizer and metadata.step < num_steps:
+        raise CheckpointError(
+            f"checkpoint {latest} holds no optimizer state (the last checkpoint of a finished "
+            f"run, step {metadata.step}) and this run has {num_steps} steps: continue from an "
+            "earlier checkpoint of it, or start a new run from these weights (checkpoint.load)"
+        )
+    loaded = load_checkpoint(
+        latest, model, cfg, optimizer=optimizer if with_optimizer else None, rank_state=True
+    )
     state = TrainState(**loaded.extra_state["train"])
     scheduler.load_state_dict(loaded.extra_state["scheduler"])
     data.load_state_dict({"consumed_samples": state.consumed_samples})

@@ -155,6 +155,14 @@ def test_sigkill_in_generation_reference_and_training_then_rerun_equals_an_unint
         assert torch.equal(got[key], value), key
     metrics = [json.loads(line) for line in (killed_run / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [0, 1]
+    # the resume used step 2's optimizer state; the finished stage keeps the weights only (the
+    # next iteration starts a fresh optimizer)
+    from megatron_scir.checkpoint import read_metadata
+
+    marker = json.loads((_stage(killed_run, "train") / "stage.json").read_text())
+    checkpoints = _stage(killed_run, "train") / "checkpoints"
+    assert "optimizer" in read_metadata(checkpoints / "step_0000002").contents
+    assert "optimizer" not in read_metadata(marker["outputs"]["checkpoint"]).contents
 
     changed = subprocess.run(
         [*cmd, "scir.beta=0.3"], capture_output=True, text=True, timeout=300
