@@ -26,6 +26,8 @@ setup(
     ],
     extras_require={
         "hf": ["transformers>=4.51"],
+        # data inputs beyond JSONL: Parquet (pyarrow), save_to_disk folders and hf: datasets
+        "data": ["datasets>=3", "pyarrow>=15"],
         "fp8": ["transformer-engine[pytorch]"],
         # generation.engine=vllm (CUDA-only wheels; megatron-scir never imports it on CPU)
         "vllm": ["vllm>=0.10"],
@@ -37,6 +39,9 @@ setup(
             # the real-model tier (tests/real_models): transformers' GGUF loader
             "gguf>=0.10",
             "accelerate>=1.0",
+            # the chat-data tests (Parquet, save_to_disk, hf: datasets)
+            "datasets>=3",
+            "pyarrow>=15",
         ],
     },
     entry_points={"console_scripts": ["scir=megatron_scir.cli:main"]},

@@ -32,7 +32,7 @@ ensure_venv() {
     "$py" -m venv "$cache"
     "$cache/bin/python" -m pip install -q --upgrade pip
     "$cache/bin/python" -m pip install -q -r requirements/ci.txt
-    "$cache/bin/python" -m pip install -q -e ".[hf,test]"
+    "$cache/bin/python" -m pip install -q -e ".[hf,test,data]"
     touch "$cache/.complete"
   fi
   if [[ -L .venv || ! -e .venv ]]; then
@@ -42,6 +42,6 @@ ensure_venv() {
 
 install_package() {
   echo "== installing megatron-scir (editable) into $(readlink -f .venv)"
-  .venv/bin/python -m pip install -q --no-deps -e ".[hf,test]"
+  .venv/bin/python -m pip install -q --no-deps -e ".[hf,test,data]"
   .venv/bin/python -c "import torch, megatron.core; print('torch', torch.__version__, '| megatron-core', megatron.core.__version__)"
 }

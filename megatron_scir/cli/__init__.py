@@ -73,6 +73,14 @@ def _quiet_megatron_notices() -> None:
     # async-save path (megatron-scir saves synchronously)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     logging.getLogger("megatron.core.dist_checkpointing.strategies.torch").setLevel(logging.ERROR)
+    # what shape each input's rows were read as (messages, preference rows), one line per file
+    reading = logging.getLogger("megatron_scir.data.jsonl")
+    if not reading.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        reading.addHandler(handler)
+        reading.setLevel(logging.INFO)
+        reading.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:

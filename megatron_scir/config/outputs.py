@@ -94,7 +94,7 @@ _PROMPT_DATA = tuple(
     f"data.{key}"
     for key in (
         *("prompts", "on_bad_record", "tokenizer_type", "tokenizer_path", "chat_template"),
-        "max_prompt_length",
+        *("max_prompt_length", "columns"),
     )
 )
 

@@ -368,13 +368,20 @@ class DataConfig:
     """plain (documented User:/Assistant: turns), tokenizer (the HF tokenizer's own template),
     or a format string with {prompt}."""
     prompts: str | None = None
-    """JSONL of {"id", "prompt"} records: the prompt pool."""
+    """The prompt pool: {"id", "prompt"} records, "messages" conversations or preference rows.
+    Every data input is a .jsonl, .json or .parquet file, a datasets save_to_disk folder
+    (DIR or DIR:SPLIT) or a Hub dataset hf:NAME[:CONFIG]:SPLIT (docs/data.md)."""
     seed_sft: str | None = None
-    """JSONL of {"prompt", "response"} seed instruction data."""
+    """Seed instruction data: {"prompt", "response"}, "messages" ending with the answer, or
+    preference rows (prompt + chosen)."""
     seed_judge: str | None = None
-    """JSONL of pairwise or pointwise seed judge data."""
+    """Seed judge data: pairwise or pointwise records, or preference rows (pairwise verdicts)."""
     on_bad_record: str = "error"
-    """error: stop at the first bad JSONL line (file:line); skip: skip, count and summarise."""
+    """error: stop at the first bad record (file:line or file:row N); skip: skip, count and
+    summarise."""
+    columns: list[str] = field(default_factory=list)
+    """Renames of source columns, FIELD=COLUMN (e.g. [prompt=instruction,response=output]),
+    applied to every data input before its shape is recognised."""
     max_prompt_length: int = 256
     """Token budget of chat(prompt): the one prompt budget of generation, pairs, the reference
     pass and training (left-truncated beyond it, the chat template kept whole)."""

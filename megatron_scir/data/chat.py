@@ -1,4 +1,4 @@
-"""Chat formatting of policy prompts and judge instructions (one user turn + assistant header).
+"""Chat formatting of policy prompts and judge instructions (the turns + the assistant header).
 
 ``data.chat_template`` picks the format:
 
@@ -8,15 +8,28 @@
 - ``tokenizer``: the Hugging Face tokenizer's own chat template (``add_generation_prompt``).
 - any other string: a format string containing ``{prompt}`` exactly once (other braces are
   literal text).
+
+A prompt may be a conversation (:data:`~megatron_scir.data.records.Conversation`): the HF template
+renders its messages; ``plain`` renders each turn as ``System: …\n\n``, ``User: …\n\n`` or
+``Assistant:\n…\n\n`` (an answer reads as it follows the header) and ends with the header, so a
+single user turn renders exactly as before; a format string holds one user turn and refuses
+conversations.
 """
 
 from __future__ import annotations
 
 from megatron_scir.config.errors import ConfigError
+from megatron_scir.data.errors import DataError
+from megatron_scir.data.records import Prompt, messages_json
 from megatron_scir.data.tokenizer import Tokenizer
 
 PLAIN_CHAT_TEMPLATE = "User: {prompt}\n\nAssistant:\n"
 PROMPT_PLACEHOLDER = "{prompt}"
+_PLAIN_TURNS = {
+    "system": "System: {}\n\n",
+    "user": "User: {}\n\n",
+    "assistant": "Assistant:\n{}\n\n",
+}
 
 
 class ChatFormat:
@@ -46,11 +59,21 @@ class ChatFormat:
                     "once (or be plain / tokenizer)"
                 )
 
-    def render(self, prompt: str) -> str:
-        """The text of one user turn holding ``prompt`` plus the assistant header."""
+    def render(self, prompt: Prompt) -> str:
+        """The text of ``prompt``'s turns (one user turn for a string) plus the assistant
+        header."""
         if self._format is None:
-            return self.tokenizer.apply_chat_template(prompt)
-        return self._format.replace(PROMPT_PLACEHOLDER, prompt)
+            if isinstance(prompt, str):
+                return self.tokenizer.apply_chat_template(prompt)
+            return self.tokenizer.apply_chat_template(messages_json(prompt))
+        if isinstance(prompt, str):
+            return self._format.replace(PROMPT_PLACEHOLDER, prompt)
+        if self.kind != "plain":
+            raise DataError(
+                "a conversation prompt needs data.chat_template=plain or tokenizer (a format "
+                "string renders one user turn)"
+            )
+        return "".join(_PLAIN_TURNS[m.role].format(m.content) for m in prompt) + "Assistant:\n"
 
     def add_bos(self, text: str) -> bool:
         """BOS goes first unless the rendered text already spells it (HF chat templates do)."""

@@ -164,7 +164,9 @@ class MicroBatchDataModule(abc.ABC):
         """The collate function of this DataModule's micro-batch layout."""
 
     def _read(self, path: str | os.PathLike, kind: str) -> list[Any]:
-        records, report = read_records(path, kind, on_bad_record=self.cfg.data.on_bad_record)
+        records, report = read_records(
+            path, kind, on_bad_record=self.cfg.data.on_bad_record, columns=self.cfg.data.columns
+        )
         self.read_reports.append(report)
         return records
 

@@ -13,7 +13,7 @@ class DataError(UserError):
 
 
 class RecordError(DataError):
-    """A bad JSONL line. The message starts with ``path:line:``.
+    """A bad JSONL line (or row). The message starts with ``path:line:`` (``path:row N:``).
 
     Attributes:
         path: The file holding the bad line.
@@ -22,9 +22,12 @@ class RecordError(DataError):
         detail: What exactly is wrong with the line.
     """
 
-    def __init__(self, path: str, line: int, problem: str, detail: str, hint: str = "") -> None:
+    def __init__(
+        self, path: str, line: int, problem: str, detail: str, hint: str = "", unit: str = "line"
+    ) -> None:
         self.path, self.line, self.problem, self.detail = path, line, problem, detail
-        message = f"{path}:{line}: {problem}: {detail}"
+        place = f"{path}:{line}" if unit == "line" else f"{path}:{unit} {line}"
+        message = f"{place}: {problem}: {detail}"
         super().__init__(f"{message} ({hint})" if hint else message)
 
 

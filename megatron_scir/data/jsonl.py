@@ -1,4 +1,8 @@
-"""Reading JSONL records with line-by-line validation, and atomic writing.
+"""Reading input records with row-by-row validation, and atomic JSONL writing.
+
+Any source of :mod:`megatron_scir.data.sources` (JSONL, JSON, Parquet, a ``save_to_disk``
+folder, a Hub dataset); every row is first renamed by ``data.columns`` and turned from its shape
+into this project's fields (:mod:`megatron_scir.data.shapes`), then checked as below.
 
 Every line is checked (UTF-8, JSON, an object, the kind's fields and types, non-empty texts,
 unique ids). With ``on_bad_record="error"`` the first bad line raises a :class:`RecordError`
@@ -18,7 +22,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,15 @@ from megatron_scir.data.records import (
     RecordProblem,
     record_to_json,
 )
+from megatron_scir.data.shapes import (
+    EXPECTED,
+    NATIVE,
+    check_columns,
+    parse_columns,
+    rename,
+    to_native,
+)
+from megatron_scir.data.sources import describe_missing, iter_rows, parse_source, row_unit
 from megatron_scir.data.stream import StreamScan, atomic_open, encode_json_line, is_stream
 
 logger = logging.getLogger(__name__)
@@ -55,6 +68,7 @@ class ReadReport:
         examples: The first few skipped lines' messages (``file:line: problem: detail``).
         num_uncommitted_lines: Stream lines after the last commit (an interrupted writer).
         num_identical: Pairs dropped because their two responses are the same text.
+        shapes: Records read by shape (``native``, ``messages``, ``preference``).
     """
 
     path: str
@@ -65,6 +79,7 @@ class ReadReport:
     examples: list[str] = field(default_factory=list)
     num_uncommitted_lines: int = 0
     num_identical: int = 0
+    shapes: Counter = field(default_factory=Counter)
 
     def skip(self, error: RecordError, count: int = 1) -> None:
         """Count a skipped bad line (or ``count`` records of a corrupt chunk)."""
@@ -76,6 +91,8 @@ class ReadReport:
     def summary(self) -> str:
         """One line for logs: records read, skips by problem, first skipped lines."""
         text = f"{self.path}: {self.num_records} {self.kind} records"
+        if set(self.shapes) - {NATIVE}:
+            text += " (" + ", ".join(f"{n} {s}" for s, n in self.shapes.most_common()) + " rows)"
         if self.num_skipped:
             kinds = ", ".join(f"{n} {kind}" for kind, n in self.problems.most_common())
             text += f", {self.num_skipped} skipped ({kinds}); first: " + " | ".join(self.examples)
@@ -87,14 +104,21 @@ class ReadReport:
 
 
 def read_records(
-    path: str | os.PathLike, kind: str, *, on_bad_record: str = "error"
+    path: str | os.PathLike,
+    kind: str,
+    *,
+    on_bad_record: str = "error",
+    columns: Sequence[str] = (),
 ) -> tuple[list[Record], ReadReport]:
-    """Read and validate every line of a JSONL file of ``kind`` records.
+    """Read and validate every row of a source of ``kind`` records.
 
     Args:
-        path: The JSONL file (plain, or an append-with-commit stream).
+        path: The source (:mod:`~megatron_scir.data.sources`): a JSONL file (plain, or an
+            append-with-commit stream), a JSON or Parquet file, a ``save_to_disk`` folder
+            (``DIR[:SPLIT]``) or ``hf:NAME[:CONFIG]:SPLIT``.
         kind: One of ``prompts``, ``sft``, ``judge``, ``generations``, ``pairs``.
         on_bad_record: ``error`` (raise at the first bad line) or ``skip`` (count and go on).
+        columns: ``data.columns`` (``FIELD=COLUMN`` renames).
 
     Returns:
         The records in file order (each with ``where = "path:line"``) and the report.
@@ -108,16 +132,24 @@ def read_records(
         raise DataError(f"unknown record kind {kind!r}; expected one of {', '.join(RECORD_KINDS)}")
     if on_bad_record not in ("error", "skip"):
         raise DataError(f"data.on_bad_record={on_bad_record!r}: expected error or skip")
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist (expected a JSONL file of {kind} records)")
-    report = ReadReport(str(path), kind)
-    records = list(_iter_valid(path, kind, on_bad_record, report))
+    source = parse_source(path)
+    missing = describe_missing(source, f"a JSONL file of {kind} records")
+    if missing:
+        raise DataError(missing)
+    report = ReadReport(source.spec, kind)
+    mapping = parse_columns(columns)
+    if source.form == "jsonl":
+        rows = _jsonl_rows(source.path, on_bad_record, report)
+    else:
+        rows = iter_rows(source)
+    records = list(_iter_valid(rows, source, kind, on_bad_record, report, mapping))
     report.num_records = len(records)
     if not records and kind in INPUT_KINDS:
         raise DataError(_nothing_read(report))
     if report.num_skipped or report.num_uncommitted_lines or report.num_identical:
         logger.warning("%s", report.summary())
+    elif set(report.shapes) - {NATIVE}:  # what the rows were read as (the CLI shows INFO here)
+        logger.info("%s", report.summary())
     return records, report
 
 
@@ -141,42 +173,72 @@ def _nothing_read(report: ReadReport) -> str:
     )
 
 
-def _iter_valid(path: Path, kind: str, policy: str, report: ReadReport) -> Iterator[Record]:
-    parse, id_field = PARSERS[kind], ID_FIELDS[kind]
+def _jsonl_rows(path: Path, policy: str, report: ReadReport) -> Iterator[tuple[int, Any]]:
+    """``(line number, decoded object | RecordProblem | None)`` of a JSONL file or stream."""
     hint = _SKIP_HINT if policy == OnBadRecord.ERROR else ""
-    seen: dict[str, int] = {}
     with open(path, "rb") as fh:
         scan = StreamScan(str(path)) if is_stream(fh.readline()) else None
         fh.seek(0)
         for number, line in scan.lines(fh) if scan else enumerate(fh, start=1):
-            try:
-                if line is None:  # a stream chunk that fails its commit marker's checks
-                    _, detail, num_lines = scan.corrupt[-1]
-                    error = RecordError(str(path), number, "corrupt chunk", detail, hint)
-                    if policy == OnBadRecord.ERROR:
-                        raise error
-                    report.skip(error, count=num_lines)
-                    continue
-                record = _parse_line(line, number, parse, f"{path}:{number}")
-                if record is None:
-                    continue
-                if id_field is not None:
-                    _check_unique(getattr(record, id_field), id_field, number, seen)
-                if isinstance(record, PairRecord) and _identical(record):
-                    report.num_identical += 1
-                    continue
-            except RecordProblem as problem:
-                error = RecordError(str(path), number, problem.kind, problem.detail, hint)
+            if line is None:  # a stream chunk that fails its commit marker's checks
+                _, detail, num_lines = scan.corrupt[-1]
+                error = RecordError(str(path), number, "corrupt chunk", detail, hint)
                 if policy == OnBadRecord.ERROR:
-                    raise error from None
-                report.skip(error)
+                    raise error
+                report.skip(error, count=num_lines)
                 continue
-            yield record
+            try:
+                yield number, _decode_line(line, number)
+            except RecordProblem as problem:
+                yield number, problem
         if scan is not None:
             report.num_uncommitted_lines = scan.num_uncommitted_lines
 
 
-def _parse_line(line: bytes, number: int, parse, where: str) -> Record | None:
+def _iter_valid(
+    rows, source, kind: str, policy: str, report: ReadReport, mapping: dict[str, str]
+) -> Iterator[Record]:
+    parse, id_field = PARSERS[kind], ID_FIELDS[kind]
+    hint = _SKIP_HINT if policy == OnBadRecord.ERROR else ""
+    unit = row_unit(source)
+    seen: dict[str, int] = {}
+    checked = not mapping
+    for number, obj in rows:
+        try:
+            if isinstance(obj, RecordProblem):
+                raise obj
+            if obj is None:  # a blank line
+                continue
+            if not isinstance(obj, dict):
+                raise RecordProblem(
+                    "not an object", f"expected a JSON object, got {type(obj).__name__}"
+                )
+            if not checked:
+                check_columns(mapping, obj, source.spec)
+                checked = True
+            shape, obj = to_native(rename(obj, mapping), kind, number)
+            place = number if unit == "line" else f"{unit} {number}"
+            where = f"{source.spec}:{place}"
+            record = parse(obj, where)
+            if id_field is not None:
+                _check_unique(getattr(record, id_field), id_field, number, seen, unit)
+            if isinstance(record, PairRecord) and _identical(record):
+                report.num_identical += 1
+                continue
+        except RecordProblem as problem:
+            detail = problem.detail
+            if problem.kind in ("missing field", "wrong shape") and kind in EXPECTED:
+                detail += f" (rows of {kind}: {EXPECTED[kind]})"
+            error = RecordError(source.spec, number, problem.kind, detail, hint, unit=unit)
+            if policy == OnBadRecord.ERROR:
+                raise error from None
+            report.skip(error)
+            continue
+        report.shapes[shape] += 1
+        yield record
+
+
+def _decode_line(line: bytes, number: int) -> Any:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -188,14 +250,11 @@ def _parse_line(line: bytes, number: int, parse, where: str) -> Record | None:
     if not text.strip():
         return None
     try:
-        obj = json.loads(text.rstrip("\r\n"), parse_constant=_refuse_constant)
+        return json.loads(text.rstrip("\r\n"), parse_constant=_refuse_constant)
     except json.JSONDecodeError as err:
         raise RecordProblem("malformed JSON", f"{err.msg} at column {err.colno}") from None
     except ValueError as err:
         raise RecordProblem("malformed JSON", str(err)) from None
-    if not isinstance(obj, dict):
-        raise RecordProblem("not an object", f"expected a JSON object, got {type(obj).__name__}")
-    return parse(obj, where)
 
 
 def _identical(pair: PairRecord) -> bool:
@@ -207,10 +266,14 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _check_unique(value: str, name: str, number: int, seen: dict[str, int]) -> None:
+def _check_unique(
+    value: str, name: str, number: int, seen: dict[str, int], unit: str = "line"
+) -> None:
     first = seen.setdefault(value, number)
     if first != number:
-        raise RecordProblem("duplicate id", f"duplicate {name} {value!r} (first at line {first})")
+        raise RecordProblem(
+            "duplicate id", f"duplicate {name} {value!r} (first at {unit} {first})"
+        )
 
 
 def write_records(path: str | os.PathLike, records: Iterable[Record | Mapping[str, Any]]) -> int:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from megatron_scir.config.errors import ConfigError
 from megatron_scir.data.chat import ChatFormat
+from megatron_scir.data.errors import DataError
+from megatron_scir.data.records import Message, Prompt, as_prompt
 
 BUDGET_KEY = "data.max_prompt_length"
 
@@ -53,10 +55,12 @@ def check_prompt_budget(chat: ChatFormat, budget: int) -> None:
         )
 
 
-def fit_prompt(chat: ChatFormat, prompt: str, budget: int) -> FittedPrompt:
-    """``chat(prompt)`` and its ids, left-truncating the prompt text to fit ``budget`` tokens.
+def fit_prompt(chat: ChatFormat, prompt: Prompt, budget: int) -> FittedPrompt:
+    """``chat(prompt)`` and its ids, left-truncating the prompt to fit ``budget`` tokens.
 
-    Each round drops at least one more token of the prompt's own encoding and re-renders, so the
+    A conversation first loses its oldest turns (a system turn stays), down to its last user
+    turn; then, as a single prompt, the text of that turn loses tokens from its start. Each
+    round drops at least one more token of the prompt's own encoding and re-renders, so the
     loop ends; the empty prompt fits after :func:`check_prompt_budget`.
     """
     text = chat.render(prompt)
@@ -64,16 +68,38 @@ def fit_prompt(chat: ChatFormat, prompt: str, budget: int) -> FittedPrompt:
     length = len(ids)
     if length <= budget:
         return FittedPrompt(text, tuple(ids), truncated=False, length=length)
+    system: tuple[Message, ...] = ()
+    last = prompt
+    if not isinstance(prompt, str):
+        system = prompt[:1] if prompt[0].role == "system" else ()
+        turns = list(prompt[len(system) :])
+        while len(turns) > 1:
+            turns = turns[1:]
+            while turns[0].role != "user":
+                turns = turns[1:]
+            text = chat.render(as_prompt((*system, *turns)))
+            ids = chat.encode(text)
+            if len(ids) <= budget:
+                return FittedPrompt(text, tuple(ids), truncated=True, length=length)
+        last = turns[0].content
+
+    def render(kept: str) -> str:
+        return chat.render(as_prompt((*system, Message("user", kept))) if system else kept)
+
     tok = chat.tokenizer
-    field = tok.encode(prompt)
-    keep = len(field) - (len(ids) - budget)
+    field = tok.encode(last)
+    keep = len(field) - (len(chat.encode(render(last))) - budget)
     while True:
         keep = max(keep, 0)
-        text = chat.render(tok.decode(field[len(field) - keep :]) if keep else "")
+        text = render(tok.decode(field[len(field) - keep :]) if keep else "")
         ids = chat.encode(text)
         over = len(ids) - budget
         if over <= 0:
             return FittedPrompt(text, tuple(ids), truncated=True, length=length)
         if keep == 0:
             check_prompt_budget(chat, budget)  # raises: the template alone is over budget
+            raise DataError(
+                f"a conversation's system turn takes {len(ids)} tokens with the chat template, "
+                f"over {BUDGET_KEY}={budget}: raise {BUDGET_KEY} or shorten the system turn"
+            )
         keep -= over

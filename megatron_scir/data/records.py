@@ -3,6 +3,11 @@
 Each record kind has a dataclass and a parser from one decoded JSON object. Parsers raise
 :class:`RecordProblem` (kind + detail); :mod:`megatron_scir.data.jsonl` adds the file and line.
 Unknown extra fields are ignored, so files written by other tools with more fields still read.
+
+A prompt is a string (one user turn) or a :data:`Conversation`: OpenAI-style messages
+(``{"role", "content"}``, roles ``system`` / ``user`` / ``assistant``, a system turn only first,
+ending with a user turn). One user turn alone is stored as its string, so single-turn data reads
+the same whichever way it was written.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RECORD_KINDS = ("prompts", "sft", "judge", "generations", "pairs")
+ROLES = ("system", "user", "assistant")
 
 
 class RecordProblem(Exception):
@@ -24,11 +30,42 @@ class RecordProblem(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Message:
+    """One turn of a conversation."""
+
+    role: str
+    content: str
+
+
+Conversation = tuple[Message, ...]
+Prompt = str | Conversation
+"""A user message, or a conversation ending with a user turn."""
+
+
+def conversation(prompt: Prompt) -> Conversation:
+    """``prompt`` as messages (a string is one user turn)."""
+    return (Message("user", prompt),) if isinstance(prompt, str) else prompt
+
+
+def messages_json(prompt: Prompt) -> list[dict[str, str]]:
+    """``prompt`` as OpenAI-style message dicts."""
+    return [{"role": m.role, "content": m.content} for m in conversation(prompt)]
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """The text a grader or a judge reads: the string itself, or the conversation's turns as
+    ``System: …`` / ``User: …`` / ``Assistant: …`` paragraphs (docs/data.md)."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n\n".join(f"{m.role.capitalize()}: {m.content}" for m in prompt)
+
+
+@dataclass(frozen=True, slots=True)
 class PromptRecord:
-    """A prompt of the pool: ``{"id": "p1", "prompt": "..."}``."""
+    """A prompt of the pool: ``{"id": "p1", "prompt": "..."}`` (or a message list)."""
 
     id: str
-    prompt: str
+    prompt: Prompt
     where: str = field(default="", compare=False)
     """``path:line`` the record was read from (empty for records built in memory)."""
 
@@ -37,7 +74,7 @@ class PromptRecord:
 class SftRecord:
     """Seed instruction data: ``{"prompt": "...", "response": "..."}``."""
 
-    prompt: str
+    prompt: Prompt
     response: str
     where: str = field(default="", compare=False)
 
@@ -46,7 +83,7 @@ class SftRecord:
 class PairwiseJudgeRecord:
     """Seed judge data, pairwise: which of two responses is better (``"A"`` = response_a)."""
 
-    prompt: str
+    prompt: Prompt
     response_a: str
     response_b: str
     verdict: str
@@ -57,7 +94,7 @@ class PairwiseJudgeRecord:
 class PointwiseJudgeRecord:
     """Seed judge data, pointwise: an integer score k (its text is ``judge.score_texts[k]``)."""
 
-    prompt: str
+    prompt: Prompt
     response: str
     score: int
     where: str = field(default="", compare=False)
@@ -68,7 +105,7 @@ class GenerationRecord:
     """N sampled responses of one prompt; ``truncated[i]`` marks a response cut at max tokens."""
 
     prompt_id: str
-    prompt: str
+    prompt: Prompt
     responses: tuple[str, ...]
     truncated: tuple[bool, ...]
     where: str = field(default="", compare=False)
@@ -88,7 +125,7 @@ class PairRecord:
 
     pair_id: str
     prompt_id: str
-    prompt: str
+    prompt: Prompt
     response_1: str
     response_2: str
     label: int | None = None
@@ -122,6 +159,8 @@ def record_to_json(record: Record) -> dict[str, Any]:
             continue
         if name in ("truncated_1", "truncated_2") and not value:
             continue
+        if name == "prompt" and not isinstance(value, str):
+            value = messages_json(value)
         out[name] = list(value) if isinstance(value, tuple) else value
     return out
 
@@ -160,6 +199,48 @@ def _text(obj: dict, name: str, *, allow_empty: bool = False) -> str:
     return value
 
 
+def parse_messages(value: Any, name: str, *, last: str | None = "user") -> Conversation:
+    """A message list checked turn by turn (``last``: the role the final turn must have)."""
+    if not isinstance(value, list) or not value:
+        got = f"{_json_type(value)} {value!r:.40}"
+        raise RecordProblem(
+            "wrong type", f"field {name!r} must be a non-empty list of messages (got {got})"
+        )
+    turns = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or not {"role", "content"} <= message.keys():
+            raise RecordProblem(
+                "bad message", f"{name}[{i}] must be an object with 'role' and 'content'"
+            )
+        role, content = message["role"], message["content"]
+        if role not in ROLES:
+            raise RecordProblem(
+                "bad message", f"{name}[{i}]: role {role!r} is not one of {', '.join(ROLES)}"
+            )
+        if not isinstance(content, str) or not content.strip():
+            raise RecordProblem("bad message", f"{name}[{i}]: 'content' must be a non-empty string")
+        if role == "system" and i:
+            raise RecordProblem("bad message", f"{name}[{i}]: a system turn may only come first")
+        turns.append(Message(role, content))
+    if last is not None and turns[-1].role != last:
+        raise RecordProblem(
+            "bad message", f"{name} must end with a {last} turn (ends with {turns[-1].role})"
+        )
+    return tuple(turns)
+
+
+def as_prompt(turns: Conversation) -> Prompt:
+    """One user turn alone is stored as its string."""
+    return turns[0].content if len(turns) == 1 and turns[0].role == "user" else turns
+
+
+def _prompt(obj: dict, name: str = "prompt") -> Prompt:
+    """A prompt field: a non-empty string or a message list ending with a user turn."""
+    if isinstance(obj.get(name), list):
+        return as_prompt(parse_messages(obj[name], name))
+    return _text(obj, name)
+
+
 def _id(obj: dict, name: str) -> str:
     # Integer ids are accepted and normalised to strings (so 7 and "7" are the same id).
     value = _get(
@@ -193,18 +274,18 @@ def _finite_number(obj: dict, name: str) -> float | None:
 
 
 def parse_prompt(obj: dict, where: str = "") -> PromptRecord:
-    return PromptRecord(id=_id(obj, "id"), prompt=_text(obj, "prompt"), where=where)
+    return PromptRecord(id=_id(obj, "id"), prompt=_prompt(obj), where=where)
 
 
 def parse_sft(obj: dict, where: str = "") -> SftRecord:
-    return SftRecord(prompt=_text(obj, "prompt"), response=_text(obj, "response"), where=where)
+    return SftRecord(prompt=_prompt(obj), response=_text(obj, "response"), where=where)
 
 
 def parse_judge(obj: dict, where: str = "") -> PairwiseJudgeRecord | PointwiseJudgeRecord:
     if "verdict" in obj:
         verdict = _get(obj, "verdict", '"A" or "B"', lambda v: v in ("A", "B"), required=True)
         return PairwiseJudgeRecord(
-            prompt=_text(obj, "prompt"),
+            prompt=_prompt(obj),
             response_a=_text(obj, "response_a"),
             response_b=_text(obj, "response_b"),
             verdict=verdict,
@@ -215,7 +296,7 @@ def parse_judge(obj: dict, where: str = "") -> PairwiseJudgeRecord | PointwiseJu
         if score < 0:
             raise RecordProblem("bad value", f"field 'score' must be >= 0 (got {score})")
         return PointwiseJudgeRecord(
-            prompt=_text(obj, "prompt"), response=_text(obj, "response"), score=score, where=where
+            prompt=_prompt(obj), response=_text(obj, "response"), score=score, where=where
         )
     raise RecordProblem(
         "missing field",
@@ -249,7 +330,7 @@ def parse_generation(obj: dict, where: str = "") -> GenerationRecord:
     # Empty responses are allowed here: pair building drops and counts them (SCIR_SPEC §7).
     return GenerationRecord(
         prompt_id=_id(obj, "prompt_id"),
-        prompt=_text(obj, "prompt"),
+        prompt=_prompt(obj),
         responses=tuple(responses),
         truncated=tuple(truncated),
         where=where,
@@ -284,7 +365,7 @@ def parse_pair(obj: dict, where: str = "") -> PairRecord:
     return PairRecord(
         pair_id=_id(obj, "pair_id"),
         prompt_id=_id(obj, "prompt_id"),
-        prompt=_text(obj, "prompt"),
+        prompt=_prompt(obj),
         response_1=_text(obj, "response_1"),
         response_2=_text(obj, "response_2"),
         label=label,

@@ -88,8 +88,9 @@ class Tokenizer(abc.ABC):
         """The tokenizer's own chat template (Jinja), if it ships one."""
         return None
 
-    def apply_chat_template(self, prompt: str) -> str:
-        """Render ``prompt`` as one user turn plus the assistant header, with the own template."""
+    def apply_chat_template(self, prompt: str | list[dict[str, str]]) -> str:
+        """Render ``prompt`` (one user turn, or OpenAI-style messages) plus the assistant
+        header, with the tokenizer's own template."""
         raise DataError(
             f"tokenizer {self.name} has no chat template: set data.chat_template=plain or a "
             "format string with {prompt}"
@@ -214,10 +215,10 @@ class HFTokenizer(Tokenizer):
     def chat_template(self) -> str | None:
         return self._tok.chat_template
 
-    def apply_chat_template(self, prompt: str) -> str:
+    def apply_chat_template(self, prompt: str | list[dict[str, str]]) -> str:
         if not self.chat_template:
             return super().apply_chat_template(prompt)
-        messages = [{"role": "user", "content": prompt}]
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def __getstate__(self) -> dict:

@@ -568,7 +568,10 @@ def _prompt_pool(cfg: Config, tokenizer) -> list:
     (``data.max_truncated_fraction``) before seed SFT or any other stage starts."""
     if cfg.data.prompts is None:
         raise ConfigError("scir iterate needs data.prompts=FILE (the prompt pool, JSONL)")
-    pool, _ = read_records(cfg.data.prompts, "prompts", on_bad_record=cfg.data.on_bad_record)
+    pool, _ = read_records(
+        cfg.data.prompts, "prompts", on_bad_record=cfg.data.on_bad_record,
+        columns=cfg.data.columns,
+    )
     n = cfg.iteration.prompts_per_iteration or len(pool)
     needed = n * cfg.iteration.num_iterations
     if cfg.iteration.prompt_slices == PromptSlices.DISJOINT and needed > len(pool):
@@ -596,7 +599,7 @@ def _check_data_files(cfg: Config, run_dir: Path) -> None:
         files += [(cfg.iteration.eval_prompts, "prompts", policy)]
     for path, kind, on_bad_record in files:
         if path is not None:
-            read_records(path, kind, on_bad_record=on_bad_record)
+            read_records(path, kind, on_bad_record=on_bad_record, columns=cfg.data.columns)
 
 
 def _iteration_prompts(pool: list, cfg: Config, t: int) -> list:

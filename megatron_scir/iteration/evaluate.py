@@ -49,6 +49,7 @@ import torch
 from megatron_scir.config import Config, ConfigError
 from megatron_scir.data import DataError, read_records
 from megatron_scir.data.layout import MicroBatchLayout
+from megatron_scir.data.records import Prompt, messages_json, prompt_text
 from megatron_scir.generation import generate, generation_layout
 from megatron_scir.generation.runner import check_output
 from megatron_scir.losses.bernoulli import Bernoulli
@@ -111,11 +112,13 @@ def load_grader(spec: str) -> Grader:
     return fn
 
 
-def grade(grader: Grader, prompt: str, response: str, *, spec: str = "grader") -> float:
-    """One score, checked to be a number in [0, 1]."""
-    score = grader(prompt, response)
+def grade(grader: Grader, prompt: Prompt, response: str, *, spec: str = "grader") -> float:
+    """One score, checked to be a number in [0, 1]. A grader gets a prompt string, or a
+    conversation as OpenAI-style message dicts."""
+    score = grader(prompt if isinstance(prompt, str) else messages_json(prompt), response)
     if not isinstance(score, (int, float)) or not 0.0 <= float(score) <= 1.0:
-        raise DataError(f"{spec} returned {score!r} for prompt {prompt[:60]!r}: expected [0, 1]")
+        shown = prompt_text(prompt)[:60]
+        raise DataError(f"{spec} returned {score!r} for prompt {shown!r}: expected [0, 1]")
     return float(score)
 
 
@@ -141,7 +144,9 @@ def reward_accuracy(
     """
     work = Path(work_dir)
     runtime.on_rank_zero(lambda: check_writable(work))
-    pairs, _ = runtime.on_rank_zero(lambda: read_records(pairs_path, "pairs"))
+    pairs, _ = runtime.on_rank_zero(
+        lambda: read_records(pairs_path, "pairs", columns=cfg.data.columns)
+    )
     unlabeled = next((p for p in pairs if p.label is None), None)
     if unlabeled is not None:
         raise DataError(f"{unlabeled.where}: pair {unlabeled.pair_id!r} has no label (1 or 2)")
@@ -282,7 +287,7 @@ def item_scores(
     """
     out: dict[str, list] = {}
     if pairs_path is not None and work_dir is not None:
-        pairs, _ = read_records(pairs_path, "pairs")
+        pairs, _ = read_records(pairs_path, "pairs", columns=cfg.data.columns)
         work = Path(work_dir)
         ref_file = work / "reference.jsonl"
         scores, _, _ = _pair_scores(
@@ -313,7 +318,9 @@ def greedy_answers(
         cfg.generation, temperature=0.0, top_k=0, top_p=1.0, num_responses=1
     )
     run_cfg = dataclasses.replace(cfg, generation=greedy, parallel=generation_layout(cfg.parallel))
-    prompts, _ = read_records(prompts_path, "prompts", on_bad_record=cfg.data.on_bad_record)
+    prompts, _ = read_records(
+        prompts_path, "prompts", on_bad_record=cfg.data.on_bad_record, columns=cfg.data.columns
+    )
     identity = runtime.on_rank_zero(lambda: model.identity)
     # the answers file: writable, unlocked, made by this model if it exists (before the load)
     runtime.on_rank_zero(lambda: check_output(out_path, prompts, run_cfg, inputs_id=identity))

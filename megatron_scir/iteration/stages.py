@@ -38,6 +38,7 @@ from megatron_scir.config import Config, ConfigError
 from megatron_scir.config.outputs import SOURCE, flat_config, select, stage_keys
 from megatron_scir.config.outputs import STAGE_ORDER as STAGE_ORDER  # the driver's, declared there
 from megatron_scir.data import atomic_open
+from megatron_scir.data.sources import parse_source, source_fingerprint
 from megatron_scir.hashing import content_fingerprint
 
 MARKER = "stage.json"
@@ -98,7 +99,11 @@ def _content(key: str, path: str, data) -> str:
     try:
         if key == "data.tokenizer_path":
             return tokenizer_fingerprint(data) or "missing"
-        return content_fingerprint(path)
+        source = parse_source(path)
+        if source.form == "hub":
+            return source_fingerprint(path)
+        digest = content_fingerprint(source.path)
+        return digest if source.split is None else f"{digest}:{source.split}"
     except OSError as error:
         raise ConfigError(
             f"{key}={path}: {error.filename} cannot be read ({error.strerror})"

@@ -161,7 +161,9 @@ def generate_job(
     source = ModelSource.of(cfg, ckpt=ckpt, hf_dir=hf_dir)
     if source.kind == RANDOM_INIT:
         raise ConfigError("nothing to sample from: pass --ckpt DIR (or checkpoint.load=DIR)")
-    prompts, _ = read_records(prompts_path, "prompts", on_bad_record=cfg.data.on_bad_record)
+    prompts, _ = read_records(
+        prompts_path, "prompts", on_bad_record=cfg.data.on_bad_record, columns=cfg.data.columns
+    )
     tokenizer = _tokenizer(cfg)
     # sampling settings, every prompt against its budget and the engine fail before the model
     # is loaded (a bad prompt file fails in a second, not after loading 70B weights)

@@ -11,7 +11,7 @@ import torch
 
 from megatron_scir.config.choices import JudgeKind
 from megatron_scir.data.judges.base import JudgeFormat
-from megatron_scir.data.records import PairwiseJudgeRecord
+from megatron_scir.data.records import PairwiseJudgeRecord, Prompt, prompt_text
 from megatron_scir.rewards.judge import pairwise_log_odds
 
 __all__ = ["PairwiseJudge"]
@@ -30,15 +30,17 @@ class PairwiseJudge(JudgeFormat):
     record_type = PairwiseJudgeRecord
 
     def pair_fields(
-        self, prompt: str, response_1: str, response_2: str
+        self, prompt: Prompt, response_1: str, response_2: str
     ) -> tuple[tuple[str, ...], ...]:
-        """J(x, y1, y2), then (with debiasing) J(x, y2, y1)."""
+        """J(x, y1, y2), then (with debiasing) J(x, y2, y1); a conversation x is shown as its
+        turns' text (:func:`~megatron_scir.data.records.prompt_text`)."""
+        prompt = prompt_text(prompt)
         orders = ((prompt, response_1, response_2), (prompt, response_2, response_1))
         return orders[: self.rows_per_pair]
 
     def example(self, record: PairwiseJudgeRecord) -> tuple[tuple[str, ...], int]:
         """J(x, a, b) trained to its verdict ("A": the first verdict text, "B": the second)."""
-        fields = (record.prompt, record.response_a, record.response_b)
+        fields = (prompt_text(record.prompt), record.response_a, record.response_b)
         return fields, _VERDICTS.index(record.verdict)
 
     def log_odds(

@@ -12,7 +12,7 @@ import torch
 from megatron_scir.config.choices import JudgeKind
 from megatron_scir.data.errors import DataError
 from megatron_scir.data.judges.base import JudgeFormat
-from megatron_scir.data.records import PointwiseJudgeRecord
+from megatron_scir.data.records import PointwiseJudgeRecord, Prompt, prompt_text
 from megatron_scir.rewards.judge import expected_scores, pointwise_log_odds
 
 __all__ = ["PointwiseJudge"]
@@ -28,9 +28,10 @@ class PointwiseJudge(JudgeFormat):
     record_type = PointwiseJudgeRecord
 
     def pair_fields(
-        self, prompt: str, response_1: str, response_2: str
+        self, prompt: Prompt, response_1: str, response_2: str
     ) -> tuple[tuple[str, ...], ...]:
-        """J(x, y1), then J(x, y2)."""
+        """J(x, y1), then J(x, y2) (a conversation x as its turns' text)."""
+        prompt = prompt_text(prompt)
         return (prompt, response_1), (prompt, response_2)
 
     def example(self, record: PointwiseJudgeRecord) -> tuple[tuple[str, ...], int]:
@@ -45,7 +46,7 @@ class PointwiseJudge(JudgeFormat):
                 f"{record.where}: score {record.score} has no text: judge.score_texts "
                 f"holds scores 0..{num_scores - 1}"
             )
-        return (record.prompt, record.response), record.score
+        return (prompt_text(record.prompt), record.response), record.score
 
     def log_odds(self, candidate_logps: torch.Tensor, num_pairs: int) -> tuple[torch.Tensor, None]:
         """(s(y1) − s(y2)) / τ from the y1 rows then the y2 rows.

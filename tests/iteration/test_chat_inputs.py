@@ -1,0 +1,99 @@
+"""Chat data through the commands (docs/data.md): an UltraFeedback-binarized Parquet file trains
+``scir train`` in ``scir.mode=dpo`` and is scored by ``scir evaluate --pairs``; a multi-turn
+``messages`` prompt pool in Parquet goes through one ``scir iterate`` iteration."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from megatron_scir.data import read_records
+from megatron_scir.data.records import Message
+from tests.data.test_chat_data import ULTRAFEEDBACK, write_all_forms
+from tests.iteration.test_iterate import overrides
+
+pq = pytest.importorskip("pyarrow.parquet")
+
+CLI = [sys.executable, "-m", "megatron_scir.cli"]
+TINY = [
+    "data.max_prompt_length=32",
+    "data.max_response_length=24",
+    "data.judge_max_length=320",
+    "train.micro_batch_size=2",
+    "train.global_batch_size=4",
+    "logging.progress=false",
+    "logging.tensorboard=false",
+]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_an_ultrafeedback_parquet_file_trains_dpo_and_is_scored_by_evaluate(task, tmp_path):
+    parquet = write_all_forms(tmp_path / "uf", ULTRAFEEDBACK)["parquet"]
+    args = [*TINY, f"data.tokenizer_path={task.tokenizer}"]
+    save = tmp_path / "ckpt"
+    train = _run(
+        [*CLI, "train", "--config", "tiny", "--pairs", parquet, "--no-progress", *args,
+         "scir.mode=dpo", "train.train_iters=2", "checkpoint.save_interval=1",
+         f"checkpoint.save={save}"]
+    )
+    assert "6 preference rows" in train.stderr  # the shape is reported at load
+    log = (save / "logs" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line) for line in log]
+    assert [s["step"] for s in steps] == [1, 2]
+    assert all(math.isfinite(s["loss/total"]) for s in steps)
+
+    done = _run(
+        [*CLI, "evaluate", "--config", "tiny", "--ckpt", str(save / "step_0000002"), "--ref-ckpt",
+         str(save / "step_0000001"), "--pairs", parquet, "--out-dir", str(tmp_path / "work"),
+         *args]
+    )
+    report = json.loads(done.stdout[done.stdout.index("{"):])
+    assert report["num_pairs"] == len(ULTRAFEEDBACK)
+    for key in ("implicit_accuracy", "judge_accuracy"):
+        assert 0.0 <= report[key] <= 1.0, key
+
+
+def test_a_multi_turn_messages_pool_runs_one_iteration(task, tmp_path):
+    """The task's prompts as the last user turn of a conversation with a system turn and an
+    earlier exchange, in Parquet."""
+    pool = [json.loads(line) for line in task.prompts.read_text().splitlines()][:16]
+    rows = [
+        {
+            "id": row["id"],
+            "messages": [
+                {"role": "system", "content": "Answer with a number."},
+                {"role": "user", "content": "What is 1 + 1?"},
+                {"role": "assistant", "content": "2"},
+                {"role": "user", "content": row["prompt"]},
+            ],
+        }
+        for row in pool
+    ]
+    parquet = write_all_forms(tmp_path / "pool", rows)["parquet"]
+    run_dir = tmp_path / "run"
+    args = overrides(
+        task, run_dir, "iteration.seed_sft=false", "iteration.num_iterations=1",
+        "iteration.prompts_per_iteration=16", f"data.prompts={parquet}",
+        "data.max_prompt_length=64", "data.judge_max_length=160",
+    )
+    _run([*CLI, "iterate", "--config", "tiny", "--no-progress", *args])
+    stream = run_dir / "iter_1" / "generate" / "generations.jsonl"
+    generations, _ = read_records(stream, "generations")
+    assert len(generations) == 16
+    first = generations[0].prompt
+    assert first[0] == Message("system", "Answer with a number.")
+    assert first[-1] == Message("user", pool[0]["prompt"]) and len(first) == 4
+    pairs, _ = read_records(run_dir / "iter_1" / "pairs" / "pairs.jsonl", "pairs")
+    assert pairs and all(p.prompt[-1].role == "user" and len(p.prompt) == 4 for p in pairs)
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == [0, 1]
+    assert math.isfinite(metrics[-1]["loss_total"])
