@@ -43,6 +43,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -217,6 +218,70 @@ def _score(cfg: Config, pairs, policy_file: Path, ref_file: Path | None) -> Rewa
     )
 
 
+def pair_verdicts(
+    runtime: Runtime,
+    cfg: Config,
+    tokenizer,
+    pairs_path: str | os.PathLike,
+    *,
+    policy: ModelSource,
+    reference: ModelSource | None,
+    work_dir: str | os.PathLike,
+) -> list[dict[str, Any]]:
+    """What ``policy``'s two internal rewards say of each pair (labelled or not): per pair
+    ``p_judge`` (P_G that response_1 is better, position-debiased as configured) and, against
+    ``reference``, ``p_implicit`` (P_I) and ``consistent`` (SCIR_SPEC §4's selection).
+    Collective (every rank gets the list), in the pairs' order."""
+    work = Path(work_dir)
+    runtime.on_rank_zero(lambda: check_writable(work))
+    policy_file = _log_probs(runtime, cfg, tokenizer, pairs_path, policy, work, judge=True)
+    ref_file = None
+    if reference is not None:
+        ref_file = _log_probs(runtime, cfg, tokenizer, pairs_path, reference, work, judge=False)
+
+    def verdicts() -> list[dict[str, Any]]:
+        judge, implicit = _rewards(cfg, policy_file, ref_file)
+        rows = [{"p_judge": p} for p in judge.p.tolist()]
+        if implicit is not None:
+            selection = select_consistent(
+                implicit, judge, margin=cfg.scir.margin, tie_eps=cfg.scir.tie_eps
+            )
+            for row, p, agree in zip(
+                rows, implicit.p.tolist(), selection.consistent.tolist(), strict=True
+            ):
+                row.update(p_implicit=p, consistent=agree)
+        return rows
+
+    return runtime.on_rank_zero(verdicts)
+
+
+def _column(records, name: str) -> torch.Tensor:
+    return torch.tensor([getattr(r, name) for r in records], dtype=torch.float64)
+
+
+def _rewards(
+    cfg: Config, policy_file: Path, ref_file: Path | None
+) -> tuple[Bernoulli, Bernoulli | None]:
+    """P_G of the policy's judge and (with ``ref_file``) P_I, per pair."""
+    policy, _ = read_records(policy_file, "pairs")
+    judge_12 = _column(policy, "ref_judge_logits_12")
+    two_orders = policy[0].ref_judge_logits_21 is not None
+    judge_21 = _column(policy, "ref_judge_logits_21") if two_orders else None
+    debias = cfg.judge.position_debias
+    judge = Bernoulli(*judge_preference(judge_12, judge_21, position_debias=debias))
+    if ref_file is None:
+        return judge, None
+    ref, _ = read_records(ref_file, "pairs")
+    delta = implicit_log_odds(
+        _column(policy, "ref_logps_1"),
+        _column(policy, "ref_logps_2"),
+        _column(ref, "ref_logps_1"),
+        _column(ref, "ref_logps_2"),
+        beta=cfg.scir.beta,
+    )
+    return judge, Bernoulli(*implicit_preference(delta))
+
+
 def _pair_scores(
     cfg: Config, pairs, policy_file: Path, ref_file: Path | None
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, float | None]:
@@ -225,15 +290,11 @@ def _pair_scores(
     implicit reward (``implicit``); the consistent pairs and the agreed label's accuracy."""
     policy, _ = read_records(policy_file, "pairs")
     first_better = torch.tensor([p.label == 1 for p in pairs])
-    column = lambda records, name: torch.tensor(  # noqa: E731
-        [getattr(r, name) for r in records], dtype=torch.float64
-    )
-    judge_12 = column(policy, "ref_judge_logits_12")
+    judge_12 = _column(policy, "ref_judge_logits_12")
     two_orders = policy[0].ref_judge_logits_21 is not None
-    judge_21 = column(policy, "ref_judge_logits_21") if two_orders else None
+    judge_21 = _column(policy, "ref_judge_logits_21") if two_orders else None
     tie_eps = cfg.scir.tie_eps
-    debias = cfg.judge.position_debias
-    judge = Bernoulli(*judge_preference(judge_12, judge_21, position_debias=debias))
+    judge, implicit = _rewards(cfg, policy_file, ref_file)
     scores = {
         "judge": _scores(judge.centered(), first_better, tie_eps),
         "judge_first_shown": _scores(torch.sigmoid(judge_12) - 0.5, first_better, tie_eps),
@@ -242,17 +303,8 @@ def _pair_scores(
         scores["judge_second_shown"] = _scores(
             torch.sigmoid(-judge_21) - 0.5, first_better, tie_eps
         )
-    if ref_file is None:
+    if implicit is None:
         return scores, None, None
-    ref, _ = read_records(ref_file, "pairs")
-    delta = implicit_log_odds(
-        column(policy, "ref_logps_1"),
-        column(policy, "ref_logps_2"),
-        column(ref, "ref_logps_1"),
-        column(ref, "ref_logps_2"),
-        beta=cfg.scir.beta,
-    )
-    implicit = Bernoulli(*implicit_preference(delta))
     scores["implicit"] = _scores(implicit.centered(), first_better, tie_eps)
     selection = select_consistent(implicit, judge, margin=cfg.scir.margin, tie_eps=tie_eps)
     consistent, agreed = selection.consistent, None

@@ -13,13 +13,20 @@ from typing import Any
 
 from megatron_scir.config import ConfigError
 from megatron_scir.config.validate import GENERATION, SELF_REWARDING, TRAINING
-from megatron_scir.data import build_tokenizer, check_tokenizer_fits_model
+from megatron_scir.data import build_tokenizer, check_tokenizer_fits_model, read_records
+from megatron_scir.data.export import preference_rows, write_preference_dataset
 from megatron_scir.iteration.driver import run_iterations
-from megatron_scir.iteration.evaluate import grade_answers, greedy_answers, reward_accuracy
+from megatron_scir.iteration.evaluate import (
+    grade_answers,
+    greedy_answers,
+    pair_verdicts,
+    reward_accuracy,
+)
+from megatron_scir.iteration.stages import read_marker, stage_dir
 from megatron_scir.parallel.runtime import parallel_world
 from megatron_scir.recipe import ModelSource, load_run_config
 
-__all__ = ["default_eval_dir", "evaluate_job", "iterate"]
+__all__ = ["default_eval_dir", "evaluate_job", "export_pairs_job", "iterate", "iteration_files"]
 
 
 def iterate(config, overrides, *, hf_dir=None, progress=None, report=True) -> list[dict[str, Any]]:
@@ -73,6 +80,72 @@ def evaluate_job(
         if runtime.is_rank_zero:
             print(json.dumps(report, indent=1), flush=True)
     return report
+
+
+def export_pairs_job(
+    config,
+    overrides,
+    *,
+    out: str,
+    pairs: str | None = None,
+    ckpt: str | None = None,
+    ref_ckpt: str | None = None,
+    run_dir: str | None = None,
+    iteration: int | None = None,
+    chosen_by: str | None = None,
+    out_dir: str | None = None,
+) -> dict[str, Any]:
+    """Score ``pairs`` with ``ckpt``'s judge and (against ``ref_ckpt``) its implicit reward,
+    then write them as a preference dataset to ``out`` (:mod:`megatron_scir.data.export`).
+    ``run_dir`` + ``iteration`` name an iteration of ``scir iterate`` instead: its pairs, the
+    model it trained and the model it started from. Rank 0 prints the JSON report."""
+    if run_dir is not None:
+        if iteration is None:
+            raise ConfigError("scir export-pairs --run-dir needs --iteration T")
+        pairs, ckpt, ref_ckpt = iteration_files(run_dir, iteration)
+    if pairs is None or ckpt is None:
+        raise ConfigError(
+            "scir export-pairs needs --pairs and --ckpt, or --run-dir and --iteration"
+        )
+    chosen_by = chosen_by or ("agreed" if ref_ckpt else "judge")
+    cfg, tokenizer = _setup(config, overrides, ckpt=ckpt)
+    records, _ = read_records(pairs, "pairs", columns=cfg.data.columns)
+    if chosen_by == "label" and any(p.label is None for p in records):
+        raise ConfigError(f"--chosen-by label: {pairs} holds pairs without a label")
+    report: dict[str, Any] = {"pairs": pairs, "ckpt": ckpt, "ref_ckpt": ref_ckpt, "out": out}
+    with parallel_world(cfg.parallel, seed=cfg.train.seed) as runtime:
+        verdicts = pair_verdicts(
+            runtime, cfg, tokenizer, pairs, policy=ModelSource.checkpoint(ckpt),
+            reference=None if ref_ckpt is None else ModelSource.checkpoint(ref_ckpt),
+            work_dir=Path(out_dir or default_eval_dir(ckpt)),
+        )
+        if runtime.is_rank_zero:
+            rows, left_out = preference_rows(
+                records, verdicts, chosen_by=chosen_by, tie_eps=cfg.scir.tie_eps
+            )
+            form = write_preference_dataset(rows, out)
+            report.update(
+                format=form, chosen_by=chosen_by, num_pairs=len(records), exported=len(rows),
+                left_out=dict(left_out),
+            )
+            print(json.dumps(report, indent=1), flush=True)
+    return report
+
+
+def iteration_files(run_dir: str | Path, t: int) -> tuple[str, str, str]:
+    """``(pairs, M_{t+1}, M_t)`` of iteration ``t`` of a ``scir iterate`` run directory."""
+    train = read_marker(stage_dir(run_dir, t, "train"))
+    built = read_marker(stage_dir(run_dir, t, "pairs"))
+    if train is None or built is None:
+        missing = stage_dir(run_dir, t, "train" if train is None else "pairs") / "stage.json"
+        raise ConfigError(
+            f"{run_dir}: iteration {t} has not finished training (no {missing}): run scir "
+            "iterate first"
+        )
+    before = [stage_dir(run_dir, t - 1, "train")] if t > 1 else []
+    before += [stage_dir(run_dir, 0, "sft"), stage_dir(run_dir, 0, "init")]
+    start = next(m for m in (read_marker(path) for path in before) if m is not None)
+    return built["outputs"]["pairs"], train["outputs"]["checkpoint"], start["outputs"]["checkpoint"]
 
 
 def default_eval_dir(ckpt: str | Path) -> Path:

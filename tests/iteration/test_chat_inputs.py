@@ -62,9 +62,11 @@ def test_an_ultrafeedback_parquet_file_trains_dpo_and_is_scored_by_evaluate(task
         assert 0.0 <= report[key] <= 1.0, key
 
 
-def test_a_multi_turn_messages_pool_runs_one_iteration(task, tmp_path):
+@pytest.fixture(scope="module")
+def multi_turn_run(task, tmp_path_factory):
     """The task's prompts as the last user turn of a conversation with a system turn and an
-    earlier exchange, in Parquet."""
+    earlier exchange, in Parquet, through one iteration of scir iterate."""
+    tmp_path = tmp_path_factory.mktemp("multi_turn")
     pool = [json.loads(line) for line in task.prompts.read_text().splitlines()][:16]
     rows = [
         {
@@ -86,6 +88,11 @@ def test_a_multi_turn_messages_pool_runs_one_iteration(task, tmp_path):
         "data.max_prompt_length=64", "data.judge_max_length=160",
     )
     _run([*CLI, "iterate", "--config", "tiny", "--no-progress", *args])
+    return pool, run_dir, args
+
+
+def test_a_multi_turn_messages_pool_runs_one_iteration(multi_turn_run):
+    pool, run_dir, _ = multi_turn_run
     stream = run_dir / "iter_1" / "generate" / "generations.jsonl"
     generations, _ = read_records(stream, "generations")
     assert len(generations) == 16
@@ -97,3 +104,37 @@ def test_a_multi_turn_messages_pool_runs_one_iteration(task, tmp_path):
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [0, 1]
     assert math.isfinite(metrics[-1]["loss_total"])
+
+
+@pytest.mark.parametrize("chosen_by", ["judge", "agreed"])
+def test_export_pairs_writes_a_preference_dataset_with_both_verdicts(
+    multi_turn_run, tmp_path, chosen_by
+):
+    datasets = pytest.importorskip("datasets")
+    _, run_dir, args = multi_turn_run
+    out = tmp_path / ("pairs.parquet" if chosen_by == "judge" else "pairs_dataset")
+    done = _run(
+        [*CLI, "export-pairs", "--config", "tiny", "--run-dir", str(run_dir), "--iteration", "1",
+         "--out", str(out), "--chosen-by", chosen_by, "--out-dir", str(tmp_path / "work"), *args]
+    )
+    report = json.loads(done.stdout[done.stdout.index("{"):])
+    built, _ = read_records(run_dir / "iter_1" / "pairs" / "pairs.jsonl", "pairs")
+    assert report["num_pairs"] == len(built)
+    assert report["exported"] + sum(report["left_out"].values()) == len(built)
+    rows = (
+        pq.read_table(out).to_pylist() if out.suffix else list(datasets.load_from_disk(str(out)))
+    )
+    assert len(rows) == report["exported"] > 0
+    by_id = {p.pair_id: p for p in built}
+    for row in rows:
+        pair = by_id[row["pair_id"]]
+        assert row["prompt"][0]["role"] == "system" and row["prompt"][-1]["role"] == "user"
+        first = row["p_judge"] > 0.5
+        assert 0.0 <= row["p_judge"] <= 1.0 and 0.0 <= row["p_implicit"] <= 1.0
+        if chosen_by == "agreed":
+            assert row["consistent"] and (row["p_implicit"] > 0.5) == first
+        chosen = pair.response_1 if first else pair.response_2
+        assert row["chosen"] == [{"role": "assistant", "content": chosen}]
+    # the export reads back as labelled pairs (this project's preference shape)
+    again, report_again = read_records(out if out.suffix else str(out), "pairs")
+    assert len(again) == len(rows) and report_again.shapes == {"preference": len(rows)}
