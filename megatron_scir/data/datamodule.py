@@ -39,6 +39,12 @@ from megatron_scir.data.truncation import JUDGE_KEY, PROMPT_KEY, RESPONSE_KEY, c
 
 logger = logging.getLogger(__name__)
 
+
+def judge_scores(cfg: Config) -> int | None:
+    """K of a pointwise judge (its scores 0..K): how preference rows become seed judge data
+    (chosen K, rejected 0); None for the pairwise judge (one verdict per row)."""
+    return len(cfg.judge.score_texts) - 1 if cfg.judge.kind == "pointwise" else None
+
 STAGES = ("fit", "validate")
 
 
@@ -165,7 +171,8 @@ class MicroBatchDataModule(abc.ABC):
 
     def _read(self, path: str | os.PathLike, kind: str) -> list[Any]:
         records, report = read_records(
-            path, kind, on_bad_record=self.cfg.data.on_bad_record, columns=self.cfg.data.columns
+            path, kind, on_bad_record=self.cfg.data.on_bad_record, columns=self.cfg.data.columns,
+            judge_scores=judge_scores(self.cfg) if kind == "judge" else None,
         )
         self.read_reports.append(report)
         return records

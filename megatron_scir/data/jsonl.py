@@ -109,6 +109,8 @@ def read_records(
     *,
     on_bad_record: str = "error",
     columns: Sequence[str] = (),
+    keep: range | None = None,
+    judge_scores: int | None = None,
 ) -> tuple[list[Record], ReadReport]:
     """Read and validate every row of a source of ``kind`` records.
 
@@ -119,6 +121,12 @@ def read_records(
         kind: One of ``prompts``, ``sft``, ``judge``, ``generations``, ``pairs``.
         on_bad_record: ``error`` (raise at the first bad line) or ``skip`` (count and go on).
         columns: ``data.columns`` (``FIELD=COLUMN`` renames).
+        keep: Return only the records at these positions (0-based, among the valid records);
+            every row is still checked and counted (``report.num_records``). A slice of a large
+            pool without holding the pool.
+        judge_scores: K of a pointwise judge (scores 0..K): preference rows read as ``judge``
+            records give two pointwise records (chosen K, rejected 0) instead of one pairwise
+            verdict (None: pairwise).
 
     Returns:
         The records in file order (each with ``where = "path:line"``) and the report.
@@ -142,9 +150,17 @@ def read_records(
         rows = _jsonl_rows(source.path, on_bad_record, report)
     else:
         rows = iter_rows(source)
-    records = list(_iter_valid(rows, source, kind, on_bad_record, report, mapping))
-    report.num_records = len(records)
-    if not records and kind in INPUT_KINDS:
+    valid = _iter_valid(rows, source, kind, on_bad_record, report, mapping, judge_scores)
+    if keep is None:
+        records = list(valid)
+        report.num_records = len(records)
+    else:
+        records, report.num_records = [], 0
+        for index, record in enumerate(valid):
+            if index in keep:
+                records.append(record)
+            report.num_records += 1
+    if not report.num_records and kind in INPUT_KINDS:
         raise DataError(_nothing_read(report))
     if report.num_skipped or report.num_uncommitted_lines or report.num_identical:
         logger.warning("%s", report.summary())
@@ -196,7 +212,13 @@ def _jsonl_rows(path: Path, policy: str, report: ReadReport) -> Iterator[tuple[i
 
 
 def _iter_valid(
-    rows, source, kind: str, policy: str, report: ReadReport, mapping: dict[str, str]
+    rows,
+    source,
+    kind: str,
+    policy: str,
+    report: ReadReport,
+    mapping: dict[str, str],
+    judge_scores: int | None,
 ) -> Iterator[Record]:
     parse, id_field = PARSERS[kind], ID_FIELDS[kind]
     hint = _SKIP_HINT if policy == OnBadRecord.ERROR else ""
@@ -216,10 +238,11 @@ def _iter_valid(
             if not checked:
                 check_columns(mapping, obj, source.spec)
                 checked = True
-            shape, obj = to_native(rename(obj, mapping), kind, number)
+            shape, objs = to_native(rename(obj, mapping), kind, number, judge_scores=judge_scores)
             place = number if unit == "line" else f"{unit} {number}"
             where = f"{source.spec}:{place}"
-            record = parse(obj, where)
+            records = [parse(obj, where) for obj in objs]
+            record = records[0]
             if id_field is not None:
                 _check_unique(getattr(record, id_field), id_field, number, seen, unit)
             if isinstance(record, PairRecord) and _identical(record):
@@ -235,7 +258,7 @@ def _iter_valid(
             report.skip(error)
             continue
         report.shapes[shape] += 1
-        yield record
+        yield from records
 
 
 def _decode_line(line: bytes, number: int) -> Any:

@@ -11,7 +11,8 @@ shape          fields                                         read as
 ``preference`` ``prompt`` (optional) + ``chosen`` +           a labelled pair (chosen better);
                ``rejected``, strings or message lists         prompts: its prompt; sft: prompt
                (UltraFeedback-binarized, HH-RLHF, TRL)        + chosen; judge: a pairwise
-                                                              verdict
+                                                              verdict, or (pointwise judge)
+                                                              chosen scored K, rejected 0
 =============  =============================================  ================================
 
 ``data.columns`` renames source columns first (``["prompt=instruction", "response=output"]``).
@@ -98,14 +99,30 @@ def shape_of(row: dict, kind: str) -> str:
     return NATIVE
 
 
-def to_native(row: dict, kind: str, number: int) -> tuple[str, dict[str, Any]]:
-    """``(shape, row in this project's fields)``; raises :class:`RecordProblem`."""
+def to_native(
+    row: dict, kind: str, number: int, *, judge_scores: int | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """``(shape, the row's records in this project's fields)``: one record, or two pointwise
+    judge records of a preference row under ``judge_scores`` = K (chosen K, rejected 0).
+    Raises :class:`RecordProblem`."""
     shape = shape_of(row, kind)
     if shape == NATIVE:
-        return shape, row
+        return shape, [row]
     if shape == MESSAGES:
-        return shape, _from_messages(row, kind, number)
-    return shape, _from_preference(row, kind, number)
+        return shape, [_from_messages(row, kind, number)]
+    native = _from_preference(row, kind, number)
+    if kind == "judge" and judge_scores is not None:
+        chosen, rejected = (
+            (native["response_a"], native["response_b"])
+            if native["verdict"] == "A"
+            else (native["response_b"], native["response_a"])
+        )
+        prompt = native["prompt"]
+        return shape, [
+            {"prompt": prompt, "response": chosen, "score": judge_scores},
+            {"prompt": prompt, "response": rejected, "score": 0},
+        ]
+    return shape, [native]
 
 
 def _row_id(row: dict, names: Sequence[str], number: int) -> str:

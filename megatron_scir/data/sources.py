@@ -134,7 +134,8 @@ def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
     try:
-        import pyarrow.parquet as pq  # lazy: optional
+        import pyarrow as pa  # lazy: optional
+        import pyarrow.parquet as pq
     except ImportError:
         raise DataError(f"{path}: reading Parquet needs pyarrow ({_EXTRA})") from None
     try:
@@ -146,6 +147,8 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
         for row in batch.to_pylist():
             number += 1
             yield number, row
+    del reader
+    pa.default_memory_pool().release_unused()  # the batches' buffers, kept by Arrow's allocator
 
 
 def _load_dataset(source: Source):

@@ -47,6 +47,7 @@ from megatron_scir.config import Config, ConfigError
 from megatron_scir.config.choices import ImplicitReference, PromptSlices, TooFewPairs
 from megatron_scir.convert import export_to_hf
 from megatron_scir.data import DataError, atomic_open, build_pairs, read_records, write_records
+from megatron_scir.data.datamodule import judge_scores
 from megatron_scir.data.pairs import repeat_pairs
 from megatron_scir.generation import PromptEncoder, generate, generation_layout
 from megatron_scir.iteration.evaluate import (
@@ -215,7 +216,7 @@ def run_iterations(
 def _run_iterations(run: IterationRun, *, report: bool, evaluate_start: bool) -> list:
     runtime, cfg, run_dir = run.runtime, run.cfg, run.run_dir
     runtime.on_rank_zero(lambda: check_unchanged(run_dir, run.fingerprint))
-    pool = runtime.on_rank_zero(lambda: _prompt_pool(cfg, run.tokenizer))
+    pool_size = runtime.on_rank_zero(lambda: _prompt_pool(cfg, run.tokenizer))
     runtime.on_rank_zero(lambda: _check_data_files(cfg, run_dir))
 
     model = run.run_stage(0, "init", partial(init_model, run)).outputs["checkpoint"]
@@ -230,7 +231,8 @@ def _run_iterations(run: IterationRun, *, report: bool, evaluate_start: bool) ->
     # t = 1 (the model seed SFT started from, or scir.previous_model)
     previous = first if cfg.iteration.seed_sft else cfg.scir.previous_model
     for t in range(1, cfg.iteration.num_iterations + 1):
-        prompts = _iteration_prompts(pool, cfg, t)
+        # the slice is read when the stage runs (rank 0 reads it, every rank gets it)
+        prompts = partial(runtime.on_rank_zero, partial(_iteration_prompts, cfg, t, pool_size))
         done: dict[str, StageResult] = {}
         done["generate"] = run.run_stage(
             t, "generate", partial(generate_responses, run, t=t, model=model, prompts=prompts)
@@ -284,10 +286,12 @@ def seed_sft(run: IterationRun, out: Path, model: str) -> StageResult:
 
 
 def generate_responses(
-    run: IterationRun, out: Path, t: int, model: str, prompts: list
+    run: IterationRun, out: Path, t: int, model: str, prompts: Callable[[], list]
 ) -> StageResult:
-    """``generation.num_responses`` samples per prompt of the slice with M_t (resumable)."""
+    """``generation.num_responses`` samples per prompt of the slice (``prompts()``) with M_t
+    (resumable)."""
     cfg = run.cfg
+    prompts = prompts()
     generation = dataclasses.replace(cfg.generation, seed=cfg.generation.seed + t)
     gen_cfg = dataclasses.replace(
         cfg, generation=generation, parallel=generation_layout(cfg.parallel)
@@ -563,28 +567,33 @@ def _tokenizer_assets(cfg: Config) -> list[str]:
     return [path] if path and Path(path).is_file() else []
 
 
-def _prompt_pool(cfg: Config, tokenizer) -> list:
-    """The prompt file, checked up front: the slices the run will use must fit the prompt budget
-    (``data.max_truncated_fraction``) before seed SFT or any other stage starts."""
+def _prompt_pool(cfg: Config, tokenizer) -> int:
+    """The prompt pool's size, checked up front: every row is read and validated, and the
+    prompts the run will use (T slices, or the one slice of ``prompt_slices=all``) must fit the
+    prompt budget (``data.max_truncated_fraction``) before seed SFT or any other stage starts.
+    Only those prompts are held, and only while they are checked: each iteration reads its own
+    slice again (:func:`_iteration_prompts`), so a pool of millions of rows is never held whole
+    nor sent to every rank."""
     if cfg.data.prompts is None:
         raise ConfigError("scir iterate needs data.prompts=FILE (the prompt pool, JSONL)")
-    pool, _ = read_records(
+    n, iterations = cfg.iteration.prompts_per_iteration, cfg.iteration.num_iterations
+    disjoint = cfg.iteration.prompt_slices == PromptSlices.DISJOINT
+    keep = None if n is None else range(n * iterations if disjoint else n)
+    used, report = read_records(
         cfg.data.prompts, "prompts", on_bad_record=cfg.data.on_bad_record,
-        columns=cfg.data.columns,
+        columns=cfg.data.columns, keep=keep,
     )
-    n = cfg.iteration.prompts_per_iteration or len(pool)
-    needed = n * cfg.iteration.num_iterations
-    if cfg.iteration.prompt_slices == PromptSlices.DISJOINT and needed > len(pool):
+    size = report.num_records
+    n = n or size
+    needed = n * iterations
+    if disjoint and needed > size:
         raise ConfigError(
             f"iteration.prompt_slices=disjoint needs {needed} prompts ({n} per iteration × "
-            f"{cfg.iteration.num_iterations} iterations) but {cfg.data.prompts} holds {len(pool)}: "
+            f"{iterations} iterations) but {cfg.data.prompts} holds {size}: "
             "lower iteration.prompts_per_iteration or use iteration.prompt_slices=all"
         )
-    used = {}
-    for t in range(1, cfg.iteration.num_iterations + 1):
-        used.update((p.id, p) for p in _iteration_prompts(pool, cfg, t))
-    PromptEncoder.from_config(cfg, tokenizer).encode_all(list(used.values()))
-    return pool
+    PromptEncoder.from_config(cfg, tokenizer).encode_all(used)
+    return size
 
 
 def _check_data_files(cfg: Config, run_dir: Path) -> None:
@@ -599,14 +608,22 @@ def _check_data_files(cfg: Config, run_dir: Path) -> None:
         files += [(cfg.iteration.eval_prompts, "prompts", policy)]
     for path, kind, on_bad_record in files:
         if path is not None:
-            read_records(path, kind, on_bad_record=on_bad_record, columns=cfg.data.columns)
+            read_records(
+                path, kind, on_bad_record=on_bad_record, columns=cfg.data.columns,
+                judge_scores=judge_scores(cfg) if kind == "judge" else None,
+            )
 
 
-def _iteration_prompts(pool: list, cfg: Config, t: int) -> list:
-    n = cfg.iteration.prompts_per_iteration or len(pool)
-    if cfg.iteration.prompt_slices == PromptSlices.ALL:
-        return pool[:n]
-    return pool[(t - 1) * n : t * n]
+def _iteration_prompts(cfg: Config, t: int, pool_size: int) -> list:
+    """Iteration ``t``'s slice of the prompt pool, read from the file (the pool itself is not
+    held): prompts [(t−1)·n, t·n) under ``prompt_slices=disjoint``, the first n under ``all``."""
+    n = cfg.iteration.prompts_per_iteration or pool_size
+    first = 0 if cfg.iteration.prompt_slices == PromptSlices.ALL else (t - 1) * n
+    prompts, _ = read_records(
+        cfg.data.prompts, "prompts", on_bad_record=cfg.data.on_bad_record,
+        columns=cfg.data.columns, keep=range(first, first + n),
+    )
+    return prompts
 
 
 def _oracle_labels(cfg: Config, pairs: list) -> list:

@@ -228,3 +228,30 @@ def test_the_judge_sees_the_whole_conversation():
         "System: Be brief.\n\nUser: Sea color?\n\nAssistant: Blue.\n\nUser: And the sky?"
     )
     assert prompt_text("Hi?") == "Hi?"
+
+
+# ------------------------------------------------------------------ large pools: a slice only
+
+
+@pytest.mark.parametrize("form", ["jsonl", "parquet"])
+def test_keep_returns_a_slice_of_the_valid_records_and_counts_them_all(tmp_path, form):
+    rows = [{"id": f"p{i}", "prompt": f"question {i}?"} for i in range(50)]
+    rows[3]["prompt"] = "   "  # bad: skipped, so valid record 3 is row 5 (p4)
+    path = write_all_forms(tmp_path / "pool", rows)[form]
+    records, report = read_records(path, "prompts", on_bad_record="skip", keep=range(3, 6))
+    assert [r.id for r in records] == ["p4", "p5", "p6"]
+    assert report.num_records == 49 and report.num_skipped == 1
+    whole, _ = read_records(path, "prompts", on_bad_record="skip")
+    assert records == whole[3:6]
+    dup = write_all_forms(tmp_path / "dup", [*rows[:3], *rows[4:10], rows[1]])[form]
+    with pytest.raises(DataError, match="duplicate id 'p1'"):  # checked outside the slice too
+        read_records(dup, "prompts", keep=range(2))
+
+
+def test_a_pointwise_judge_reads_preference_rows_as_two_scored_records(ultrafeedback):
+    records, report = read_records(ultrafeedback["parquet"], "judge", judge_scores=5)
+    assert len(records) == 2 * len(ULTRAFEEDBACK) and report.shapes == {"preference": 6}
+    pairs = zip(records[::2], records[1::2], strict=True)
+    for row, (chosen, rejected) in zip(ULTRAFEEDBACK, pairs, strict=True):
+        assert (chosen.response, chosen.score) == (row["chosen"][-1]["content"], 5)
+        assert (rejected.response, rejected.score) == (row["rejected"][-1]["content"], 0)

@@ -80,19 +80,23 @@ def multi_turn_run(task, tmp_path_factory):
         }
         for row in pool
     ]
-    parquet = write_all_forms(tmp_path / "pool", rows)["parquet"]
+    files = write_all_forms(tmp_path / "pool", rows)
     run_dir = tmp_path / "run"
-    args = overrides(
+    args = _multi_turn_args(task, run_dir, files["parquet"])
+    _run([*CLI, "iterate", "--config", "tiny", "--no-progress", *args])
+    return pool, run_dir, args, files
+
+
+def _multi_turn_args(task, run_dir, prompts) -> list[str]:
+    return overrides(
         task, run_dir, "iteration.seed_sft=false", "iteration.num_iterations=1",
-        "iteration.prompts_per_iteration=16", f"data.prompts={parquet}",
+        "iteration.prompts_per_iteration=16", f"data.prompts={prompts}",
         "data.max_prompt_length=64", "data.judge_max_length=160",
     )
-    _run([*CLI, "iterate", "--config", "tiny", "--no-progress", *args])
-    return pool, run_dir, args
 
 
 def test_a_multi_turn_messages_pool_runs_one_iteration(multi_turn_run):
-    pool, run_dir, _ = multi_turn_run
+    pool, run_dir, _, _ = multi_turn_run
     stream = run_dir / "iter_1" / "generate" / "generations.jsonl"
     generations, _ = read_records(stream, "generations")
     assert len(generations) == 16
@@ -106,12 +110,23 @@ def test_a_multi_turn_messages_pool_runs_one_iteration(multi_turn_run):
     assert math.isfinite(metrics[-1]["loss_total"])
 
 
+def test_the_same_pool_in_jsonl_samples_the_same_generations(task, multi_turn_run, tmp_path):
+    _, parquet_run, _, files = multi_turn_run
+    run_dir = tmp_path / "run"
+    _run([*CLI, "iterate", "--config", "tiny", "--no-progress",
+          *_multi_turn_args(task, run_dir, files["jsonl"])])
+    name = "iter_1/generate/generations.jsonl"
+    assert read_records(run_dir / name, "generations")[0] == read_records(
+        parquet_run / name, "generations"
+    )[0]
+
+
 @pytest.mark.parametrize("chosen_by", ["judge", "agreed"])
 def test_export_pairs_writes_a_preference_dataset_with_both_verdicts(
     multi_turn_run, tmp_path, chosen_by
 ):
     datasets = pytest.importorskip("datasets")
-    _, run_dir, args = multi_turn_run
+    _, run_dir, args, _ = multi_turn_run
     out = tmp_path / ("pairs.parquet" if chosen_by == "judge" else "pairs_dataset")
     done = _run(
         [*CLI, "export-pairs", "--config", "tiny", "--run-dir", str(run_dir), "--iteration", "1",
