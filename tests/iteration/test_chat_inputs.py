@@ -37,7 +37,10 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_an_ultrafeedback_parquet_file_trains_dpo_and_is_scored_by_evaluate(task, tmp_path):
-    parquet = write_all_forms(tmp_path / "uf", ULTRAFEEDBACK)["parquet"]
+    # prompt, chosen and rejected all as message lists (UltraFeedback's prompt is a string:
+    # tests/data/test_chat_data.py reads that form)
+    rows = [{**row, "prompt": row["chosen"][:1]} for row in ULTRAFEEDBACK]
+    parquet = write_all_forms(tmp_path / "uf", rows)["parquet"]
     args = [*TINY, f"data.tokenizer_path={task.tokenizer}"]
     save = tmp_path / "ckpt"
     train = _run(
