@@ -43,9 +43,17 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--out-dir", help="work files of --pairs (default: <ckpt>/../eval/<ckpt name>)"
     )
-    parser.add_argument("--prompts", help="prompts JSONL for greedy answers")
-    parser.add_argument("--out", help="greedy answers JSONL (with --prompts)")
+    parser.add_argument("--prompts", help="prompts (or AlpacaEval / MT-Bench questions, with "
+                        "--format) for greedy answers")
+    parser.add_argument("--out", help="the answers file (with --prompts)")
     parser.add_argument("--grader", help="module:function scoring the answers (with --prompts)")
+    parser.add_argument(
+        "--format", default="jsonl", choices=("jsonl", "alpaca_eval", "mt_bench"),
+        help="answers file for --prompts: jsonl (this project's), alpaca_eval "
+        "(model_outputs.json) or mt_bench (FastChat answer JSONL; every turn answered)",
+    )
+    parser.add_argument("--model-id", help="the generator / model_id in the answer file "
+                        "(default: the checkpoint folder's name)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_arguments(parser, default=None, help=JOB_PRESETS_HELP)
     parser.set_defaults(func=run_evaluate)
@@ -88,7 +96,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     files = {k: getattr(args, k) for k in ("ckpt", "ref_ckpt", "pairs", "out_dir", "prompts")}
     evaluate_job(
         args.config, args.overrides, out=args.out, grader=args.grader,
-        progress=_progress(args), **files,
+        progress=_progress(args), answer_format=args.format, model_id=args.model_id, **files,
     )
     return 0
 

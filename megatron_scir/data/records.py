@@ -217,7 +217,8 @@ def parse_messages(value: Any, name: str, *, last: str | None = "user") -> Conve
             raise RecordProblem(
                 "bad message", f"{name}[{i}]: role {role!r} is not one of {', '.join(ROLES)}"
             )
-        if not isinstance(content, str) or not content.strip():
+        # an assistant turn may be empty (a model's own earlier answer can be)
+        if not isinstance(content, str) or (role != "assistant" and not content.strip()):
             raise RecordProblem("bad message", f"{name}[{i}]: 'content' must be a non-empty string")
         if role == "system" and i:
             raise RecordProblem("bad message", f"{name}[{i}]: a system turn may only come first")

@@ -50,7 +50,7 @@ import torch
 from megatron_scir.config import Config, ConfigError
 from megatron_scir.data import DataError, read_records
 from megatron_scir.data.layout import MicroBatchLayout
-from megatron_scir.data.records import Prompt, messages_json, prompt_text
+from megatron_scir.data.records import Prompt, PromptRecord, messages_json, prompt_text
 from megatron_scir.generation import generate, generation_layout
 from megatron_scir.generation.runner import check_output
 from megatron_scir.losses.bernoulli import Bernoulli
@@ -358,21 +358,26 @@ def greedy_answers(
     runtime: Runtime,
     cfg: Config,
     tokenizer,
-    prompts_path: str | os.PathLike,
+    prompts_path: str | os.PathLike | list[PromptRecord],
     out_path: str | os.PathLike,
     *,
     model: ModelSource,
     progress: bool | None = None,
 ) -> Path:
-    """One greedy answer per prompt of ``prompts_path`` from ``model`` into ``out_path``
-    (the generations format, resumable), in the generation layout. Collective."""
+    """One greedy answer per prompt of ``prompts_path`` (a data source, or the records) from
+    ``model`` into ``out_path`` (the generations format, resumable), in the generation layout.
+    Collective."""
     greedy = dataclasses.replace(
         cfg.generation, temperature=0.0, top_k=0, top_p=1.0, num_responses=1
     )
     run_cfg = dataclasses.replace(cfg, generation=greedy, parallel=generation_layout(cfg.parallel))
-    prompts, _ = read_records(
-        prompts_path, "prompts", on_bad_record=cfg.data.on_bad_record, columns=cfg.data.columns
-    )
+    if isinstance(prompts_path, list):
+        prompts = prompts_path
+    else:
+        prompts, _ = read_records(
+            prompts_path, "prompts", on_bad_record=cfg.data.on_bad_record,
+            columns=cfg.data.columns,
+        )
     identity = runtime.on_rank_zero(lambda: model.identity)
     # the answers file: writable, unlocked, made by this model if it exists (before the load)
     runtime.on_rank_zero(lambda: check_output(out_path, prompts, run_cfg, inputs_id=identity))

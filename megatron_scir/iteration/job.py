@@ -15,13 +15,9 @@ from megatron_scir.config import ConfigError
 from megatron_scir.config.validate import GENERATION, SELF_REWARDING, TRAINING
 from megatron_scir.data import build_tokenizer, check_tokenizer_fits_model, read_records
 from megatron_scir.data.export import preference_rows, write_preference_dataset
+from megatron_scir.iteration.answer_files import answer_file
 from megatron_scir.iteration.driver import run_iterations
-from megatron_scir.iteration.evaluate import (
-    grade_answers,
-    greedy_answers,
-    pair_verdicts,
-    reward_accuracy,
-)
+from megatron_scir.iteration.evaluate import grade_answers, pair_verdicts, reward_accuracy
 from megatron_scir.iteration.stages import read_marker, stage_dir
 from megatron_scir.parallel.runtime import parallel_world
 from megatron_scir.recipe import ModelSource, load_run_config
@@ -50,10 +46,13 @@ def evaluate_job(
     out: str | None = None,
     grader: str | None = None,
     progress: bool | None = None,
+    answer_format: str = "jsonl",
+    model_id: str | None = None,
 ) -> dict[str, Any]:
     """Reward-model accuracy of ``ckpt`` on labelled ``pairs`` (implicit reward against
-    ``ref_ckpt``) and/or its greedy answers to ``prompts`` (graded by ``grader``); rank 0 prints
-    the JSON report."""
+    ``ref_ckpt``) and/or its greedy answers to ``prompts`` (graded by ``grader``), written in
+    ``answer_format`` (:mod:`~megatron_scir.iteration.answer_files`); rank 0 prints the JSON
+    report."""
     if not pairs and not prompts:
         raise ConfigError("scir evaluate needs --pairs (labelled) and/or --prompts with --out")
     if prompts and not out:
@@ -71,9 +70,13 @@ def evaluate_job(
             )
             report.update(pairs=pairs, **scores.metrics())
         if prompts:
-            greedy_answers(runtime, cfg, tokenizer, prompts, out, model=policy, progress=progress)
-            report["answers"] = out
-            grader = grader or cfg.iteration.grader
+            answer_file(
+                runtime, cfg, tokenizer, prompts, out, fmt=answer_format, model=policy,
+                model_id=model_id or Path(ckpt).resolve().name,
+                work_dir=Path(out_dir or default_eval_dir(ckpt)), progress=progress,
+            )
+            report.update(answers=out, format=answer_format)
+            grader = (grader or cfg.iteration.grader) if answer_format == "jsonl" else None
             if grader:
                 score = runtime.on_rank_zero(lambda: grade_answers(out, grader))
                 report.update(grader=grader, oracle_accuracy=score.oracle_accuracy)

@@ -156,3 +156,67 @@ def test_export_pairs_writes_a_preference_dataset_with_both_verdicts(
     # the export reads back as labelled pairs (this project's preference shape)
     again, report_again = read_records(out if out.suffix else str(out), "pairs")
     assert len(again) == len(rows) and report_again.shapes == {"preference": len(rows)}
+
+
+# ------------------------------------------------------- answer files for AlpacaEval and MT-Bench
+
+ALPACA_SCHEMA = {"instruction": str, "output": str, "generator": str, "dataset": str}
+FASTCHAT_ANSWER = {"question_id": int, "answer_id": str, "model_id": str, "choices": list,
+                   "tstamp": float}
+
+
+def test_alpaca_eval_and_mt_bench_answer_files(task, multi_turn_run, tmp_path):
+    _, run_dir, args, _ = multi_turn_run
+    ckpt = json.loads((run_dir / "iter_1" / "train" / "stage.json").read_text())
+    ckpt = ckpt["outputs"]["checkpoint"]
+    evaluate = [*CLI, "evaluate", "--config", "tiny", "--ckpt", ckpt, "--model-id", "tiny-scir",
+                "--out-dir", str(tmp_path / "work"), "--no-progress", *args]
+
+    # AlpacaEval 2: the eval set's rows in, model_outputs.json out (its loader: pd.read_json
+    # of a list of records with instruction / output / generator)
+    eval_set = [
+        {"instruction": "What is 2 + 3?", "output": "5", "generator": "gpt4", "dataset": "koala"},
+        {"instruction": "What is 4 + 4?", "output": "8", "generator": "gpt4", "dataset": "oasst"},
+    ]
+    questions = tmp_path / "alpaca_eval.json"
+    questions.write_text(json.dumps(eval_set))
+    out = tmp_path / "model_outputs.json"
+    _run([*evaluate, "--prompts", str(questions), "--format", "alpaca_eval", "--out", str(out)])
+    outputs = json.loads(out.read_text())
+    assert isinstance(outputs, list) and len(outputs) == 2
+    for row, asked in zip(outputs, eval_set, strict=True):
+        assert {k: type(v) for k, v in row.items()} == ALPACA_SCHEMA
+        assert row["instruction"] == asked["instruction"] and row["dataset"] == asked["dataset"]
+        assert row["generator"] == "tiny-scir"
+
+    # MT-Bench: FastChat's question.jsonl in (two turns and one), its answer JSONL out; the
+    # second turn is answered in conversation, after the model's own first answer
+    mt = [
+        {"question_id": 81, "category": "math", "turns": ["What is 2 + 3?", "And 4 + 4?"]},
+        {"question_id": 82, "category": "math", "turns": ["What is 1 + 6?"]},
+    ]
+    questions = tmp_path / "question.jsonl"
+    questions.write_text("".join(json.dumps(q) + "\n" for q in mt))
+    answers_dir = tmp_path / "model_answer"
+    out = answers_dir / "tiny-scir.jsonl"
+    _run([*evaluate, "--prompts", str(questions), "--format", "mt_bench", "--out", str(out)])
+    # FastChat's load_model_answers: {model: {question_id: answer}} from <dir>/<model>.jsonl
+    loaded = {
+        path.stem: {line["question_id"]: line for line in map(json.loads, path.open())}
+        for path in answers_dir.glob("*.jsonl")
+    }
+    answers = loaded["tiny-scir"]
+    assert sorted(answers) == [81, 82]
+    for question in mt:
+        answer = answers[question["question_id"]]
+        assert {k: type(v) for k, v in answer.items()} == FASTCHAT_ANSWER
+        assert answer["model_id"] == "tiny-scir"
+        (choice,) = answer["choices"]
+        assert choice["index"] == 0 and len(choice["turns"]) == len(question["turns"])
+        assert all(isinstance(t, str) for t in choice["turns"])
+    second, _ = read_records(tmp_path / "work" / "mt_bench_turn2.jsonl", "generations")
+    (turn2,) = second
+    first_answer = answers[81]["choices"][0]["turns"][0]
+    assert turn2.prompt[0] == Message("user", "What is 2 + 3?")
+    assert turn2.prompt[1].role == "assistant" and turn2.prompt[1].content.strip() == first_answer
+    assert turn2.prompt[2] == Message("user", "And 4 + 4?")
