@@ -28,6 +28,9 @@ setup(
         "hf": ["transformers>=4.51"],
         # data inputs beyond JSONL: Parquet (pyarrow), save_to_disk folders and hf: datasets
         "data": ["datasets>=3", "pyarrow>=15"],
+        # trackers next to metrics.jsonl / TensorBoard (logging.wandb, logging.mlflow)
+        "wandb": ["wandb>=0.19"],
+        "mlflow": ["mlflow-skinny>=2.12"],
         "fp8": ["transformer-engine[pytorch]"],
         # generation.engine=vllm (CUDA-only wheels; megatron-scir never imports it on CPU)
         "vllm": ["vllm>=0.10"],
@@ -42,6 +45,9 @@ setup(
             # the chat-data tests (Parquet, save_to_disk, hf: datasets)
             "datasets>=3",
             "pyarrow>=15",
+            # the tracker tests (W&B offline, MLflow's local file store)
+            "wandb>=0.19",
+            "mlflow-skinny>=2.12",
         ],
     },
     entry_points={"console_scripts": ["scir=megatron_scir.cli:main"]},

@@ -583,6 +583,21 @@ class LoggingConfig:
     """Write TensorBoard event files."""
     progress: bool = True
     """Show tqdm progress bars on rank 0."""
+    wandb: bool = False
+    """Also log to Weights & Biases (pip install -e .[wandb]; WANDB_MODE=offline needs no
+    account). The run id is kept in <run dir>/trackers.json: a resumed run continues it."""
+    wandb_project: str = "megatron-scir"
+    """The W&B project."""
+    wandb_entity: str | None = None
+    """The W&B entity (team or user; null = the account's default)."""
+    mlflow: bool = False
+    """Also log to MLflow (pip install -e .[mlflow]); the run id is kept like W&B's."""
+    mlflow_tracking_uri: str | None = None
+    """The MLflow tracking URI (null = MLflow's default, MLFLOW_TRACKING_URI)."""
+    mlflow_experiment: str = "megatron-scir"
+    """The MLflow experiment (created when missing)."""
+    run_name: str | None = None
+    """The trackers' run name (null = the run directory's name)."""
 
 
 @dataclass(kw_only=True)

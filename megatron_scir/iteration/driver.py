@@ -85,6 +85,7 @@ from megatron_scir.training.metrics_log import (
     write_jsonl,
 )
 from megatron_scir.training.signals import StopRequest
+from megatron_scir.training.trackers import Trackers, check_trackers, wanted
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,8 @@ class IterationRun:
     """M_0: ``checkpoint.load``, an HF folder, or a random init."""
     progress: bool | None
     stop: StopRequest
+    trackers: Trackers | None = None
+    """W&B / MLflow runs of the run directory (global rank 0, ``logging.wandb/mlflow``)."""
 
     @property
     def mode(self) -> LossModeSpec:
@@ -203,14 +206,19 @@ def run_iterations(
     run_dir = Path(cfg.iteration.run_dir)
     source = ModelSource.of(cfg, hf_dir=hf_dir)
     runtime.on_rank_zero(lambda: clear_preempted(run_dir))
+    check_trackers(cfg)
+    trackers = Trackers(run_dir, cfg) if runtime.is_rank_zero and wanted(cfg) else None
     with StopRequest() as stop:
-        run = IterationRun(runtime, cfg, tokenizer, run_dir, source, progress, stop)
+        run = IterationRun(runtime, cfg, tokenizer, run_dir, source, progress, stop, trackers)
         try:
             return _run_iterations(run, report=report, evaluate_start=evaluate_start)
         except Preempted as stopped:
             message = str(stopped)
             runtime.on_rank_zero(lambda: mark_preempted(run_dir, message))
             raise
+        finally:
+            if trackers is not None:
+                trackers.close()
 
 
 def _run_iterations(run: IterationRun, *, report: bool, evaluate_start: bool) -> list:
@@ -542,6 +550,7 @@ def _train(
         progress=run.progress,
         # the next iteration starts a fresh optimizer: the finished stage keeps weights only
         final_optimizer=False,
+        tracker=None if run.trackers is None else (run.trackers, f"iter_{t}/{out.name}"),
     )
     result = trained.result
     if result.preempted:
@@ -670,6 +679,10 @@ def _report(run: IterationRun, records: Sequence[dict[str, Any]], enabled: bool)
             metrics=PLOT_METRICS,
             title=f"{run.run_dir.name}: scir.mode={run.cfg.scir.mode}",
         )
+        if run.trackers is not None:  # each iteration once; the plot as it stands now
+            for record in records:
+                run.trackers.log("iteration", record["iteration"], record)
+            run.trackers.artifact(run.run_dir / "iterations.png")
         print(format_table(records, REPORT_COLUMNS, title=str(run.run_dir)), flush=True)
 
     run.runtime.on_rank_zero(write)

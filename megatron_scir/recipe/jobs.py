@@ -8,6 +8,7 @@ one; a world the caller set up is kept) for its duration.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from megatron_scir.parallel.runtime import parallel_world
 from megatron_scir.recipe.model import HF, RANDOM_INIT, ModelSource, load_model, load_run_config
 from megatron_scir.recipe.stages import pairs_have_ref_logps, reference_stage, train_stage
 from megatron_scir.training.metrics_log import LOSS_TOTAL
+from megatron_scir.training.trackers import Trackers, check_trackers, wanted
 from megatron_scir.training.trainer import TrainResult
 
 __all__ = ["SFT", "TRAIN", "generate_job", "train_job"]
@@ -66,9 +68,12 @@ def train_job(
         raise ConfigError("training needs checkpoint.save=DIR (checkpoints and --resume)")
     save_dir = Path(cfg.checkpoint.save)
     log_dir = Path(cfg.logging.log_dir or save_dir / "logs")
+    check_trackers(cfg)
     tokenizer = _tokenizer(cfg)
     source = ModelSource.of(cfg, ckpt=ckpt, hf_dir=hf_dir)
-    with parallel_world(cfg.parallel, seed=cfg.train.seed) as runtime:
+    with parallel_world(cfg.parallel, seed=cfg.train.seed) as runtime, _trackers(
+        runtime, cfg, save_dir
+    ) as tracker:
         resuming = resume and latest_checkpoint(save_dir) is not None
         # a resumed run loads its own checkpoint in the trainer: start from a random init
         start = ModelSource(RANDOM_INIT, seed=cfg.train.seed) if resuming else source
@@ -90,10 +95,22 @@ def train_job(
             log_dir=log_dir,
             resume=resume,
             progress=progress,
+            tracker=None if tracker is None else (tracker, ""),
         )
         if runtime.is_rank_zero:
             print(_summary(stage, trained.result), flush=True)
         return trained.result
+
+
+@contextlib.contextmanager
+def _trackers(runtime, cfg, run_dir: Path):
+    """W&B / MLflow runs of ``run_dir`` on global rank 0 (None elsewhere or when off)."""
+    trackers = Trackers(run_dir, cfg) if runtime.is_rank_zero and wanted(cfg) else None
+    try:
+        yield trackers
+    finally:
+        if trackers is not None:
+            trackers.close()
 
 
 def _previous_model(cfg) -> ModelSource | None:

@@ -169,10 +169,11 @@ def train_stage(
     resume: bool = False,
     progress: bool | None = None,
     final_optimizer: bool = True,
+    tracker=None,
 ) -> Trained:
     """Train ``chunks`` in place: on ``pairs`` (with reference log-probs) with ``scir.mode``,
     or, with ``pairs=None``, the seed SFT stage on ``data.seed_sft`` / ``data.seed_judge``
-    (``train.sft_lr`` as the peak learning rate). ``final_optimizer``: see
+    (``train.sft_lr`` as the peak learning rate). ``final_optimizer`` and ``tracker``: see
     :func:`~megatron_scir.training.trainer.train`.
 
     Returns:
@@ -204,6 +205,7 @@ def train_stage(
         resume=resume,
         progress=progress,
         final_optimizer=final_optimizer,
+        tracker=tracker,
     )
     return Trained(result, list(chunks), data)
 

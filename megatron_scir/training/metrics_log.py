@@ -83,6 +83,8 @@ class MetricsLog:
         progress: Show a tqdm bar (``logging.progress``).
         total_steps: Steps of the run (the bar's length).
         start_step: Steps already taken (resume): later lines of the JSONL are dropped.
+        tracker: ``(Trackers, series)``: also send each step to W&B / MLflow
+            (:mod:`~megatron_scir.training.trackers`; a step they have is not sent twice).
     """
 
     def __init__(
@@ -94,14 +96,19 @@ class MetricsLog:
         progress: bool,
         total_steps: int,
         start_step: int = 0,
+        tracker: tuple[Any, str] | None = None,
     ) -> None:
         self.enabled = enabled
+        self._tracker = tracker if enabled else None
         self._writer = self._bar = self._file = None
         if not enabled:
             return
         self.path = Path(log_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _truncate_after(self.path, start_step)
+        if self._tracker is not None:  # the steps kept here that a tracker may lack
+            trackers, series = self._tracker
+            trackers.catch_up(series, read_jsonl(self.path) if self.path.exists() else [])
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 — closed in close()
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -118,6 +125,9 @@ class MetricsLog:
             return
         self._file.write(_line({STEP: step, **values}))
         self._file.flush()
+        if self._tracker is not None:
+            trackers, series = self._tracker
+            trackers.log(series, step, values)
         if self._writer is not None:
             for key, value in values.items():
                 if isinstance(value, int | float):

@@ -108,6 +108,7 @@ def train(
     resume: bool = False,
     progress: bool | None = None,
     final_optimizer: bool = True,
+    tracker=None,
 ) -> TrainResult:
     """Train ``chunks`` on ``data`` with ``forward_step`` for ``data.num_train_steps`` steps.
 
@@ -129,6 +130,8 @@ def train(
         final_optimizer: Keep the optimizer state in the checkpoint of the last step (False:
             weights, scheduler, data position and RNG states only; such a checkpoint resumes
             a run that has no step left, and nothing else).
+        tracker: ``(Trackers, series)`` of :mod:`~megatron_scir.training.trackers` (rank 0):
+            each step also goes to W&B / MLflow.
 
     Raises:
         TrainingDiverged: too many consecutive NaN/inf steps.
@@ -151,6 +154,7 @@ def train(
         progress=show,
         total_steps=num_steps,
         start_step=state.step,
+        tracker=tracker,
     )
     checkpoint, metrics, preempted = None, {}, False
     try:
