@@ -31,6 +31,8 @@ setup(
         # trackers next to metrics.jsonl / TensorBoard (logging.wandb, logging.mlflow)
         "wandb": ["wandb>=0.19"],
         "mlflow": ["mlflow-skinny>=2.12"],
+        # iteration.lm_eval_tasks: lm-eval-harness on each iteration's HF export
+        "lm_eval": ["lm-eval>=0.4.5"],
         "fp8": ["transformer-engine[pytorch]"],
         # generation.engine=vllm (CUDA-only wheels; megatron-scir never imports it on CPU)
         "vllm": ["vllm>=0.10"],
@@ -48,6 +50,7 @@ setup(
             # the tracker tests (W&B offline, MLflow's local file store)
             "wandb>=0.19",
             "mlflow-skinny>=2.12",
+            "lm-eval>=0.4.5",
         ],
     },
     entry_points={"console_scripts": ["scir=megatron_scir.cli:main"]},

@@ -116,6 +116,8 @@ STAGE_INPUTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "export": (),
         "evaluate": (
             *("iteration.eval_pairs", "iteration.eval_prompts", "iteration.grader"),
+            *("iteration.lm_eval_tasks", "iteration.lm_eval_include_path"),
+            *("iteration.lm_eval_limit", "iteration.lm_eval_batch_size"),
             # the greedy answers' length budget, and how the reward accuracies are read
             *("generation.max_new_tokens", "generation.stop_strings"),
             *("scir.beta", "scir.margin", "scir.tie_eps"),

@@ -633,6 +633,16 @@ class IterationConfig:
     """``module:function`` scoring (prompt, response) in [0, 1]: the oracle accuracy of the
     greedy answers on ``eval_prompts``, and the labels of ``scir.mode=dpo`` pairs (the response
     with the higher score is chosen; ties are dropped)."""
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    """lm-eval-harness tasks run on each iteration's Hugging Face export after it (needs
+    checkpoint.export_hf=true and pip install -e .[lm_eval]); their scores join the iteration
+    metrics as lm_eval/<task>/<metric>."""
+    lm_eval_include_path: str | None = None
+    """A folder of extra lm-eval task YAMLs (local tasks over local data)."""
+    lm_eval_limit: int | None = None
+    """At most this many documents per lm-eval task (null = all)."""
+    lm_eval_batch_size: int = 8
+    """lm-eval's batch size."""
 
     def __post_init__(self) -> None:
         s = "iteration"

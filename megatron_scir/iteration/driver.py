@@ -46,6 +46,7 @@ from megatron_scir.checkpoint import latest_checkpoint, resolve_checkpoint, save
 from megatron_scir.config import Config, ConfigError
 from megatron_scir.config.choices import ImplicitReference, PromptSlices, TooFewPairs
 from megatron_scir.convert import export_to_hf
+from megatron_scir.convert.hf_io import asset_files, copy_assets
 from megatron_scir.data import DataError, atomic_open, build_pairs, read_records, write_records
 from megatron_scir.data.datamodule import judge_scores
 from megatron_scir.data.pairs import repeat_pairs
@@ -59,6 +60,7 @@ from megatron_scir.iteration.evaluate import (
     load_grader,
     reward_accuracy,
 )
+from megatron_scir.iteration.lm_eval import run_lm_eval
 from megatron_scir.iteration.report import format_table, plot_iterations
 from megatron_scir.iteration.stages import (
     STAGE_ORDER,
@@ -264,7 +266,8 @@ def _run_iterations(run: IterationRun, *, report: bool, evaluate_start: bool) ->
         trained = done["train"].outputs["checkpoint"]
         if cfg.checkpoint.export_hf:
             done["export"] = run.run_stage(t, "export", partial(export_model, run, model=trained))
-        done["evaluate"] = _evaluate(run, t, trained, model, None)
+        hf = done["export"].outputs.get("hf") if "export" in done else None
+        done["evaluate"] = _evaluate(run, t, trained, model, None, hf=hf)
         records.append(_record(run, t, done))
         _report(run, records, report)
         previous, model = model, trained
@@ -455,19 +458,41 @@ def export_model(run: IterationRun, out: Path, model: str) -> StageResult:
     """M_{t+1} as a Hugging Face folder (``checkpoint.export_hf``)."""
     def export() -> StageResult:
         path = export_to_hf(model, out / "hf", progress=False)
+        _add_tokenizer(run.cfg, Path(path))
         return StageResult(outputs={"hf": str(path)})
 
     return run.runtime.on_rank_zero(export)
 
 
+def _add_tokenizer(cfg: Config, hf_dir: Path) -> None:
+    """The run's tokenizer into an export whose checkpoint carried none (a trained checkpoint
+    stores no assets): an HF folder's tokenizer files, or a SentencePiece file as
+    ``tokenizer.model``, so the folder loads in transformers, vLLM and lm-eval as it is."""
+    source = cfg.data.tokenizer_path
+    if source is None or any(p.name.startswith("tokenizer") for p in asset_files(hf_dir)):
+        return
+    if Path(source).is_dir():
+        copy_assets(source, hf_dir)
+    elif Path(source).is_file():
+        shutil.copy2(source, hf_dir / "tokenizer.model")
+
+
 def _evaluate(
-    run: IterationRun, t: int, model: str, reference: str | None, first: str | None
+    run: IterationRun,
+    t: int,
+    model: str,
+    reference: str | None,
+    first: str | None,
+    *,
+    hf: str | None = None,
 ) -> StageResult:
     """Held-out scores of ``model`` (implicit reward against ``reference``); at iteration 0 also
     the oracle and judge accuracy of M_0 (``first``), when seed SFT produced a different model
-    (``*_m0``: what seed SFT changed)."""
+    (``*_m0``: what seed SFT changed); lm-eval's scores of its HF export ``hf``
+    (``iteration.lm_eval_tasks``)."""
     cfg = run.cfg.iteration
-    if cfg.eval_pairs is None and not (cfg.eval_prompts and cfg.grader):
+    lm_eval = bool(cfg.lm_eval_tasks) and hf is not None
+    if cfg.eval_pairs is None and not (cfg.eval_prompts and cfg.grader) and not lm_eval:
         return StageResult()
 
     def oracle(ckpt: str, answers: Path) -> float:
@@ -502,6 +527,8 @@ def _evaluate(
             metrics["oracle_accuracy"] = oracle(model, out / "answers.jsonl")
             if m0:
                 metrics["oracle_accuracy_m0"] = oracle(first, out / "answers_m0.jsonl")
+        if lm_eval:
+            metrics.update(runtime.on_rank_zero(lambda: run_lm_eval(run.cfg, hf)))
         runtime.on_rank_zero(lambda: _write_item_scores(run.cfg, out, m0=m0))
         return StageResult(outputs={"dir": str(out)}, metrics=metrics)
 

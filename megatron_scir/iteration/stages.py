@@ -49,6 +49,7 @@ CONTENT_KEYS = (
     "data.tokenizer_path",
     "iteration.eval_pairs",
     "iteration.eval_prompts",
+    "iteration.lm_eval_include_path",
 )
 """Config keys that name input files or folders: their content is part of a fingerprint."""
 CONTENT_SUFFIX = "#content"

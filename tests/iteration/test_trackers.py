@@ -114,14 +114,51 @@ def test_train_logs_to_both_and_a_sigkilled_rerun_continues_the_same_runs(task, 
 # ------------------------------------------------------------------ scir iterate
 
 
-def test_iterate_logs_each_stage_and_the_iteration_records(task, tmp_path):
+LM_EVAL_TASK = """task: scir_sums
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def _local_lm_eval_task(folder: Path) -> Path:
+    """An lm-eval task over a local JSONL written here: which of two sums is right."""
+    folder.mkdir()
+    rows = [{"question": f"What is {a} + {b}?", "choices": [str(a + b), str(a + b + 1)],
+             "answer": 0} for a in range(4) for b in range(3)]
+    (folder / "sums.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "scir_sums.yaml").write_text(LM_EVAL_TASK.format(data=folder / "sums.jsonl"))
+    return folder
+
+
+def test_iterate_logs_each_stage_the_iteration_records_and_lm_eval(task, tmp_path):
+    pytest.importorskip("lm_eval")
     run_dir = tmp_path / "run"
+    tasks = _local_lm_eval_task(tmp_path / "lm_eval_tasks")
     args = overrides(task, run_dir, "iteration.num_iterations=1",
-                     "iteration.prompts_per_iteration=16", *_trackers(tmp_path))
+                     "iteration.prompts_per_iteration=16", *_trackers(tmp_path),
+                     "checkpoint.export_hf=true", "iteration.lm_eval_tasks=[scir_sums]",
+                     f"iteration.lm_eval_include_path={tasks}")
     env = _env(tmp_path)
     _run([*CLI, "iterate", "--config", "tiny", "--no-progress", *args], env)
     ids = _ids(run_dir)
     records = _jsonl(run_dir / "metrics.jsonl")
+    # lm-eval's score of the local task on the iteration's HF export: in metrics.jsonl and MLflow
+    accuracy = records[1]["lm_eval/scir_sums/acc"]
+    assert 0.0 <= accuracy <= 1.0 and accuracy * 12 == round(accuracy * 12)
+    assert mlflow_series(tmp_path, ids["mlflow_run_id"], "iteration/lm_eval/scir_sums/acc") == [
+        (1, accuracy)
+    ]
     for key in ("loss_total", "pairs_built", "consistency_train_end"):
         want = [(r["iteration"], r[key]) for r in records if key in r and math.isfinite(r[key])]
         assert want and mlflow_series(tmp_path, ids["mlflow_run_id"], f"iteration/{key}") == want
