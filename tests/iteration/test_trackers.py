@@ -75,15 +75,19 @@ def _ids(run_dir: Path) -> dict:
     return json.loads((run_dir / "trackers.json").read_text())
 
 
-# ------------------------------------------------------------------ scir train: SIGKILL, resume
+# ------------------------------------------------------------ scir sft / train: SIGKILL, resume
 
 
-def test_train_logs_to_both_and_a_sigkilled_rerun_continues_the_same_runs(task, tmp_path):
+@pytest.mark.parametrize("command", ["sft", "train"])
+def test_a_sigkilled_rerun_continues_the_same_runs_with_every_step_once(task, tmp_path, command):
     save = tmp_path / "ckpt"
-    cmd = [*CLI, "train", "--config", "tiny", "--pairs", str(task.eval_pairs), "--resume",
-           "--no-progress", *overrides(task, tmp_path / "unused"), "scir.mode=dpo",
-           "train.train_iters=6", "checkpoint.save_interval=1", f"checkpoint.save={save}",
-           *_trackers(tmp_path)]
+    # train: 6 steps on labelled pairs; sft: 64 + 64 examples, global batch 8, one epoch
+    options = ["--pairs", str(task.eval_pairs)] if command == "train" else []
+    job = ["scir.mode=dpo", "train.train_iters=6"] if command == "train" else []
+    cmd = [*CLI, command, "--config", "tiny", *options, "--resume", "--no-progress",
+           *overrides(task, tmp_path / "unused"), *job, "checkpoint.save_interval=1",
+           f"checkpoint.save={save}", *_trackers(tmp_path)]
+    num_steps = 6 if command == "train" else 16
     env = _env(tmp_path)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)
@@ -101,13 +105,13 @@ def test_train_logs_to_both_and_a_sigkilled_rerun_continues_the_same_runs(task, 
     ids = _ids(save)
     assert ids["wandb_id"] == first["wandb_id"] and ids["mlflow_run_id"] == first["mlflow_run_id"]
     steps = _jsonl(save / "logs" / "metrics.jsonl")
-    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
+    assert [s["step"] for s in steps] == list(range(1, num_steps + 1))
     expected = [(s["step"], s["loss/total"]) for s in steps]
     got = mlflow_series(tmp_path, ids["mlflow_run_id"], "loss/total")
     assert sorted(got) == expected  # each step once, the resumed run's values included
     history = wandb_history(save, ids["wandb_id"])
     logged = [(row["_step"], row["loss/total"]) for row in history if "loss/total" in row]
-    assert sorted(logged) == expected and len({s for s, _ in logged}) == 6
+    assert sorted(logged) == expected and len({s for s, _ in logged}) == num_steps
     assert len(list(save.glob("wandb/offline-run-*"))) == 2  # two starts, one run id
 
 
