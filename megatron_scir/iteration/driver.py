@@ -458,13 +458,13 @@ def export_model(run: IterationRun, out: Path, model: str) -> StageResult:
     """M_{t+1} as a Hugging Face folder (``checkpoint.export_hf``)."""
     def export() -> StageResult:
         path = export_to_hf(model, out / "hf", progress=False)
-        _add_tokenizer(run.cfg, Path(path))
+        add_tokenizer(run.cfg, Path(path))
         return StageResult(outputs={"hf": str(path)})
 
     return run.runtime.on_rank_zero(export)
 
 
-def _add_tokenizer(cfg: Config, hf_dir: Path) -> None:
+def add_tokenizer(cfg: Config, hf_dir: Path) -> None:
     """The run's tokenizer into an export whose checkpoint carried none (a trained checkpoint
     stores no assets): an HF folder's tokenizer files, or a SentencePiece file as
     ``tokenizer.model``, so the folder loads in transformers, vLLM and lm-eval as it is."""

@@ -13,11 +13,13 @@ from typing import Any
 
 from megatron_scir.config import ConfigError
 from megatron_scir.config.validate import GENERATION, SELF_REWARDING, TRAINING
+from megatron_scir.convert import export_to_hf
 from megatron_scir.data import build_tokenizer, check_tokenizer_fits_model, read_records
 from megatron_scir.data.export import preference_rows, write_preference_dataset
 from megatron_scir.iteration.answer_files import answer_file
-from megatron_scir.iteration.driver import run_iterations
+from megatron_scir.iteration.driver import add_tokenizer, run_iterations
 from megatron_scir.iteration.evaluate import grade_answers, pair_verdicts, reward_accuracy
+from megatron_scir.iteration.lm_eval import check_lm_eval, run_lm_eval
 from megatron_scir.iteration.stages import read_marker, stage_dir
 from megatron_scir.parallel.runtime import parallel_world
 from megatron_scir.recipe import ModelSource, load_run_config
@@ -53,11 +55,14 @@ def evaluate_job(
     ``ref_ckpt``) and/or its greedy answers to ``prompts`` (graded by ``grader``), written in
     ``answer_format`` (:mod:`~megatron_scir.iteration.answer_files`); rank 0 prints the JSON
     report."""
-    if not pairs and not prompts:
-        raise ConfigError("scir evaluate needs --pairs (labelled) and/or --prompts with --out")
     if prompts and not out:
         raise ConfigError("scir evaluate --prompts needs --out answers.jsonl")
     cfg, tokenizer = _setup(config, overrides, ckpt=ckpt)
+    if not pairs and not prompts and not cfg.iteration.lm_eval_tasks:
+        raise ConfigError(
+            "scir evaluate needs --pairs (labelled), --prompts with --out, and/or "
+            "iteration.lm_eval_tasks=[...]"
+        )
     report: dict[str, Any] = {"ckpt": ckpt, "ref_ckpt": ref_ckpt}
     policy = ModelSource.checkpoint(ckpt)
     with parallel_world(cfg.parallel, seed=cfg.train.seed) as runtime:
@@ -80,9 +85,19 @@ def evaluate_job(
             if grader:
                 score = runtime.on_rank_zero(lambda: grade_answers(out, grader))
                 report.update(grader=grader, oracle_accuracy=score.oracle_accuracy)
+        if cfg.iteration.lm_eval_tasks:  # on the checkpoint's HF export, made once
+            hf = Path(out_dir or default_eval_dir(ckpt)) / "hf"
+            report.update(runtime.on_rank_zero(lambda: _lm_eval(cfg, ckpt, hf)))
         if runtime.is_rank_zero:
             print(json.dumps(report, indent=1), flush=True)
     return report
+
+
+def _lm_eval(cfg, ckpt: str, hf: Path) -> dict[str, float]:
+    check_lm_eval(cfg)
+    if not (hf / "config.json").is_file():
+        add_tokenizer(cfg, export_to_hf(ckpt, hf, progress=False))
+    return run_lm_eval(cfg, hf)
 
 
 def export_pairs_job(

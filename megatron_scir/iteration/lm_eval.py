@@ -10,12 +10,21 @@ own copy of the model on one device.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any
 
 from megatron_scir.config import Config, ConfigError
 
 PREFIX = "lm_eval"
+
+
+def check_lm_eval(cfg: Config) -> None:
+    """Refuse, before the work, lm-eval tasks without the package."""
+    if cfg.iteration.lm_eval_tasks and importlib.util.find_spec("lm_eval") is None:
+        raise ConfigError(
+            "iteration.lm_eval_tasks needs the lm-eval package: pip install -e .[lm_eval]"
+        )
 
 
 def run_lm_eval(cfg: Config, hf_dir: str | os.PathLike) -> dict[str, float]:

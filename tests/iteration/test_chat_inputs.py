@@ -220,3 +220,20 @@ def test_alpaca_eval_and_mt_bench_answer_files(task, multi_turn_run, tmp_path):
     assert turn2.prompt[0] == Message("user", "What is 2 + 3?")
     assert turn2.prompt[1].role == "assistant" and turn2.prompt[1].content.strip() == first_answer
     assert turn2.prompt[2] == Message("user", "And 4 + 4?")
+
+
+def test_evaluate_runs_lm_eval_on_the_checkpoints_export(multi_turn_run, tmp_path):
+    pytest.importorskip("lm_eval")
+    from tests.iteration.test_trackers import _local_lm_eval_task
+
+    _, run_dir, args, _ = multi_turn_run
+    ckpt = json.loads((run_dir / "iter_1" / "train" / "stage.json").read_text())
+    tasks = _local_lm_eval_task(tmp_path / "tasks")
+    done = _run(
+        [*CLI, "evaluate", "--config", "tiny", "--ckpt", ckpt["outputs"]["checkpoint"],
+         "--out-dir", str(tmp_path / "work"), "--no-progress", *args,
+         "iteration.lm_eval_tasks=[scir_sums]", f"iteration.lm_eval_include_path={tasks}"]
+    )
+    report = json.loads(done.stdout[done.stdout.index("{"):])
+    assert 0.0 <= report["lm_eval/scir_sums/acc"] <= 1.0
+    assert (tmp_path / "work" / "hf" / "tokenizer.model").is_file()  # the export loads alone
