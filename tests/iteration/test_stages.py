@@ -118,6 +118,8 @@ def test_the_fingerprints_hold_exactly_the_keys_that_reach_a_stage():
     evaluation = {"iteration.eval_pairs", "iteration.eval_prompts", "iteration.grader"}
     evaluation |= {"generation.max_new_tokens", "generation.stop_strings"}
     evaluation |= {"scir.beta", "scir.margin", "scir.tie_eps"}
+    lm_eval = ("tasks", "include_path", "limit", "batch_size")
+    evaluation |= {f"iteration.lm_eval_{k}" for k in lm_eval}
     assert set(of("evaluate", 0)) == _M1 | evaluation
     assert set(of("evaluate", 2)) == every | evaluation
     graded = fingerprint(cfg, "pairs", 1, source="random-init:1234", grader_used=True)
