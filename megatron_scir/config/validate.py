@@ -9,7 +9,6 @@ derived from the config (packing, data-parallel size, budgets) live in :mod:`.de
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Collection
 
 from megatron_scir.config.choices import Engine, ImplicitReference, LossMode
@@ -148,16 +147,11 @@ def _check_loop(cfg: Config) -> None:
             "before seed SFT, and this run does no seed SFT (iteration.seed_sft=false): set "
             "scir.previous_model=CKPT (the checkpoint the seed model was trained from)"
         )
-    if cfg.iteration.lm_eval_tasks:
-        if not cfg.checkpoint.export_hf:
-            raise ConfigError(
-                "iteration.lm_eval_tasks runs lm-eval on each iteration's Hugging Face export: "
-                "set checkpoint.export_hf=true"
-            )
-        if importlib.util.find_spec("lm_eval") is None:
-            raise ConfigError(
-                "iteration.lm_eval_tasks needs the lm-eval package: pip install -e .[lm_eval]"
-            )
+    if cfg.iteration.lm_eval_tasks and not cfg.checkpoint.export_hf:
+        raise ConfigError(
+            "iteration.lm_eval_tasks runs lm-eval on each iteration's Hugging Face export: "
+            "set checkpoint.export_hf=true"
+        )
     new, budget = cfg.generation.max_new_tokens, cfg.data.max_response_length
     if new > budget and cfg.data.max_truncated_fraction == 0:
         raise ConfigError(

@@ -60,7 +60,7 @@ from megatron_scir.iteration.evaluate import (
     load_grader,
     reward_accuracy,
 )
-from megatron_scir.iteration.lm_eval import run_lm_eval
+from megatron_scir.iteration.lm_eval import check_lm_eval, run_lm_eval
 from megatron_scir.iteration.report import format_table, plot_iterations
 from megatron_scir.iteration.stages import (
     STAGE_ORDER,
@@ -209,6 +209,7 @@ def run_iterations(
     source = ModelSource.of(cfg, hf_dir=hf_dir)
     runtime.on_rank_zero(lambda: clear_preempted(run_dir))
     check_trackers(cfg)
+    check_lm_eval(cfg)
     trackers = Trackers(run_dir, cfg) if runtime.is_rank_zero and wanted(cfg) else None
     with StopRequest() as stop:
         run = IterationRun(runtime, cfg, tokenizer, run_dir, source, progress, stop, trackers)

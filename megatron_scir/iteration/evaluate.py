@@ -151,11 +151,21 @@ def reward_accuracy(
     unlabeled = next((p for p in pairs if p.label is None), None)
     if unlabeled is not None:
         raise DataError(f"{unlabeled.where}: pair {unlabeled.pair_id!r} has no label (1 or 2)")
-    policy_file = _log_probs(runtime, cfg, tokenizer, pairs_path, policy, work, judge=True)
-    ref_file = None
-    if reference is not None:
-        ref_file = _log_probs(runtime, cfg, tokenizer, pairs_path, reference, work, judge=False)
+    policy_file, ref_file = _passes(runtime, cfg, tokenizer, pairs_path, policy, reference, work)
     return runtime.on_rank_zero(lambda: _score(cfg, pairs, policy_file, ref_file))
+
+
+def _passes(
+    runtime, cfg, tokenizer, pairs_path, policy: ModelSource, reference, work: Path
+) -> tuple[Path, Path | None]:
+    """The policy's pass (with the judge) and, with ``reference``, the reference's: their
+    files."""
+    policy_file = _log_probs(runtime, cfg, tokenizer, pairs_path, policy, work, judge=True)
+    if reference is None:
+        return policy_file, None
+    return policy_file, _log_probs(
+        runtime, cfg, tokenizer, pairs_path, reference, work, judge=False
+    )
 
 
 def _log_probs(
@@ -234,13 +244,10 @@ def pair_verdicts(
     Collective (every rank gets the list), in the pairs' order."""
     work = Path(work_dir)
     runtime.on_rank_zero(lambda: check_writable(work))
-    policy_file = _log_probs(runtime, cfg, tokenizer, pairs_path, policy, work, judge=True)
-    ref_file = None
-    if reference is not None:
-        ref_file = _log_probs(runtime, cfg, tokenizer, pairs_path, reference, work, judge=False)
+    policy_file, ref_file = _passes(runtime, cfg, tokenizer, pairs_path, policy, reference, work)
 
     def verdicts() -> list[dict[str, Any]]:
-        judge, implicit = _rewards(cfg, policy_file, ref_file)
+        judge, implicit, _, _ = _rewards(cfg, policy_file, ref_file)
         rows = [{"p_judge": p} for p in judge.p.tolist()]
         if implicit is not None:
             selection = select_consistent(
@@ -259,10 +266,9 @@ def _column(records, name: str) -> torch.Tensor:
     return torch.tensor([getattr(r, name) for r in records], dtype=torch.float64)
 
 
-def _rewards(
-    cfg: Config, policy_file: Path, ref_file: Path | None
-) -> tuple[Bernoulli, Bernoulli | None]:
-    """P_G of the policy's judge and (with ``ref_file``) P_I, per pair."""
+def _rewards(cfg: Config, policy_file: Path, ref_file: Path | None) -> tuple:
+    """Per pair: P_G of the policy's judge, P_I (with ``ref_file``, else None), and the judge's
+    log-odds in the first order and (with two orders, else None) the second."""
     policy, _ = read_records(policy_file, "pairs")
     judge_12 = _column(policy, "ref_judge_logits_12")
     two_orders = policy[0].ref_judge_logits_21 is not None
@@ -270,7 +276,7 @@ def _rewards(
     debias = cfg.judge.position_debias
     judge = Bernoulli(*judge_preference(judge_12, judge_21, position_debias=debias))
     if ref_file is None:
-        return judge, None
+        return judge, None, judge_12, judge_21
     ref, _ = read_records(ref_file, "pairs")
     delta = implicit_log_odds(
         _column(policy, "ref_logps_1"),
@@ -279,7 +285,7 @@ def _rewards(
         _column(ref, "ref_logps_2"),
         beta=cfg.scir.beta,
     )
-    return judge, Bernoulli(*implicit_preference(delta))
+    return judge, Bernoulli(*implicit_preference(delta)), judge_12, judge_21
 
 
 def _pair_scores(
@@ -288,13 +294,9 @@ def _pair_scores(
     """Per pair 1 (right side preferred), 0 (wrong) or ½ (within ``scir.tie_eps`` of ½) of the
     judge (``judge``, ``judge_first_shown``, ``judge_second_shown``) and, with ``ref_file``, the
     implicit reward (``implicit``); the consistent pairs and the agreed label's accuracy."""
-    policy, _ = read_records(policy_file, "pairs")
     first_better = torch.tensor([p.label == 1 for p in pairs])
-    judge_12 = _column(policy, "ref_judge_logits_12")
-    two_orders = policy[0].ref_judge_logits_21 is not None
-    judge_21 = _column(policy, "ref_judge_logits_21") if two_orders else None
     tie_eps = cfg.scir.tie_eps
-    judge, implicit = _rewards(cfg, policy_file, ref_file)
+    judge, implicit, judge_12, judge_21 = _rewards(cfg, policy_file, ref_file)
     scores = {
         "judge": _scores(judge.centered(), first_better, tie_eps),
         "judge_first_shown": _scores(torch.sigmoid(judge_12) - 0.5, first_better, tie_eps),

@@ -250,23 +250,19 @@ def wandb_offline_history(run_dir: str | Path, run_id: str) -> list[dict[str, An
 
 
 def wandb_offline_marks(run_dir: str | Path, run_id: str) -> tuple[dict[str, int], int]:
-    """Per series the last step W&B wrote offline (``""``: the unprefixed series, by
-    ``_step``), and the last ``_step``."""
+    """Per series the last step W&B wrote offline (a prefixed series by its ``<series>/step``,
+    the unprefixed one, ``""``, by ``_step``), and the last ``_step``."""
     marks: dict[str, int] = {}
     last = 0
     for row in wandb_offline_history(run_dir, run_id):
-        last = max(last, int(row.get("_step", 0)))
-        for key, value in row.items():
-            if key.endswith("/step"):
-                series = key[: -len("/step")]
-                marks[series] = max(marks.get(series, -1), int(value))
-        if any(not k.startswith("_") and "/step" not in k and not _prefixed(k, marks) for k in row):
-            marks[""] = max(marks.get("", -1), int(row.get("_step", 0)))
+        step = int(row.get("_step", 0))
+        last = max(last, step)
+        axes = {k[: -len("/step")]: int(v) for k, v in row.items() if k.endswith("/step")}
+        if not axes and any(not k.startswith("_") for k in row):
+            axes = {"": step}
+        for series, value in axes.items():
+            marks[series] = max(marks.get(series, -1), value)
     return marks, last
-
-
-def _prefixed(key: str, marks: Mapping[str, int]) -> bool:
-    return any(series and key.startswith(f"{series}/") for series in marks)
 
 
 def _param(value: Any) -> str:
