@@ -16,7 +16,9 @@ it, else a random Llama with a tiny tokenizer (answers still comparable: same we
 Prints ``GPU_CHECK_RESULT {json}`` last. Exit status: 0 when every path that ran passed (at
 least half of its greedy answers identical to the static engine's: bf16 kernels differ), 1 when
 one failed, 2 when neither path could run (both skipped). ``--smoke`` runs the baseline on CPU
-(the test suite's check of this script). Not yet run on a GPU.
+(the test suite's check of this script). Then, with vllm, one ``scir iterate`` iteration that
+samples with ``generation.engine=vllm`` (path ``vllm_iterate``: completes, N responses per
+prompt, the stage's HF folder removed). Not yet run on a GPU.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -104,6 +108,40 @@ def _path(name: str, blockers: list[str], run) -> dict:
         return {"path": name, "status": "fail", "why": f"{type(error).__name__}: {error}"}
 
 
+def _vllm_iteration(hf_dir: Path, work: Path, dtype: str) -> dict:
+    """One ``scir iterate`` iteration that samples with vLLM (``generation.engine=vllm``): the
+    generate stage exports M_1 to a Hugging Face folder, samples from it and removes it. Passes
+    when the iteration completes with ``num_responses`` responses per prompt and the folder
+    gone; reports the generate stage's tokens/s."""
+    prompts = work / "iterate_prompts.jsonl"
+    lines = (json.dumps({"id": i, "prompt": text}) + "\n" for i, text in enumerate(TEXTS))
+    prompts.write_text("".join(lines))
+    run_dir = work / "iterate"
+    cmd = [sys.executable, "-m", "megatron_scir.cli", "iterate", "--hf-dir", str(hf_dir)]
+    cmd += [f"iteration.run_dir={run_dir}", f"data.prompts={prompts}", "--no-progress"]
+    cmd += ["iteration.num_iterations=1", "iteration.seed_sft=false", "generation.engine=vllm"]
+    cmd += [f"model.params_dtype={dtype}", "generation.max_new_tokens=128"]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    print(done.stdout[-4000:], done.stderr[-8000:], sep="\n", flush=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or ["no output"]
+        return {"path": "vllm_iterate", "status": "fail", "why": lines[-1][:300]}
+    generate = json.loads((run_dir / "iter_1" / "generate" / "stage.json").read_text())
+    metrics = generate.get("metrics", {})
+    responses = metrics.get("responses", 0)
+    folder_gone = not (run_dir / "iter_1" / "generate" / "policy_hf").exists()
+    ok = responses == len(TEXTS) * 4 and folder_gone
+    return {
+        "path": "vllm_iterate",
+        "status": "pass" if ok else "fail",
+        "identical": f"{int(responses)} responses, policy_hf removed: {folder_gone}",
+        "tokens_per_s": round(metrics.get("tokens_per_s", float("nan")), 1),
+        "iteration_s": round(seconds, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="bfloat16")
@@ -160,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
 
             results.append(_path("cuda_graphs", cuda_graph_blockers(), graphs))
             results.append(_path("vllm", vllm_blockers(), vllm))
+        # after the world above is gone: scir iterate starts its own
+        iterate = partial(_vllm_iteration, hf_dir, Path(work), args.dtype)
+        results.append(_path("vllm_iterate", vllm_blockers(), iterate))
     print(RESULT_TAG + json.dumps({"model": str(hf_dir), "paths": results}), flush=True)
     statuses = [r["status"] for r in results[1:]]
     if "fail" in statuses:

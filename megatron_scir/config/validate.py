@@ -130,13 +130,6 @@ def _check_loop(cfg: Config) -> None:
     """The loop trains on the responses it samples: refuse, before the first stage, a response
     budget that a response sampled to ``generation.max_new_tokens`` would be cut to, unless cuts
     are allowed (``data.max_truncated_fraction``; the DataModules count them exactly)."""
-    if cfg.generation.engine == Engine.VLLM:
-        raise ConfigError(
-            "generation.engine=vllm: scir iterate and scir demo sample with the static engine "
-            "only for now (vLLM would need each iteration's policy exported to Hugging Face "
-            "before its generation stage); set generation.engine=static, or sample one "
-            "iteration's prompts with scir generate --hf-dir EXPORT generation.engine=vllm"
-        )
     if (
         cfg.scir.implicit_reference == ImplicitReference.PREVIOUS
         and not cfg.iteration.seed_sft

@@ -5,7 +5,8 @@ Top to bottom, in one parallel runtime::
     iteration 0   init       M_0: ``checkpoint.load``, an HF folder, or a random init (saved)
                   sft        seed SFT on instruction + judge data → M_1   (iteration.seed_sft)
                   evaluate   held-out scores of M_1 (and of M_0)          (when configured)
-    iteration t   generate   N responses per prompt of the slice, with M_t
+    iteration t   generate   N responses per prompt of the slice, with M_t (engine=vllm: from
+                             M_t's HF folder, the last export or one written for the stage)
                   pairs      unlabeled pairs (dpo mode: labelled by the grader); fewer than
                              one global batch: iteration.too_few_pairs (repeat, skip, error)
                   reference  log πref and M_t's judge on every pair (srlm: its labels)
@@ -44,13 +45,15 @@ from typing import Any
 
 from megatron_scir.checkpoint import latest_checkpoint, resolve_checkpoint, save_checkpoint
 from megatron_scir.config import Config, ConfigError
-from megatron_scir.config.choices import ImplicitReference, PromptSlices, TooFewPairs
+from megatron_scir.config.choices import Engine, ImplicitReference, PromptSlices, TooFewPairs
 from megatron_scir.convert import export_to_hf
 from megatron_scir.convert.hf_io import asset_files, copy_assets
 from megatron_scir.data import DataError, atomic_open, build_pairs, read_records, write_records
 from megatron_scir.data.datamodule import judge_scores
 from megatron_scir.data.pairs import repeat_pairs
 from megatron_scir.generation import PromptEncoder, generate, generation_layout
+from megatron_scir.generation import generate_responses as sample
+from megatron_scir.generation.vllm_backend import build_vllm_backend, vllm_blockers, vllm_refusal
 from megatron_scir.iteration.evaluate import (
     ITEM_SCORES,
     grade,
@@ -176,6 +179,11 @@ class IterationRun:
         )
 
 
+POLICY_HF = "policy_hf"
+"""The generate stage's Hugging Face folder of M_t under ``generation.engine=vllm`` when no
+export stage wrote one (iteration 1, or ``checkpoint.export_hf=false``)."""
+
+
 def run_iterations(
     runtime: Runtime,
     cfg: Config,
@@ -206,6 +214,8 @@ def run_iterations(
         ConfigError: the run directory holds stages finished with other settings.
     """
     run_dir = Path(cfg.iteration.run_dir)
+    if cfg.generation.engine == Engine.VLLM and (blockers := vllm_blockers()):
+        raise ConfigError(vllm_refusal(blockers))  # before the first stage
     source = ModelSource.of(cfg, hf_dir=hf_dir)
     runtime.on_rank_zero(lambda: clear_preempted(run_dir))
     check_trackers(cfg)
@@ -241,12 +251,14 @@ def _run_iterations(run: IterationRun, *, report: bool, evaluate_start: bool) ->
     # M_{t-1}, the implicit reward's reference under scir.implicit_reference=previous: M_0 at
     # t = 1 (the model seed SFT started from, or scir.previous_model)
     previous = first if cfg.iteration.seed_sft else cfg.scir.previous_model
+    model_hf = None  # M_t as a Hugging Face folder, once an export stage has written it
     for t in range(1, cfg.iteration.num_iterations + 1):
         # the slice is read when the stage runs (rank 0 reads it, every rank gets it)
         prompts = partial(runtime.on_rank_zero, partial(_iteration_prompts, cfg, t, pool_size))
         done: dict[str, StageResult] = {}
         done["generate"] = run.run_stage(
-            t, "generate", partial(generate_responses, run, t=t, model=model, prompts=prompts)
+            t, "generate",
+            partial(generate_responses, run, t=t, model=model, prompts=prompts, hf=model_hf),
         )
         generations = done["generate"].outputs["generations"]
         done["pairs"] = run.run_stage(
@@ -271,7 +283,7 @@ def _run_iterations(run: IterationRun, *, report: bool, evaluate_start: bool) ->
         done["evaluate"] = _evaluate(run, t, trained, model, None, hf=hf)
         records.append(_record(run, t, done))
         _report(run, records, report)
-        previous, model = model, trained
+        previous, model, model_hf = model, trained, hf
     return records
 
 
@@ -298,23 +310,39 @@ def seed_sft(run: IterationRun, out: Path, model: str) -> StageResult:
 
 
 def generate_responses(
-    run: IterationRun, out: Path, t: int, model: str, prompts: Callable[[], list]
+    run: IterationRun,
+    out: Path,
+    t: int,
+    model: str,
+    prompts: Callable[[], list],
+    hf: str | None = None,
 ) -> StageResult:
     """``generation.num_responses`` samples per prompt of the slice (``prompts()``) with M_t
-    (resumable)."""
+    (resumable). ``generation.engine=vllm`` samples from M_t's Hugging Face folder: ``hf``, the
+    previous iteration's export, or one written here for the stage (:func:`policy_hf_folder`)."""
     cfg = run.cfg
     prompts = prompts()
     generation = dataclasses.replace(cfg.generation, seed=cfg.generation.seed + t)
     gen_cfg = dataclasses.replace(
         cfg, generation=generation, parallel=generation_layout(cfg.parallel)
     )
-    chunks = load_model(gen_cfg, ModelSource.checkpoint(model))
     path = out / "generations.jsonl"
-    stats = generate(
-        run.runtime, chunks, run.tokenizer, prompts, path, gen_cfg, progress=run.progress,
-        should_stop=run.stop.agreed,
-    )
-    del chunks
+    if cfg.generation.engine == Engine.VLLM:
+        folder = run.runtime.on_rank_zero(lambda: policy_hf_folder(cfg, model, out, hf))
+        with build_vllm_backend(folder, gen_cfg, run.tokenizer, runtime=run.runtime) as backend:
+            stats = sample(
+                run.runtime, gen_cfg, backend, run.tokenizer, prompts, path,
+                progress=run.progress, should_stop=run.stop.agreed,
+            )
+        if hf is None and not stats.stopped:  # the stage's own export: the stage is done
+            run.runtime.on_rank_zero(lambda: shutil.rmtree(folder, ignore_errors=True))
+    else:
+        chunks = load_model(gen_cfg, ModelSource.checkpoint(model))
+        stats = generate(
+            run.runtime, chunks, run.tokenizer, prompts, path, gen_cfg, progress=run.progress,
+            should_stop=run.stop.agreed,
+        )
+        del chunks
     if stats.stopped:
         raise Preempted(f"iteration {t}: generation stopped by {run.signal_name} after a chunk")
 
@@ -463,6 +491,21 @@ def export_model(run: IterationRun, out: Path, model: str) -> StageResult:
         return StageResult(outputs={"hf": str(path)})
 
     return run.runtime.on_rank_zero(export)
+
+
+def policy_hf_folder(cfg: Config, model: str, out: Path, exported: str | None) -> str:
+    """M_t as the Hugging Face folder vLLM samples from (global rank 0; the folder must be on
+    storage every node reads, as the checkpoints are): ``exported``, the previous iteration's
+    ``checkpoint.export_hf`` folder of the same weights, else ``out/policy_hf``, written once
+    (atomically: a rerun after a kill finds it whole or not at all) and removed by the caller
+    when the stage is done."""
+    if exported is not None:
+        return exported
+    folder = out / POLICY_HF
+    if not (folder / "config.json").is_file():
+        export_to_hf(model, folder, progress=False)
+        add_tokenizer(cfg, folder)
+    return str(folder)
 
 
 def add_tokenizer(cfg: Config, hf_dir: Path) -> None:

@@ -172,11 +172,60 @@ def test_engine_vllm_from_a_megatron_checkpoint_is_refused_naming_the_export(
     assert not (tmp_path / "g.jsonl").exists()
 
 
-def test_engine_vllm_in_the_self_rewarding_loop_is_refused_before_any_stage():
-    from megatron_scir.config import ConfigError, load_config, validate
+@needs_vllm_refusal
+def test_engine_vllm_in_the_self_rewarding_loop_is_refused_before_any_stage(tmp_path, capsys):
+    from megatron_scir.config import load_config, validate
     from megatron_scir.config.validate import SELF_REWARDING
+    from megatron_scir.tasks.arithmetic import write_task_files
 
-    cfg = load_config("tiny", ["generation.engine=vllm"])
-    validate(cfg, uses=("generation",))  # scir generate accepts it (on a GPU, with vllm)
-    with pytest.raises(ConfigError, match="scir iterate and scir demo sample with the static"):
-        validate(cfg, uses=(SELF_REWARDING,))
+    # the config is fine for the loop (its generate stage samples from M_t's HF folder) ...
+    validate(load_config("tiny", ["generation.engine=vllm"]), uses=(SELF_REWARDING,))
+    # ... this machine is not: refused in one line before the run directory is made
+    task = write_task_files(tmp_path, num_sft=8, num_judge=8, num_prompts=8, max_operand=3)
+    run_dir = tmp_path / "run"
+    argv = ["iterate", "--config", "tiny", "--no-progress", f"iteration.run_dir={run_dir}"]
+    argv += [f"data.prompts={task.prompts}", f"data.seed_sft={task.seed_sft}"]
+    argv += [f"data.seed_judge={task.seed_judge}", f"data.tokenizer_path={task.tokenizer}"]
+    assert scir_main([*argv, "generation.engine=vllm"]) == 2
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("scir iterate: error:")]
+    assert len(lines) == 1
+    assert "generation.engine=vllm cannot run here: " + "; ".join(vllm_blockers()) in lines[0]
+    assert not run_dir.exists()
+
+
+def test_the_loop_samples_with_vllm_from_the_last_export_or_one_written_for_the_stage(
+    hf_dir, tmp_path
+):
+    """The folder ``generation.engine=vllm`` samples M_t from in ``scir iterate``: the previous
+    iteration's export as it is, else the checkpoint exported once, whole, and loadable by
+    transformers with the run's tokenizer (vLLM reads the same files)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from megatron_scir.config import load_config
+    from megatron_scir.iteration.driver import POLICY_HF, policy_hf_folder
+
+    ckpt = tmp_path / "ckpt"
+    convert = ["convert", "hf-to-mcore", "--hf-dir", str(hf_dir), "--out", str(ckpt)]
+    assert scir_main([*convert, "--no-progress"]) == 0
+    cfg = load_config("tiny", [f"data.tokenizer_path={hf_dir}", "data.tokenizer_type=hf"])
+    stage = tmp_path / "generate"
+    stage.mkdir()
+    assert policy_hf_folder(cfg, str(ckpt), stage, "/runs/iter_1/export/hf") == (
+        "/runs/iter_1/export/hf"
+    )
+    assert not list(stage.iterdir())  # nothing written when the export exists
+
+    folder = policy_hf_folder(cfg, str(ckpt), stage, None)
+    assert folder == str(stage / POLICY_HF)
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    with torch.no_grad():
+        ours = AutoModelForCausalLM.from_pretrained(folder).eval()(ids).logits
+        theirs = AutoModelForCausalLM.from_pretrained(hf_dir).eval()(ids).logits
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    assert AutoTokenizer.from_pretrained(folder).encode("Hi") == (
+        AutoTokenizer.from_pretrained(hf_dir).encode("Hi")
+    )
+    written = (stage / POLICY_HF / "config.json").stat().st_mtime_ns
+    assert policy_hf_folder(cfg, str(ckpt), stage, None) == folder  # a rerun reuses it
+    assert (stage / POLICY_HF / "config.json").stat().st_mtime_ns == written
