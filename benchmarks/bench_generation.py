@@ -21,7 +21,9 @@ same chat ids in the same batches (left-padded, ``num_return_sequences=N``, its 
 same sampling settings. Reported: new tokens/s of each (responses cut at their stop id) and the
 ratio; greedy answers are compared. The greedy cases (a few seconds each) run ``--chat-repeats``
 times, the three implementations taking turns, and report the median run; the sampled ones run
-once.
+once. A second table measures the faster paths on the same cases (``--engines``: vLLM over
+the same folder, the static engine with CUDA graphs), one warm-up run and one timed run each,
+against the same transformers runs; an engine that cannot run here gets one row saying why.
 
     python benchmarks/bench_generation.py --smollm2                 # CPU: ~5 minutes on 2 cores
 
@@ -64,6 +66,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     chat.add_argument("--cases", nargs="+", default=["short", "long"], choices=["short", "long"])
     chat.add_argument(
         "--chat-repeats", type=int, default=3, help="runs of each greedy case (the median)"
+    )
+    chat.add_argument(
+        "--engines", nargs="*", default=list(ENGINES), choices=ENGINES,
+        help="the faster paths, each against transformers (a row says why one cannot run)",
     )
     return parser.parse_args(argv)
 
@@ -231,9 +237,12 @@ def megatron_loop_backend(model, cfg, tokenizer):
     return backend
 
 
-def scir_run(runtime, model, tokenizer, cfg, prompts: list[str], work: str, *, baseline=False):
+def scir_run(
+    runtime, model, tokenizer, cfg, prompts: list[str], work: str, *, baseline=False, build=None
+):
     """(seconds, new tokens, responses per prompt) of the generation runner on ``prompts``, with
-    megatron-scir's backend or (``baseline``) Megatron's own static loop."""
+    megatron-scir's backend, (``baseline``) Megatron's own static loop, or ``build(model, cfg,
+    tokenizer)``'s backend (another engine)."""
     import os
 
     from megatron_scir.data import read_records
@@ -243,7 +252,7 @@ def scir_run(runtime, model, tokenizer, cfg, prompts: list[str], work: str, *, b
 
     out = os.path.join(work, f"gen-{time.monotonic_ns()}.jsonl")
     records = [PromptRecord(id=str(i), prompt=p) for i, p in enumerate(prompts)]
-    build = megatron_loop_backend if baseline else build_backend
+    build = build or (megatron_loop_backend if baseline else build_backend)
     with torch.no_grad(), build(model, cfg, tokenizer) as backend:
         stats = generate_responses(runtime, cfg, backend, tokenizer, records, out, progress=False)
     answers = [list(r.responses) for r in read_records(out, "generations")[0]]
@@ -288,6 +297,60 @@ def hf_run(model, tokenizer, cfg, prompts: list[str], stop_ids: list[int]):
             rows.append(tokenizer.decode(row, skip_special_tokens=True))
         answers += [rows[i : i + n] for i in range(0, len(rows), n)]
     return seconds, new_tokens, answers
+
+
+ENGINES = ("vllm", "cuda_graphs")
+"""The faster paths of docs/generation.md (GPU paths), each measured where it can run."""
+
+
+def engine_blockers(name: str) -> list[str]:
+    """What keeps engine ``name`` from running here (empty: it runs)."""
+    from megatron_scir.generation.cuda_graphs import cuda_graph_blockers
+    from megatron_scir.generation.vllm_backend import vllm_blockers
+
+    return vllm_blockers() if name == "vllm" else cuda_graph_blockers()
+
+
+def engine_builder(name: str, hf_dir: str, runtime):
+    """``build(model, cfg, tokenizer)`` of engine ``name``: vLLM over the same Hugging Face
+    folder, or the static engine with ``generation.cuda_graphs=true``."""
+    import dataclasses
+
+    from megatron_scir.generation.mcore_inference import build_backend
+    from megatron_scir.generation.vllm_backend import build_vllm_backend
+
+    def build(model, cfg, tokenizer):
+        if name == "vllm":
+            gen = dataclasses.replace(cfg.generation, engine="vllm")
+            vllm_cfg = dataclasses.replace(cfg, generation=gen)
+            return build_vllm_backend(hf_dir, vllm_cfg, tokenizer, runtime=runtime)
+        gen = dataclasses.replace(cfg.generation, cuda_graphs=True)
+        return build_backend(model, dataclasses.replace(cfg, generation=gen), tokenizer)
+
+    return build
+
+
+def engine_rows(name: str, measured: list[tuple], run) -> list[str]:
+    """The table rows of engine ``name``: one per case of ``measured`` ((kind, N, prompts,
+    transformers' run)), its tokens/s against transformers', or why it did not run."""
+    blockers = engine_blockers(name)
+    if blockers:
+        return [f"| {name} | - | - | skipped: {'; '.join(blockers)} | - | - | - |"]
+    rows = []
+    for kind, n, prompts, hf in measured:
+        try:
+            seconds, tokens, answers = run(name, n, prompts)
+        except Exception as error:  # noqa: BLE001 — report the engine's failure, go on
+            rows.append(f"| {name} | {kind} | {n} | failed: {type(error).__name__}: {error} "
+                        "| - | - | - |")
+            continue
+        rate, hf_rate = tokens / seconds, hf[1] / hf[0]
+        equal = f"{sum(a == b for a, b in zip(answers, hf[2], strict=True))}/{len(prompts)}"
+        rows.append(
+            f"| {name} | {kind} | {n} | {rate:,.1f} ({tokens} in {seconds:.1f} s) | "
+            f"{hf_rate:,.1f} | {rate / hf_rate:.2f}× | {equal if n == 1 else '-'} |"
+        )
+    return rows
 
 
 def _median_run(runs: list[tuple]) -> tuple:
@@ -341,11 +404,15 @@ def chat_main(args: argparse.Namespace) -> int:
         for baseline in (False, True):  # warm-up
             scir_run(runtime, model, tokenizer, warm, list(SMOLLM2_CHAT_PROMPTS[:2]), work,
                      baseline=baseline)
-        for kind, n, prompts in chat_cases(args):
+        def case_config(n: int):
             cfg = load_run_config(
                 None, chat_settings(n, args.max_new_tokens, args.rows), hf_dir=args.hf_dir
             )
-            cfg = dataclasses.replace(cfg, parallel=base.parallel)
+            return dataclasses.replace(cfg, parallel=base.parallel)
+
+        measured = []
+        for kind, n, prompts in chat_cases(args):
+            cfg = case_config(n)
             runs = {"ours": [], "before": [], "hf": []}
             for _ in range(args.chat_repeats if n == 1 else 1):  # the three take turns
                 runs["ours"].append(scir_run(runtime, model, tokenizer, cfg, prompts, work))
@@ -354,6 +421,7 @@ def chat_main(args: argparse.Namespace) -> int:
                 )
                 runs["hf"].append(hf_run(hf_model, hf_tokenizer, cfg, prompts, stop_ids))
             ours, before, hf = (_median_run(runs[name]) for name in ("ours", "before", "hf"))
+            measured.append((kind, n, prompts, hf))
             rate = {name: tok / sec for name, (sec, tok, _) in
                     {"ours": ours, "before": before, "hf": hf}.items()}
             equal = "-"
@@ -369,6 +437,19 @@ def chat_main(args: argparse.Namespace) -> int:
                 f"{equal} |",
                 flush=True,
             )
+
+        def engine_run(name: str, n: int, prompts: list[str]) -> tuple:
+            build = engine_builder(name, args.hf_dir, runtime)
+            cfg = case_config(n)
+            scir_run(runtime, model, tokenizer, cfg, prompts[:2], work, build=build)  # warm-up
+            return scir_run(runtime, model, tokenizer, cfg, prompts, work, build=build)
+
+        print("\n| engine | prompts | N | tok/s | transformers tok/s | vs transformers "
+              "| greedy = transformers |")
+        print("|---|---|---|---|---|---|---|")
+        for name in args.engines:
+            for row in engine_rows(name, measured, engine_run):
+                print(row, flush=True)
     return 0
 
 

@@ -859,7 +859,31 @@ def do_generation(ctx: Context, timeout: float) -> Row:
             f"{r['vs_before']} of Megatron's loop, greedy equal {r['greedy']}"
             for r in rows
         )
+        engines = parse_engine_rows(run.output)
+        details["engines"] = engines
+        text += "".join(f"; {engine_text(r)}" for r in engines)
     return Row("generation", status, text, time.monotonic() - start, details=details)
+
+
+def parse_engine_rows(output: str) -> list[dict[str, str]]:
+    """The rows of ``bench_generation.py --smollm2``'s second table (vLLM, CUDA graphs)."""
+    keys = ("engine", "prompts", "n", "rate", "transformers", "vs_transformers", "greedy")
+    rows = []
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == len(keys) and cells[0] in ("vllm", "cuda_graphs"):
+            rows.append(dict(zip(keys, cells, strict=True)))
+    return rows
+
+
+def engine_text(row: dict[str, str]) -> str:
+    """One engine row in words: its ratio to transformers, or why it did not run."""
+    if row["prompts"] == "-" or row["rate"].startswith("failed"):
+        return f"{row['engine']}: {row['rate']}"
+    return (
+        f"{row['engine']} {row['prompts']} N={row['n']}: {row['vs_transformers']} of "
+        f"transformers, greedy equal {row['greedy']}"
+    )
 
 
 def parse_chat_generation(output: str) -> list[dict[str, str]]:

@@ -182,3 +182,26 @@ def test_a_run_writes_the_table_and_its_exit_status_says_whether_all_ran_checks_
     table = (out / "gpu_check.md").read_text()
     assert "| check | result | seconds | budget s |" in table and "| (e) te | **skipped**" in table
     assert "===== env:" in (out / "gpu_check.log").read_text()
+
+
+def test_the_generation_check_reports_each_faster_engine_or_why_it_did_not_run():
+    gpu_check = _load()
+    output = "\n".join([
+        "| short | 1 | 105.4 (483 in 4.6 s) | 83.0 (483 in 5.8 s) | 92.2 (483 in 5.2 s) "
+        "| 1.14× | 1.27× | 16/16 (before 16) |",
+        "| engine | prompts | N | tok/s | transformers tok/s | vs transformers "
+        "| greedy = transformers |",
+        "|---|---|---|---|---|---|---|",
+        "| vllm | short | 1 | 950.0 (483 in 0.5 s) | 92.2 | 10.30× | 15/16 |",
+        "| vllm | short | 8 | failed: RuntimeError: out of memory | - | - | - |",
+        "| cuda_graphs | - | - | skipped: no CUDA device; flash-attn is not installed "
+        "| - | - | - |",
+    ])
+    rows = gpu_check.parse_engine_rows(output)
+    assert [r["engine"] for r in rows] == ["vllm", "vllm", "cuda_graphs"]
+    assert len(gpu_check.parse_chat_generation(output)) == 1  # the main table is unchanged
+    assert [gpu_check.engine_text(r) for r in rows] == [
+        "vllm short N=1: 10.30× of transformers, greedy equal 15/16",
+        "vllm: failed: RuntimeError: out of memory",
+        "cuda_graphs: skipped: no CUDA device; flash-attn is not installed",
+    ]
