@@ -118,7 +118,7 @@ def _vllm_iteration(hf_dir: Path, work: Path, dtype: str) -> dict:
     prompts.write_text("".join(lines))
     run_dir = work / "iterate"
     cmd = [sys.executable, "-m", "megatron_scir.cli", "iterate", "--hf-dir", str(hf_dir)]
-    cmd += [f"iteration.run_dir={run_dir}", f"data.prompts={prompts}", "--no-progress"]
+    cmd += ["--no-progress", f"iteration.run_dir={run_dir}", f"data.prompts={prompts}"]
     cmd += ["iteration.num_iterations=1", "iteration.seed_sft=false", "generation.engine=vllm"]
     cmd += [f"model.params_dtype={dtype}", "generation.max_new_tokens=128"]
     start = time.perf_counter()
