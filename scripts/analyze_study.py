@@ -94,6 +94,11 @@ def main(study: Path, max_operand: int = TASK["max_operand"]) -> None:
                 t = int(it_dir.name[5:])
                 if t >= 1 and (it_dir / "train" / "stage.json").is_file():
                     rows[t, method_dir.name].append(analyze(it_dir, seed, max_operand))
+    if not rows:
+        sys.exit(
+            f"analyze_study: no finished iteration under {study} (looked for "
+            "seed*/<method>/iter_<t>/train/stage.json; pass a scir demo --out folder)"
+        )
     keys = list(next(iter(rows.values()))[0])
     print("| iteration | method | " + " | ".join(keys) + " |")
     print("|---:|:---|" + "---:|" * len(keys))
@@ -109,6 +114,9 @@ def main(study: Path, max_operand: int = TASK["max_operand"]) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if {"-h", "--help"} & set(args):
+        print(__doc__)
+        sys.exit(0)
     operand = TASK["max_operand"]
     if "--max-operand" in args:
         at = args.index("--max-operand")
