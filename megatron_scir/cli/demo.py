@@ -186,6 +186,18 @@ def run(args: argparse.Namespace) -> int:
     plan["seeds"] = tuple(args.seeds or plan["seeds"])
     plan["iterations"] = args.iterations or plan["iterations"]
     plan["methods"] = tuple(args.methods or plan["methods"])
+    from megatron_scir.iteration import Preempted  # lazy: keeps `scir --help` instant
+    from megatron_scir.training.signals import EXIT_PREEMPTED  # lazy: as above
+
+    try:
+        _run(args, hf_dir, plan, settings, task)
+    except Preempted as stop:
+        print(f"scir demo: {stop}; rerun the same command to continue", flush=True)
+        return EXIT_PREEMPTED
+    return 0
+
+
+def _run(args: argparse.Namespace, hf_dir, plan: dict, settings, task: dict) -> None:
     run_study(
         Path(args.out),
         seeds=plan["seeds"],
@@ -197,7 +209,6 @@ def run(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None,
         command="scir demo " + " ".join(sys.argv[2:]),
     )
-    return 0
 
 
 def _task_settings(pairs: list[str]) -> dict:
@@ -245,7 +256,7 @@ def run_study(
     preset); without it, a random ``tiny`` Llama with the task's own tokenizer.
     """
     from megatron_scir.data import build_tokenizer  # lazy: keeps `scir --help` instant
-    from megatron_scir.iteration import run_iterations  # lazy: as above
+    from megatron_scir.iteration import Preempted, run_iterations  # lazy: as above
     from megatron_scir.iteration.stages import read_marker, stage_dir  # lazy: as above
     from megatron_scir.parallel.runtime import parallel_world  # lazy: as above
     from megatron_scir.recipe.model import load_run_config  # lazy: as above
@@ -253,6 +264,7 @@ def run_study(
         PAIRWISE_JUDGE_TEMPLATE,
         write_task_files,
     )
+    from megatron_scir.training.signals import StopRequest  # lazy: as above
 
     start = time.perf_counter()
     records: list[dict] = []
@@ -282,7 +294,14 @@ def run_study(
         return cfg
 
     parallel = load_config(preset, list(overrides)).parallel
-    with parallel_world(parallel, seed=seeds[0]) as runtime:
+    # one stop request for the whole study: a SIGTERM/SIGUSR1 that reaches a run after its last
+    # stage began is not lost when the run returns; checked after every run
+    with parallel_world(parallel, seed=seeds[0]) as runtime, StopRequest() as stop:
+
+        def stop_if_asked(what: str) -> None:
+            if stop.agreed():
+                raise Preempted(f"stopped by {stop.signal_name or 'a signal'} after {what}")
+
         for seed in seeds:
             base = out / f"seed{seed}"
             task_files = runtime.on_rank_zero(
@@ -299,6 +318,7 @@ def run_study(
                 read_marker(stage_dir(cfg.iteration.run_dir, 0, name))["outputs"]["checkpoint"]
                 for name in ("init", "sft")
             )
+            stop_if_asked(f"seed {seed}'s seed SFT")
             start_rows = [dict(m0, method=method, seed=seed) for method in methods]
             records.extend(start_rows)
             untrained = m0.get("oracle_accuracy_m0", float("nan"))
@@ -328,6 +348,7 @@ def run_study(
                         report=False,
                         evaluate_start=False,
                     )
+                    stop_if_asked(f"seed {seed}, {method}, iteration {t}")
                     rows.append(dict(result[t], method=method, seed=seed))
                 records.extend(rows)
                 _print_table(runtime, f"seed {seed}, iteration {t}", rows)

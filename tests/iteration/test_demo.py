@@ -36,3 +36,28 @@ def test_the_reduced_demo_reports_every_method_and_seed_sft_taught_the_task(tmp_
     assert start["oracle_accuracy"] >= start["oracle_accuracy_m0"] + 0.3, start
     assert "| iteration |" in (out / "results.md").read_text()
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_stop_signal_ends_the_demo_with_75_and_one_line_even_during_a_runs_last_stage(tmp_path):
+    """SIGTERM while the seed-SFT run is in its last stage (evaluate, which checks no signal):
+    the demo stops after that run (before, the run returned and the signal was forgotten: the
+    demo went on to the methods), and a stop inside training exits 75 with one line (before, a
+    Preempted traceback and status 1)."""
+    import signal
+    import time
+
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "megatron_scir.cli", "demo", "--no-progress", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last_stage = out / "seed0" / "seed_sft" / "iter_0" / "evaluate"
+    deadline = time.monotonic() + 600
+    while not last_stage.is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 75, stderr[-3000:]
+    assert "Traceback" not in stderr
+    lines = [x for x in stdout.splitlines() if x.startswith("scir demo: ")]
+    assert len(lines) == 1 and "stopped by SIGTERM" in lines[0], stdout[-2000:]
+    assert lines[0].endswith("rerun the same command to continue")
+    assert not (out / "seed0" / "scir" / "iter_1" / "train").exists()  # no method trained
