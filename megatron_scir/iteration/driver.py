@@ -53,7 +53,7 @@ from megatron_scir.data.datamodule import judge_scores
 from megatron_scir.data.pairs import repeat_pairs
 from megatron_scir.generation import PromptEncoder, generate, generation_layout
 from megatron_scir.generation import generate_responses as sample
-from megatron_scir.generation.vllm_backend import build_vllm_backend, vllm_blockers, vllm_refusal
+from megatron_scir.generation.vllm_backend import build_vllm_backend
 from megatron_scir.iteration.evaluate import (
     ITEM_SCORES,
     grade,
@@ -214,8 +214,9 @@ def run_iterations(
         ConfigError: the run directory holds stages finished with other settings.
     """
     run_dir = Path(cfg.iteration.run_dir)
-    if cfg.generation.engine == Engine.VLLM and (blockers := vllm_blockers()):
-        raise ConfigError(vllm_refusal(blockers))  # before the first stage
+    from megatron_scir.generation.mcore_inference import select_engine  # lazy: Megatron-Core
+
+    select_engine(cfg.generation.engine)  # an engine that cannot run here: before any stage
     source = ModelSource.of(cfg, hf_dir=hf_dir)
     runtime.on_rank_zero(lambda: clear_preempted(run_dir))
     check_trackers(cfg)
