@@ -43,7 +43,8 @@ echo "== ruff"
 .venv/bin/ruff check .
 echo "== lint-imports (the layering contract in pyproject.toml)"
 .venv/bin/lint-imports --no-cache
-echo "== pytest"
+tmp=${TMPDIR:-/tmp}
+echo "== pytest (free in $tmp: $(df -h --output=avail "$tmp" | tail -1 | tr -d ' '); the suite needs a few GB there)"
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 status=$?

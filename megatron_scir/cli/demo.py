@@ -3,6 +3,7 @@
     scir demo                          # ~5 min on 2 cores: 1 seed, 2 iterations, 3 methods
     scir demo --full                   # 3 seeds, 3 iterations, 4 methods, a larger budget
     scir demo --out runs/demo train.lr=2e-4      # any config override goes to every run
+    scir demo --report --out runs/study          # the report of every finished run, nothing run
 
 The task (:mod:`megatron_scir.tasks.arithmetic`): sums of operands 0..5, a closed world of 36
 facts. The seed SFT data teaches 30 % of them wrong (a fixed wrong answer each), the seed judge
@@ -22,6 +23,9 @@ implicit-reward accuracy on labelled pairs, their consistency rate, the pairs tr
 at the end it writes ``results.jsonl``, ``results.md`` (mean ± std over seeds) and
 ``results.png`` under ``--out``. Each method's run is an ordinary ``scir iterate`` run
 directory (``<out>/seed<s>/<method>``): rerunning the demo continues where it stopped.
+``--report`` rebuilds those files from every finished iteration under ``--out`` (the stage
+markers), with each method's paired difference from SRLM and from SCIR: one report for a study
+run in several sittings or a few methods at a time.
 """
 
 from __future__ import annotations
@@ -166,11 +170,19 @@ def register(subparsers) -> None:
         help="the task's size (write_task_files: max_operand, num_sft, num_judge, num_prompts, "
         "misconception_rate, judge_error_rate, ...); repeatable",
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="run nothing: rewrite results.md/.png/.jsonl under --out from every finished "
+        "iteration there (every seed and method found, or those of --seeds/--methods)",
+    )
     parser.add_argument("overrides", nargs="*", help="a.b=c config overrides for every run")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.report:
+        return report(Path(args.out), seeds=args.seeds, methods=args.methods)
     hf_dir = None
     if args.model == "smollm2":
         from megatron_scir.testing.real_models import smollm2_hf_dir  # lazy: pip, transformers
@@ -353,12 +365,66 @@ def run_study(
                 records.extend(rows)
                 _print_table(runtime, f"seed {seed}, iteration {t}", rows)
         model = "tiny" if hf_dir is None else "SmolLM2-135M-Instruct"
+        wall = f"wall time {(time.perf_counter() - start) / 60:.1f} min"
         runtime.on_rank_zero(
-            lambda: _write_results(
-                out, records, methods, seeds, iterations, command, start, model=model
-            )
+            lambda: _write_results(out, records, methods, seeds, iterations, command, wall, model)
         )
     return records
+
+
+def report(out: Path, *, seeds=None, methods=None) -> int:
+    """``scir demo --report``: ``results.*`` from every finished iteration under ``out`` (the
+    stage markers; nothing is built or run), so a study run in several sittings, or with a few
+    methods at a time, gets one report of all of it."""
+    from megatron_scir.config import ConfigError  # lazy: keeps `scir --help` instant
+    from megatron_scir.iteration.stages import finished_markers, finished_records  # lazy
+
+    seeds = tuple(
+        seeds or sorted(int(p.name[4:]) for p in out.glob("seed*") if p.name[4:].isdigit())
+    )
+    found = [m for m in METHODS if any((out / f"seed{s}" / m).is_dir() for s in seeds)]
+    methods = tuple(methods or found)
+    records: list[dict] = []
+    for seed in seeds:
+        base = out / f"seed{seed}"
+        start = finished_records(base / "seed_sft")[:1]  # M_1, evaluated once per seed
+        runs = {
+            m: [r for r in finished_records(base / m) if r["iteration"] > 0] for m in methods
+        } if start else {}
+        runs = {m: rows for m, rows in runs.items() if rows}
+        records += [dict(start[0], method=m, seed=seed) for m in runs]
+        for t in range(1, max((len(rows) for rows in runs.values()), default=0) + 1):
+            records += [dict(rows[t - 1], method=m, seed=seed) for m, rows in runs.items()
+                        if len(rows) >= t]
+    if not any(r["iteration"] > 0 for r in records):
+        raise ConfigError(
+            f"scir demo --report: no finished iteration under {out} (it reads the "
+            "seed<N>/seed_sft and seed<N>/<method> run directories an earlier scir demo wrote)"
+        )
+    seeds = tuple(sorted({r["seed"] for r in records}))
+    methods = tuple(m for m in methods if any(r["method"] == m for r in records))
+    stage_s = sum(
+        float(marker.get("wall_s", 0.0))
+        for seed in seeds
+        for run in ("seed_sft", *methods)
+        for _, marker in finished_markers(out / f"seed{seed}" / run)
+    )
+    iterations = max(r["iteration"] for r in records)
+    command = "scir demo " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["demo"] else "report"
+    wall = f"stage time summed over the runs {stage_s / 3600:.1f} h (report only)"
+    _write_results(out, records, methods, seeds, iterations, command, wall, _model(out, seeds))
+    return 0
+
+
+def _model(out: Path, seeds) -> str:
+    """The M_0 a demo's runs started from: the Hugging Face folder's name, or ``tiny``."""
+    from megatron_scir.iteration.stages import read_marker, stage_dir  # lazy: as above
+
+    marker = read_marker(stage_dir(out / f"seed{seeds[0]}" / "seed_sft", 0, "init")) or {}
+    source = str(marker.get("config", {}).get("source") or "")
+    if not source.startswith("hf:"):
+        return "tiny"
+    return Path(source[3:].split("|")[0]).name.removesuffix("-hf")
 
 
 def _print_table(runtime, title: str, rows) -> None:
@@ -369,7 +435,7 @@ def _print_table(runtime, title: str, rows) -> None:
 
 
 def _write_results(
-    out: Path, records, methods, seeds, iterations, command, start, *, model: str = "tiny"
+    out: Path, records, methods, seeds, iterations, command, wall: str, model: str
 ) -> None:
     """``results.jsonl``, ``results.png`` and ``results.md`` (mean ± std over seeds)."""
     from megatron_scir.data import atomic_open  # lazy: keeps `scir --help` instant
@@ -392,10 +458,9 @@ def _write_results(
     columns = [("iteration", "iteration"), ("method", "method"), ("n", "seeds")] + [
         (m, header) for m, header in TABLE if m in METRICS
     ] + detail
-    wall = time.perf_counter() - start
     text = (
-        f"# Demo results\n\nCommand: `{command}`\n\nMachine: {platform.machine()}, "
-        f"{_cpus()} CPUs, Python {platform.python_version()}; wall time {wall / 60:.1f} min; "
+        f"# Demo results\n\nModel: {model}. Command: `{command}`\n\nMachine: {platform.machine()}, "
+        f"{_cpus()} CPUs, Python {platform.python_version()}; {wall}; "
         f"seeds {list(seeds)}, {iterations} iterations, methods {', '.join(methods)}.\n\n"
         "Iteration 0 is M_1 after seed SFT (shared by every method).\n\n"
         f"{markdown_table(rows, columns, spread=len(seeds) > 1)}\n\n![curves](results.png)\n"
@@ -403,11 +468,12 @@ def _write_results(
     )
     with atomic_open(out / "results.md") as fh:
         fh.write(text.encode())
-    print(f"scir demo: wrote {out}/results.md and results.png in {wall:.0f} s", flush=True)
+    print(f"scir demo: wrote {out}/results.md and results.png ({wall})", flush=True)
 
 
 INTERVALS = (("oracle", "oracle acc"), ("judge", "judge acc"), ("implicit", "implicit acc"))
-BASELINE = "srlm"
+BASELINES = ("srlm", "scir")
+"""Each method's paired difference is reported from these (when they ran)."""
 
 
 def _item_scores(out: Path, seeds, method: str, t: int, key: str):
@@ -431,11 +497,8 @@ def _item_scores(out: Path, seeds, method: str, t: int, key: str):
 
 def _interval_tables(out: Path, seeds, methods, iterations: int) -> str:
     """Markdown: each method's accuracies with 95 % bootstrap intervals over seeds and items,
-    and each method's paired difference from SRLM (same seeds, same M_1, same items)."""
-    from megatron_scir.iteration.statistics import (  # lazy: keeps `scir --help` instant
-        bootstrap_mean,
-        paired_difference,
-    )
+    and each method's paired difference from SRLM and from SCIR (same seeds, M_1 and items)."""
+    from megatron_scir.iteration.statistics import bootstrap_mean  # lazy: keeps --help instant
 
     lines = [
         "\n## Intervals\n",
@@ -452,29 +515,40 @@ def _interval_tables(out: Path, seeds, methods, iterations: int) -> str:
                 cells.append("-" if scores is None else bootstrap_mean(scores).format())
             name = "M_1 (seed SFT)" if t == 0 else method
             lines.append(f"| {t} | {name} | " + " | ".join(cells) + " |")
-    if BASELINE in methods and len(methods) > 1:
-        lines += [
-            f"\nPaired difference from `{BASELINE}` (method − {BASELINE}; P = share of "
-            "bootstrap replicates in which the method scored higher):\n",
-            "| iteration | method | Δ oracle acc | P | Δ judge acc | P |",
-            "|---|---|---|---|---|---|",
-        ]
-        for t in range(1, iterations + 1):
-            for method in (m for m in methods if m != BASELINE):
-                cells = []
-                for key in ("oracle", "judge"):
-                    mine = _item_scores(out, seeds, method, t, key)
-                    base = _item_scores(out, seeds, BASELINE, t, key)
-                    if mine is None or base is None:
-                        cells += ["-", "-"]
-                        continue
-                    difference = paired_difference(mine, base)
-                    cells += [
-                        f"{difference.mean:+.3f} [{difference.low:+.3f}, {difference.high:+.3f}]",
-                        f"{difference.positive:.2f}",
-                    ]
-                lines.append(f"| {t} | {method} | " + " | ".join(cells) + " |")
+    for baseline in BASELINES:
+        others = [m for m in methods if m != baseline]
+        if baseline in methods and others:
+            lines += _paired_table(out, seeds, others, iterations, baseline)
     return "\n".join(lines) + "\n"
+
+
+def _paired_table(out: Path, seeds, methods, iterations: int, baseline: str) -> list[str]:
+    """Markdown rows: each method's paired difference from ``baseline`` (same seeds, same M_1,
+    same items, the same bootstrap resamples), oracle and judge accuracy."""
+    from megatron_scir.iteration.statistics import paired_difference  # lazy: as above
+
+    lines = [
+        f"\nPaired difference from `{baseline}` (method − {baseline}; P = share of "
+        "bootstrap replicates in which the method scored higher):\n",
+        "| iteration | method | Δ oracle acc | P | Δ judge acc | P |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in range(1, iterations + 1):
+        for method in methods:
+            cells = []
+            for key in ("oracle", "judge"):
+                mine = _item_scores(out, seeds, method, t, key)
+                base = _item_scores(out, seeds, baseline, t, key)
+                if mine is None or base is None:
+                    cells += ["-", "-"]
+                    continue
+                difference = paired_difference(mine, base)
+                cells += [
+                    f"{difference.mean:+.3f} [{difference.low:+.3f}, {difference.high:+.3f}]",
+                    f"{difference.positive:.2f}",
+                ]
+            lines.append(f"| {t} | {method} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _cpus() -> int:

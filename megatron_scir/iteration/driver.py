@@ -71,6 +71,7 @@ from megatron_scir.iteration.stages import (
     check_unchanged,
     clear_preempted,
     fingerprint,
+    iteration_record,
     mark_preempted,
     read_marker,
     result_from_marker,
@@ -726,14 +727,8 @@ def _oracle_labels(cfg: Config, pairs: list) -> list:
 
 
 def _record(run: IterationRun, t: int, results: dict[str, StageResult]) -> dict[str, Any]:
-    """One flat metrics record for iteration ``t``."""
-    record: dict[str, Any] = {"iteration": t, "mode": run.cfg.scir.mode}
-    for name, result in results.items():
-        for key, value in result.metrics.items():
-            record[key.replace("reference/", "reference_")] = value
-        if result.outputs or result.metrics:
-            record[f"wall_s/{name}"] = result.wall_s
-    return record
+    """One flat metrics record for iteration ``t`` (what ``finished_records`` reads back)."""
+    return iteration_record(run.cfg.scir.mode, t, results)
 
 
 def _report(run: IterationRun, records: Sequence[dict[str, Any]], enabled: bool) -> None:

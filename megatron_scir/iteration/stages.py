@@ -184,6 +184,44 @@ def finished_markers(run_dir: str | os.PathLike) -> Iterator[tuple[Path, dict[st
                 yield stage_path, marker
 
 
+def iteration_record(
+    mode: str | None, t: int, results: Mapping[str, StageResult]
+) -> dict[str, Any]:
+    """One flat metrics record for iteration ``t``: every stage's metrics (``reference/x`` as
+    ``reference_x``) and the wall time of each stage that did something."""
+    record: dict[str, Any] = {"iteration": t}
+    if mode is not None:
+        record["mode"] = mode
+    for name, result in results.items():
+        for key, value in result.metrics.items():
+            record[key.replace("reference/", "reference_")] = value
+        if result.outputs or result.metrics:
+            record[f"wall_s/{name}"] = result.wall_s
+    return record
+
+
+def finished_records(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records ``run_iterations`` returned for a run directory's finished iterations, read
+    from the stage markers (nothing is built or run): iteration 0 when it was evaluated, then
+    t = 1, 2, … for as long as iteration t's evaluate stage has finished. ``mode`` is the
+    ``scir.mode`` the run's stages were fingerprinted with (absent in a seed-SFT-only run)."""
+    stages: dict[int, dict[str, StageResult]] = {}
+    mode = None
+    for _, marker in finished_markers(run_dir):
+        t = int(marker["iteration"])
+        stages.setdefault(t, {})[marker["stage"]] = result_from_marker(marker)
+        mode = mode or marker.get("config", {}).get("scir.mode")
+    records = []
+    if "evaluate" in stages.get(0, {}):
+        records.append(iteration_record(mode, 0, {"evaluate": stages[0]["evaluate"]}))
+    t = 1
+    while "evaluate" in stages.get(t, {}):
+        done = stages[t]
+        records.append(iteration_record(mode, t, {n: done[n] for n in STAGE_ORDER if n in done}))
+        t += 1
+    return records
+
+
 def check_unchanged(
     run_dir: str | os.PathLike, fingerprint_of: Callable[[str, int], dict[str, Any]]
 ) -> None:

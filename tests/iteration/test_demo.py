@@ -37,6 +37,31 @@ def test_the_reduced_demo_reports_every_method_and_seed_sft_taught_the_task(tmp_
     assert "| iteration |" in (out / "results.md").read_text()
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # --report runs nothing and rebuilds the same records from the stage markers alone
+    (out / "results.jsonl").unlink()
+    report = [sys.executable, "-m", "megatron_scir.cli", "demo", "--report", "--out", str(out)]
+    done = subprocess.run(report, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rebuilt = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    # the live demo labels M_1's row with the seed-SFT run's scir.mode; no marker records it
+    assert {(r["method"], r["iteration"]): r for r in rebuilt} == {
+        key: {k: v for k, v in r.items() if not (k == "mode" and key[1] == 0)}
+        for key, r in by_key.items()
+    }
+    summary = (out / "results.md").read_text()
+    assert "Paired difference from `srlm`" in summary and "Paired difference from `scir`" in summary
+    assert "| 1 | dpo-oracle |" in summary
+
+
+def test_report_without_finished_runs_is_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "megatron_scir.cli", "demo", "--report", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"scir: error: scir demo --report: no finished iteration under {tmp_path}"
+    ), done.stderr
+    assert not (tmp_path / "results.md").exists()
+
 
 def test_a_stop_signal_ends_the_demo_with_75_and_one_line_even_during_a_runs_last_stage(tmp_path):
     """SIGTERM while the seed-SFT run is in its last stage (evaluate, which checks no signal):
