@@ -182,6 +182,13 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.report:
+        if args.overrides or args.task or args.full or args.iterations:
+            from megatron_scir.config import ConfigError  # lazy: keeps `scir --help` instant
+
+            raise ConfigError(
+                "scir demo --report runs nothing: it takes --out, --seeds and --methods only "
+                "(drop the overrides, --task, --full and --iterations)"
+            )
         return report(Path(args.out), seeds=args.seeds, methods=args.methods)
     hf_dir = None
     if args.model == "smollm2":

@@ -61,6 +61,10 @@ def test_report_without_finished_runs_is_one_line(tmp_path):
         f"scir: error: scir demo --report: no finished iteration under {tmp_path}"
     ), done.stderr
     assert not (tmp_path / "results.md").exists()
+    done = subprocess.run([*cmd, "train.lr=1e-3"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "runs nothing: it takes --out, --seeds and --methods" in (
+        done.stderr
+    ), done.stderr
 
 
 def test_a_stop_signal_ends_the_demo_with_75_and_one_line_even_during_a_runs_last_stage(tmp_path):
