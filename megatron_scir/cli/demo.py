@@ -54,6 +54,10 @@ METHODS = {
     "scir-margin": ("scir.mode=scir", "scir.margin=0.1"),
     "scir-all": ("scir.mode=scir", "scir.selection=all"),
     "scir-len-norm": ("scir.mode=scir", "scir.length_normalize=true"),
+    # the two that helped, together
+    "scir-no-cons-len-norm": (
+        "scir.mode=scir", "scir.consistency_weight=0", "scir.length_normalize=true"
+    ),
     # the implicit reward against M_{t-1} (M_0, the model seed SFT started from, at t = 1)
     "scir-prev": ("scir.mode=scir", "scir.implicit_reference=previous"),
 }
@@ -115,6 +119,7 @@ SMOLLM2_FULL = {
     "methods": (
         *("scir", "srlm", "dpo-oracle", "scir-prev"),
         *("scir-ct", "scir-all", "scir-len-norm", "scir-no-cons", "scir-no-conf", "scir-margin"),
+        "scir-no-cons-len-norm",
     ),
 }
 TABLE = (
