@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
                 "scir demo --report runs nothing: it takes --out, --seeds and --methods only "
                 "(drop the overrides, --task, --full and --iterations)"
             )
-        return report(Path(args.out), seeds=args.seeds, methods=args.methods)
+        return report(Path(args.out), seeds=args.seeds, methods=args.methods, command=_command())
     hf_dir = None
     if args.model == "smollm2":
         from megatron_scir.testing.real_models import smollm2_hf_dir  # lazy: pip, transformers
@@ -231,8 +231,13 @@ def _run(args: argparse.Namespace, hf_dir, plan: dict, settings, task: dict) -> 
         task=task,
         hf_dir=hf_dir,
         progress=False if args.no_progress else None,
-        command="scir demo " + " ".join(sys.argv[2:]),
+        command=_command(),
     )
+
+
+def _command() -> str:
+    """The command line as typed (for results.md)."""
+    return "scir demo " + " ".join(sys.argv[2:])
 
 
 def _task_settings(pairs: list[str]) -> dict:
@@ -384,7 +389,7 @@ def run_study(
     return records
 
 
-def report(out: Path, *, seeds=None, methods=None) -> int:
+def report(out: Path, *, seeds=None, methods=None, command: str = "scir demo --report") -> int:
     """``scir demo --report``: ``results.*`` from every finished iteration under ``out`` (the
     stage markers; nothing is built or run), so a study run in several sittings, or with a few
     methods at a time, gets one report of all of it."""
@@ -422,7 +427,6 @@ def report(out: Path, *, seeds=None, methods=None) -> int:
         for _, marker in finished_markers(out / f"seed{seed}" / run)
     )
     iterations = max(r["iteration"] for r in records)
-    command = "scir demo " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["demo"] else "report"
     wall = f"stage time summed over the runs {stage_s / 3600:.1f} h (report only)"
     _write_results(out, records, methods, seeds, iterations, command, wall, _model(out, seeds))
     return 0
@@ -431,12 +435,11 @@ def report(out: Path, *, seeds=None, methods=None) -> int:
 def _model(out: Path, seeds) -> str:
     """The M_0 a demo's runs started from: the Hugging Face folder's name, or ``tiny``."""
     from megatron_scir.iteration.stages import read_marker, stage_dir  # lazy: as above
+    from megatron_scir.recipe.model import identity_folder  # lazy: as above
 
     marker = read_marker(stage_dir(out / f"seed{seeds[0]}" / "seed_sft", 0, "init")) or {}
-    source = str(marker.get("config", {}).get("source") or "")
-    if not source.startswith("hf:"):
-        return "tiny"
-    return Path(source[3:].split("|")[0]).name.removesuffix("-hf")
+    folder = identity_folder(str(marker.get("config", {}).get("source") or ""))
+    return "tiny" if folder is None else Path(folder).name.removesuffix("-hf")
 
 
 def _print_table(runtime, title: str, rows) -> None:

@@ -96,6 +96,12 @@ class ModelSource:
         return f"{CHECKPOINT}:{checkpoint_identity(self.path)}"
 
 
+def identity_folder(identity: str) -> str | None:
+    """The Hugging Face folder a :attr:`ModelSource.identity` names (None for another kind)."""
+    kind, _, rest = identity.partition(":")
+    return rest.split("|", 1)[0] if kind == HF else None
+
+
 def default_preset(
     *, ckpt: str | os.PathLike | None = None, hf_dir: str | os.PathLike | None = None
 ) -> str:
